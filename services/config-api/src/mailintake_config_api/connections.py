@@ -1,0 +1,202 @@
+"""Connection rows ↔ API bodies ↔ topic events, and the writes that keep them in step."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import ValidationError
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from mailintake_config_api import rules
+from mailintake_config_api.errors import InvalidInputError
+from mailintake_config_api.schemas import (
+    ConnectionCreate,
+    ConnectionPublic,
+    ConnectionUpdate,
+    FieldError,
+)
+from mailintake_shared.db.models import Connection, OAuthCredential
+from mailintake_shared.db.types import utcnow
+from mailintake_shared.domain import (
+    DEFAULT_TIMEOUT_MS,
+    AfterDownload,
+    Encryption,
+    Protocol,
+    Transport,
+    effective_folder,
+    effective_host,
+    effective_port,
+    transport_for,
+)
+from mailintake_shared.events import ConnectionState
+from mailintake_shared.outbox import add_to_outbox
+from mailintake_shared.secretbox import SecretBox
+from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
+
+_DRAFT_FIELDS = tuple(name for name in rules.ConnectionDraft.model_fields if name != "has_password")
+
+
+class NameTakenError(Exception):
+    """Another connection already has this name (compared case-insensitively)."""
+
+
+def to_public(row: Connection) -> ConnectionPublic:
+    protocol = Protocol(row.protocol)
+    transport = Transport(row.transport)
+    encryption = Encryption(row.encryption)
+    return ConnectionPublic(
+        id=row.id,
+        version=row.version,
+        name=row.name,
+        description=row.description,
+        protocol=protocol,
+        transport=transport,
+        oauth_credential_id=row.oauth_credential_id,
+        encryption=encryption,
+        host=effective_host(protocol, transport, row.host),
+        port=effective_port(transport, encryption, row.port),
+        tls_verify=row.tls_verify,
+        tls_ca_pem=row.tls_ca_pem,
+        interval_minutes=row.interval_minutes,
+        timeout_ms=row.timeout_ms,
+        folder=effective_folder(transport, row.folder),
+        username=row.username,
+        shared_mailbox=row.shared_mailbox,
+        after_download=AfterDownload(row.after_download),
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        has_password=row.password_enc is not None,
+    )
+
+
+def _merge(
+    row: Connection | None, body: ConnectionCreate | ConnectionUpdate
+) -> rules.ConnectionDraft:
+    """The connection as it would be after applying ``body`` to ``row``."""
+    merged: dict[str, object] = {}
+    if row is not None:
+        merged = {name: getattr(row, name) for name in _DRAFT_FIELDS}
+        if row.protocol != Protocol.MICROSOFT_OAUTH2:
+            merged["transport"] = None  # implied by the protocol, not chosen
+    merged.update(body.model_dump(exclude_unset=row is not None, exclude={"password"}))
+    try:
+        draft = rules.ConnectionDraft.model_validate(
+            {k: v for k, v in merged.items() if v is not None}
+        )
+    except ValidationError as exc:
+        raise InvalidInputError(
+            [
+                FieldError(field=".".join(map(str, e["loc"])), rule=f"{e['loc'][0]} cannot be null")
+                for e in exc.errors()
+            ]
+        ) from None
+    if "password" in body.model_fields_set:
+        draft.has_password = body.password is not None
+    else:
+        draft.has_password = (
+            row is not None and row.password_enc is not None and not draft.protocol.is_oauth2
+        )
+    return draft
+
+
+def _validate(
+    session: Session, settings: Settings, draft: rules.ConnectionDraft, own_id: uuid.UUID | None
+) -> None:
+    errors = rules.check(draft, settings.microsoft_imap_hosts)
+    if (
+        draft.oauth_credential_id is not None
+        and session.get(OAuthCredential, draft.oauth_credential_id) is None
+    ):
+        errors.append(
+            FieldError(
+                field="oauth_credential_id",
+                rule="oauth_credential_id must name a stored OAuth2 credential",
+            )
+        )
+    if errors:
+        raise InvalidInputError(errors)
+    clash = session.scalar(
+        select(Connection.id).where(func.lower(Connection.name) == draft.name.lower())
+    )
+    if clash is not None and clash != own_id:
+        raise NameTakenError(draft.name)
+
+
+def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
+    protocol = draft.protocol
+    row.name = draft.name
+    row.description = draft.description
+    row.protocol = protocol.value
+    row.transport = transport_for(protocol, draft.transport).value
+    row.oauth_credential_id = draft.oauth_credential_id
+    row.encryption = (
+        Encryption.SSL if protocol.is_oauth2 else draft.encryption or Encryption.SSL
+    ).value
+    row.host = None if protocol is Protocol.GOOGLE_OAUTH2 else draft.host
+    row.port = draft.port
+    row.tls_verify = draft.tls_verify
+    row.tls_ca_pem = draft.tls_ca_pem
+    row.interval_minutes = draft.interval_minutes
+    row.timeout_ms = draft.timeout_ms or DEFAULT_TIMEOUT_MS
+    row.folder = None if protocol is Protocol.POP3 else draft.folder
+    row.username = draft.username
+    row.shared_mailbox = draft.shared_mailbox
+    row.after_download = draft.after_download.value
+    if not draft.has_password:
+        row.password_enc = None
+
+
+def _announce(session: Session, settings: Settings, row: Connection) -> None:
+    session.flush()
+    event = ConnectionState(connection=to_public(row))
+    add_to_outbox(session, settings.topic_prefix, Topic.CONNECTIONS, str(row.id), event.to_bytes())
+
+
+def create(
+    session: Session, settings: Settings, box: SecretBox, body: ConnectionCreate
+) -> Connection:
+    draft = _merge(None, body)
+    _validate(session, settings, draft, None)
+    row = Connection(
+        id=uuid.uuid4(), version=1, enabled=False, created_at=utcnow(), updated_at=utcnow()
+    )
+    _apply(row, draft)
+    if body.password is not None:
+        row.password_enc = box.encrypt(body.password.get_secret_value())
+    session.add(row)
+    _announce(session, settings, row)
+    return row
+
+
+def update(
+    session: Session, settings: Settings, box: SecretBox, row: Connection, body: ConnectionUpdate
+) -> Connection:
+    draft = _merge(row, body)
+    _validate(session, settings, draft, row.id)
+    _apply(row, draft)
+    if body.password is not None:
+        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _touch(row)
+    _announce(session, settings, row)
+    return row
+
+
+def set_enabled(session: Session, settings: Settings, row: Connection, enabled: bool) -> Connection:
+    if row.enabled != enabled:
+        row.enabled = enabled
+        _touch(row)
+        _announce(session, settings, row)
+    return row
+
+
+def delete(session: Session, settings: Settings, row: Connection) -> None:
+    session.delete(row)
+    add_to_outbox(session, settings.topic_prefix, Topic.CONNECTIONS, str(row.id), None)
+
+
+def _touch(row: Connection) -> None:
+    row.version += 1
+    row.updated_at = utcnow()

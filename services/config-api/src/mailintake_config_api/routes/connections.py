@@ -1,0 +1,146 @@
+"""``/connections``: create, read, search, update, delete, enable and disable."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from mailintake_config_api import connections
+from mailintake_config_api.auth import Admin, Viewer
+from mailintake_config_api.deps import ResourcesDep, SessionDep
+from mailintake_config_api.schemas import (
+    ConnectionCreate,
+    ConnectionPage,
+    ConnectionPublic,
+    ConnectionUpdate,
+    ErrorBody,
+)
+from mailintake_shared.db.models import Connection
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
+}
+router = APIRouter(prefix="/connections", tags=["connections"], responses=ERRORS)
+
+
+def _get(session: Session, connection_id: uuid.UUID) -> Connection:
+    row = session.get(Connection, connection_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no connection with this id")
+    return row
+
+
+def _escape_like(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+@router.get("", response_model=ConnectionPage, summary="List and search connections")
+def list_connections(
+    session: SessionDep,
+    _role: Viewer,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=255,
+            description="Case-insensitive term over name, description, host and username.",
+        ),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ConnectionPage:
+    query = select(Connection)
+    if q and q.strip():
+        pattern = f"%{_escape_like(q.strip().lower())}%"
+        query = query.where(
+            or_(
+                *(
+                    func.lower(column).like(pattern, escape="\\")
+                    for column in (
+                        Connection.name,
+                        Connection.description,
+                        Connection.host,
+                        Connection.username,
+                    )
+                )
+            )
+        )
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
+    ).all()
+    return ConnectionPage(
+        items=[connections.to_public(r) for r in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.post(
+    "",
+    response_model=ConnectionPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a connection (disabled)",
+)
+def create_connection(
+    body: ConnectionCreate, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> ConnectionPublic:
+    try:
+        row = connections.create(session, res.settings, res.secrets, body)
+    except connections.NameTakenError as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
+        ) from None
+    return connections.to_public(row)
+
+
+@router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
+def get_connection(
+    connection_id: uuid.UUID, session: SessionDep, _role: Viewer
+) -> ConnectionPublic:
+    return connections.to_public(_get(session, connection_id))
+
+
+@router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
+def update_connection(
+    connection_id: uuid.UUID,
+    body: ConnectionUpdate,
+    session: SessionDep,
+    res: ResourcesDep,
+    _role: Admin,
+) -> ConnectionPublic:
+    row = _get(session, connection_id)
+    try:
+        connections.update(session, res.settings, res.secrets, row, body)
+    except connections.NameTakenError as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
+        ) from None
+    return connections.to_public(row)
+
+
+@router.delete(
+    "/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Delete a connection"
+)
+def delete_connection(
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> Response:
+    connections.delete(session, res.settings, _get(session, connection_id))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{connection_id}/enable", response_model=ConnectionPublic, summary="Enable polling")
+def enable_connection(
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> ConnectionPublic:
+    row = connections.set_enabled(session, res.settings, _get(session, connection_id), True)
+    return connections.to_public(row)
+
+
+@router.post("/{connection_id}/disable", response_model=ConnectionPublic, summary="Disable polling")
+def disable_connection(
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> ConnectionPublic:
+    row = connections.set_enabled(session, res.settings, _get(session, connection_id), False)
+    return connections.to_public(row)

@@ -1,0 +1,188 @@
+"""Request and response bodies of the connections API.
+
+Per-field rules live on the fields (each error names the field and says the rule in
+words); rules that join several fields live in ``rules.py`` and run on the merged state,
+so that a create and an update are judged alike.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from mailintake_shared.domain import (
+    MAX_TIMEOUT_MS,
+    AfterDownload,
+    ConnectionView,
+    Encryption,
+    Protocol,
+    Transport,
+)
+
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
+
+Name = Annotated[str, Field(description="Unique name (case-insensitive), 1–255 characters.")]
+
+
+def _strip_or_none(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    return value
+
+
+class _ConnectionFields(BaseModel):
+    """Fields and per-field rules shared by create and update (all optional here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    description: str | None = Field(None, max_length=10_000, description="Free text.")
+    protocol: Protocol | None = None
+    transport: Transport | None = Field(
+        None, description="`imap` or `graph`; Microsoft OAuth2 only (default `imap`)."
+    )
+    oauth_credential_id: UUID | None = Field(
+        None, description="The stored OAuth2 credential; required for the OAuth2 protocols."
+    )
+    encryption: Encryption | None = Field(
+        None, description="IMAP and POP3: `none`, `ssl` (implicit TLS) or `starttls`."
+    )
+    host: str | None = Field(None, description="Mail server; required for IMAP and POP3.")
+    port: int | None = Field(None, description="Blank or 0: 143/993 (IMAP), 110/995 (POP3).")
+    tls_verify: bool | None = Field(
+        None, description="Verify the server's certificate (default true)."
+    )
+    tls_ca_pem: str | None = Field(
+        None, description="PEM CA certificates to trust for this connection's server."
+    )
+    interval_minutes: int | None = Field(None, description="Minutes between polls, ≥ 1.")
+    timeout_ms: int | None = Field(None, description="1–30000 ms; blank or 0: 30000.")
+    folder: str | None = Field(None, description="IMAP folder; blank: INBOX.")
+    username: str | None = None
+    shared_mailbox: str | None = Field(None, description="Alias of a shared mailbox to open.")
+    password: SecretStr | None = Field(
+        None, description="IMAP and POP3 only; ASCII only; write-only, never returned."
+    )
+    after_download: AfterDownload | None = Field(
+        None, description="`mark_seen` (default; POP3: keep on server) or `delete`."
+    )
+
+    _strip = field_validator(
+        "description", "host", "folder", "shared_mailbox", "tls_ca_pem", mode="before"
+    )(_strip_or_none)
+
+    @field_validator("name", "username", mode="before")
+    @classmethod
+    def _strip_required(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value) <= 255:
+            raise ValueError("name must be 1 to 255 characters")
+        return value
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        if value is not None and not 1 <= len(value) <= 512:
+            raise ValueError("username must be 1 to 512 characters")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(value.strip("[]")))
+        except ValueError:
+            pass
+        if not _HOSTNAME.fullmatch(value):
+            raise ValueError("host must be a hostname or an IP address")
+        return value.lower()
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= 65535:
+            raise ValueError("port must be between 1 and 65535 (0 or blank for the default)")
+        return value or None
+
+    @field_validator("interval_minutes")
+    @classmethod
+    def _interval(cls, value: int | None) -> int | None:
+        if value is not None and not 1 <= value <= 10_080:
+            raise ValueError("interval must be between 1 and 10080 minutes")
+        return value
+
+    @field_validator("timeout_ms")
+    @classmethod
+    def _timeout(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_TIMEOUT_MS:
+            raise ValueError("timeout must be between 1 and 30000 ms (0 or blank for 30000)")
+        return value or None
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) > 1024 or any(ord(c) < 32 for c in value)):
+            raise ValueError("folder must be at most 1024 characters without control characters")
+        return value
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        secret = value.get_secret_value()
+        if not secret.isascii():
+            raise ValueError("password must contain only ASCII characters")
+        if not 1 <= len(secret) <= 1024:
+            raise ValueError("password must be 1 to 1024 characters")
+        return value
+
+
+class ConnectionCreate(_ConnectionFields):
+    """A new connection; it starts disabled."""
+
+    name: Name
+    protocol: Protocol
+    username: str
+    interval_minutes: int | None = Field(5, description="Minutes between polls, ≥ 1.")
+
+
+class ConnectionUpdate(_ConnectionFields):
+    """A partial update: only the fields sent change; `null` clears an optional field."""
+
+
+class ConnectionPublic(ConnectionView):
+    """A connection as the API returns it: defaults applied, secrets left out."""
+
+    has_password: bool
+
+
+class ConnectionPage(BaseModel):
+    items: list[ConnectionPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class FieldError(BaseModel):
+    field: str
+    rule: str
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx answer has this shape."""
+
+    detail: str
+    errors: list[FieldError] = Field(default_factory=list)

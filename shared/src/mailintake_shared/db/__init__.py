@@ -1,0 +1,1 @@
+"""Database access: engine and sessions from settings, the tables, and migrations."""

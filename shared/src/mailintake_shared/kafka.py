@@ -1,0 +1,216 @@
+"""Kafka plumbing on kafka-python: producer, topic creation, commit-after-work consumption."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from mailintake_shared.settings import Settings
+from mailintake_shared.topics import TOPIC_SPECS, Topic, topic_name
+
+log = structlog.get_logger(__name__)
+
+Record = ConsumerRecord
+
+
+def make_producer(settings: Settings, client_name: str, **overrides: Any) -> KafkaProducer:
+    """A producer that waits for every in-sync replica (acks=all) and is idempotent."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": f"{settings.kafka_client_id}-{client_name}",
+        "acks": "all",
+        "enable_idempotence": True,
+        "linger_ms": 20,
+        "batch_size": 262_144,
+        "retries": 2**31 - 1,
+        "delivery_timeout_ms": 120_000,
+    }
+    config.update(overrides)
+    return KafkaProducer(**config)
+
+
+def make_consumer(
+    settings: Settings, group_id: str | None, topics: Iterable[Topic], **overrides: Any
+) -> KafkaConsumer:
+    """A consumer whose offsets are committed only by the code, after durable work."""
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": f"{settings.kafka_client_id}-{group_id or 'reader'}",
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
+    }
+    config.update(overrides)
+    consumer = KafkaConsumer(**config)
+    names = [topic_name(settings.topic_prefix, t) for t in topics]
+    if names:
+        consumer.subscribe(names)
+    return consumer
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create every missing topic with its configs; return the names created."""
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-admin",
+    )
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(
+                topic_name(settings.topic_prefix, spec.topic),
+                settings.topic_partitions,
+                settings.topic_replication_factor,
+                topic_configs=spec.configs(),
+            )
+            for spec in TOPIC_SPECS
+            if topic_name(settings.topic_prefix, spec.topic) not in existing
+        ]
+        created = []
+        for new_topic in missing:
+            try:
+                admin.create_topics([new_topic])
+                created.append(new_topic.name)
+            except TopicAlreadyExistsError:
+                pass  # another service created it in the meantime
+        if created:
+            log.info("topics created", topics=created)
+        return created
+    finally:
+        admin.close()
+
+
+def read_topic_to_end(
+    settings: Settings, topic: Topic, *, timeout_s: float = 30.0
+) -> list[ConsumerRecord]:
+    """Every record of ``topic`` from the start to the current end, in partition order."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-reader",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    try:
+        name = topic_name(settings.topic_prefix, topic)
+        partitions = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = end_offsets(consumer, tps)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {name} to its end in {timeout_s}s")
+            for batch in consumer.poll(timeout_ms=200).values():
+                records.extend(batch)
+        return records
+    finally:
+        consumer.close()
+
+
+def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """Offsets one past the last record of each assigned partition.
+
+    Uses the fetch high watermark rather than ListOffsets, which some Kafka-compatible
+    brokers answer wrongly when a batch holds several records.
+    """
+    ends: dict[TopicPartition, int | None] = {tp: consumer.highwater(tp) for tp in tps}
+    deadline = time.monotonic() + 10
+    while any(v is None for v in ends.values()) and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=100, max_records=1, update_offsets=False)
+        ends = {tp: consumer.highwater(tp) for tp in tps}
+    if any(v is None for v in ends.values()):
+        listed = consumer.end_offsets(tps)
+        ends = {tp: v if v is not None else listed[tp] for tp, v in ends.items()}
+    return {tp: int(v or 0) for tp, v in ends.items()}
+
+
+BatchHandler = Callable[[list[ConsumerRecord]], None]
+
+
+class CommitAfterWorkLoop:
+    """poll → ``handle(batch)`` → commit offsets: an offset is committed only after the
+    handler returned, i.e. after its work is durable. A handler that raises leaves the
+    offsets where they were; the loop rewinds and retries the batch after a back-off
+    (transient failure). Bad records are the handler's to dead-letter, not to raise.
+    """
+
+    def __init__(
+        self,
+        consumer: KafkaConsumer,
+        handle: BatchHandler,
+        *,
+        stop: threading.Event,
+        max_records: int = 500,
+        poll_timeout_ms: int = 500,
+        retry_backoff_s: tuple[float, float] = (0.5, 30.0),
+        on_idle: Callable[[], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._handle = handle
+        self._stop = stop
+        self._max_records = max_records
+        self._poll_timeout_ms = poll_timeout_ms
+        self._backoff_min, self._backoff_max = retry_backoff_s
+        self._on_idle = on_idle
+        self.healthy = True
+
+    def run(self) -> None:
+        backoff = self._backoff_min
+        while not self._stop.is_set():
+            polled = self._consumer.poll(
+                timeout_ms=self._poll_timeout_ms, max_records=self._max_records
+            )
+            batch = [record for records in polled.values() for record in records]
+            if not batch:
+                if self._on_idle is not None:
+                    self._on_idle()
+                continue
+            try:
+                self._handle(batch)
+            except Exception:
+                self.healthy = False
+                log.exception("batch failed; will retry from the last commit", size=len(batch))
+                self._rewind(batch)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._backoff_max)
+                continue
+            self.healthy = True
+            backoff = self._backoff_min
+            self._commit(batch)
+
+    def _rewind(self, batch: list[ConsumerRecord]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for record in batch:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        for tp, offset in first.items():
+            # A partition revoked meanwhile is replayed by its new owner from the commit.
+            with contextlib.suppress(AssertionError, KafkaError):
+                self._consumer.seek(tp, offset)
+
+    def _commit(self, batch: list[ConsumerRecord]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for record in batch:
+            tp = TopicPartition(record.topic, record.partition)
+            current = offsets.get(tp)
+            if current is None or record.offset + 1 > current.offset:
+                offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        try:
+            self._consumer.commit(offsets)
+        except CommitFailedError:
+            # The group rebalanced: the partition's new owner replays from the last commit;
+            # every handler is idempotent, so a replay stores nothing twice.
+            log.warning("offset commit failed after a rebalance; records will be replayed")

@@ -1,0 +1,107 @@
+"""Transactional outbox: events written with the change, published by a relay afterwards."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from kafka import KafkaProducer
+from sqlalchemy import delete, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailintake_shared.db.models import OutboxRecord
+from mailintake_shared.logging import get_logger
+from mailintake_shared.metrics import OUTBOX_PUBLISHED
+from mailintake_shared.topics import Topic, topic_name
+
+log = get_logger(__name__)
+
+# One relay at a time across every replica (PostgreSQL), so that records of one key are
+# published in the order they were written.
+_RELAY_LOCK_ID = 0x6D61696C696E  # "mailin"
+
+
+def add_to_outbox(
+    session: Session, prefix: str, topic: Topic, key: str, value: bytes | None
+) -> None:
+    """Queue a record in the caller's transaction; ``value=None`` is a tombstone."""
+    session.add(OutboxRecord(topic=topic_name(prefix, topic), key=key, value=value))
+
+
+class OutboxRelay:
+    """Publishes outbox rows in id order and deletes them once the broker acknowledged."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        producer_factory: Callable[[], KafkaProducer],
+        *,
+        batch_size: int = 1000,
+        send_timeout_s: float = 30.0,
+    ) -> None:
+        self._sessions = session_factory
+        self._producer_factory = producer_factory
+        self._producer: KafkaProducer | None = None
+        self._batch_size = batch_size
+        self._send_timeout_s = send_timeout_s
+        self._lock = threading.Lock()
+        self.wake = threading.Event()
+
+    def flush(self) -> int:
+        """Publish everything pending; return how many records went out."""
+        total = 0
+        while True:
+            sent = self._flush_batch()
+            total += sent
+            if sent < self._batch_size:
+                return total
+
+    def _flush_batch(self) -> int:
+        with self._lock, self._sessions() as session, session.begin():
+            if session.get_bind().dialect.name == "postgresql":
+                got = session.execute(
+                    text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID}
+                ).scalar()
+                if not got:
+                    return 0
+            rows = session.execute(
+                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.key, OutboxRecord.value)
+                .order_by(OutboxRecord.id)
+                .limit(self._batch_size)
+            ).all()
+            if not rows:
+                return 0
+            if self._producer is None:
+                self._producer = self._producer_factory()
+            futures = [
+                self._producer.send(row.topic, key=row.key.encode(), value=row.value)
+                for row in rows
+            ]
+            self._producer.flush(timeout=self._send_timeout_s)
+            for future in futures:
+                future.get(timeout=self._send_timeout_s)
+            session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
+            OUTBOX_PUBLISHED.inc(len(rows))
+            return len(rows)
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None and bool(self._producer.bootstrap_connected())
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(timeout=5)
+            self._producer = None
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Publish until ``stop`` is set: at once when woken, else every ``interval_s``."""
+        while not stop.is_set():
+            try:
+                if self._producer is None:
+                    self._producer = self._producer_factory()
+                self.flush()
+            except Exception:
+                log.exception("outbox relay could not publish; will retry")
+                stop.wait(min(interval_s * 5, 10))
+            self.wake.wait(interval_s)
+            self.wake.clear()

@@ -1,0 +1,119 @@
+"""Settings of every mailintake service: one class, one prefix (``MAILINTAKE_``).
+
+Each field's description is the documentation: the README's settings table is checked
+against this class by the test suite, so a new setting without a row there fails CI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "MAILINTAKE_"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Configuration read from ``MAILINTAKE_*`` environment variables (or a ``.env`` file)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=None, extra="ignore", frozen=True
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    database_url: str = Field(
+        "sqlite:///mailintake.db",
+        description="SQLAlchemy URL of the database. PostgreSQL in production "
+        "(`postgresql+psycopg2://user:pass@host/db`); SQLite for a one-machine run.",
+    )
+    encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated Fernet keys that encrypt secrets at rest. The first "
+        "encrypts new secrets; all of them decrypt (add a new key in front to rotate). "
+        "Generate one with `mailintake-keygen`. Required by every service.",
+    )
+
+    # --- Kafka ---------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated `host:port` list of Kafka brokers."
+    )
+    topic_prefix: str = Field(
+        "mailintake.", description="Prefix of every topic name (e.g. `mailintake.poll.due`)."
+    )
+    topic_partitions: int = Field(
+        12, ge=1, description="Partitions of each topic when the services create it."
+    )
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replication factor of each topic when the services create it."
+    )
+    create_topics: bool = Field(
+        True, description="Create missing topics with their configs at start-up."
+    )
+    kafka_client_id: str = Field("mailintake", description="Client id prefix sent to the brokers.")
+    kafka_max_poll_interval_ms: int = Field(
+        300_000,
+        ge=1000,
+        description="Consumer `max.poll.interval.ms`: the longest a consumer may spend on one "
+        "batch before the group evicts it. Keep it above the poll budget's seconds.",
+    )
+
+    # --- HTTP (health, readiness, metrics; the API itself for config-api) ---------------
+    http_host: str = Field("127.0.0.1", description="Address the service's HTTP server binds.")
+    http_port: int = Field(
+        8000, ge=0, le=65535, description="Port of the service's HTTP server (0: any free port)."
+    )
+
+    # --- config API ----------------------------------------------------------------------
+    api_tokens: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated `role:sha256hex` entries, one per API bearer token; role is "
+        "`admin` (read and write) or `viewer` (read). Hash a token with "
+        "`mailintake-config-api hash-token`.",
+    )
+    microsoft_imap_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "outlook.office365.com",
+            "outlook.office.de",
+            "partner.outlook.cn",
+            "outlook.office365.us",
+        ],
+        description="Hosts a Microsoft OAuth2 IMAP connection may use instead of the default "
+        "`outlook.office365.com` (comma-separated).",
+    )
+
+    # --- logging -------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level written to the JSON log on standard output."
+    )
+
+    @field_validator("encryption_keys", "api_tokens", "microsoft_imap_hosts", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("api_tokens")
+    @classmethod
+    def _token_entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            role, _, digest = entry.partition(":")
+            if role not in ("admin", "viewer") or len(digest) != 64:
+                raise ValueError(
+                    "each api_tokens entry must be `admin:<sha256 hex>` or `viewer:<sha256 hex>`"
+                )
+            int(digest, 16)
+        return value
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.kafka_bootstrap_servers.split(",") if s.strip()]
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
