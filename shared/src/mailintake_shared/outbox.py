@@ -46,6 +46,7 @@ class OutboxRelay:
         self._send_timeout_s = send_timeout_s
         self._lock = threading.Lock()
         self.wake = threading.Event()
+        self.healthy = False  # the last attempt to reach the broker succeeded
 
     def flush(self) -> int:
         """Publish everything pending; return how many records went out."""
@@ -84,10 +85,6 @@ class OutboxRelay:
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
 
-    @property
-    def connected(self) -> bool:
-        return self._producer is not None and bool(self._producer.bootstrap_connected())
-
     def close(self) -> None:
         if self._producer is not None:
             self._producer.close(timeout=5)
@@ -100,8 +97,10 @@ class OutboxRelay:
                 if self._producer is None:
                     self._producer = self._producer_factory()
                 self.flush()
-            except Exception:
-                log.exception("outbox relay could not publish; will retry")
+                self.healthy = True
+            except Exception as exc:
+                self.healthy = False
+                log.warning("outbox relay could not publish; will retry", error=str(exc))
                 stop.wait(min(interval_s * 5, 10))
             self.wake.wait(interval_s)
             self.wake.clear()

@@ -107,7 +107,8 @@ def _validate(
 ) -> None:
     errors = rules.check(draft, settings.microsoft_imap_hosts)
     if (
-        draft.oauth_credential_id is not None
+        draft.protocol.is_oauth2
+        and draft.oauth_credential_id is not None
         and session.get(OAuthCredential, draft.oauth_credential_id) is None
     ):
         errors.append(

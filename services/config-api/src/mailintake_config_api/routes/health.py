@@ -1,4 +1,4 @@
-"""``/healthz`` (liveness), ``/readyz`` (database and broker reachable), ``/metrics``."""
+"""``/healthz`` (liveness), ``/readyz`` (the database answers), ``/metrics``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database and broker reachable")
+@router.get("/readyz", summary="Readiness: the database answers")
 def readyz(res: ResourcesDep, response: Response) -> dict[str, object]:
     ok, checks = evaluate(res.readiness)
     response.status_code = 200 if ok else 503

@@ -1,0 +1,48 @@
+# mailintake — operator and developer targets. `make help` lists them.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: help run test test-fast lint format openapi settings-table migrate keygen token clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+run: ## run the whole pipeline on this machine (SQLite, local broker) until Ctrl-C
+	@scripts/bootstrap.sh
+	$(RUN) mailintake-devstack up
+
+test: ## install what the tests need, lint, then run the whole suite against real components
+	@scripts/bootstrap.sh test
+	@$(MAKE) --no-print-directory lint
+	$(RUN) pytest
+
+test-fast: ## only the tests that need no broker, database or mail server
+	$(RUN) pytest tests/unit
+
+lint: ## ruff and mypy (strict)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy shared/src services/*/src devstack/src tests scripts
+
+format: ## apply ruff's formatting and safe fixes
+	$(RUN) ruff format .
+	$(RUN) ruff check --fix .
+
+openapi: ## regenerate services/config-api/openapi.json from the code
+	$(RUN) mailintake-config-api openapi > services/config-api/openapi.json
+
+settings-table: ## rewrite the README's settings table from the Settings class
+	$(RUN) python scripts/settings_table.py --write
+
+migrate: ## bring the database at MAILINTAKE_DATABASE_URL to the latest schema
+	$(RUN) mailintake-migrate
+
+keygen: ## print a new encryption key for MAILINTAKE_ENCRYPTION_KEYS
+	@$(RUN) mailintake-keygen
+
+token: ## make an API token; ROLE=admin|viewer
+	@$(RUN) mailintake-config-api hash-token --role $${ROLE:-admin}
+
+clean: ## remove the one-machine run's state (.devstack/)
+	rm -rf .devstack

@@ -1,0 +1,3 @@
+from mailintake_devstack.main import main
+
+main()

@@ -1,0 +1,161 @@
+"""Console entry point ``mailintake-devstack``: the whole pipeline on one machine.
+
+    mailintake-devstack up     broker + migrations + the four services, until Ctrl-C
+
+Everything lives in ``.devstack/`` (SQLite database, generated encryption key and admin
+token, one log file per service). The broker keeps its data in memory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailintake_devstack.broker import LocalBroker, free_port
+from mailintake_shared.secretbox import generate_key
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    command: str
+    port: int
+
+
+def _secrets(state: Path) -> tuple[str, str]:
+    """The stack's encryption key and admin token, made on the first run and kept."""
+    from mailintake_config_api.auth import hash_token, new_token
+
+    key_file, token_file = state / "encryption-key", state / "admin-token"
+    if not key_file.exists():
+        key_file.write_text(generate_key() + "\n")
+        key_file.chmod(0o600)
+    if not token_file.exists():
+        token_file.write_text(new_token() + "\n")
+        token_file.chmod(0o600)
+    token = token_file.read_text().strip()
+    return key_file.read_text().strip(), f"admin:{hash_token(token)}"
+
+
+def _port_or_free(port: int) -> int:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def _wait_healthy(url: str, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback)
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def up(state: Path, api_port: int, broker_port: int) -> int:
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(exist_ok=True)
+    key, token_entry = _secrets(state)
+    broker = LocalBroker(port=_port_or_free(broker_port), log_path=state / "logs" / "broker.log")
+    broker.start()
+    env = {
+        **os.environ,
+        "MAILINTAKE_DATABASE_URL": f"sqlite:///{(state / 'mailintake.db').resolve()}",
+        "MAILINTAKE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "MAILINTAKE_ENCRYPTION_KEYS": key,
+        "MAILINTAKE_API_TOKENS": token_entry,
+        "MAILINTAKE_HTTP_HOST": "127.0.0.1",
+        "MAILINTAKE_TOPIC_PARTITIONS": os.environ.get("MAILINTAKE_TOPIC_PARTITIONS", "3"),
+    }
+    bindir = Path(sys.executable).parent
+    print(f"mailintake: broker on {broker.bootstrap_servers} (memory only)", flush=True)
+    subprocess.run(
+        [str(bindir / "mailintake-migrate")], env=env, check=True, stdout=subprocess.DEVNULL
+    )
+    print(f"mailintake: database {env['MAILINTAKE_DATABASE_URL']} migrated", flush=True)
+
+    specs = [
+        ServiceSpec("config-api", "mailintake-config-api", _port_or_free(api_port)),
+        ServiceSpec("scheduler", "mailintake-scheduler", free_port()),
+        ServiceSpec("fetcher", "mailintake-fetcher", free_port()),
+        ServiceSpec("store", "mailintake-store", free_port()),
+    ]
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    for spec in specs:
+        log = open(state / "logs" / f"{spec.name}.log", "ab")  # noqa: SIM115 (kept open)
+        processes[spec.name] = subprocess.Popen(
+            [str(bindir / spec.command)],
+            env={**env, "MAILINTAKE_HTTP_PORT": str(spec.port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    (state / "ports").write_text(
+        "".join(f"{spec.name}={spec.port}\n" for spec in specs) + f"broker={broker.port}\n"
+    )
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        for spec in specs:
+            url = f"http://127.0.0.1:{spec.port}/healthz"
+            ok = _wait_healthy(url, timeout_s=60)
+            print(
+                f"mailintake: {spec.name:<10} {'up' if ok else 'NOT answering'}  {url}", flush=True
+            )
+        api = specs[0].port
+        print(
+            f"\nAPI:    http://127.0.0.1:{api}/docs\n"
+            f"Token:  export TOKEN=$(cat {state / 'admin-token'})\n"
+            f"Logs:   {state / 'logs'}/\n"
+            "Stop:   Ctrl-C\n",
+            flush=True,
+        )
+        while not stop.wait(1):
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    print(
+                        f"mailintake: {name} exited with {process.returncode}; see its log",
+                        flush=True,
+                    )
+                    stop.set()
+        return 0 if all(p.poll() is None for p in processes.values()) else 1
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        broker.stop()
+        print("mailintake: stopped", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="mailintake-devstack", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("up", help="run the whole pipeline until Ctrl-C")
+    start.add_argument("--state-dir", type=Path, default=Path(".devstack"))
+    start.add_argument("--api-port", type=int, default=8000)
+    start.add_argument("--broker-port", type=int, default=9092)
+    args = parser.parse_args(argv)
+    sys.exit(up(args.state_dir, args.api_port, args.broker_port))

@@ -1,0 +1,136 @@
+"""Fixtures that start the real components on 127.0.0.1 and free ports, and stop them after.
+
+- ``broker``: Tansu (the default) or Apache Kafka in a container
+  (``MAILINTAKE_TEST_COMPONENTS=containers``, skipped with its reason without Docker);
+- ``postgres``: a throwaway cluster; ``database_url`` is a fresh, migrated database per test;
+- ``dovecot``: IMAP, IMAPS, STARTTLS, POP3 and POP3S with a test CA; ``mailbox`` a new user.
+
+Tests are isolated on the shared broker by a topic prefix of their own.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+
+from mailintake_devstack.broker import LocalBroker
+from mailintake_shared.db.migrate import upgrade
+from mailintake_shared.logging import configure_logging
+from mailintake_shared.secretbox import generate_key
+from mailintake_shared.settings import Settings
+from tests.harness.containers import (
+    KafkaInContainer,
+    PostgresInContainer,
+    docker_unavailable_reason,
+)
+from tests.harness.dovecot import Dovecot
+from tests.harness.postgres import PostgresCluster
+
+COMPONENTS = os.environ.get("MAILINTAKE_TEST_COMPONENTS", "processes")
+ADMIN_TOKEN = "test-admin-token"
+VIEWER_TOKEN = "test-viewer-token"
+
+
+def _containers_or_skip() -> None:
+    reason = docker_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[Any]:
+    if COMPONENTS == "containers":
+        _containers_or_skip()
+        kafka = KafkaInContainer().start()
+        yield kafka
+        kafka.stop()
+        return
+    with LocalBroker() as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    if COMPONENTS == "containers":
+        _containers_or_skip()
+        cluster: Any = PostgresInContainer().start()
+    else:
+        cluster = PostgresCluster().start()
+    template = cluster.create_database()
+    engine = create_engine(cluster.url(template))
+    upgrade(engine)
+    engine.dispose()
+    cluster.template = template
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def database_url(postgres: Any) -> str:
+    """A fresh database at the latest schema, for this test alone."""
+    return str(postgres.url(postgres.create_database(template=postgres.template)))
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    server = Dovecot().start()
+    yield server
+    server.destroy()
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    server: Dovecot
+    username: str
+    password: str
+
+
+@pytest.fixture
+def mailbox(dovecot: Dovecot) -> Mailbox:
+    username, password = dovecot.add_user(password=f"pw-{uuid.uuid4().hex[:12]}")
+    return Mailbox(dovecot, username, password)
+
+
+@pytest.fixture
+def settings(broker: Any, database_url: str) -> Settings:
+    from mailintake_config_api.auth import hash_token
+
+    return Settings(
+        database_url=database_url,
+        kafka_bootstrap_servers=broker.bootstrap_servers,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        topic_partitions=3,
+        encryption_keys=generate_key(),
+        api_tokens=f"admin:{hash_token(ADMIN_TOKEN)},viewer:{hash_token(VIEWER_TOKEN)}",
+        kafka_max_poll_interval_ms=3000,
+    )
+
+
+class LogCapture:
+    """Every JSON log line written while the fixture is active."""
+
+    def __init__(self) -> None:
+        self.stream = io.StringIO()
+
+    @property
+    def text(self) -> str:
+        return self.stream.getvalue()
+
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.text.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogCapture]:
+    capture = LogCapture()
+    configure_logging("DEBUG", service="test", stream=capture.stream)
+    yield capture
+    configure_logging("INFO", service="test")
