@@ -55,9 +55,22 @@ def test_run_command_brings_up_the_pipeline_and_readme_example_works(tmp_path: P
     api_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILINTAKE_")}
     stack = subprocess.Popen(
-        [sys.executable, "-m", "mailintake_devstack", "up", "--state-dir", str(state),
-         "--api-port", str(api_port), "--broker-port", str(free_port())],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "mailintake_devstack",
+            "up",
+            "--state-dir",
+            str(state),
+            "--api-port",
+            str(api_port),
+            "--broker-port",
+            str(free_port()),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         ports = _ports(state, timeout_s=60)
@@ -65,11 +78,18 @@ def test_run_command_brings_up_the_pipeline_and_readme_example_works(tmp_path: P
         for service in SERVICES:
             assert _healthy(ports[service], timeout_s=90), f"{service} /healthz never answered"
 
-        script = readme_curl_example().replace(
-            "http://127.0.0.1:8000", f"http://127.0.0.1:{api_port}"
-        ).replace(".devstack/admin-token", str(state / "admin-token"))
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
-                                text=True, timeout=60, cwd=tmp_path)
+        script = (
+            readme_curl_example()
+            .replace("http://127.0.0.1:8000", f"http://127.0.0.1:{api_port}")
+            .replace(".devstack/admin-token", str(state / "admin-token"))
+        )
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr
         created_text, listed_text = result.stdout.strip().split("\n", 1)
         created = json.loads(created_text)
