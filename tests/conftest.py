@@ -110,7 +110,8 @@ def settings(broker: Any, database_url: str) -> Settings:
         topic_partitions=3,
         encryption_keys=generate_key(),
         api_tokens=f"admin:{hash_token(ADMIN_TOKEN)},viewer:{hash_token(VIEWER_TOKEN)}",
-        kafka_max_poll_interval_ms=3000,
+        kafka_max_poll_interval_ms=6000,
+        kafka_session_timeout_ms=3000,
     )
 
 

@@ -7,18 +7,22 @@ Keys are the connection id (UUID text) on every topic.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import base64
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal, TypeVar
+from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from mailintake_shared.domain import ConnectionView
 
 
 class Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode("utf-8")
+        return self.model_dump_json(by_alias=True).encode("utf-8")
 
 
 E = TypeVar("E", bound=Event)
@@ -38,3 +42,175 @@ class ConnectionState(Event):
 
     schema_version: Literal[1] = 1
     connection: ConnectionView
+
+
+class PollReason(StrEnum):
+    SCHEDULED = "scheduled"  # the connection's interval elapsed
+    CONTINUATION = "continuation"  # the previous poll stopped at its budget with more pending
+    MANUAL = "manual"  # an operator asked for a poll now
+    RETRY = "retry"  # the previous poll failed, or never completed
+    ACTIONS = "actions"  # committed messages wait for their server action
+
+
+class PollOutcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"  # the connection was disabled or deleted meanwhile
+
+
+class ErrorKind(StrEnum):
+    """Why a poll failed, by the step that failed."""
+
+    DNS = "dns"
+    CONNECTION_REFUSED = "connection_refused"
+    TIMEOUT = "timeout"
+    TLS = "tls"
+    STARTTLS_UNAVAILABLE = "starttls_unavailable"
+    AUTHENTICATION = "authentication"
+    FOLDER_MISSING = "folder_missing"
+    SERVER_ERROR = "server_error"
+    BROKER = "broker"
+    INTERNAL = "internal"
+
+
+class PollDue(Event):
+    """Topic ``poll.due`` (scheduler → fetcher): poll this connection now."""
+
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    poll_id: UUID
+    reason: PollReason
+    issued_at: datetime
+
+
+class PollRequested(Event):
+    """Topic ``poll.requested`` (config-api → scheduler): an operator asked for a poll now."""
+
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    requested_at: datetime
+
+
+class FetchedChunk(Event):
+    """Topic ``mail.fetched``, ``kind: message``: one downloaded message, or one chunk of it.
+
+    A message larger than the chunk size travels as several records with ``chunk_index``
+    0, 1, …, in order on the connection's partition; the one with ``final`` set completes the
+    message and carries the SHA-256 of the whole. ``server_id`` is the dedup key within the
+    folder (IMAP: ``UIDVALIDITY:UID``).
+    """
+
+    kind: Literal["message"] = "message"
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    poll_id: UUID
+    folder: str
+    server_id: str
+    uidvalidity: int | None
+    uid: int | None
+    size: int
+    internal_date: datetime | None
+    seen_before: bool = Field(description="the server already had \\Seen (read by a person)")
+    chunk_index: int
+    final: bool
+    data_b64: str
+    sha256: str | None = None
+
+    @property
+    def data(self) -> bytes:
+        return base64.b64decode(self.data_b64)
+
+    @staticmethod
+    def encode_data(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+
+
+class PollResult(Event):
+    """Topic ``mail.fetched``, ``kind: poll_result``: how a poll went; after its messages."""
+
+    kind: Literal["poll_result"] = "poll_result"
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    poll_id: UUID
+    reason: PollReason
+    outcome: PollOutcome
+    error_kind: ErrorKind | None = None
+    error: str | None = None
+    folder: str | None = None
+    uidvalidity: int | None = None
+    messages: int = 0
+    bytes: int = 0
+    more_pending: bool = False
+    actions_applied: int = 0
+    started_at: datetime
+    finished_at: datetime
+
+
+FetchedRecord = Annotated[FetchedChunk | PollResult, Field(discriminator="kind")]
+FETCHED_RECORD: TypeAdapter[FetchedChunk | PollResult] = TypeAdapter(FetchedRecord)
+
+
+class HeaderSummary(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    cc: str | None = None
+    subject: str | None = None
+    date: str | None = None
+    message_id: str | None = None
+    in_reply_to: str | None = None
+    references: str | None = None
+
+
+class MailStored(Event):
+    """Topic ``mail.stored`` (store → downstream): a message was committed to the database.
+
+    ``message_id`` is the database id: the dedup key for downstream consumers. The raw MIME is
+    inline (``raw_b64``) up to ``MAILINTAKE_INLINE_MAX_BYTES``; always available from the
+    config API at ``raw_path`` (``GET /messages/{id}/raw``, bearer token needed).
+    """
+
+    schema_version: Literal[1] = 1
+    message_id: int
+    connection_id: UUID
+    folder: str
+    server_id: str
+    size: int
+    sha256: str
+    internal_date: datetime | None
+    stored_at: datetime
+    headers: HeaderSummary
+    problems: list[str] = Field(default_factory=list)
+    raw_b64: str | None = None
+    raw_path: str
+
+
+class PollCompleted(Event):
+    """Topic ``poll.completed`` (store → scheduler): a poll's messages are all committed."""
+
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    poll_id: UUID
+    outcome: PollOutcome
+    error_kind: ErrorKind | None = None
+    more_pending: bool = False
+    stored: int = 0
+    duplicates: int = 0
+    actions_pending: int = 0
+    consecutive_failures: int = 0
+    finished_at: datetime
+
+
+class DeadLetter(Event):
+    """Topic ``deadletter``: a record a service could not process, with the reason."""
+
+    schema_version: Literal[1] = 1
+    service: str
+    reason: str
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value_b64: str | None
+    failed_at: datetime

@@ -50,6 +50,8 @@ def make_consumer(
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
+        "session_timeout_ms": settings.kafka_session_timeout_ms,
+        "heartbeat_interval_ms": max(500, settings.kafka_session_timeout_ms // 3),
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)

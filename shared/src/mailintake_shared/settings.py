@@ -64,6 +64,13 @@ class Settings(BaseSettings):
         "batch before the group evicts it. Keep it above the poll budget's seconds.",
     )
 
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="Consumer `session.timeout.ms`: a consumer silent this long is replaced. "
+        "Heartbeats go every third of it. Lower values make group joins faster.",
+    )
+
     # --- HTTP (health, readiness, metrics; the API itself for config-api) ---------------
     http_host: str = Field("127.0.0.1", description="Address the service's HTTP server binds.")
     http_port: int = Field(
@@ -86,6 +93,56 @@ class Settings(BaseSettings):
         ],
         description="Hosts a Microsoft OAuth2 IMAP connection may use instead of the default "
         "`outlook.office365.com` (comma-separated).",
+    )
+
+    # --- polling ------------------------------------------------------------------------
+    poll_max_messages: int = Field(
+        500, ge=1, description="Most messages one poll downloads; more continue in the next."
+    )
+    poll_max_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1,
+        description="Most bytes one poll downloads (a single larger message still goes through).",
+    )
+    poll_max_seconds: float = Field(
+        60.0, gt=0, description="Longest a poll keeps downloading before it hands over."
+    )
+    poll_timeout_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A poll not completed after this long is issued again by the scheduler.",
+    )
+    poll_jitter_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="First polls are spread over this window (a stable offset per connection).",
+    )
+    retry_base_seconds: float = Field(
+        30.0, gt=0, description="Delay before retrying a failed poll; doubles per failure."
+    )
+    retry_max_seconds: float = Field(
+        3600.0, gt=0, description="Longest delay between retries of a failing connection."
+    )
+    fetch_batch_messages: int = Field(
+        100, ge=1, description="Messages asked for in one IMAP FETCH command."
+    )
+    chunk_bytes: int = Field(
+        512 * 1024,
+        ge=1024,
+        le=700 * 1024,
+        description="Mail larger than this travels in chunks of this size (keeps every record "
+        "under Kafka's default 1 MB limit and the fetcher's memory bounded).",
+    )
+
+    # --- store ---------------------------------------------------------------------------
+    store_batch_records: int = Field(
+        500, ge=1, description="Most fetched records the store writes in one transaction."
+    )
+    inline_max_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="`mail.stored` events carry the raw message inline up to this size; larger "
+        "ones only by reference (`GET /messages/{id}/raw`).",
     )
 
     # --- logging -------------------------------------------------------------------------

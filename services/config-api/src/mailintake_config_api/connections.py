@@ -12,24 +12,20 @@ from mailintake_config_api import rules
 from mailintake_config_api.errors import InvalidInputError
 from mailintake_config_api.schemas import (
     ConnectionCreate,
+    ConnectionHealth,
     ConnectionPublic,
     ConnectionUpdate,
     FieldError,
 )
-from mailintake_shared.db.models import Connection, OAuthCredential
+from mailintake_shared.db.models import Connection, ConnectionStatus, OAuthCredential
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import (
     DEFAULT_TIMEOUT_MS,
-    AfterDownload,
     Encryption,
     Protocol,
-    Transport,
-    effective_folder,
-    effective_host,
-    effective_port,
     transport_for,
 )
-from mailintake_shared.events import ConnectionState
+from mailintake_shared.events import ConnectionState, PollRequested
 from mailintake_shared.outbox import add_to_outbox
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -42,34 +38,35 @@ class NameTakenError(Exception):
     """Another connection already has this name (compared case-insensitively)."""
 
 
-def to_public(row: Connection) -> ConnectionPublic:
-    protocol = Protocol(row.protocol)
-    transport = Transport(row.transport)
-    encryption = Encryption(row.encryption)
+def to_public(row: Connection, status: ConnectionStatus | None = None) -> ConnectionPublic:
+    health = ConnectionHealth()
+    if status is not None:
+        health = ConnectionHealth(
+            last_poll_at=status.last_poll_at,
+            last_success_at=status.last_success_at,
+            last_error_kind=status.last_error_kind,
+            last_error=status.last_error,
+            consecutive_failures=status.consecutive_failures,
+            messages_stored=status.messages_stored,
+        )
     return ConnectionPublic(
-        id=row.id,
-        version=row.version,
-        name=row.name,
-        description=row.description,
-        protocol=protocol,
-        transport=transport,
-        oauth_credential_id=row.oauth_credential_id,
-        encryption=encryption,
-        host=effective_host(protocol, transport, row.host),
-        port=effective_port(transport, encryption, row.port),
-        tls_verify=row.tls_verify,
-        tls_ca_pem=row.tls_ca_pem,
-        interval_minutes=row.interval_minutes,
-        timeout_ms=row.timeout_ms,
-        folder=effective_folder(transport, row.folder),
-        username=row.username,
-        shared_mailbox=row.shared_mailbox,
-        after_download=AfterDownload(row.after_download),
-        enabled=row.enabled,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        has_password=row.password_enc is not None,
+        **dict(row.view()), has_password=row.password_enc is not None, status=health
     )
+
+
+def statuses(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, ConnectionStatus]:
+    rows = session.scalars(
+        select(ConnectionStatus).where(ConnectionStatus.connection_id.in_(ids))
+    ).all()
+    return {row.connection_id: row for row in rows}
+
+
+def request_poll(session: Session, settings: Settings, row: Connection) -> PollRequested:
+    event = PollRequested(connection_id=row.id, requested_at=utcnow())
+    add_to_outbox(
+        session, settings.topic_prefix, Topic.POLL_REQUESTED, str(row.id), event.to_bytes()
+    )
+    return event
 
 
 def _merge(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -163,10 +164,47 @@ class ConnectionUpdate(_ConnectionFields):
     """A partial update: only the fields sent change; `null` clears an optional field."""
 
 
+class ConnectionHealth(BaseModel):
+    """How the connection's polls have been going (empty until its first poll)."""
+
+    last_poll_at: datetime | None = None
+    last_success_at: datetime | None = None
+    last_error_kind: str | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    messages_stored: int = 0
+
+
 class ConnectionPublic(ConnectionView):
     """A connection as the API returns it: defaults applied, secrets left out."""
 
     has_password: bool
+    status: ConnectionHealth = Field(default_factory=ConnectionHealth)
+
+
+class PollAccepted(BaseModel):
+    connection_id: UUID
+    requested_at: datetime
+    detail: str
+
+
+class MessageInfo(BaseModel):
+    """A stored message's identity and header summary (the raw MIME is at ``raw_path``)."""
+
+    id: int
+    connection_id: UUID
+    folder: str
+    server_id: str
+    size: int
+    sha256: str
+    internal_date: datetime | None
+    stored_at: datetime
+    subject: str | None
+    header_from: str | None
+    message_id_header: str | None
+    problems: list[str]
+    action_state: str
+    raw_path: str
 
 
 class ConnectionPage(BaseModel):

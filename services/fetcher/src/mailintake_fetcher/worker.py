@@ -1,35 +1,162 @@
-"""The fetcher's worker: connects to the database and the broker, and answers readiness."""
+"""The fetcher's worker: poll.due → one poll → mail.fetched → commit the poll.due offset.
+
+Chain: ``CommitAfterWorkLoop(max_records=1)`` → decode (bad → dead-letter) → load the
+connection → ``ImapPoll.run`` → the poll's records acknowledged → offset committed. A
+fetcher that dies mid-poll leaves the offset uncommitted: the poll runs again elsewhere,
+and the store's dedup makes the repeat harmless.
+"""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from pydantic import ValidationError
 
+from mailintake_fetcher.poll import Budget, ImapPoll, Sink
+from mailintake_fetcher.publisher import KafkaSink
+from mailintake_fetcher.repository import FetcherRepository
 from mailintake_shared.checks import broker_ok, database_ok
-from mailintake_shared.db.engine import make_engine
-from mailintake_shared.kafka import ensure_topics, make_consumer
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.db.types import utcnow
+from mailintake_shared.deadletter import dead_letter
+from mailintake_shared.domain import Transport
+from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollResult, decode
+from mailintake_shared.kafka import (
+    CommitAfterWorkLoop,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from mailintake_shared.logging import get_logger
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
+
+log = get_logger(__name__)
+SERVICE = "fetcher"
 
 
-class Worker:
+def budget_from(settings: Settings) -> Budget:
+    return Budget(
+        max_messages=settings.poll_max_messages,
+        max_bytes=settings.poll_max_bytes,
+        max_seconds=settings.poll_max_seconds,
+        batch_messages=settings.fetch_batch_messages,
+        chunk_bytes=settings.chunk_bytes,
+    )
+
+
+class FetcherWorker:
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._engine = make_engine(settings)
+        self._repository = FetcherRepository(
+            make_session_factory(self._engine), SecretBox(settings.encryption_keys)
+        )
         if settings.create_topics:
             ensure_topics(settings)
-        self._consumer: KafkaConsumer = make_consumer(settings, "fetcher", [])
+        self._producer: KafkaProducer = make_producer(settings, SERVICE)
+        self._consumer: KafkaConsumer = make_consumer(settings, SERVICE, [Topic.POLL_DUE])
+        self._budget = budget_from(settings)
+        self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
-        return {"database": database_ok(self._engine), "broker": broker_ok(self._consumer)}
+        return {
+            "database": database_ok(self._engine),
+            "broker": broker_ok(self._consumer),
+            "processing": self._loop is None or self._loop.healthy,
+        }
 
     def run(self, stop: threading.Event) -> None:
-        stop.wait()
+        self._loop = CommitAfterWorkLoop(self._consumer, self.handle, stop=stop, max_records=1)
+        self._loop.run()
+
+    def handle(self, batch: list[ConsumerRecord]) -> None:
+        for record in batch:
+            try:
+                due = decode(PollDue, record.value or b"")
+            except ValidationError as exc:
+                dead_letter(
+                    self._producer,
+                    self._settings.topic_prefix,
+                    SERVICE,
+                    record,
+                    f"not a PollDue v1 event: {exc.errors()[:3]}",
+                )
+                continue
+            self.poll(due, KafkaSink(self._producer, self._settings.topic_prefix))
+
+    def poll(self, due: PollDue, sink: Sink) -> PollResult | None:
+        if utcnow() - due.issued_at > timedelta(seconds=self._settings.poll_timeout_seconds):
+            log.info(
+                "stale poll request skipped; the scheduler has issued a newer one",
+                connection_id=str(due.connection_id),
+            )
+            return None
+        config = self._repository.connection(due.connection_id)
+        if config is None or not config.view.enabled:
+            return self._skip(due, sink)
+        if config.view.transport is not Transport.IMAP:
+            return self._unsupported(due, sink, config.view.transport)
+        log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
+        result = ImapPoll(config, due, self._repository, sink, self._budget).run()
+        log.info(
+            "poll finished",
+            connection_id=str(due.connection_id),
+            outcome=result.outcome.value,
+            messages=result.messages,
+            bytes=result.bytes,
+            more_pending=result.more_pending,
+            actions_applied=result.actions_applied,
+        )
+        return result
+
+    def _finish(self, due: PollDue, sink: Sink, result: PollResult) -> PollResult:
+        sink.result(result)
+        sink.flush()
+        return result
+
+    def _skip(self, due: PollDue, sink: Sink) -> PollResult:
+        now = utcnow()
+        return self._finish(
+            due,
+            sink,
+            PollResult(
+                connection_id=due.connection_id,
+                poll_id=due.poll_id,
+                reason=due.reason,
+                outcome=PollOutcome.SKIPPED,
+                started_at=now,
+                finished_at=now,
+            ),
+        )
+
+    def _unsupported(self, due: PollDue, sink: Sink, transport: Transport) -> PollResult:
+        now = utcnow()
+        return self._finish(
+            due,
+            sink,
+            PollResult(
+                connection_id=due.connection_id,
+                poll_id=due.poll_id,
+                reason=due.reason,
+                outcome=PollOutcome.FAILED,
+                error_kind=ErrorKind.INTERNAL,
+                error=f"the {transport.value} transport is not supported by this fetcher yet",
+                started_at=now,
+                finished_at=now,
+            ),
+        )
 
     def close(self) -> None:
         self._consumer.close()
+        self._producer.close(timeout=10)
         self._engine.dispose()
 
 
-def build(settings: Settings) -> Worker:
-    return Worker(settings)
+def build(settings: Settings) -> FetcherWorker:
+    return FetcherWorker(settings)

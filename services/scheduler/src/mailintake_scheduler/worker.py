@@ -1,35 +1,170 @@
-"""The scheduler's worker: connects to the database and the broker, and answers readiness."""
+"""The scheduler's worker: folds its inputs into a ``Schedule`` and emits what is due.
+
+Inputs, all keyed by connection id and co-partitioned: ``connections`` (compacted; read from
+the start of every partition this replica is assigned), ``poll.completed`` and
+``poll.requested``. Replicas share one consumer group, so each owns the connections of its
+partitions and no connection is scheduled twice. Output: ``poll.due``.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
 
-from kafka import KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata
+from pydantic import ValidationError
 
-from mailintake_shared.checks import broker_ok, database_ok
-from mailintake_shared.db.engine import make_engine
-from mailintake_shared.kafka import ensure_topics, make_consumer
+from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS
+from mailintake_scheduler.schedule import Schedule, ScheduleConfig
+from mailintake_shared.checks import broker_ok
+from mailintake_shared.deadletter import dead_letter
+from mailintake_shared.events import ConnectionState, PollCompleted, PollRequested, decode
+from mailintake_shared.kafka import ensure_topics, make_consumer, make_producer
+from mailintake_shared.logging import get_logger
 from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic, topic_name
+
+log = get_logger(__name__)
+SERVICE = "scheduler"
+_TICK_S = 0.2
 
 
-class Worker:
-    def __init__(self, settings: Settings) -> None:
-        self._engine = make_engine(settings)
+def config_from(settings: Settings) -> ScheduleConfig:
+    return ScheduleConfig(
+        jitter_s=settings.poll_jitter_seconds,
+        poll_timeout_s=settings.poll_timeout_seconds,
+        retry_base_s=settings.retry_base_seconds,
+        retry_max_s=settings.retry_max_seconds,
+    )
+
+
+class _Rebuild(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, read each connections partition from its start; on revocation, forget
+    the connections of the partitions that went to another replica."""
+
+    def __init__(self, worker: SchedulerWorker) -> None:
+        self._worker = worker
+
+    def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self._worker.forget({tp.partition for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        connections = [tp for tp in assigned if tp.topic == self._worker.connections_topic]
+        if connections:
+            self._worker.consumer.seek_to_beginning(*connections)
+        log.info("partitions assigned", partitions=sorted({tp.partition for tp in assigned}))
+
+
+class SchedulerWorker:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
         if settings.create_topics:
             ensure_topics(settings)
-        self._consumer: KafkaConsumer = make_consumer(settings, "scheduler", [])
+        self.connections_topic = topic_name(settings.topic_prefix, Topic.CONNECTIONS)
+        self._due_topic = topic_name(settings.topic_prefix, Topic.POLL_DUE)
+        self._producer: KafkaProducer = make_producer(settings, SERVICE)
+        self.consumer: KafkaConsumer = make_consumer(settings, SERVICE, [])
+        self.consumer.subscribe(
+            [
+                self.connections_topic,
+                topic_name(settings.topic_prefix, Topic.POLL_COMPLETED),
+                topic_name(settings.topic_prefix, Topic.POLL_REQUESTED),
+            ],
+            listener=_Rebuild(self),
+        )
+        self.schedule = Schedule(config_from(settings))
+        self._partition_of: dict[uuid.UUID, int] = {}
+        self._healthy = True
 
     def readiness(self) -> Mapping[str, bool]:
-        return {"database": database_ok(self._engine), "broker": broker_ok(self._consumer)}
+        return {"broker": broker_ok(self.consumer), "emitting": self._healthy}
+
+    def forget(self, partitions: set[int]) -> None:
+        for connection_id, partition in list(self._partition_of.items()):
+            if partition in partitions:
+                self.schedule.connection_removed(connection_id)
+                del self._partition_of[connection_id]
 
     def run(self, stop: threading.Event) -> None:
-        stop.wait()
+        while not stop.is_set():
+            polled = self.consumer.poll(timeout_ms=int(_TICK_S * 1000), max_records=5000)
+            offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+            for records in polled.values():
+                for record in records:
+                    self.apply(record)
+                    tp = TopicPartition(record.topic, record.partition)
+                    offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+            try:
+                self.emit_due()
+                self._healthy = True
+            except Exception:
+                self._healthy = False
+                log.exception("could not emit poll-due events; they stay due")
+                stop.wait(1)
+                continue
+            if offsets:
+                self._commit(offsets)
+            CONNECTIONS.set(len(self.schedule))
+
+    def apply(self, record: ConsumerRecord) -> None:
+        now = self._clock()
+        try:
+            if record.topic == self.connections_topic:
+                connection_id = uuid.UUID(record.key.decode())
+                if record.value is None:
+                    self.schedule.connection_removed(connection_id)
+                    self._partition_of.pop(connection_id, None)
+                    return
+                view = decode(ConnectionState, record.value).connection
+                self._partition_of[view.id] = record.partition
+                self.schedule.connection_changed(view, now)
+                if not view.enabled:
+                    self._partition_of.pop(view.id, None)
+            elif record.topic.endswith(Topic.POLL_COMPLETED.value):
+                self.schedule.poll_completed(decode(PollCompleted, record.value or b""), now)
+            else:
+                request = decode(PollRequested, record.value or b"")
+                if not self.schedule.poll_requested(request.connection_id, now):
+                    log.info(
+                        "poll request for a connection that is not enabled",
+                        connection_id=str(request.connection_id),
+                    )
+        except (ValidationError, ValueError, AttributeError) as exc:
+            dead_letter(self._producer, self._settings.topic_prefix, SERVICE, record, str(exc))
+
+    def emit_due(self) -> None:
+        now = self._clock()
+        events = self.schedule.due(now)
+        if not events:
+            return
+        futures = [
+            self._producer.send(
+                self._due_topic, key=str(e.connection_id).encode(), value=e.to_bytes()
+            )
+            for e in events
+        ]
+        self._producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)
+        for event in events:
+            EMITTED.labels(event.reason.value).inc()
+        LATENESS.observe(max(0.0, self._clock() - now))
+
+    def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        try:
+            self.consumer.commit(offsets)
+        except Exception as exc:
+            log.warning("offset commit failed; records will be read again", error=str(exc))
 
     def close(self) -> None:
-        self._consumer.close()
-        self._engine.dispose()
+        self.consumer.close()
+        self._producer.close(timeout=10)
 
 
-def build(settings: Settings) -> Worker:
-    return Worker(settings)
+def build(settings: Settings) -> SchedulerWorker:
+    return SchedulerWorker(settings)

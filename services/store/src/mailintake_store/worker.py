@@ -1,35 +1,115 @@
-"""The store's worker: connects to the database and the broker, and answers readiness."""
+"""The store's worker: mail.fetched → one transaction per batch → commit offsets.
+
+Chain: ``CommitAfterWorkLoop`` → decode (bad records → dead-letter) → ``StoreWriter.write``
+(one transaction) → dead-letter what the writer rejected → offsets committed → the outbox
+relay publishes ``mail.stored`` and ``poll.completed``. A database outage makes the write
+raise: the loop rewinds to the last commit and retries with back-off, losing nothing.
+"""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from pydantic import ValidationError
 
 from mailintake_shared.checks import broker_ok, database_ok
-from mailintake_shared.db.engine import make_engine
-from mailintake_shared.kafka import ensure_topics, make_consumer
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.deadletter import dead_letter
+from mailintake_shared.events import FETCHED_RECORD, FetchedChunk, PollResult
+from mailintake_shared.kafka import (
+    CommitAfterWorkLoop,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
+from mailintake_shared.logging import get_logger
+from mailintake_shared.outbox import OutboxRelay
 from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
+from mailintake_store.metrics import BATCH_SECONDS
+from mailintake_store.writer import StoreWriter
+
+log = get_logger(__name__)
+SERVICE = "store"
 
 
-class Worker:
+class StoreWorker:
     def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._engine = make_engine(settings)
+        sessions = make_session_factory(self._engine)
         if settings.create_topics:
             ensure_topics(settings)
-        self._consumer: KafkaConsumer = make_consumer(settings, "store", [])
+        self._producer: KafkaProducer = make_producer(settings, SERVICE)
+        self._consumer: KafkaConsumer = make_consumer(
+            settings, SERVICE, [Topic.MAIL_FETCHED], max_partition_fetch_bytes=4 * 1024 * 1024
+        )
+        self._writer = StoreWriter(
+            sessions,
+            topic_prefix=settings.topic_prefix,
+            inline_max_bytes=settings.inline_max_bytes,
+        )
+        self._relay = OutboxRelay(sessions, lambda: self._producer)
+        self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
-        return {"database": database_ok(self._engine), "broker": broker_ok(self._consumer)}
+        return {
+            "database": database_ok(self._engine),
+            "broker": broker_ok(self._consumer),
+            "processing": self._loop is None or self._loop.healthy,
+        }
 
     def run(self, stop: threading.Event) -> None:
-        stop.wait()
+        relay = threading.Thread(target=self._relay.run, args=(stop,), name="outbox-relay")
+        relay.start()
+        self._loop = CommitAfterWorkLoop(
+            self._consumer,
+            self.handle,
+            stop=stop,
+            max_records=self._settings.store_batch_records,
+        )
+        try:
+            self._loop.run()
+        finally:
+            self._relay.wake.set()
+            relay.join(timeout=30)
+
+    def handle(self, batch: list[ConsumerRecord]) -> None:
+        started = time.monotonic()
+        events: list[FetchedChunk | PollResult] = []
+        sources: list[ConsumerRecord] = []
+        for record in batch:
+            try:
+                events.append(FETCHED_RECORD.validate_json(record.value or b""))
+                sources.append(record)
+            except ValidationError as exc:
+                self._dead_letter(record, f"not a mail.fetched v1 record: {exc.errors()[:3]}")
+        outcome = self._writer.write(events)
+        for rejected in outcome.rejected:
+            self._dead_letter(sources[rejected.index], rejected.reason)
+        self._relay.wake.set()
+        BATCH_SECONDS.observe(time.monotonic() - started)
+        if outcome.stored or outcome.duplicates:
+            log.info(
+                "batch written",
+                records=len(batch),
+                stored=outcome.stored,
+                duplicates=outcome.duplicates,
+                rejected=len(outcome.rejected),
+            )
+
+    def _dead_letter(self, record: ConsumerRecord, reason: str) -> None:
+        dead_letter(self._producer, self._settings.topic_prefix, SERVICE, record, reason)
 
     def close(self) -> None:
         self._consumer.close()
+        self._producer.close(timeout=10)
         self._engine.dispose()
 
 
-def build(settings: Settings) -> Worker:
-    return Worker(settings)
+def build(settings: Settings) -> StoreWorker:
+    return StoreWorker(settings)

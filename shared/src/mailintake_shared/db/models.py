@@ -5,10 +5,30 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, Uuid, func
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mailintake_shared.db.types import BigIntId, UTCDateTime, utcnow
+from mailintake_shared.domain import (
+    AfterDownload,
+    ConnectionView,
+    Encryption,
+    Protocol,
+    Transport,
+    effective_folder,
+    effective_host,
+    effective_port,
+)
 
 
 class Base(DeclarativeBase):
@@ -64,6 +84,34 @@ class Connection(Base):
 
     __table_args__ = (Index("uq_connections_name", func.lower(name), unique=True),)
 
+    def view(self) -> ConnectionView:
+        """The connection without its secrets, defaults applied."""
+        protocol, transport = Protocol(self.protocol), Transport(self.transport)
+        encryption = Encryption(self.encryption)
+        return ConnectionView(
+            id=self.id,
+            version=self.version,
+            name=self.name,
+            description=self.description,
+            protocol=protocol,
+            transport=transport,
+            oauth_credential_id=self.oauth_credential_id,
+            encryption=encryption,
+            host=effective_host(protocol, transport, self.host),
+            port=effective_port(transport, encryption, self.port),
+            tls_verify=self.tls_verify,
+            tls_ca_pem=self.tls_ca_pem,
+            interval_minutes=self.interval_minutes,
+            timeout_ms=self.timeout_ms,
+            folder=effective_folder(transport, self.folder),
+            username=self.username,
+            shared_mailbox=self.shared_mailbox,
+            after_download=AfterDownload(self.after_download),
+            enabled=self.enabled,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+        )
+
 
 class OutboxRecord(Base):
     """A Kafka record written in the same transaction as the change it announces.
@@ -79,3 +127,102 @@ class OutboxRecord(Base):
     key: Mapped[str] = mapped_column(String(255))
     value: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ConnectionStatus(Base):
+    """Each connection's polling health, written by the store as poll results arrive."""
+
+    __tablename__ = "connection_status"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    last_poll_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_success_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error_kind: Mapped[str | None] = mapped_column(String(32))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    consecutive_failures: Mapped[int] = mapped_column(default=0)
+    messages_stored: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MailboxState(Base):
+    """The cursor of one folder: its UIDVALIDITY and the highest UID committed."""
+
+    __tablename__ = "mailbox_state"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    folder: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Message(Base):
+    """A stored message: raw MIME, identity on the server, header summary, server action."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    # No foreign key: stored mail outlives the connection it came from.
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    folder: Mapped[str] = mapped_column(String(1024))
+    server_id: Mapped[str] = mapped_column(String(512))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    raw: Mapped[bytes] = mapped_column(LargeBinary)
+    internal_date: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    seen_before: Mapped[bool] = mapped_column(default=False)
+    poll_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    header_from: Mapped[str | None] = mapped_column(Text)
+    header_to: Mapped[str | None] = mapped_column(Text)
+    header_cc: Mapped[str | None] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    header_date: Mapped[str | None] = mapped_column(Text)
+    message_id_header: Mapped[str | None] = mapped_column(Text)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[str | None] = mapped_column(Text)
+    problems: Mapped[str | None] = mapped_column(Text)  # JSON list; null when parsed cleanly
+    # The server action after download (\\Seen or delete): "pending" until applied on the
+    # server, then "applied"; "stale" when a UIDVALIDITY change made the UID meaningless.
+    action_state: Mapped[str] = mapped_column(String(16))
+    action_applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("connection_id", "folder", "server_id", name="uq_messages_server_id"),
+        Index("ix_messages_sha256", "connection_id", "sha256"),
+        Index("ix_messages_action", "connection_id", "folder", "action_state"),
+    )
+
+
+class MessageChunk(Base):
+    """A chunk of a large message waiting for its siblings (staging, deleted once whole)."""
+
+    __tablename__ = "message_chunks"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    folder: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    server_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    chunk_index: Mapped[int] = mapped_column(primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class PollLog(Base):
+    """One row per poll: when, how it ended, what it downloaded and stored."""
+
+    __tablename__ = "poll_log"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    poll_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    reason: Mapped[str | None] = mapped_column(String(16))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error: Mapped[str | None] = mapped_column(Text)
+    fetched: Mapped[int] = mapped_column(default=0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored: Mapped[int] = mapped_column(default=0)
+    duplicates: Mapped[int] = mapped_column(default=0)
+    more_pending: Mapped[bool] = mapped_column(default=False)

@@ -18,6 +18,7 @@ from mailintake_config_api.schemas import (
     ConnectionPublic,
     ConnectionUpdate,
     ErrorBody,
+    PollAccepted,
 )
 from mailintake_shared.db.models import Connection
 
@@ -72,8 +73,12 @@ def list_connections(
     rows = session.scalars(
         query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
     ).all()
+    status = connections.statuses(session, [r.id for r in rows])
     return ConnectionPage(
-        items=[connections.to_public(r) for r in rows], total=total, limit=limit, offset=offset
+        items=[connections.to_public(r, status.get(r.id)) for r in rows],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 
@@ -99,7 +104,8 @@ def create_connection(
 def get_connection(
     connection_id: uuid.UUID, session: SessionDep, _role: Viewer
 ) -> ConnectionPublic:
-    return connections.to_public(_get(session, connection_id))
+    row = _get(session, connection_id)
+    return connections.to_public(row, connections.statuses(session, [row.id]).get(row.id))
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -144,3 +150,22 @@ def disable_connection(
 ) -> ConnectionPublic:
     row = connections.set_enabled(session, res.settings, _get(session, connection_id), False)
     return connections.to_public(row)
+
+
+@router.post(
+    "/{connection_id}/poll",
+    response_model=PollAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Poll now",
+)
+def poll_connection(
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> PollAccepted:
+    """Ask the scheduler for a poll at once (right after the current one, if one is running)."""
+    row = _get(session, connection_id)
+    if not row.enabled:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail="the connection is disabled")
+    event = connections.request_poll(session, res.settings, row)
+    return PollAccepted(
+        connection_id=row.id, requested_at=event.requested_at, detail="poll requested"
+    )

@@ -1,0 +1,171 @@
+"""The schedule as a pure function of (clock, connections, poll outcomes): no I/O here.
+
+Rules:
+- an enabled connection is due every ``interval_minutes``; its first poll falls at a stable
+  offset within the jitter window (a hash of its id), so thousands of connections do not
+  fire in the same second;
+- never a second poll while one is in flight; one that has not completed after
+  ``poll_timeout_s`` is issued again (reason ``retry``);
+- a poll that stopped at its budget with more pending, or left committed messages waiting
+  for their server action, is followed at once (``continuation``, ``actions``);
+- a failed poll is retried after ``retry_base_s`` doubled per consecutive failure, capped
+  by the interval; an authentication failure waits at least the interval and backs off up
+  to ``retry_max_s`` (no retry storm against a server that refuses us);
+- a manual request is served at once, or right after the poll in flight;
+- a disabled or deleted connection is dropped; an interval change applies from the next poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from mailintake_shared.domain import ConnectionView
+from mailintake_shared.events import (
+    ErrorKind,
+    PollCompleted,
+    PollDue,
+    PollOutcome,
+    PollReason,
+)
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    jitter_s: float
+    poll_timeout_s: float
+    retry_base_s: float
+    retry_max_s: float
+
+
+@dataclass
+class _Entry:
+    interval_s: float
+    version: int
+    next_due: float
+    reason: PollReason = PollReason.SCHEDULED
+    in_flight: uuid.UUID | None = None
+    issued_at: float = 0.0
+    requested: bool = False
+
+
+def stable_fraction(connection_id: uuid.UUID) -> float:
+    """A number in [0, 1) fixed for a connection id (same on every replica and restart)."""
+    digest = hashlib.blake2b(connection_id.bytes, digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+@dataclass
+class Schedule:
+    config: ScheduleConfig
+    _entries: dict[uuid.UUID, _Entry] = field(default_factory=dict)
+    _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
+    _flying: set[uuid.UUID] = field(default_factory=set)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def in_flight(self, connection_id: uuid.UUID) -> bool:
+        entry = self._entries.get(connection_id)
+        return entry is not None and entry.in_flight is not None
+
+    def _set_due(
+        self, connection_id: uuid.UUID, entry: _Entry, when: float, reason: PollReason
+    ) -> None:
+        entry.next_due, entry.reason = when, reason
+        heapq.heappush(self._heap, (when, connection_id))
+
+    # --- inputs ----------------------------------------------------------------------------
+    def connection_changed(self, view: ConnectionView, now: float) -> None:
+        entry = self._entries.get(view.id)
+        if not view.enabled:
+            self.connection_removed(view.id)
+            return
+        interval_s = view.interval_minutes * 60.0
+        if entry is None:
+            entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0)
+            self._entries[view.id] = entry
+            offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
+            self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
+        elif view.version >= entry.version:
+            entry.interval_s, entry.version = interval_s, view.version
+
+    def connection_removed(self, connection_id: uuid.UUID) -> None:
+        self._entries.pop(connection_id, None)  # heap entries of it are skipped when popped
+        self._flying.discard(connection_id)
+
+    def poll_completed(self, event: PollCompleted, now: float) -> None:
+        entry = self._entries.get(event.connection_id)
+        if entry is None or entry.in_flight != event.poll_id:
+            return  # a poll of a removed connection, or one already re-issued
+        entry.in_flight = None
+        self._flying.discard(event.connection_id)
+        if entry.requested:
+            entry.requested = False
+            self._set_due(event.connection_id, entry, now, PollReason.MANUAL)
+        elif event.outcome is PollOutcome.FAILED:
+            self._set_due(
+                event.connection_id, entry, now + self._retry_delay(entry, event), PollReason.RETRY
+            )
+        elif event.more_pending:
+            self._set_due(event.connection_id, entry, now, PollReason.CONTINUATION)
+        elif event.actions_pending:
+            self._set_due(event.connection_id, entry, now, PollReason.ACTIONS)
+        else:
+            when = max(now, entry.issued_at + entry.interval_s)
+            self._set_due(event.connection_id, entry, when, PollReason.SCHEDULED)
+
+    def _retry_delay(self, entry: _Entry, event: PollCompleted) -> float:
+        failures = max(1, event.consecutive_failures)
+        backoff = self.config.retry_base_s * float(2 ** (failures - 1))
+        if event.error_kind is ErrorKind.AUTHENTICATION:
+            return min(
+                max(entry.interval_s, backoff), max(entry.interval_s, self.config.retry_max_s)
+            )
+        return min(backoff, entry.interval_s, self.config.retry_max_s)
+
+    def poll_requested(self, connection_id: uuid.UUID, now: float) -> bool:
+        """An operator's "poll now"; False if the connection is not enabled here."""
+        entry = self._entries.get(connection_id)
+        if entry is None:
+            return False
+        if entry.in_flight is not None:
+            entry.requested = True
+        else:
+            self._set_due(connection_id, entry, now, PollReason.MANUAL)
+        return True
+
+    # --- output ----------------------------------------------------------------------------
+    def due(self, now: float, wall_clock: datetime | None = None) -> list[PollDue]:
+        """The poll-due events to emit at ``now``; they are in flight from here on."""
+        issued_at = wall_clock or datetime.now(UTC)
+        events: list[PollDue] = []
+        for connection_id in list(self._flying):
+            flying = self._entries[connection_id]
+            if now - flying.issued_at >= self.config.poll_timeout_s:
+                flying.in_flight = None  # it never completed: issue it again
+                self._flying.discard(connection_id)
+                self._set_due(connection_id, flying, now, PollReason.RETRY)
+        while self._heap and self._heap[0][0] <= now:
+            when, connection_id = heapq.heappop(self._heap)
+            entry = self._entries.get(connection_id)
+            if entry is None or entry.in_flight is not None or when != entry.next_due:
+                continue  # removed, busy, or superseded by a newer due time
+            poll_id = uuid.uuid4()
+            entry.in_flight, entry.issued_at = poll_id, now
+            self._flying.add(connection_id)
+            events.append(
+                PollDue(
+                    connection_id=connection_id,
+                    poll_id=poll_id,
+                    reason=entry.reason,
+                    issued_at=issued_at,
+                )
+            )
+        return events
+
+    def next_wakeup(self) -> float | None:
+        return self._heap[0][0] if self._heap else None

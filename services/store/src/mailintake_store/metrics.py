@@ -1,0 +1,18 @@
+"""The store's Prometheus metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+STORED = Counter("mailintake_store_messages_stored_total", "Messages committed (new).")
+DUPLICATES = Counter(
+    "mailintake_store_duplicates_total", "Fetched messages already stored (skipped)."
+)
+POLL_RESULTS = Counter(
+    "mailintake_store_poll_results_total", "Poll results recorded, by outcome.", ["outcome"]
+)
+BATCH_SECONDS = Histogram(
+    "mailintake_store_batch_seconds",
+    "Time to write one batch in one transaction.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)

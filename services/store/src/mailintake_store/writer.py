@@ -1,0 +1,475 @@
+"""One batch of fetched records → one database transaction.
+
+In that transaction: new messages inserted with dedup (the server key, then the content
+hash across UIDVALIDITY epochs), chunks of large messages staged until the last one, the
+folder's cursor advanced, the poll log and the connection's status updated, and the
+``mail.stored`` and ``poll.completed`` events queued in the outbox. The caller commits the
+Kafka offsets only after this returns, so a crash at any point replays the batch, and the
+replay stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailintake_shared.db.models import (
+    ConnectionStatus,
+    MailboxState,
+    Message,
+    MessageChunk,
+    PollLog,
+)
+from mailintake_shared.db.types import utcnow
+from mailintake_shared.events import (
+    FetchedChunk,
+    HeaderSummary,
+    MailStored,
+    PollCompleted,
+    PollOutcome,
+    PollResult,
+)
+from mailintake_shared.outbox import add_to_outbox
+from mailintake_shared.topics import Topic
+from mailintake_store.metrics import DUPLICATES, POLL_RESULTS, STORED
+from mailintake_store.mime import summarize
+
+_INSERT_ROWS = 200  # rows per multi-row INSERT (keeps SQLite under its parameter limit)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A fetched message that cannot be stored; the worker dead-letters its record."""
+
+    index: int  # position of the record in the batch
+    reason: str
+
+
+@dataclass
+class _Complete:
+    """A whole message, ready to insert."""
+
+    index: int
+    first: FetchedChunk  # identity fields (any chunk carries them)
+    raw: bytes
+    sha256: str
+
+    @cached_property
+    def summary(self) -> tuple[HeaderSummary, list[str]]:
+        return summarize(self.raw)
+
+
+@dataclass
+class _PollCounts:
+    connection_id: uuid.UUID
+    stored: int = 0
+    duplicates: int = 0
+
+
+class _Polls(dict[uuid.UUID, _PollCounts]):
+    """Counts per poll id, made on first use."""
+
+    def of(self, chunk: FetchedChunk | PollResult) -> _PollCounts:
+        if chunk.poll_id not in self:
+            self[chunk.poll_id] = _PollCounts(chunk.connection_id)
+        return self[chunk.poll_id]
+
+
+@dataclass
+class BatchOutcome:
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def _insert(session: Session) -> Callable[..., postgresql.Insert | sqlite.Insert]:
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (PostgreSQL and SQLite)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
+
+
+class StoreWriter:
+    def __init__(
+        self, sessions: sessionmaker[Session], *, topic_prefix: str, inline_max_bytes: int
+    ) -> None:
+        self._sessions = sessions
+        self._prefix = topic_prefix
+        self._inline_max = inline_max_bytes
+
+    def write(self, records: Sequence[FetchedChunk | PollResult]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        with self._sessions() as session, session.begin():
+            pending: list[_Complete] = []
+            polls = _Polls()
+            for index, record in enumerate(records):
+                if isinstance(record, PollResult):
+                    self._store_messages(session, pending, polls, outcome)
+                    pending = []
+                    counts = polls.of(record)
+                    del polls[record.poll_id]
+                    self._record_poll(session, record, counts)
+                    continue
+                complete = self._assemble(session, index, record, outcome)
+                if complete is not None:
+                    pending.append(complete)
+            self._store_messages(session, pending, polls, outcome)
+            for poll_id, counts in polls.items():
+                self._add_poll_counts(session, poll_id, counts)
+        return outcome
+
+    # --- messages --------------------------------------------------------------------------
+    def _assemble(
+        self, session: Session, index: int, chunk: FetchedChunk, outcome: BatchOutcome
+    ) -> _Complete | None:
+        data = chunk.data
+        if chunk.chunk_index == 0 and chunk.final:
+            raw = data
+        else:
+            key = (chunk.connection_id, chunk.folder, chunk.server_id)
+            session.execute(
+                _insert(session)(MessageChunk)
+                .values(
+                    connection_id=key[0],
+                    folder=key[1],
+                    server_id=key[2],
+                    chunk_index=chunk.chunk_index,
+                    data=data,
+                )
+                .on_conflict_do_nothing()
+            )
+            if not chunk.final:
+                return None
+            where = and_(
+                MessageChunk.connection_id == key[0],
+                MessageChunk.folder == key[1],
+                MessageChunk.server_id == key[2],
+            )
+            parts = session.execute(
+                select(MessageChunk.chunk_index, MessageChunk.data)
+                .where(where, MessageChunk.chunk_index <= chunk.chunk_index)
+                .order_by(MessageChunk.chunk_index)
+            ).all()
+            session.execute(delete(MessageChunk).where(where))
+            if [p.chunk_index for p in parts] != list(range(chunk.chunk_index + 1)):
+                outcome.rejected.append(Rejected(index, "chunks of the message are missing"))
+                return None
+            raw = b"".join(bytes(p.data) for p in parts)
+        digest = hashlib.sha256(raw).hexdigest()
+        if chunk.sha256 != digest:
+            outcome.rejected.append(
+                Rejected(index, f"SHA-256 mismatch: announced {chunk.sha256}, got {digest}")
+            )
+            return None
+        return _Complete(index, chunk, raw, digest)
+
+    def _store_messages(
+        self,
+        session: Session,
+        messages: list[_Complete],
+        polls: _Polls,
+        outcome: BatchOutcome,
+    ) -> None:
+        if not messages:
+            return
+        fresh = self._drop_known(session, messages, polls, outcome)
+        fresh = self._rekey_after_uidvalidity_change(session, fresh, polls, outcome)
+        inserted = self._insert_rows(session, fresh)
+        for message in fresh:
+            chunk = message.first
+            message_id = inserted.get((chunk.connection_id, chunk.folder, chunk.server_id))
+            if message_id is None:  # a concurrent writer stored it first
+                polls.of(chunk).duplicates += 1
+                outcome.duplicates += 1
+                continue
+            polls.of(chunk).stored += 1
+            outcome.stored += 1
+            self._announce(session, message_id, message)
+        self._advance_cursors(session, messages)
+        STORED.inc(outcome.stored)
+        DUPLICATES.inc(outcome.duplicates)
+
+    def _drop_known(
+        self,
+        session: Session,
+        messages: list[_Complete],
+        polls: _Polls,
+        outcome: BatchOutcome,
+    ) -> list[_Complete]:
+        """Messages whose server key is already stored (or repeated in this batch) are dups."""
+        by_connection: dict[uuid.UUID, set[str]] = defaultdict(set)
+        for message in messages:
+            by_connection[message.first.connection_id].add(message.first.server_id)
+        known: set[tuple[uuid.UUID, str, str]] = set()
+        for connection_id, server_ids in by_connection.items():
+            rows = session.execute(
+                select(Message.folder, Message.server_id).where(
+                    Message.connection_id == connection_id, Message.server_id.in_(server_ids)
+                )
+            ).all()
+            known.update((connection_id, r.folder, r.server_id) for r in rows)
+        fresh: list[_Complete] = []
+        for message in messages:
+            key = (message.first.connection_id, message.first.folder, message.first.server_id)
+            if key in known:
+                polls.of(message.first).duplicates += 1
+                outcome.duplicates += 1
+            else:
+                known.add(key)
+                fresh.append(message)
+        return fresh
+
+    def _rekey_after_uidvalidity_change(
+        self,
+        session: Session,
+        messages: list[_Complete],
+        polls: _Polls,
+        outcome: BatchOutcome,
+    ) -> list[_Complete]:
+        """A message whose content is already stored from an earlier UIDVALIDITY of the same
+        folder is the same mail under a new UID: the stored row takes the new identity (so the
+        server action reaches it) and nothing new is stored or announced."""
+        imap = [m for m in messages if m.first.uidvalidity is not None]
+        if not imap:
+            return messages
+        candidates: dict[tuple[uuid.UUID, str, str], list[Any]] = defaultdict(list)
+        for connection_id in {m.first.connection_id for m in imap}:
+            hashes = {m.sha256 for m in imap if m.first.connection_id == connection_id}
+            rows = session.execute(
+                select(Message.id, Message.folder, Message.sha256, Message.uidvalidity)
+                .where(Message.connection_id == connection_id, Message.sha256.in_(hashes))
+                .order_by(Message.id)
+            ).all()
+            for row in rows:
+                candidates[(connection_id, row.folder, row.sha256)].append(row)
+        fresh: list[_Complete] = []
+        for message in messages:
+            chunk = message.first
+            rows = candidates.get((chunk.connection_id, chunk.folder, message.sha256), [])
+            older = next((r for r in rows if r.uidvalidity != chunk.uidvalidity), None)
+            if chunk.uidvalidity is None or older is None:
+                fresh.append(message)
+                continue
+            rows.remove(older)
+            session.execute(
+                update(Message)
+                .where(Message.id == older.id)
+                .values(
+                    server_id=chunk.server_id,
+                    uidvalidity=chunk.uidvalidity,
+                    uid=chunk.uid,
+                    action_state="pending",
+                )
+            )
+            polls.of(chunk).duplicates += 1
+            outcome.duplicates += 1
+        return fresh
+
+    def _insert_rows(
+        self, session: Session, messages: list[_Complete]
+    ) -> dict[tuple[uuid.UUID, str, str], int]:
+        inserted: dict[tuple[uuid.UUID, str, str], int] = {}
+        now = utcnow()
+        for start in range(0, len(messages), _INSERT_ROWS):
+            rows = [self._row(m, now) for m in messages[start : start + _INSERT_ROWS]]
+            statement = (
+                _insert(session)(Message)
+                .values(rows)
+                .on_conflict_do_nothing(
+                    index_elements=[Message.connection_id, Message.folder, Message.server_id]
+                )
+                .returning(Message.id, Message.connection_id, Message.folder, Message.server_id)
+            )
+            for row in session.execute(statement):
+                inserted[(row.connection_id, row.folder, row.server_id)] = row.id
+        return inserted
+
+    @staticmethod
+    def _row(message: _Complete, now: Any) -> dict[str, Any]:
+        chunk = message.first
+        headers, problems = message.summary
+        return {
+            "connection_id": chunk.connection_id,
+            "folder": chunk.folder,
+            "server_id": chunk.server_id,
+            "uidvalidity": chunk.uidvalidity,
+            "uid": chunk.uid,
+            "sha256": message.sha256,
+            "size": len(message.raw),
+            "raw": message.raw,
+            "internal_date": chunk.internal_date,
+            "seen_before": chunk.seen_before,
+            "poll_id": chunk.poll_id,
+            "stored_at": now,
+            "header_from": headers.from_,
+            "header_to": headers.to,
+            "header_cc": headers.cc,
+            "subject": headers.subject,
+            "header_date": headers.date,
+            "message_id_header": headers.message_id,
+            "in_reply_to": headers.in_reply_to,
+            "references": headers.references,
+            "problems": json.dumps(problems) if problems else None,
+            "action_state": "pending",
+            "action_applied_at": None,
+        }
+
+    def _announce(self, session: Session, message_id: int, message: _Complete) -> None:
+        chunk = message.first
+        headers, problems = message.summary
+        event = MailStored(
+            message_id=message_id,
+            connection_id=chunk.connection_id,
+            folder=chunk.folder,
+            server_id=chunk.server_id,
+            size=len(message.raw),
+            sha256=message.sha256,
+            internal_date=chunk.internal_date,
+            stored_at=utcnow(),
+            headers=headers,
+            problems=problems,
+            raw_b64=(
+                FetchedChunk.encode_data(message.raw)
+                if len(message.raw) <= self._inline_max
+                else None
+            ),
+            raw_path=f"/messages/{message_id}/raw",
+        )
+        add_to_outbox(
+            session, self._prefix, Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes()
+        )
+
+    def _advance_cursors(self, session: Session, messages: list[_Complete]) -> None:
+        """Per folder: the UIDVALIDITY of the newest record, and the highest UID seen in it."""
+        latest: dict[tuple[uuid.UUID, str], tuple[int, int]] = {}
+        for message in messages:
+            chunk = message.first
+            if chunk.uidvalidity is None or chunk.uid is None:
+                continue
+            key = (chunk.connection_id, chunk.folder)
+            validity, highest = latest.get(key, (chunk.uidvalidity, 0))
+            if validity != chunk.uidvalidity:
+                highest = 0
+            latest[key] = (chunk.uidvalidity, max(highest, chunk.uid))
+        for (connection_id, folder), (validity, highest) in latest.items():
+            state = session.get(MailboxState, (connection_id, folder), with_for_update=True)
+            if state is None:
+                session.add(
+                    MailboxState(
+                        connection_id=connection_id,
+                        folder=folder,
+                        uidvalidity=validity,
+                        last_uid=highest,
+                        updated_at=utcnow(),
+                    )
+                )
+                continue
+            if state.uidvalidity != validity:
+                # A new epoch: old UIDs mean nothing on the server any more.
+                session.execute(
+                    update(Message)
+                    .where(
+                        Message.connection_id == connection_id,
+                        Message.folder == folder,
+                        Message.uidvalidity != validity,
+                        Message.action_state == "pending",
+                    )
+                    .values(action_state="stale")
+                )
+                state.uidvalidity, state.last_uid = validity, highest
+            else:
+                state.last_uid = max(state.last_uid, highest)
+            state.updated_at = utcnow()
+
+    # --- polls -----------------------------------------------------------------------------
+    def _add_poll_counts(
+        self, session: Session, poll_id: uuid.UUID, counts: _PollCounts
+    ) -> PollLog:
+        row = session.scalar(select(PollLog).where(PollLog.poll_id == poll_id).with_for_update())
+        if row is None:
+            row = PollLog(
+                poll_id=poll_id,
+                connection_id=counts.connection_id,
+                fetched=0,
+                bytes=0,
+                stored=0,
+                duplicates=0,
+                more_pending=False,
+            )
+            session.add(row)
+        row.stored += counts.stored
+        row.duplicates += counts.duplicates
+        if counts.stored:
+            self._status(session, counts.connection_id).messages_stored += counts.stored
+        return row
+
+    def _record_poll(self, session: Session, result: PollResult, counts: _PollCounts) -> None:
+        row = self._add_poll_counts(session, result.poll_id, counts)
+        row.reason = result.reason.value
+        row.started_at, row.finished_at = result.started_at, result.finished_at
+        row.outcome = result.outcome.value
+        row.error_kind = result.error_kind.value if result.error_kind else None
+        row.error = result.error
+        row.fetched, row.bytes, row.more_pending = (
+            result.messages,
+            result.bytes,
+            result.more_pending,
+        )
+
+        status = self._status(session, result.connection_id)
+        if result.outcome is PollOutcome.OK:
+            status.last_poll_at = status.last_success_at = result.finished_at
+            status.consecutive_failures = 0
+            status.last_error_kind = status.last_error = None
+        elif result.outcome is PollOutcome.FAILED:
+            status.last_poll_at = result.finished_at
+            status.consecutive_failures += 1
+            status.last_error_kind = row.error_kind
+            status.last_error = result.error
+        actions_pending = (
+            session.scalar(
+                select(func.count())
+                .select_from(Message)
+                .where(
+                    Message.connection_id == result.connection_id, Message.action_state == "pending"
+                )
+            )
+            or 0
+        )
+        event = PollCompleted(
+            connection_id=result.connection_id,
+            poll_id=result.poll_id,
+            outcome=result.outcome,
+            error_kind=result.error_kind,
+            more_pending=result.more_pending,
+            stored=row.stored,
+            duplicates=row.duplicates,
+            actions_pending=actions_pending,
+            consecutive_failures=status.consecutive_failures,
+            finished_at=result.finished_at,
+        )
+        add_to_outbox(
+            session, self._prefix, Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes()
+        )
+        POLL_RESULTS.labels(result.outcome.value).inc()
+
+    @staticmethod
+    def _status(session: Session, connection_id: uuid.UUID) -> ConnectionStatus:
+        status = session.get(ConnectionStatus, connection_id, with_for_update=True)
+        if status is None:
+            status = ConnectionStatus(
+                connection_id=connection_id, consecutive_failures=0, messages_stored=0
+            )
+            session.add(status)
+            session.flush()
+        return status

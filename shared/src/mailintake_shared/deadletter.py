@@ -1,0 +1,47 @@
+"""Dead-lettering: a record that cannot be processed is kept, with its reason, and skipped."""
+
+from __future__ import annotations
+
+import base64
+
+from kafka import KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from prometheus_client import Counter
+
+from mailintake_shared.db.types import utcnow
+from mailintake_shared.events import DeadLetter
+from mailintake_shared.logging import get_logger
+from mailintake_shared.topics import Topic, topic_name
+
+log = get_logger(__name__)
+DEAD_LETTERED = Counter(
+    "mailintake_dead_lettered_total", "Records sent to the dead-letter topic.", ["service"]
+)
+
+
+def dead_letter(
+    producer: KafkaProducer, prefix: str, service: str, record: ConsumerRecord, reason: str
+) -> None:
+    """Publish ``record`` to the dead-letter topic and wait for the broker's acknowledgement
+    (the caller commits the record's offset only after this returned)."""
+    event = DeadLetter(
+        service=service,
+        reason=reason[:2000],
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+        value_b64=base64.b64encode(record.value).decode() if record.value is not None else None,
+        failed_at=utcnow(),
+    )
+    producer.send(
+        topic_name(prefix, Topic.DEAD_LETTER), key=record.key, value=event.to_bytes()
+    ).get(timeout=60)
+    DEAD_LETTERED.labels(service).inc()
+    log.warning(
+        "record dead-lettered",
+        reason=reason[:500],
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+    )

@@ -1,0 +1,123 @@
+"""The four services as real processes (so a test can ``kill -9`` one), on shared settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+
+from mailintake_devstack.broker import free_port
+from mailintake_shared.settings import ENV_PREFIX, Settings
+
+BIN = Path(sys.executable).parent
+SERVICES = ("scheduler", "fetcher", "store", "config-api")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a service read exactly ``settings``."""
+    env: dict[str, str] = {}
+    for name in Settings.model_fields:
+        value: Any = getattr(settings, name)
+        if isinstance(value, list):
+            value = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else v for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        env[ENV_PREFIX + name.upper()] = str(value)
+    return env
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.ports: dict[str, int] = {}
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, *services: str) -> Pipeline:
+        for service in services or SERVICES:
+            port = self.ports.setdefault(service, free_port())
+            env = {
+                **{k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)},
+                **settings_env(self.settings),
+                "MAILINTAKE_HTTP_PORT": str(port),
+            }
+            log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 (kept open)
+            self.processes[service] = subprocess.Popen(
+                [str(BIN / f"mailintake-{service}")],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def kill(self, service: str) -> None:
+        """SIGKILL: no clean-up, no last commit, as a crash."""
+        process = self.processes.pop(service)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def stop(self, service: str) -> None:
+        process = self.processes.pop(service)
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop_all(self) -> None:
+        for service in list(self.processes):
+            self.stop(service)
+
+    def logs(self) -> str:
+        return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def assert_running(self) -> None:
+        for service, process in self.processes.items():
+            assert process.poll() is None, f"{service} exited:\n{self.logs()[-5000:]}"
+
+
+def wait_until(
+    probe: Callable[[], Any], *, timeout_s: float, message: str = "", interval_s: float = 0.25
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s: {message} (last: {last!r})")
+
+
+class Database:
+    """Read-only views of what the pipeline stored, in plain SQL."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = create_engine(url, pool_pre_ping=True)
+
+    def scalar(self, sql: str, **params: Any) -> Any:
+        with self.engine.connect() as connection:
+            return connection.execute(text(sql), params).scalar()
+
+    def rows(self, sql: str, **params: Any) -> list[Any]:
+        with self.engine.connect() as connection:
+            return list(connection.execute(text(sql), params).all())
+
+    def message_count(self) -> int:
+        return int(self.scalar("SELECT count(*) FROM messages"))
+
+    def distinct_messages(self) -> int:
+        return int(self.scalar("SELECT count(DISTINCT message_id_header) FROM messages"))
+
+    def close(self) -> None:
+        self.engine.dispose()

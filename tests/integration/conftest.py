@@ -1,0 +1,77 @@
+"""Fixtures for tests that run the whole pipeline."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from imapclient import IMAPClient
+
+from mailintake_shared.settings import Settings
+from tests.api import api_client
+from tests.conftest import Mailbox
+from tests.harness.pipeline import Database, Pipeline
+
+
+@pytest.fixture
+def pipeline_settings(settings: Settings) -> Settings:
+    """Settings that make the pipeline quick to observe: no jitter, short budgets."""
+    return settings.model_copy(
+        update={
+            "poll_jitter_seconds": 0.0,
+            "poll_timeout_seconds": 20.0,
+            "poll_max_seconds": 5.0,
+            "retry_base_seconds": 1.0,
+            "kafka_max_poll_interval_ms": 6000,
+        }
+    )
+
+
+@pytest.fixture
+def pipeline(pipeline_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    running = Pipeline(pipeline_settings, tmp_path / "logs")
+    yield running
+    running.stop_all()
+
+
+@pytest.fixture
+def api(pipeline_settings: Settings) -> Iterator[TestClient]:
+    with api_client(pipeline_settings) as client:
+        yield client
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.close()
+
+
+def imap_connection_body(mailbox: Mailbox, **overrides: Any) -> dict[str, Any]:
+    server = mailbox.server
+    body: dict[str, Any] = {
+        "name": f"mailbox {uuid.uuid4().hex[:6]}",
+        "protocol": "imap",
+        "host": "127.0.0.1",
+        "port": server.ports.imaps,
+        "encryption": "ssl",
+        "tls_ca_pem": server.pki.ca_text,
+        "username": mailbox.username,
+        "password": mailbox.password,
+        "interval_minutes": 1,
+    }
+    body.update(overrides)
+    return body
+
+
+def imap_session(mailbox: Mailbox) -> IMAPClient:
+    server = mailbox.server
+    context = ssl.create_default_context(cafile=str(server.pki.ca_pem))
+    client = IMAPClient("127.0.0.1", server.ports.imaps, ssl=True, ssl_context=context)
+    client.login(mailbox.username, mailbox.password)
+    return client
