@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +76,32 @@ def imap_session(mailbox: Mailbox) -> IMAPClient:
     client = IMAPClient("127.0.0.1", server.ports.imaps, ssl=True, ssl_context=context)
     client.login(mailbox.username, mailbox.password)
     return client
+
+
+def create_enabled(api: TestClient, mailbox: Mailbox, **overrides: Any) -> str:
+    created = api.post("/connections", json=imap_connection_body(mailbox, **overrides))
+    assert created.status_code == 201, created.text
+    connection_id: str = created.json()["id"]
+    assert api.post(f"/connections/{connection_id}/enable").status_code == 200
+    return connection_id
+
+
+def server_flags(mailbox: Mailbox) -> tuple[int, int]:
+    """(messages in INBOX, of which \\Seen)."""
+    with imap_session(mailbox) as client:
+        total = client.select_folder("INBOX", readonly=True)[b"EXISTS"]
+        seen = len(client.search(["SEEN"]))
+    return total, seen
+
+
+def drain(
+    api: TestClient, connection_id: str, db: Database, expected: int, *, timeout_s: float
+) -> None:
+    """Ask for polls until ``expected`` messages are stored (a poll may have been lost)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if db.message_count() >= expected:
+            return
+        api.post(f"/connections/{connection_id}/poll")
+        time.sleep(3)
+    raise AssertionError(f"only {db.message_count()} of {expected} messages stored")

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
-from tests.integration.conftest import imap_connection_body, imap_session
+from tests.integration.conftest import create_enabled, server_flags
 
 pytestmark = pytest.mark.integration
-
-
-def create_enabled(api: TestClient, mailbox: Mailbox, **overrides: Any) -> str:
-    created = api.post("/connections", json=imap_connection_body(mailbox, **overrides))
-    assert created.status_code == 201, created.text
-    connection_id: str = created.json()["id"]
-    assert api.post(f"/connections/{connection_id}/enable").status_code == 200
-    return connection_id
-
-
-def server_flags(mailbox: Mailbox) -> tuple[int, int]:
-    """(messages in INBOX, of which \\Seen)."""
-    with imap_session(mailbox) as client:
-        total = client.select_folder("INBOX", readonly=True)[b"EXISTS"]
-        seen = len(client.search(["SEEN"]))
-    return total, seen
 
 
 def test_ingests_a_mailbox_once_then_only_new_mail_and_marks_it_seen(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import base64
 
-from kafka import KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter
 
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import DeadLetter
+from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.topics import Topic, topic_name
 
@@ -20,7 +20,7 @@ DEAD_LETTERED = Counter(
 
 
 def dead_letter(
-    producer: KafkaProducer, prefix: str, service: str, record: ConsumerRecord, reason: str
+    producer: ReliableProducer, prefix: str, service: str, record: ConsumerRecord, reason: str
 ) -> None:
     """Publish ``record`` to the dead-letter topic and wait for the broker's acknowledgement
     (the caller commits the record's offset only after this returned)."""
@@ -34,9 +34,8 @@ def dead_letter(
         value_b64=base64.b64encode(record.value).decode() if record.value is not None else None,
         failed_at=utcnow(),
     )
-    producer.send(
-        topic_name(prefix, Topic.DEAD_LETTER), key=record.key, value=event.to_bytes()
-    ).get(timeout=60)
+    future = producer.send(topic_name(prefix, Topic.DEAD_LETTER), record.key, event.to_bytes())
+    producer.settle([future])
     DEAD_LETTERED.labels(service).inc()
     log.warning(
         "record dead-lettered",

@@ -13,6 +13,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from mailintake_shared.settings import Settings
@@ -33,10 +34,67 @@ def make_producer(settings: Settings, client_name: str, **overrides: Any) -> Kaf
         "linger_ms": 20,
         "batch_size": 262_144,
         "retries": 2**31 - 1,
-        "delivery_timeout_ms": 120_000,
+        # Fail a delivery after 30 s rather than minutes: the caller then retries from its
+        # last commit with a fresh producer, which also heals a broker that lost its state.
+        "request_timeout_ms": 15_000,
+        "delivery_timeout_ms": 30_000,
     }
     config.update(overrides)
     return KafkaProducer(**config)
+
+
+class ReliableProducer:
+    """A producer that is rebuilt after a failed delivery.
+
+    A broker that lost its state (a restart of memory storage, a cluster rebuilt after a
+    disaster) no longer knows an idempotent producer's id, and the old producer then fails
+    for ever; a new one starts clean. Building it also creates missing topics with their
+    configs first, so that they are not auto-created with the broker's defaults.
+    """
+
+    def __init__(self, settings: Settings, client_name: str, **overrides: Any) -> None:
+        self._settings = settings
+        self._client_name = client_name
+        self._overrides = overrides
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                if self._settings.create_topics:
+                    ensure_topics(self._settings)
+                self._producer = make_producer(self._settings, self._client_name, **self._overrides)
+            return self._producer
+
+    def connect(self) -> None:
+        self._get()
+
+    def send(self, topic: str, key: bytes | None, value: bytes | None) -> FutureRecordMetadata:
+        return self._get().send(topic, key=key, value=value)
+
+    def settle(self, futures: Iterable[FutureRecordMetadata], timeout_s: float = 35.0) -> None:
+        """Wait until every future is acknowledged; on any failure rebuild, then raise."""
+        try:
+            self._get().flush(timeout=timeout_s)
+            for future in futures:
+                future.get(timeout=timeout_s)
+        except Exception:
+            self.reset()
+            raise
+
+    def reset(self) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                producer.close(timeout=0)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=timeout_s)
 
 
 def make_consumer(

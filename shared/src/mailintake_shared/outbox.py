@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
-from kafka import KafkaProducer
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.db.models import OutboxRecord
+from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.metrics import OUTBOX_PUBLISHED
 from mailintake_shared.topics import Topic, topic_name
@@ -34,14 +33,13 @@ class OutboxRelay:
     def __init__(
         self,
         session_factory: sessionmaker[Session],
-        producer_factory: Callable[[], KafkaProducer],
+        producer: ReliableProducer,
         *,
         batch_size: int = 1000,
         send_timeout_s: float = 30.0,
     ) -> None:
         self._sessions = session_factory
-        self._producer_factory = producer_factory
-        self._producer: KafkaProducer | None = None
+        self._producer = producer
         self._batch_size = batch_size
         self._send_timeout_s = send_timeout_s
         self._lock = threading.Lock()
@@ -72,30 +70,17 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            if self._producer is None:
-                self._producer = self._producer_factory()
-            futures = [
-                self._producer.send(row.topic, key=row.key.encode(), value=row.value)
-                for row in rows
-            ]
-            self._producer.flush(timeout=self._send_timeout_s)
-            for future in futures:
-                future.get(timeout=self._send_timeout_s)
+            futures = [self._producer.send(row.topic, row.key.encode(), row.value) for row in rows]
+            self._producer.settle(futures, self._send_timeout_s)
             session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
-
-    def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close(timeout=5)
-            self._producer = None
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         """Publish until ``stop`` is set: at once when woken, else every ``interval_s``."""
         while not stop.is_set():
             try:
-                if self._producer is None:
-                    self._producer = self._producer_factory()
+                self._producer.connect()
                 self.flush()
                 self.healthy = True
             except Exception as exc:

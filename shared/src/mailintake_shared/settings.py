@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         "`admin` (read and write) or `viewer` (read). Hash a token with "
         "`mailintake-config-api hash-token`.",
     )
+    connections_resync_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="The config API republishes every connection's state this often, so that "
+        "the connections topic heals after a broker lost its data (0: never).",
+    )
     microsoft_imap_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "outlook.office365.com",

@@ -198,3 +198,12 @@ def delete(session: Session, settings: Settings, row: Connection) -> None:
 def _touch(row: Connection) -> None:
     row.version += 1
     row.updated_at = utcnow()
+
+
+def republish_all(session: Session, settings: Settings) -> int:
+    """Queue every connection's current state again (the topic heals after a broker loss)."""
+    count = 0
+    for row in session.scalars(select(Connection).order_by(Connection.id)):
+        _announce(session, settings, row)
+        count += 1
+    return count

@@ -5,16 +5,19 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from kafka import KafkaProducer
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailintake_config_api import connections
 from mailintake_config_api.auth import TokenTable
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.kafka import ensure_topics, make_producer
+from mailintake_shared.kafka import ReliableProducer
+from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxRelay
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -25,6 +28,7 @@ class Resources:
     secrets: SecretBox
     tokens: TokenTable
     relay: OutboxRelay
+    producer: ReliableProducer
     stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -33,11 +37,7 @@ class Resources:
         engine = make_engine(settings)
         sessions = make_session_factory(engine)
 
-        def producer() -> KafkaProducer:
-            if settings.create_topics:
-                ensure_topics(settings)
-            return make_producer(settings, "config-api")
-
+        producer = ReliableProducer(settings, "config-api")
         return cls(
             settings=settings,
             engine=engine,
@@ -45,21 +45,36 @@ class Resources:
             secrets=SecretBox(settings.encryption_keys),
             tokens=TokenTable(settings.api_tokens),
             relay=OutboxRelay(sessions, producer),
+            producer=producer,
         )
 
     def start(self) -> None:
-        thread = threading.Thread(
-            target=self.relay.run, args=(self.stop,), name="outbox-relay", daemon=True
-        )
-        thread.start()
-        self._threads.append(thread)
+        for name, target in (("outbox-relay", self._relay), ("resync", self._resync)):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _relay(self) -> None:
+        self.relay.run(self.stop)
+
+    def _resync(self) -> None:
+        """Republish every connection's state now and then (see connections_resync_seconds)."""
+        interval = self.settings.connections_resync_seconds
+        while interval and not self.stop.wait(interval):
+            try:
+                with self.sessions() as session, session.begin():
+                    count = connections.republish_all(session, self.settings)
+                self.relay.wake.set()
+                log.info("connection states republished", connections=count)
+            except Exception as exc:
+                log.warning("could not republish connection states", error=str(exc))
 
     def close(self) -> None:
         self.stop.set()
         self.relay.wake.set()
         for thread in self._threads:
             thread.join(timeout=10)
-        self.relay.close()
+        self.producer.close()
         self.engine.dispose()
 
     def readiness(self) -> dict[str, bool]:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from mailintake_shared.events import FetchedChunk, PollResult
+from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.topics import Topic, topic_name
 
 
 class KafkaSink:
-    def __init__(self, producer: KafkaProducer, prefix: str, *, timeout_s: float = 60) -> None:
+    def __init__(self, producer: ReliableProducer, prefix: str, *, timeout_s: float = 35) -> None:
         self._producer = producer
         self._topic = topic_name(prefix, Topic.MAIL_FETCHED)
         self._timeout_s = timeout_s
@@ -18,7 +18,7 @@ class KafkaSink:
 
     def _send(self, event: FetchedChunk | PollResult) -> None:
         key = str(event.connection_id).encode()
-        self._pending.append(self._producer.send(self._topic, key=key, value=event.to_bytes()))
+        self._pending.append(self._producer.send(self._topic, key, event.to_bytes()))
         # Keep the acknowledgement list short: settle it now and then.
         if len(self._pending) >= 1000:
             self.flush()
@@ -30,7 +30,5 @@ class KafkaSink:
         self._send(result)
 
     def flush(self) -> None:
-        self._producer.flush(timeout=self._timeout_s)
         pending, self._pending = self._pending, []
-        for future in pending:
-            future.get(timeout=self._timeout_s)  # raises if the broker did not take it
+        self._producer.settle(pending, self._timeout_s)  # raises if the broker did not take one

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Mapping
 from datetime import timedelta
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
@@ -27,9 +27,9 @@ from mailintake_shared.domain import Transport
 from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollResult, decode
 from mailintake_shared.kafka import (
     CommitAfterWorkLoop,
+    ReliableProducer,
     ensure_topics,
     make_consumer,
-    make_producer,
 )
 from mailintake_shared.logging import get_logger
 from mailintake_shared.secretbox import SecretBox
@@ -59,7 +59,7 @@ class FetcherWorker:
         )
         if settings.create_topics:
             ensure_topics(settings)
-        self._producer: KafkaProducer = make_producer(settings, SERVICE)
+        self._producer = ReliableProducer(settings, SERVICE)
         self._consumer: KafkaConsumer = make_consumer(settings, SERVICE, [Topic.POLL_DUE])
         self._budget = budget_from(settings)
         self._loop: CommitAfterWorkLoop | None = None
@@ -154,7 +154,7 @@ class FetcherWorker:
 
     def close(self) -> None:
         self._consumer.close()
-        self._producer.close(timeout=10)
+        self._producer.close()
         self._engine.dispose()
 
 

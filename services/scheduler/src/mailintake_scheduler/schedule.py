@@ -167,5 +167,14 @@ class Schedule:
             )
         return events
 
+    def retract(self, events: list[PollDue], now: float) -> None:
+        """These events never reached the broker: the polls are due again, not in flight."""
+        for event in events:
+            entry = self._entries.get(event.connection_id)
+            if entry is not None and entry.in_flight == event.poll_id:
+                entry.in_flight = None
+                self._flying.discard(event.connection_id)
+                self._set_due(event.connection_id, entry, now, event.reason)
+
     def next_wakeup(self) -> float | None:
         return self._heap[0][0] if self._heap else None

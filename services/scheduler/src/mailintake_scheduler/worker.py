@@ -13,8 +13,9 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
@@ -23,7 +24,7 @@ from mailintake_scheduler.schedule import Schedule, ScheduleConfig
 from mailintake_shared.checks import broker_ok
 from mailintake_shared.deadletter import dead_letter
 from mailintake_shared.events import ConnectionState, PollCompleted, PollRequested, decode
-from mailintake_shared.kafka import ensure_topics, make_consumer, make_producer
+from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic, topic_name
@@ -67,8 +68,12 @@ class SchedulerWorker:
             ensure_topics(settings)
         self.connections_topic = topic_name(settings.topic_prefix, Topic.CONNECTIONS)
         self._due_topic = topic_name(settings.topic_prefix, Topic.POLL_DUE)
-        self._producer: KafkaProducer = make_producer(settings, SERVICE)
-        self.consumer: KafkaConsumer = make_consumer(settings, SERVICE, [])
+        self._producer = ReliableProducer(settings, SERVICE)
+        # Range assignment gives a replica the same partition numbers of every topic, so the
+        # connections, completions and requests of one connection reach the same replica.
+        self.consumer: KafkaConsumer = make_consumer(
+            settings, SERVICE, [], partition_assignment_strategy=[RangePartitionAssignor]
+        )
         self.consumer.subscribe(
             [
                 self.connections_topic,
@@ -143,14 +148,14 @@ class SchedulerWorker:
         if not events:
             return
         futures = [
-            self._producer.send(
-                self._due_topic, key=str(e.connection_id).encode(), value=e.to_bytes()
-            )
+            self._producer.send(self._due_topic, str(e.connection_id).encode(), e.to_bytes())
             for e in events
         ]
-        self._producer.flush(timeout=30)
-        for future in futures:
-            future.get(timeout=30)
+        try:
+            self._producer.settle(futures, timeout_s=30)
+        except Exception:
+            self.schedule.retract(events, self._clock())  # still due: emitted again next tick
+            raise
         for event in events:
             EMITTED.labels(event.reason.value).inc()
         LATENESS.observe(max(0.0, self._clock() - now))
@@ -163,7 +168,7 @@ class SchedulerWorker:
 
     def close(self) -> None:
         self.consumer.close()
-        self._producer.close(timeout=10)
+        self._producer.close()
 
 
 def build(settings: Settings) -> SchedulerWorker:

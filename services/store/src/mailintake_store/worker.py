@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
@@ -22,9 +22,9 @@ from mailintake_shared.deadletter import dead_letter
 from mailintake_shared.events import FETCHED_RECORD, FetchedChunk, PollResult
 from mailintake_shared.kafka import (
     CommitAfterWorkLoop,
+    ReliableProducer,
     ensure_topics,
     make_consumer,
-    make_producer,
 )
 from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxRelay
@@ -44,7 +44,7 @@ class StoreWorker:
         sessions = make_session_factory(self._engine)
         if settings.create_topics:
             ensure_topics(settings)
-        self._producer: KafkaProducer = make_producer(settings, SERVICE)
+        self._producer = ReliableProducer(settings, SERVICE)
         self._consumer: KafkaConsumer = make_consumer(
             settings, SERVICE, [Topic.MAIL_FETCHED], max_partition_fetch_bytes=4 * 1024 * 1024
         )
@@ -53,7 +53,7 @@ class StoreWorker:
             topic_prefix=settings.topic_prefix,
             inline_max_bytes=settings.inline_max_bytes,
         )
-        self._relay = OutboxRelay(sessions, lambda: self._producer)
+        self._relay = OutboxRelay(sessions, self._producer)
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
@@ -107,7 +107,7 @@ class StoreWorker:
 
     def close(self) -> None:
         self._consumer.close()
-        self._producer.close(timeout=10)
+        self._producer.close()
         self._engine.dispose()
 
 

@@ -1,0 +1,178 @@
+"""The schedule as a pure function: advance a fake clock and check the exact events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from mailintake_scheduler.schedule import Schedule, ScheduleConfig, stable_fraction
+from mailintake_shared.domain import AfterDownload, ConnectionView, Encryption, Protocol, Transport
+from mailintake_shared.events import ErrorKind, PollCompleted, PollDue, PollOutcome, PollReason
+
+CONFIG = ScheduleConfig(jitter_s=60, poll_timeout_s=600, retry_base_s=30, retry_max_s=3600)
+
+
+def view(
+    cid: uuid.UUID | None = None, *, enabled: bool = True, interval: int = 5, version: int = 1
+) -> ConnectionView:
+    now = datetime.now(UTC)
+    return ConnectionView(
+        id=cid or uuid.uuid4(),
+        version=version,
+        name="n",
+        description=None,
+        protocol=Protocol.IMAP,
+        transport=Transport.IMAP,
+        oauth_credential_id=None,
+        encryption=Encryption.SSL,
+        host="h",
+        port=993,
+        tls_verify=True,
+        tls_ca_pem=None,
+        interval_minutes=interval,
+        timeout_ms=30000,
+        folder="INBOX",
+        username="u",
+        shared_mailbox=None,
+        after_download=AfterDownload.MARK_SEEN,
+        enabled=enabled,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def completed(due: PollDue, **fields: object) -> PollCompleted:
+    values: dict[str, object] = {
+        "connection_id": due.connection_id,
+        "poll_id": due.poll_id,
+        "outcome": PollOutcome.OK,
+        "finished_at": datetime.now(UTC),
+    }
+    values.update(fields)
+    return PollCompleted.model_validate(values)
+
+
+def first_poll(schedule: Schedule, v: ConnectionView, start: float = 0.0) -> PollDue:
+    schedule.connection_changed(v, start)
+    offset = stable_fraction(v.id) * min(CONFIG.jitter_s, v.interval_minutes * 60)
+    assert schedule.due(start + offset - 0.001) == []
+    (due,) = schedule.due(start + offset)
+    assert due.reason is PollReason.SCHEDULED
+    return due
+
+
+def test_first_polls_are_spread_by_a_stable_per_connection_offset() -> None:
+    schedule = Schedule(CONFIG)
+    views = [view() for _ in range(1000)]
+    for v in views:
+        schedule.connection_changed(v, 0.0)
+    per_second = [len(schedule.due(float(t))) for t in range(0, 61)]
+    assert sum(per_second) == 1000
+    assert max(per_second) < 60  # about 1000 / 60 a second, never all at once
+    assert stable_fraction(views[0].id) == stable_fraction(views[0].id)
+
+
+def test_every_interval_and_never_twice_while_in_flight() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=5)
+    due = first_poll(schedule, v)
+    t0 = stable_fraction(v.id) * 60
+    assert schedule.due(t0 + 299) == []  # in flight: nothing more, however long
+    schedule.poll_completed(completed(due), t0 + 10)
+    assert schedule.due(t0 + 299) == []
+    (second,) = schedule.due(t0 + 300)
+    assert second.reason is PollReason.SCHEDULED
+    assert second.poll_id != due.poll_id
+
+
+def test_a_poll_that_never_completes_is_issued_again_after_the_timeout() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    t0 = stable_fraction(due.connection_id) * 60
+    assert schedule.due(t0 + 599) == []
+    (again,) = schedule.due(t0 + 600)
+    assert again.reason is PollReason.RETRY
+    schedule.poll_completed(completed(due), t0 + 601)  # the old one, late: ignored
+    assert schedule.in_flight(due.connection_id)
+
+
+def test_continuation_actions_and_manual_polls_come_at_once() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    now = 100.0
+    schedule.poll_completed(completed(due, more_pending=True), now)
+    (cont,) = schedule.due(now)
+    assert cont.reason is PollReason.CONTINUATION
+    schedule.poll_completed(completed(cont, actions_pending=12), now + 1)
+    (actions,) = schedule.due(now + 1)
+    assert actions.reason is PollReason.ACTIONS
+    assert schedule.poll_requested(due.connection_id, now + 2)  # while in flight: deferred
+    assert schedule.due(now + 2) == []
+    schedule.poll_completed(completed(actions), now + 3)
+    (manual,) = schedule.due(now + 3)
+    assert manual.reason is PollReason.MANUAL
+    assert not schedule.poll_requested(uuid.uuid4(), now)  # unknown connection
+
+
+def test_failures_back_off_and_authentication_failures_do_not_storm() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=10)
+    due = first_poll(schedule, v)
+    now = 1000.0
+    delays = []
+    for failures in range(1, 6):
+        schedule.poll_completed(
+            completed(
+                due,
+                outcome=PollOutcome.FAILED,
+                error_kind=ErrorKind.TIMEOUT,
+                consecutive_failures=failures,
+            ),
+            now,
+        )
+        step = 0.0
+        while not (events := schedule.due(now + step)):
+            step += 1
+        (due,) = events
+        assert due.reason is PollReason.RETRY
+        delays.append(step)
+        now += step
+    assert delays == [30, 60, 120, 240, 480]  # doubling, never beyond 600 (the interval)
+    schedule.poll_completed(
+        completed(
+            due,
+            outcome=PollOutcome.FAILED,
+            error_kind=ErrorKind.AUTHENTICATION,
+            consecutive_failures=9,
+        ),
+        now,
+    )
+    assert schedule.due(now + 3599) == []  # at least the interval; here capped at 1 hour
+    assert len(schedule.due(now + 3600)) == 1
+
+
+def test_disable_delete_and_interval_change() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=5)
+    due = first_poll(schedule, v)
+    t = 100.0
+    schedule.connection_changed(view(v.id, interval=1, version=2), t)
+    schedule.poll_completed(completed(due), t)
+    (next_due,) = schedule.due(due_time := max(t, stable_fraction(v.id) * 60 + 60))
+    assert next_due.reason is PollReason.SCHEDULED
+    assert due_time <= t + 60
+    schedule.connection_changed(view(v.id, enabled=False, version=3), t + 1)
+    schedule.poll_completed(completed(next_due), t + 2)
+    assert schedule.due(t + 10_000) == []
+    assert len(schedule) == 0
+    schedule.connection_changed(view(v.id, version=4), t + 3)
+    schedule.connection_removed(v.id)
+    assert schedule.due(t + 10_000) == []
+
+
+def test_retracted_events_are_due_again() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    schedule.retract([due], 200.0)
+    (again,) = schedule.due(200.0)
+    assert again.reason is due.reason
