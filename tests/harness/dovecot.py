@@ -37,6 +37,7 @@ class Dovecot:
         extra_config: str = "",
         master_password: str = "master-secret",
         oauth2_introspection_url: str | None = None,
+        tls: bool = True,
     ) -> None:
         if shutil.which("dovecot") is None:
             raise RuntimeError(
@@ -49,7 +50,9 @@ class Dovecot:
         self.root = Path(tempfile.mkdtemp(prefix="midc", dir="/tmp"))
         self.root.chmod(0o755)  # the auth process (user dovecot) reads the passwd-files
         self.pki = pki or make_pki(self.root / "pki")
-        self.ports = DovecotPorts(free_port(), free_port(), free_port(), free_port())
+        self.tls = tls  # False: a server without TLS at all (no STARTTLS, no IMAPS/POP3S)
+        tls_port = free_port if tls else (lambda: 0)
+        self.ports = DovecotPorts(free_port(), tls_port(), free_port(), tls_port())
         self.master_password = master_password
         self.mail_root = self.root / "mail"
         self.mail_root.mkdir()
@@ -86,10 +89,7 @@ instance_name = mi-{uuid.uuid4().hex[:8]}
 log_path = {r}/dovecot.log
 protocols = imap pop3
 listen = 127.0.0.1
-ssl = yes
-ssl_cert = <{self.pki.cert_pem}
-ssl_key = <{self.pki.key_pem}
-ssl_min_protocol = TLSv1.2
+{self._ssl_settings()}
 disable_plaintext_auth = no
 auth_mechanisms = plain login xoauth2 oauthbearer
 auth_failure_delay = 0
@@ -161,6 +161,14 @@ protocol pop3 {{
 {extra}
 """
 
+    def _ssl_settings(self) -> str:
+        if not self.tls:
+            return "ssl = no"
+        return (
+            f"ssl = yes\nssl_cert = <{self.pki.cert_pem}\nssl_key = <{self.pki.key_pem}\n"
+            "ssl_min_protocol = TLSv1.2"
+        )
+
     def start(self) -> Dovecot:
         check = subprocess.run(
             ["doveconf", "-c", str(self.config), "-n"], capture_output=True, text=True
@@ -173,7 +181,8 @@ protocol pop3 {{
             stderr=subprocess.DEVNULL,
         )
         for port in (self.ports.imap, self.ports.imaps, self.ports.pop3, self.ports.pop3s):
-            wait_for_port("127.0.0.1", port, timeout_s=10)
+            if port:
+                wait_for_port("127.0.0.1", port, timeout_s=10)
         return self
 
     def stop(self) -> None:

@@ -1,0 +1,253 @@
+"""The fetcher's IMAP poll against real Dovecot, without Kafka: encryption modes, the error
+taxonomy step by step, budgets, large mail in ranged chunks, and server actions."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from mailintake_devstack.broker import free_port
+from mailintake_fetcher.config import MailboxConfig
+from mailintake_fetcher.poll import Budget, ImapPoll
+from mailintake_fetcher.repository import Cursor, PendingAction
+from mailintake_shared.domain import (
+    AfterDownload,
+    ConnectionView,
+    Encryption,
+    Protocol,
+    Transport,
+)
+from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollReason
+from tests.conftest import Mailbox
+from tests.harness.dovecot import Dovecot
+from tests.harness.mail import make_message
+from tests.integration.conftest import imap_session
+
+pytestmark = pytest.mark.integration
+BUDGET = Budget(
+    max_messages=500, max_bytes=10**9, max_seconds=60, batch_messages=100, chunk_bytes=64 * 1024
+)
+
+
+@dataclass
+class ListSink:
+    chunks: list[FetchedChunk] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+
+    def message(self, chunk: FetchedChunk) -> None:
+        self.chunks.append(chunk)
+
+    def result(self, result: Any) -> None:
+        self.results.append(result)
+
+    def flush(self) -> None:
+        pass
+
+    def messages(self) -> dict[int, bytes]:
+        whole: dict[int, bytes] = {}
+        for chunk in self.chunks:
+            assert chunk.uid is not None
+            whole[chunk.uid] = whole.get(chunk.uid, b"") + chunk.data
+        return whole
+
+
+@dataclass
+class MemoryState:
+    cursor_value: Cursor | None = None
+    pending: list[PendingAction] = field(default_factory=list)
+    applied: list[int] = field(default_factory=list)
+
+    def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
+        return self.cursor_value
+
+    def pending_actions(
+        self, connection_id: uuid.UUID, folder: str, uidvalidity: int
+    ) -> list[PendingAction]:
+        return self.pending
+
+    def actions_applied(self, message_ids: Sequence[int]) -> None:
+        self.applied.extend(message_ids)
+
+
+def config(
+    mailbox: Mailbox,
+    *,
+    encryption: Encryption = Encryption.SSL,
+    port: int | None = None,
+    password: str | None = None,
+    ca: bool = True,
+    folder: str = "INBOX",
+    after: AfterDownload = AfterDownload.MARK_SEEN,
+    timeout_ms: int = 5000,
+    server: Dovecot | None = None,
+) -> MailboxConfig:
+    server = server or mailbox.server
+    default_port = server.ports.imaps if encryption is Encryption.SSL else server.ports.imap
+    now = datetime.now(UTC)
+    view = ConnectionView(
+        id=uuid.uuid4(),
+        version=1,
+        name="t",
+        description=None,
+        protocol=Protocol.IMAP,
+        transport=Transport.IMAP,
+        oauth_credential_id=None,
+        encryption=encryption,
+        host="127.0.0.1",
+        port=port or default_port,
+        tls_verify=True,
+        tls_ca_pem=server.pki.ca_text if ca else None,
+        interval_minutes=1,
+        timeout_ms=timeout_ms,
+        folder=folder,
+        username=mailbox.username,
+        shared_mailbox=None,
+        after_download=after,
+        enabled=True,
+        created_at=now,
+        updated_at=now,
+    )
+    return MailboxConfig(view=view, password=SecretStr(password or mailbox.password))
+
+
+def run(
+    cfg: MailboxConfig, state: MemoryState | None = None, budget: Budget = BUDGET
+) -> tuple[Any, ListSink]:
+    sink = ListSink()
+    due = PollDue(
+        connection_id=cfg.view.id,
+        poll_id=uuid.uuid4(),
+        reason=PollReason.MANUAL,
+        issued_at=datetime.now(UTC),
+    )
+    result = ImapPoll(cfg, due, state or MemoryState(), sink, budget).run()
+    assert sink.results == [result]
+    return result, sink
+
+
+@pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
+def test_each_encryption_downloads_everything(mailbox: Mailbox, encryption: Encryption) -> None:
+    sent = [make_message(i) for i in range(12)]
+    mailbox.server.seed(mailbox.username, sent)
+    result, sink = run(config(mailbox, encryption=encryption))
+    assert result.outcome is PollOutcome.OK
+    assert result.messages == 12
+    assert sorted(sink.messages().values()) == sorted(sent)
+    assert all(c.sha256 == hashlib.sha256(c.data).hexdigest() for c in sink.chunks)
+
+
+@pytest.fixture(scope="module")
+def plain_only_dovecot() -> Iterator[Dovecot]:
+    server = Dovecot(tls=False).start()
+    yield server
+    server.destroy()
+
+
+def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> None:
+    user, password = plain_only_dovecot.add_user()
+    box = Mailbox(plain_only_dovecot, user, password)
+    result, sink = run(config(box, encryption=Encryption.STARTTLS, server=plain_only_dovecot))
+    assert result.error_kind is ErrorKind.STARTTLS_UNAVAILABLE
+    assert sink.chunks == []
+
+
+def test_each_failing_step_is_named(mailbox: Mailbox) -> None:
+    cases = {
+        ErrorKind.CONNECTION_REFUSED: config(mailbox, port=free_port()),
+        ErrorKind.AUTHENTICATION: config(mailbox, password="wrong-password"),
+        ErrorKind.TLS: config(mailbox, ca=False),
+        ErrorKind.FOLDER_MISSING: config(mailbox, folder="Nope"),
+    }
+    for kind, cfg in cases.items():
+        result, _ = run(cfg)
+        assert (result.outcome, result.error_kind) == (PollOutcome.FAILED, kind), result.error
+        assert mailbox.password not in (result.error or "")
+    result, _ = run(cases[ErrorKind.TLS])
+    assert "certificate" in (result.error or "")
+
+
+def test_a_silent_server_times_out_within_the_connection_timeout(mailbox: Mailbox) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(5)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    started = time.monotonic()
+    result, _ = run(
+        config(mailbox, encryption=Encryption.NONE, port=listener.getsockname()[1], timeout_ms=1500)
+    )
+    elapsed = time.monotonic() - started
+    listener.close()
+    assert result.error_kind is ErrorKind.TIMEOUT
+    assert 1.4 <= elapsed <= 1.65 + 0.5  # the time-out, not the OS default
+
+
+def test_budget_cursor_and_large_mail_in_ranged_chunks(mailbox: Mailbox) -> None:
+    large = make_message(99, size=300_000)
+    mailbox.server.seed(mailbox.username, [*(make_message(i) for i in range(24)), large])
+    cfg = config(mailbox)
+    budget = Budget(
+        max_messages=10, max_bytes=10**9, max_seconds=60, batch_messages=4, chunk_bytes=64 * 1024
+    )
+    first, sink = run(cfg, budget=budget)
+    assert (first.messages, first.more_pending) == (10, True)
+    assert sorted(sink.messages()) == list(range(1, 11))
+
+    state = MemoryState(cursor_value=Cursor(first.uidvalidity, 10))
+    second, sink = run(cfg, state, budget=budget)
+    assert (second.messages, second.more_pending) == (10, True)
+    assert sorted(sink.messages()) == list(range(11, 21))
+
+    state.cursor_value = Cursor(first.uidvalidity, 20)
+    third, sink = run(cfg, state, budget=budget)
+    assert (third.messages, third.more_pending) == (5, False)
+    assert sink.messages()[25] == large
+    large_chunks = [c for c in sink.chunks if c.uid == 25]
+    assert [c.chunk_index for c in large_chunks] == list(range(len(large_chunks)))
+    assert len(large_chunks) == -(-len(large) // (64 * 1024))
+    assert [c.final for c in large_chunks].count(True) == 1
+    assert large_chunks[-1].sha256 == hashlib.sha256(large).hexdigest()
+    assert max(len(c.data) for c in large_chunks) <= 64 * 1024
+
+    bytes_budget = Budget(
+        max_messages=500, max_bytes=5000, max_seconds=60, batch_messages=100, chunk_bytes=64 * 1024
+    )
+    limited, _ = run(cfg, MemoryState(), budget=bytes_budget)
+    assert limited.more_pending
+    assert 1 <= limited.messages <= 3
+
+
+def test_a_stale_cursor_of_another_uidvalidity_starts_over(mailbox: Mailbox) -> None:
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(3)))
+    result, _ = run(config(mailbox), MemoryState(cursor_value=Cursor(uidvalidity=1, last_uid=3)))
+    assert result.messages == 3
+
+
+@pytest.mark.parametrize("after", [AfterDownload.MARK_SEEN, AfterDownload.DELETE])
+def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDownload) -> None:
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(6)))
+    state = MemoryState(pending=[PendingAction(message_id=100 + uid, uid=uid) for uid in (1, 2, 3)])
+    result, sink = run(config(mailbox, after=after), state)
+    assert result.actions_applied == 3
+    assert state.applied == [101, 102, 103]
+    # No cursor in this state: the poll downloads what is still on the server (without
+    # setting any flag: BODY.PEEK).
+    downloaded = sorted(sink.messages())
+    with imap_session(mailbox) as client:
+        client.select_folder("INBOX")
+        remaining = client.search(["ALL"])
+        seen = client.search(["SEEN"])
+    if after is AfterDownload.DELETE:
+        assert (remaining, seen, downloaded) == ([4, 5, 6], [], [4, 5, 6])
+    else:
+        assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [1, 2, 3], remaining)
