@@ -51,8 +51,9 @@ class Dovecot:
         self.root.chmod(0o755)  # the auth process (user dovecot) reads the passwd-files
         self.pki = pki or make_pki(self.root / "pki")
         self.tls = tls  # False: a server without TLS at all (no STARTTLS, no IMAPS/POP3S)
-        tls_port = free_port if tls else (lambda: 0)
-        self.ports = DovecotPorts(free_port(), tls_port(), free_port(), tls_port())
+        self.ports = DovecotPorts(
+            free_port(), free_port() if tls else 0, free_port(), free_port() if tls else 0
+        )
         self.master_password = master_password
         self.mail_root = self.root / "mail"
         self.mail_root.mkdir()
