@@ -23,7 +23,7 @@ test-fast: ## only the tests that need no broker, database or mail server
 lint: ## ruff and mypy (strict)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared/src services/*/src devstack/src tests scripts
+	$(RUN) mypy shared/src services/*/src devstack/src tests scripts examples
 
 format: ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .
