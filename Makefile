@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format openapi settings-table migrate keygen token clean
+.PHONY: help run test test-fast lint format bench openapi settings-table migrate keygen token clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,11 +23,15 @@ test-fast: ## only the tests that need no broker, database or mail server
 lint: ## ruff and mypy (strict)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared/src services/*/src devstack/src tests scripts examples
+	$(RUN) mypy shared/src services/*/src devstack/src tests scripts examples bench
 
 format: ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
+
+bench: ## benchmark against real Dovecot, PostgreSQL and the broker (QUICK=1: a tenth)
+	@scripts/bootstrap.sh test
+	$(RUN) python -m bench $${QUICK:+--quick}
 
 openapi: ## regenerate services/config-api/openapi.json from the code
 	$(RUN) mailintake-config-api openapi > services/config-api/openapi.json

@@ -38,6 +38,7 @@ class Dovecot:
         master_password: str = "master-secret",
         oauth2_introspection_url: str | None = None,
         tls: bool = True,
+        connections_per_user: int = 100,
     ) -> None:
         if shutil.which("dovecot") is None:
             raise RuntimeError(
@@ -50,6 +51,7 @@ class Dovecot:
         self.root = Path(tempfile.mkdtemp(prefix="midc", dir="/tmp"))
         self.root.chmod(0o755)  # the auth process (user dovecot) reads the passwd-files
         self.pki = pki or make_pki(self.root / "pki")
+        self.connections_per_user = connections_per_user
         self.tls = tls  # False: a server without TLS at all (no STARTTLS, no IMAPS/POP3S)
         self.ports = DovecotPorts(
             free_port(), free_port() if tls else 0, free_port(), free_port() if tls else 0
@@ -154,7 +156,7 @@ service stats {{
   }}
 }}
 protocol imap {{
-  mail_max_userip_connections = 100
+  mail_max_userip_connections = {self.connections_per_user}
 }}
 protocol pop3 {{
   pop3_uidl_format = %08Xu%08Xv

@@ -43,6 +43,7 @@ class Pipeline:
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, *services: str) -> Pipeline:
+        """Start services by name; ``fetcher:2`` is a second fetcher process."""
         for service in services or SERVICES:
             port = self.ports.setdefault(service, free_port())
             env = {
@@ -50,7 +51,7 @@ class Pipeline:
                 **settings_env(self.settings),
                 "MAILINTAKE_HTTP_PORT": str(port),
             }
-            log = open(self.log_dir / f"{service}.log", "ab")  # noqa: SIM115 (kept open)
+            log = open(self.log_dir / f"{service.replace(':', '-')}.log", "ab")  # noqa: SIM115 (kept open)
             self.processes[service] = subprocess.Popen(
                 [str(BIN / f"mailintake-{service}")],
                 env=env,

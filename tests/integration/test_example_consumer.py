@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailintake_shared.events import FetchedChunk, HeaderSummary, MailStored
+from mailintake_shared.events import HeaderSummary, MailStored, b64
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic, topic_name
@@ -38,7 +38,7 @@ def test_example_consumer_prints_each_message_once(settings: Settings) -> None:
             internal_date=None,
             stored_at=datetime.now(UTC),
             headers=HeaderSummary(**{"from": "a@example.org", "subject": f"Request {message_id}"}),
-            raw_b64=FetchedChunk.encode_data(raw),
+            raw_b64=b64(raw),
             raw_path=f"/messages/{message_id}/raw",
         )
         futures.append(producer.send(topic, str(connection_id).encode(), event.to_bytes()))

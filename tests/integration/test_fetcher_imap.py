@@ -28,6 +28,7 @@ from mailintake_shared.domain import (
     Transport,
 )
 from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollReason
+from mailintake_shared.fetched import FetchedPart
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
@@ -41,11 +42,11 @@ BUDGET = Budget(
 
 @dataclass
 class ListSink:
-    chunks: list[FetchedChunk] = field(default_factory=list)
+    chunks: list[FetchedPart] = field(default_factory=list)
     results: list[Any] = field(default_factory=list)
 
-    def message(self, chunk: FetchedChunk) -> None:
-        self.chunks.append(chunk)
+    def message(self, chunk: FetchedChunk, data: bytes) -> None:
+        self.chunks.append(FetchedPart(chunk, data))
 
     def result(self, result: Any) -> None:
         self.results.append(result)
@@ -55,9 +56,9 @@ class ListSink:
 
     def messages(self) -> dict[int, bytes]:
         whole: dict[int, bytes] = {}
-        for chunk in self.chunks:
-            assert chunk.uid is not None
-            whole[chunk.uid] = whole.get(chunk.uid, b"") + chunk.data
+        for part in self.chunks:
+            assert part.chunk.uid is not None
+            whole[part.chunk.uid] = whole.get(part.chunk.uid, b"") + part.data
         return whole
 
 
@@ -143,7 +144,7 @@ def test_each_encryption_downloads_everything(mailbox: Mailbox, encryption: Encr
     assert result.outcome is PollOutcome.OK
     assert result.messages == 12
     assert sorted(sink.messages().values()) == sorted(sent)
-    assert all(c.sha256 == hashlib.sha256(c.data).hexdigest() for c in sink.chunks)
+    assert all(p.chunk.sha256 == hashlib.sha256(p.data).hexdigest() for p in sink.chunks)
 
 
 @pytest.fixture(scope="module")
@@ -212,12 +213,12 @@ def test_budget_cursor_and_large_mail_in_ranged_chunks(mailbox: Mailbox) -> None
     third, sink = run(cfg, state, budget=budget)
     assert (third.messages, third.more_pending) == (5, False)
     assert sink.messages()[25] == large
-    large_chunks = [c for c in sink.chunks if c.uid == 25]
-    assert [c.chunk_index for c in large_chunks] == list(range(len(large_chunks)))
-    assert len(large_chunks) == -(-len(large) // (64 * 1024))
-    assert [c.final for c in large_chunks].count(True) == 1
-    assert large_chunks[-1].sha256 == hashlib.sha256(large).hexdigest()
-    assert max(len(c.data) for c in large_chunks) <= 64 * 1024
+    large_parts = [p for p in sink.chunks if p.chunk.uid == 25]
+    assert [p.chunk.chunk_index for p in large_parts] == list(range(len(large_parts)))
+    assert len(large_parts) == -(-len(large) // (64 * 1024))
+    assert [p.chunk.final for p in large_parts].count(True) == 1
+    assert large_parts[-1].chunk.sha256 == hashlib.sha256(large).hexdigest()
+    assert max(len(p.data) for p in large_parts) <= 64 * 1024
 
     bytes_budget = Budget(
         max_messages=500, max_bytes=5000, max_seconds=60, batch_messages=100, chunk_bytes=64 * 1024

@@ -87,7 +87,7 @@ def test_a_bad_record_is_dead_lettered_and_the_partition_keeps_flowing(
     producer.settle(
         [
             producer.send(fetched, key, b"{not json"),
-            producer.send(fetched, key, b'{"kind": "message", "schema_version": 99}'),
+            producer.send(fetched, key, b"raw bytes", [("mailintake-envelope", b'{"kind": "x"}')]),
         ]
     )
     producer.close()
@@ -106,8 +106,9 @@ def test_a_bad_record_is_dead_lettered_and_the_partition_keeps_flowing(
     assert all(letter.service == "store" and letter.reason for letter in letters)
     assert {base64.b64decode(letter.value_b64 or "") for letter in letters} == {
         b"{not json",
-        b'{"kind": "message", "schema_version": 99}',
+        b"raw bytes",
     }
+    assert any(letter.headers.get("mailintake-envelope") == '{"kind": "x"}' for letter in letters)
 
 
 def test_uidvalidity_reset_stores_nothing_twice_and_read_mail_is_ingested(

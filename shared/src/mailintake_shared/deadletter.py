@@ -32,6 +32,7 @@ def dead_letter(
         offset=record.offset,
         key=record.key.decode("utf-8", "replace") if record.key is not None else None,
         value_b64=base64.b64encode(record.value).decode() if record.value is not None else None,
+        headers={name: _header_text(value) for name, value in record.headers or []},
         failed_at=utcnow(),
     )
     future = producer.send(topic_name(prefix, Topic.DEAD_LETTER), record.key, event.to_bytes())
@@ -44,3 +45,12 @@ def dead_letter(
         partition=record.partition,
         offset=record.offset,
     )
+
+
+def _header_text(value: bytes | None) -> str:
+    if value is None:
+        return ""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + base64.b64encode(value).decode()

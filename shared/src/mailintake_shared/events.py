@@ -10,10 +10,10 @@ from __future__ import annotations
 import base64
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Literal, TypeVar
+from typing import Literal, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field
 
 from mailintake_shared.domain import ConnectionView
 
@@ -91,8 +91,15 @@ class PollRequested(Event):
     requested_at: datetime
 
 
+def b64(data: bytes) -> str:
+    """Binary data as base64 text, for JSON events."""
+    return base64.b64encode(data).decode("ascii")
+
+
 class FetchedChunk(Event):
-    """Topic ``mail.fetched``, ``kind: message``: one downloaded message, or one chunk of it.
+    """Topic ``mail.fetched``, ``kind: message``: the envelope of one downloaded message, or
+    of one chunk of it. The bytes themselves are the record's value (binary content mode, as
+    in CloudEvents' Kafka binding): see ``mailintake_shared.fetched``.
 
     A message larger than the chunk size travels as several records with ``chunk_index``
     0, 1, …, in order on the connection's partition; the one with ``final`` set completes the
@@ -113,16 +120,7 @@ class FetchedChunk(Event):
     seen_before: bool = Field(description="the server already had \\Seen (read by a person)")
     chunk_index: int
     final: bool
-    data_b64: str
     sha256: str | None = None
-
-    @property
-    def data(self) -> bytes:
-        return base64.b64decode(self.data_b64)
-
-    @staticmethod
-    def encode_data(data: bytes) -> str:
-        return base64.b64encode(data).decode("ascii")
 
 
 class PollResult(Event):
@@ -144,10 +142,6 @@ class PollResult(Event):
     actions_applied: int = 0
     started_at: datetime
     finished_at: datetime
-
-
-FetchedRecord = Annotated[FetchedChunk | PollResult, Field(discriminator="kind")]
-FETCHED_RECORD: TypeAdapter[FetchedChunk | PollResult] = TypeAdapter(FetchedRecord)
 
 
 class HeaderSummary(BaseModel):
@@ -213,4 +207,7 @@ class DeadLetter(Event):
     offset: int
     key: str | None
     value_b64: str | None
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="the record's headers, values as UTF-8 or base64"
+    )
     failed_at: datetime

@@ -70,8 +70,14 @@ class ReliableProducer:
     def connect(self) -> None:
         self._get()
 
-    def send(self, topic: str, key: bytes | None, value: bytes | None) -> FutureRecordMetadata:
-        return self._get().send(topic, key=key, value=value)
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> FutureRecordMetadata:
+        return self._get().send(topic, key=key, value=value, headers=headers)
 
     def settle(self, futures: Iterable[FutureRecordMetadata], timeout_s: float = 35.0) -> None:
         """Wait until every future is acknowledged; on any failure rebuild, then raise."""

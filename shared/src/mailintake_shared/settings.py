@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="Longest delay between retries of a failing connection."
     )
     fetch_batch_messages: int = Field(
-        100, ge=1, description="Messages asked for in one IMAP FETCH command."
+        500, ge=1, description="Messages asked for in one IMAP FETCH command."
     )
     chunk_bytes: int = Field(
         512 * 1024,

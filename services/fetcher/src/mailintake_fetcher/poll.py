@@ -46,7 +46,7 @@ class Budget:
 class Sink(Protocol):
     """Where a poll's records go: the broker in production, anything in a benchmark."""
 
-    def message(self, chunk: FetchedChunk) -> None: ...
+    def message(self, chunk: FetchedChunk, data: bytes) -> None: ...
     def result(self, result: PollResult) -> None: ...
     def flush(self) -> None:
         """Return once every record is acknowledged; raise if any was not."""
@@ -186,12 +186,13 @@ class ImapPoll:
         uidvalidity: int,
         meta: MessageMeta,
         index: int,
-        data: bytes,
         *,
         final: bool,
         sha256: str | None,
     ) -> FetchedChunk:
-        return FetchedChunk(
+        # model_construct: every field comes from this code, typed; validating them again
+        # would only cost time on the bulk path.
+        return FetchedChunk.model_construct(
             connection_id=self._config.view.id,
             poll_id=self._due.poll_id,
             folder=folder,
@@ -203,7 +204,6 @@ class ImapPoll:
             seen_before=meta.seen,
             chunk_index=index,
             final=final,
-            data_b64=FetchedChunk.encode_data(data),
             sha256=sha256,
         )
 
@@ -221,10 +221,10 @@ class ImapPoll:
                     uidvalidity,
                     meta,
                     index,
-                    piece,
                     final=final,
                     sha256=digest if final else None,
-                )
+                ),
+                piece,
             )
         self._count(progress, len(body))
 
@@ -253,10 +253,10 @@ class ImapPoll:
                     uidvalidity,
                     meta,
                     index,
-                    piece,
                     final=final,
                     sha256=digest.hexdigest() if final else None,
-                )
+                ),
+                piece,
             )
             offset += len(piece)
             if final:

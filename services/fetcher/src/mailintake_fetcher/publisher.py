@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from kafka.producer.future import FutureRecordMetadata
 
 from mailintake_shared.events import FetchedChunk, PollResult
+from mailintake_shared.fetched import Headers, encode_part, encode_result
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.topics import Topic, topic_name
 
@@ -16,18 +19,17 @@ class KafkaSink:
         self._timeout_s = timeout_s
         self._pending: list[FutureRecordMetadata] = []
 
-    def _send(self, event: FetchedChunk | PollResult) -> None:
-        key = str(event.connection_id).encode()
-        self._pending.append(self._producer.send(self._topic, key, event.to_bytes()))
+    def _send(self, key: UUID, value: bytes, headers: Headers) -> None:
+        self._pending.append(self._producer.send(self._topic, str(key).encode(), value, headers))
         # Keep the acknowledgement list short: settle it now and then.
         if len(self._pending) >= 1000:
             self.flush()
 
-    def message(self, chunk: FetchedChunk) -> None:
-        self._send(chunk)
+    def message(self, chunk: FetchedChunk, data: bytes) -> None:
+        self._send(chunk.connection_id, *encode_part(chunk, data))
 
     def result(self, result: PollResult) -> None:
-        self._send(result)
+        self._send(result.connection_id, *encode_result(result))
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []

@@ -11,3 +11,8 @@ LATENESS = Histogram(
     "Time from a poll falling due to its event's ack.",
     buckets=(0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+LATENESS_DUE = Histogram(
+    "mailintake_scheduler_lateness_seconds",
+    "Time from a poll falling due to its poll.due event being emitted.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30),
+)

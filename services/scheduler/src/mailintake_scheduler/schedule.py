@@ -64,6 +64,7 @@ class Schedule:
     _entries: dict[uuid.UUID, _Entry] = field(default_factory=dict)
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
+    lateness: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -140,9 +141,13 @@ class Schedule:
 
     # --- output ----------------------------------------------------------------------------
     def due(self, now: float, wall_clock: datetime | None = None) -> list[PollDue]:
-        """The poll-due events to emit at ``now``; they are in flight from here on."""
+        """The poll-due events to emit at ``now``; they are in flight from here on.
+
+        ``self.lateness`` then holds, per event, how long after its due time it was issued.
+        """
         issued_at = wall_clock or datetime.now(UTC)
         events: list[PollDue] = []
+        self.lateness: list[float] = []
         for connection_id in list(self._flying):
             flying = self._entries[connection_id]
             if now - flying.issued_at >= self.config.poll_timeout_s:
@@ -157,6 +162,7 @@ class Schedule:
             poll_id = uuid.uuid4()
             entry.in_flight, entry.issued_at = poll_id, now
             self._flying.add(connection_id)
+            self.lateness.append(now - when)
             events.append(
                 PollDue(
                     connection_id=connection_id,

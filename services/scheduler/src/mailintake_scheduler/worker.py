@@ -19,7 +19,7 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
-from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS
+from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS, LATENESS_DUE
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig
 from mailintake_shared.checks import broker_ok
 from mailintake_shared.deadletter import dead_letter
@@ -158,6 +158,8 @@ class SchedulerWorker:
             raise
         for event in events:
             EMITTED.labels(event.reason.value).inc()
+        for late in self.schedule.lateness:
+            LATENESS_DUE.observe(late + (self._clock() - now))
         LATENESS.observe(max(0.0, self._clock() - now))
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:

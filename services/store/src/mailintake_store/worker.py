@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from mailintake_shared.checks import broker_ok, database_ok
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.deadletter import dead_letter
-from mailintake_shared.events import FETCHED_RECORD, FetchedChunk, PollResult
+from mailintake_shared.events import PollResult
+from mailintake_shared.fetched import FetchedPart, decode_record
 from mailintake_shared.kafka import (
     CommitAfterWorkLoop,
     ReliableProducer,
@@ -80,14 +81,16 @@ class StoreWorker:
 
     def handle(self, batch: list[ConsumerRecord]) -> None:
         started = time.monotonic()
-        events: list[FetchedChunk | PollResult] = []
+        events: list[FetchedPart | PollResult] = []
         sources: list[ConsumerRecord] = []
         for record in batch:
             try:
-                events.append(FETCHED_RECORD.validate_json(record.value or b""))
+                events.append(decode_record(record.value, record.headers))
                 sources.append(record)
             except ValidationError as exc:
                 self._dead_letter(record, f"not a mail.fetched v1 record: {exc.errors()[:3]}")
+            except ValueError as exc:
+                self._dead_letter(record, f"not a mail.fetched v1 record: {exc}")
         outcome = self._writer.write(events)
         for rejected in outcome.rejected:
             self._dead_letter(sources[rejected.index], rejected.reason)

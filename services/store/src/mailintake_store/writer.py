@@ -38,7 +38,9 @@ from mailintake_shared.events import (
     PollCompleted,
     PollOutcome,
     PollResult,
+    b64,
 )
+from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.outbox import add_to_outbox
 from mailintake_shared.topics import Topic
 from mailintake_store.metrics import DUPLICATES, POLL_RESULTS, STORED
@@ -107,7 +109,7 @@ class StoreWriter:
         self._prefix = topic_prefix
         self._inline_max = inline_max_bytes
 
-    def write(self, records: Sequence[FetchedChunk | PollResult]) -> BatchOutcome:
+    def write(self, records: Sequence[FetchedPart | PollResult]) -> BatchOutcome:
         outcome = BatchOutcome()
         with self._sessions() as session, session.begin():
             pending: list[_Complete] = []
@@ -120,7 +122,7 @@ class StoreWriter:
                     del polls[record.poll_id]
                     self._record_poll(session, record, counts)
                     continue
-                complete = self._assemble(session, index, record, outcome)
+                complete = self._assemble(session, index, record.chunk, record.data, outcome)
                 if complete is not None:
                     pending.append(complete)
             self._store_messages(session, pending, polls, outcome)
@@ -130,9 +132,13 @@ class StoreWriter:
 
     # --- messages --------------------------------------------------------------------------
     def _assemble(
-        self, session: Session, index: int, chunk: FetchedChunk, outcome: BatchOutcome
+        self,
+        session: Session,
+        index: int,
+        chunk: FetchedChunk,
+        data: bytes,
+        outcome: BatchOutcome,
     ) -> _Complete | None:
-        data = chunk.data
         if chunk.chunk_index == 0 and chunk.final:
             raw = data
         else:
@@ -338,11 +344,7 @@ class StoreWriter:
             stored_at=utcnow(),
             headers=headers,
             problems=problems,
-            raw_b64=(
-                FetchedChunk.encode_data(message.raw)
-                if len(message.raw) <= self._inline_max
-                else None
-            ),
+            raw_b64=(b64(message.raw) if len(message.raw) <= self._inline_max else None),
             raw_path=f"/messages/{message_id}/raw",
         )
         add_to_outbox(

@@ -1,0 +1,220 @@
+"""The benchmark's machinery: real components, processes' CPU and memory, the results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine
+from tests.harness.dovecot import Dovecot
+from tests.harness.mail import make_message
+from tests.harness.postgres import PostgresCluster
+
+from mailintake_config_api.auth import hash_token
+from mailintake_devstack.broker import LocalBroker
+from mailintake_shared.db.migrate import upgrade
+from mailintake_shared.secretbox import generate_key
+from mailintake_shared.settings import Settings
+
+ADMIN_TOKEN = "bench-admin-token"
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def corpus(count: int, start: int = 0) -> Iterator[bytes]:
+    """Median about 8 KB; every 50th message 200 KB (an attachment)."""
+    for i in range(start, start + count):
+        yield make_message(i, size=200_000 if i % 50 == 49 else 8192)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def dovecot_cpu_seconds() -> float:
+    """CPU of every Dovecot process (master, imap, pop3, auth...), including exited children
+    reaped by the master (``cutime``/``cstime``)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+            if comm in (
+                "dovecot",
+                "imap",
+                "pop3",
+                "imap-login",
+                "pop3-login",
+                "auth",
+                "indexer-worker",
+                "anvil",
+                "log",
+                "config",
+                "stats",
+            ):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                total += sum(int(f) for f in fields[11:15]) / _TICKS
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+@dataclass
+class Row:
+    name: str
+    value: float
+    unit: str
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    def add(
+        self,
+        name: str,
+        value: float,
+        unit: str,
+        *,
+        target: str = "",
+        met: bool | None = None,
+        note: str = "",
+    ) -> None:
+        self.rows.append(Row(name, value, unit, target, met, note))
+        print(
+            f"  {name:<58} {value:>12.3f} {unit:<8} {target} "
+            f"{'' if met is None else ('met' if met else 'MISSED')} {note}",
+            flush=True,
+        )
+
+    def table(self) -> str:
+        lines = [
+            "| measurement | value | unit | target | verdict | note |",
+            "|---|---:|---|---|---|---|",
+        ]
+        for r in self.rows:
+            verdict = "" if r.met is None else ("met" if r.met else "**missed**")
+            lines.append(
+                f"| {r.name} | {r.value:.3f} | {r.unit} | {r.target} | {verdict} | {r.note} |"
+            )
+        return "\n".join(lines)
+
+    def write(self, directory: Path, quick: bool) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"bench-{'quick' if quick else 'full'}.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "machine": {
+                        "cpus": os.cpu_count(),
+                        "python": platform.python_version(),
+                        "platform": platform.platform(),
+                    },
+                    "quick": quick,
+                    "rows": [r.__dict__ for r in self.rows],
+                    "figures": self.figures,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        (directory / f"bench-{'quick' if quick else 'full'}.md").write_text(self.table() + "\n")
+        return path
+
+
+class BenchEnv:
+    """Dovecot, PostgreSQL and the broker, started once for the whole benchmark."""
+
+    def __init__(self) -> None:
+        self.dovecot = Dovecot(connections_per_user=500)
+        self.postgres = PostgresCluster()
+        self.broker = LocalBroker()
+
+    def __enter__(self) -> BenchEnv:
+        self.dovecot.start()
+        self.postgres.start()
+        self.broker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.broker.stop()
+        self.postgres.destroy()
+        self.dovecot.destroy()
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings on a fresh database and a fresh topic prefix."""
+        name = self.postgres.create_database()
+        url = self.postgres.url(name)
+        engine = create_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        values: dict[str, Any] = {
+            "database_url": url,
+            "kafka_bootstrap_servers": self.broker.bootstrap_servers,
+            "topic_prefix": f"b{uuid.uuid4().hex[:8]}.",
+            "topic_partitions": 6,
+            "encryption_keys": generate_key(),
+            "api_tokens": f"admin:{hash_token(ADMIN_TOKEN)}",
+            "kafka_session_timeout_ms": 3000,
+            "kafka_max_poll_interval_ms": 60_000,
+            "poll_jitter_seconds": 0.0,
+            "poll_timeout_seconds": 120.0,
+            "log_level": "WARNING",
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    def mailbox(self, count: int, start: int = 0) -> tuple[str, str]:
+        user, password = self.dovecot.add_user()
+        if count:
+            self.dovecot.seed(user, corpus(count, start))
+        return user, password
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    box: list[float] = []
+    started = time.perf_counter()
+    yield box
+    box.append(time.perf_counter() - started)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,717 @@
+"""The nine measurements. Each returns its figures into ``Results``; sizes scale with ``n``."""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imapclient import IMAPClient
+from kafka import KafkaConsumer, TopicPartition
+from pydantic import SecretStr
+from tests.api import api_client
+from tests.harness.mail import make_message
+from tests.harness.pipeline import Database, Pipeline, wait_until
+
+from bench.env import (
+    BenchEnv,
+    Results,
+    corpus,
+    cpu_seconds,
+    dovecot_cpu_seconds,
+    median,
+    peak_rss_mb,
+    percentile,
+    rss_mb,
+)
+from mailintake_fetcher.config import MailboxConfig
+from mailintake_fetcher.poll import Budget, ImapPoll
+from mailintake_fetcher.repository import Cursor, FetcherRepository, PendingAction
+from mailintake_fetcher.worker import budget_from
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.db.models import MailboxState
+from mailintake_shared.db.types import utcnow
+from mailintake_shared.domain import AfterDownload, ConnectionView, Encryption, Protocol, Transport
+from mailintake_shared.events import (
+    ConnectionState,
+    FetchedChunk,
+    PollCompleted,
+    PollDue,
+    PollOutcome,
+    PollReason,
+    PollResult,
+)
+from mailintake_shared.fetched import encode_part
+from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
+from mailintake_shared.secretbox import SecretBox
+from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic, topic_name
+
+BATCH = 500
+
+
+class DiscardSink:
+    """The fetcher's sink with the producer replaced by nothing: counts and drops."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.messages = 0
+
+    def message(self, chunk: FetchedChunk, data: bytes) -> None:
+        self.bytes += len(data)
+        self.messages += chunk.final
+
+    def result(self, result: PollResult) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class NoState:
+    def __init__(self) -> None:
+        self.cursor_value: Cursor | None = None
+
+    def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
+        return self.cursor_value
+
+    def pending_actions(
+        self, connection_id: uuid.UUID, folder: str, uidvalidity: int
+    ) -> list[PendingAction]:
+        return []
+
+    def actions_applied(self, message_ids: Sequence[int]) -> None:
+        pass
+
+
+def view_for(env: BenchEnv, user: str, **overrides: Any) -> ConnectionView:
+    now = datetime.now(UTC)
+    values: dict[str, Any] = dict(  # noqa: C408 (keyword form mirrors the model)
+        id=uuid.uuid4(),
+        version=1,
+        name="bench",
+        description=None,
+        protocol=Protocol.IMAP,
+        transport=Transport.IMAP,
+        oauth_credential_id=None,
+        encryption=Encryption.NONE,
+        host="127.0.0.1",
+        port=env.dovecot.ports.imap,
+        tls_verify=True,
+        tls_ca_pem=None,
+        interval_minutes=1,
+        timeout_ms=30000,
+        folder="INBOX",
+        username=user,
+        shared_mailbox=None,
+        after_download=AfterDownload.MARK_SEEN,
+        enabled=True,
+        created_at=now,
+        updated_at=now,
+    )
+    values.update(overrides)
+    return ConnectionView(**values)
+
+
+def connection_body(env: BenchEnv, user: str, password: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "name": f"bench {uuid.uuid4().hex[:8]}",
+        "protocol": "imap",
+        "host": "127.0.0.1",
+        "port": env.dovecot.ports.imap,
+        "encryption": "none",
+        "username": user,
+        "password": password,
+        "interval_minutes": 1,
+    }
+    body.update(extra)
+    return body
+
+
+# --- 1. raw limits -------------------------------------------------------------------------
+def raw_limits(env: BenchEnv, results: Results, count: int) -> dict[str, float]:
+    user, password = env.mailbox(count)
+    client = IMAPClient("127.0.0.1", env.dovecot.ports.imap, ssl=False)
+    client.login(user, password)
+    client.select_folder("INBOX", readonly=True)
+    uids = client.search(["ALL"])
+    total = sum(len(m) for m in corpus(count))
+
+    started = time.perf_counter()
+    for i in range(0, len(uids), BATCH):
+        client.fetch(uids[i : i + BATCH], ["BODY.PEEK[]"])
+    imapclient_s = time.perf_counter() - started
+    client.logout()
+
+    raw = imaplib.IMAP4("127.0.0.1", env.dovecot.ports.imap)
+    raw.login(user, password)
+    raw.select("INBOX", readonly=True)
+    started = time.perf_counter()
+    for i in range(0, len(uids), BATCH):
+        part = uids[i : i + BATCH]
+        raw.uid("FETCH", ",".join(map(str, part)), "(BODY.PEEK[])")
+    imaplib_s = time.perf_counter() - started
+    raw.logout()
+
+    figures = {
+        "imapclient_msgs": count / imapclient_s,
+        "imaplib_msgs": count / imaplib_s,
+        "imapclient_mbs": total / imapclient_s / 1e6,
+        "imaplib_mbs": total / imaplib_s / 1e6,
+    }
+    results.add(
+        "1. raw loop, imapclient (messages/s)",
+        figures["imapclient_msgs"],
+        "msg/s",
+        note=f"{figures['imapclient_mbs']:.1f} MB/s",
+    )
+    results.add(
+        "1. raw loop, imaplib (messages/s) — the ceiling",
+        figures["imaplib_msgs"],
+        "msg/s",
+        note=f"{figures['imaplib_mbs']:.1f} MB/s",
+    )
+    results.figures["raw"] = figures
+    results.figures["raw_mailbox"] = {"user": user, "password": password, "count": count}
+    return figures
+
+
+# --- 2. the fetcher's download path alone --------------------------------------------------
+def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> None:
+    box = results.figures["raw_mailbox"]
+    config = MailboxConfig(view=view_for(env, box["user"]), password=SecretStr(box["password"]))
+    budget = Budget(
+        max_messages=BATCH,
+        max_bytes=10**12,
+        max_seconds=600,
+        batch_messages=100,
+        chunk_bytes=512 * 1024,
+    )
+    sink, state = DiscardSink(), NoState()
+    started = time.perf_counter()
+    while True:
+        due = PollDue(
+            connection_id=config.view.id,
+            poll_id=uuid.uuid4(),
+            reason=PollReason.CONTINUATION,
+            issued_at=datetime.now(UTC),
+        )
+        result = ImapPoll(config, due, state, sink, budget).run()
+        state.cursor_value = Cursor(result.uidvalidity, _last_uid(state) + result.messages)
+        if not result.more_pending:
+            break
+    elapsed = time.perf_counter() - started
+    rate = sink.messages / elapsed
+    ratio = rate / raw["imaplib_msgs"]
+    results.add("2. fetcher download path, discarding sink", rate, "msg/s")
+    results.add("2. fetcher / imaplib loop", ratio, "ratio", target="≥ 0.7", met=ratio >= 0.7)
+    results.figures["fetcher_alone"] = {"msgs": rate, "ratio_to_imaplib": ratio}
+
+
+def _last_uid(state: NoState) -> int:
+    return state.cursor_value.last_uid if state.cursor_value else 0
+
+
+# --- 3. end to end ---------------------------------------------------------------------------
+def end_to_end(
+    env: BenchEnv, results: Results, count: int, raw: dict[str, float], logs: Path
+) -> None:
+    user, password = env.mailbox(count)
+    total_bytes = sum(len(m) for m in corpus(count))
+    settings = env.settings()
+    pipeline = Pipeline(settings, logs / "e2e").start("scheduler", "fetcher", "store")
+    db = Database(settings.database_url)
+    try:
+        with api_client(settings) as api:
+            time.sleep(4)  # the consumer groups settle
+            cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
+            pids = {s: p.pid for s, p in pipeline.processes.items()}
+            cpu_before = {s: cpu_seconds(pid) for s, pid in pids.items()}
+            dovecot_before = dovecot_cpu_seconds()
+            started = time.perf_counter()
+            api.post(f"/connections/{cid}/enable")
+            wait_until(
+                lambda: db.message_count() >= count,
+                timeout_s=1800,
+                interval_s=0.05,
+                message="end-to-end ingestion",
+            )
+            committed = time.perf_counter() - started
+            wait_until(
+                lambda: _topic_size(settings, Topic.MAIL_STORED) >= count,
+                timeout_s=600,
+                interval_s=0.1,
+                message="every mail.stored published",
+            )
+            published = time.perf_counter() - started
+            cpu = {s: cpu_seconds(pid) - cpu_before[s] for s, pid in pids.items()}
+            dovecot = dovecot_cpu_seconds() - dovecot_before
+    finally:
+        pipeline.stop_all()
+        db.close()
+    rate = count / published
+    ratio = rate / raw["imapclient_msgs"]
+    results.add(
+        "3. end to end: enable → last mail.stored",
+        rate,
+        "msg/s",
+        note=f"{total_bytes / published / 1e6:.1f} MB/s; last row committed at "
+        f"{committed:.1f}s, last event at {published:.1f}s",
+    )
+    results.add("3. end to end / imapclient loop", ratio, "ratio", target="≥ 0.5", met=ratio >= 0.5)
+    results.add("3. end to end / imaplib loop", rate / raw["imaplib_msgs"], "ratio")
+    busiest = max(cpu, key=lambda s: cpu[s])
+    note = ", ".join(f"{s} {v:.1f}s" for s, v in cpu.items()) + f", dovecot {dovecot:.1f}s"
+    results.add(
+        "3. CPU seconds of the run (all processes)",
+        sum(cpu.values()) + dovecot,
+        "s",
+        note=f"{note}; busiest: {busiest}; wall {published:.1f}s on {os.cpu_count()} cores",
+    )
+    results.figures["end_to_end"] = {
+        "msgs": rate,
+        "seconds": published,
+        "cpu": cpu,
+        "dovecot_cpu": dovecot,
+    }
+
+
+def _topic_size(settings: Settings, topic: Topic) -> int:
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        name = topic_name(settings.topic_prefix, topic)
+        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+        consumer.assign(tps)
+        consumer.seek_to_end(*tps)
+        return sum(consumer.position(tp) for tp in tps)
+    finally:
+        consumer.close()
+
+
+# --- 4. many mailboxes ------------------------------------------------------------------------
+def many_mailboxes(env: BenchEnv, results: Results, mailboxes: int, each: int, logs: Path) -> None:
+    boxes = [env.mailbox(each) for _ in range(mailboxes)]
+    rates: dict[int, float] = {}
+    for fetchers in (1, 2, 4):
+        settings = env.settings()
+        pipeline = Pipeline(settings, logs / f"many-{fetchers}").start(
+            "scheduler", "store", *(f"fetcher:{i}" for i in range(fetchers))
+        )
+        db = Database(settings.database_url)
+        try:
+            with api_client(settings) as api:
+                time.sleep(6)
+                ids = [
+                    api.post("/connections", json=connection_body(env, u, p)).json()["id"]
+                    for u, p in boxes
+                ]
+                started = time.perf_counter()
+                for cid in ids:
+                    api.post(f"/connections/{cid}/enable")
+                wait_until(
+                    lambda: db.message_count() >= mailboxes * each,  # noqa: B023
+                    timeout_s=1800,
+                    interval_s=0.1,
+                    message="all mailboxes ingested",
+                )
+                rates[fetchers] = mailboxes * each / (time.perf_counter() - started)
+        finally:
+            pipeline.stop_all()
+            db.close()
+        results.add(
+            f"4. {mailboxes} mailboxes × {each}, {fetchers} fetcher(s)", rates[fetchers], "msg/s"
+        )
+    results.add(
+        "4. scaling 2 fetchers / 1",
+        rates[2] / rates[1],
+        "ratio",
+        note="2 cores shared by every process",
+    )
+    results.add("4. scaling 4 fetchers / 1", rates[4] / rates[1], "ratio")
+    results.figures["many_mailboxes"] = rates
+
+
+# --- 5. incremental poll ----------------------------------------------------------------------
+def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: int) -> None:
+    settings = env.settings()
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    repository = FetcherRepository(sessions, SecretBox(settings.encryption_keys))
+    figures: dict[str, dict[str, float]] = {}
+    cases = [
+        (f"maildir {sizes[0]}", sizes[0], env.dovecot),
+        (f"maildir {sizes[1]}", sizes[1], env.dovecot),
+    ]
+    mdbox = _mdbox_dovecot()
+    cases.append((f"mdbox {sizes[1]}", sizes[1], mdbox))
+    try:
+        for label, size, server in cases:
+            user, password = server.add_user()
+            if server is mdbox:
+                _append(server, user, password, size)
+            else:
+                server.seed(user, corpus(size))
+            view = view_for(env, user, port=server.ports.imap)
+            config = MailboxConfig(view=view, password=SecretStr(password))
+            with IMAPClient("127.0.0.1", server.ports.imap, ssl=False) as client:
+                client.login(user, password)
+                info = client.select_folder("INBOX")
+                uidvalidity, uidnext = int(info[b"UIDVALIDITY"]), int(info[b"UIDNEXT"])
+            with sessions() as session, session.begin():  # synced: the cursor at the end
+                session.add(
+                    MailboxState(
+                        connection_id=view.id,
+                        folder="INBOX",
+                        uidvalidity=uidvalidity,
+                        last_uid=uidnext - 1,
+                        updated_at=utcnow(),
+                    )
+                )
+            walls, own, server_cpu = [], [], []
+            next_uid = uidnext - 1
+            for round_ in range(polls):
+                if server is mdbox:
+                    _append(server, user, password, 10, start=10_000_000 + round_ * 10)
+                else:
+                    server.seed(user, corpus(10, start=10_000_000 + round_ * 10))
+                sink = DiscardSink()
+                due = PollDue(
+                    connection_id=view.id,
+                    poll_id=uuid.uuid4(),
+                    reason=PollReason.SCHEDULED,
+                    issued_at=datetime.now(UTC),
+                )
+                dovecot_before, own_before = dovecot_cpu_seconds(), time.process_time()
+                started = time.perf_counter()
+                result = ImapPoll(config, due, repository, sink, budget_from(settings)).run()
+                walls.append(time.perf_counter() - started)
+                own.append(time.process_time() - own_before)
+                server_cpu.append(dovecot_cpu_seconds() - dovecot_before)
+                assert result.messages == 10, result
+                next_uid += 10
+                with sessions() as session, session.begin():
+                    state = session.get(MailboxState, (view.id, "INBOX"))
+                    assert state is not None
+                    state.last_uid = next_uid
+            figures[label] = {
+                "wall_s": median(walls),
+                "pipeline_cpu_s": median(own),
+                "server_cpu_s": median(server_cpu),
+            }
+            results.add(
+                f"5. incremental poll, {label} + 10 new (median wall)",
+                median(walls),
+                "s",
+                note=f"pipeline CPU {median(own) * 1000:.1f} ms, "
+                f"Dovecot CPU {median(server_cpu) * 1000:.1f} ms",
+            )
+    finally:
+        mdbox.destroy()
+        engine.dispose()
+    small, large = figures[cases[0][0]], figures[cases[1][0]]
+    ratio = large["pipeline_cpu_s"] / max(small["pipeline_cpu_s"], 1e-6)
+    results.add(
+        f"5. pipeline CPU ratio {sizes[1]}/{sizes[0]}",
+        ratio,
+        "ratio",
+        target="≤ 1.5",
+        met=ratio <= 1.5,
+    )
+    results.add(
+        f"5. wall ratio {sizes[1]}/{sizes[0]} (maildir, incl. Dovecot)",
+        large["wall_s"] / small["wall_s"],
+        "ratio",
+    )
+    mdbox_figure = figures[cases[2][0]]
+    results.add(
+        f"5. wall ratio mdbox {sizes[1]} / maildir {sizes[0]}",
+        mdbox_figure["wall_s"] / small["wall_s"],
+        "ratio",
+    )
+    results.figures["incremental"] = figures
+
+
+def _mdbox_dovecot() -> Any:
+    from tests.harness.dovecot import Dovecot
+
+    server = Dovecot(connections_per_user=500)
+    text = server.config.read_text().replace(
+        f"mail_location = maildir:{server.mail_root}/%u/Maildir",
+        f"mail_location = mdbox:{server.mail_root}/%u/mdbox",
+    )
+    server.config.write_text(text)
+    return server.start()
+
+
+def _append(server: Any, user: str, password: str, count: int, start: int = 0) -> None:
+    with IMAPClient("127.0.0.1", server.ports.imap, ssl=False) as client:
+        client.login(user, password)
+        messages = list(corpus(count, start))
+        for i in range(0, len(messages), 1000):
+            client.multiappend("INBOX", messages[i : i + 1000])
+
+
+# --- 6. latency ---------------------------------------------------------------------------
+def latency(
+    env: BenchEnv, results: Results, samples: int, interval_samples: int, logs: Path
+) -> None:
+    user, password = env.mailbox(0)
+    settings = env.settings()
+    pipeline = Pipeline(settings, logs / "latency").start("scheduler", "fetcher", "store")
+    stored: dict[str, float] = {}
+    stop = threading.Event()
+
+    def consume() -> None:
+        consumer = make_consumer(settings, "bench-latency", [Topic.MAIL_STORED])
+        while not stop.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                for record in records:
+                    subject = json.loads(record.value)["headers"]["subject"]
+                    stored.setdefault(subject, time.perf_counter())
+        consumer.close()
+
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    try:
+        with api_client(settings) as api:
+            time.sleep(6)
+            cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
+            api.post(f"/connections/{cid}/enable")
+            time.sleep(3)
+            now_latencies = []
+            for i in range(samples):
+                subject = f"now-{i}"
+                appended = time.perf_counter()
+                env.dovecot.seed(user, [make_message(i, subject=subject)])
+                api.post(f"/connections/{cid}/poll")
+                wait_until(lambda: subject in stored, timeout_s=60, interval_s=0.01)  # noqa: B023
+                now_latencies.append(stored[subject] - appended)
+            results.add("6. latency with poll now, p50", percentile(now_latencies, 50), "s")
+            results.add("6. latency with poll now, p99", percentile(now_latencies, 99), "s")
+            interval_latencies = []
+            if interval_samples:
+                appended_at: dict[str, float] = {}
+                rng = random.Random(7)
+                for i in range(interval_samples):
+                    time.sleep(rng.uniform(0, 20))
+                    subject = f"interval-{i}"
+                    appended_at[subject] = time.perf_counter()
+                    env.dovecot.seed(user, [make_message(10_000 + i, subject=subject)])
+                wait_until(lambda: all(s in stored for s in appended_at), timeout_s=180)
+                interval_latencies = [stored[s] - t for s, t in appended_at.items()]
+                results.add(
+                    "6. latency with a 1-minute interval, p50",
+                    percentile(interval_latencies, 50),
+                    "s",
+                )
+                results.add(
+                    "6. latency with a 1-minute interval, p99",
+                    percentile(interval_latencies, 99),
+                    "s",
+                )
+    finally:
+        stop.set()
+        pipeline.stop_all()
+    results.figures["latency"] = {"poll_now": now_latencies, "interval": interval_latencies}
+
+
+# --- 7. large mail ------------------------------------------------------------------------
+def large_mail(env: BenchEnv, results: Results, size: int, logs: Path) -> None:
+    user, password = env.dovecot.add_user()
+    env.dovecot.seed(user, [make_message(1, size=size)])
+    settings = env.settings()
+    pipeline = Pipeline(settings, logs / "large").start("scheduler", "fetcher", "store")
+    db = Database(settings.database_url)
+    try:
+        with api_client(settings) as api:
+            time.sleep(4)
+            cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
+            api.post(f"/connections/{cid}/enable")
+            wait_until(lambda: db.message_count() >= 1, timeout_s=600, interval_s=0.2)
+            fetcher = peak_rss_mb(pipeline.processes["fetcher"].pid)
+            store = peak_rss_mb(pipeline.processes["store"].pid)
+            assert db.scalar("SELECT size FROM messages") == size
+    finally:
+        pipeline.stop_all()
+        db.close()
+    mb = size / 1e6
+    for name, peak in (("fetcher", fetcher), ("store", store)):
+        results.add(
+            f"7. {mb:.0f} MB message: peak RSS of the {name}",
+            peak,
+            "MB",
+            target="< 300 MB",
+            met=peak < 300,
+            note=f"{peak / mb:.1f}× the message",
+        )
+    results.figures["large_mail"] = {"fetcher_mb": fetcher, "store_mb": store, "size": size}
+
+
+# --- 8. scheduler scale ---------------------------------------------------------------------
+def scheduler_scale(
+    env: BenchEnv, results: Results, connections: int, seconds: float, logs: Path
+) -> None:
+    settings = env.settings(poll_jitter_seconds=60.0)
+    ensure_topics(settings)
+    producer = ReliableProducer(settings, "bench")
+    topic = topic_name(settings.topic_prefix, Topic.CONNECTIONS)
+    now = datetime.now(UTC)
+    futures = []
+    for _ in range(connections):
+        view = view_for(env, "u", created_at=now, updated_at=now)
+        futures.append(
+            producer.send(topic, str(view.id).encode(), ConnectionState(connection=view).to_bytes())
+        )
+    producer.settle(futures, timeout_s=120)
+    stop = threading.Event()
+    acked = [0]
+
+    def acknowledge() -> None:
+        """Stands in for fetchers and store: every poll.due is completed at once."""
+        consumer = make_consumer(settings, "bench-ack", [Topic.POLL_DUE])
+        completed = topic_name(settings.topic_prefix, Topic.POLL_COMPLETED)
+        while not stop.is_set():
+            pending = []
+            for records in consumer.poll(timeout_ms=100, max_records=5000).values():
+                for record in records:
+                    due = PollDue.model_validate_json(record.value)
+                    event = PollCompleted(
+                        connection_id=due.connection_id,
+                        poll_id=due.poll_id,
+                        outcome=PollOutcome.OK,
+                        finished_at=datetime.now(UTC),
+                    )
+                    pending.append(producer.send(completed, record.key, event.to_bytes()))
+            if pending:
+                producer.settle(pending)
+                acked[0] += len(pending)
+        consumer.close()
+
+    acker = threading.Thread(target=acknowledge, daemon=True)
+    acker.start()
+    pipeline = Pipeline(settings, logs / "scheduler").start("scheduler")
+    pid = pipeline.processes["scheduler"].pid
+    try:
+        port = pipeline.ports["scheduler"]
+        wait_until(
+            lambda: _metric(port, "mailintake_scheduler_connections") >= connections,
+            timeout_s=300,
+            message="the scheduler read every connection",
+        )
+        cpu_before, started = cpu_seconds(pid), time.perf_counter()
+        time.sleep(seconds)
+        cpu = (cpu_seconds(pid) - cpu_before) / (time.perf_counter() - started)
+        rss = rss_mb(pid)
+        p99 = _histogram_quantile(port, "mailintake_scheduler_lateness_seconds", 0.99)
+        emitted = _metric(port, "mailintake_scheduler_polls_due_total")
+    finally:
+        stop.set()
+        pipeline.stop_all()
+        producer.close()
+    results.add(
+        f"8. scheduler, {connections} connections: lateness p99 (histogram bound)",
+        p99,
+        "s",
+        target="< 1 s",
+        met=p99 < 1,
+    )
+    results.add(
+        "8. scheduler CPU",
+        cpu * 100,
+        "% core",
+        target="< 10 %",
+        met=cpu < 0.10,
+        note=f"{emitted:.0f} polls due emitted in {seconds:.0f}s, {acked[0]} acknowledged",
+    )
+    results.add("8. scheduler RSS", rss, "MB")
+    results.figures["scheduler"] = {"p99": p99, "cpu": cpu, "rss_mb": rss, "emitted": emitted}
+
+
+def _scrape(port: int) -> list[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text.splitlines()
+
+
+def _metric(port: int, name: str) -> float:
+    total = 0.0
+    for line in _scrape(port):
+        if line.startswith(name) and not line.startswith("#"):
+            head = line.split(" ")[0]
+            if head == name or head.startswith(name + "{"):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def _histogram_quantile(port: int, name: str, q: float) -> float:
+    buckets: list[tuple[float, float]] = []
+    for line in _scrape(port):
+        if line.startswith(name + "_bucket"):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append(
+                (float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1]))
+            )
+    if not buckets or buckets[-1][1] == 0:
+        return float("nan")
+    target = q * buckets[-1][1]
+    return next(bound for bound, count in buckets if count >= target)
+
+
+# --- 9. store alone -------------------------------------------------------------------------
+def store_alone(env: BenchEnv, results: Results, count: int, logs: Path) -> None:
+    settings = env.settings()
+    ensure_topics(settings)
+    producer = ReliableProducer(settings, "bench")
+    topic = topic_name(settings.topic_prefix, Topic.MAIL_FETCHED)
+    connection_id, poll_id = uuid.uuid4(), uuid.uuid4()
+    futures = []
+    for uid in range(1, count + 1):
+        raw = make_message(uid, size=8192)
+        chunk = FetchedChunk(
+            connection_id=connection_id,
+            poll_id=poll_id,
+            folder="INBOX",
+            server_id=f"1:{uid}",
+            uidvalidity=1,
+            uid=uid,
+            size=len(raw),
+            internal_date=None,
+            seen_before=False,
+            chunk_index=0,
+            final=True,
+            sha256=hashlib.sha256(raw).hexdigest(),
+        )
+        value, headers = encode_part(chunk, raw)
+        futures.append(producer.send(topic, str(connection_id).encode(), value, headers))
+        if len(futures) >= 5000:
+            producer.settle(futures, timeout_s=120)
+            futures = []
+    producer.settle(futures, timeout_s=120)
+    producer.close()
+    db = Database(settings.database_url)
+    pipeline = Pipeline(settings, logs / "store").start("store")
+    try:
+        started = time.perf_counter()
+        wait_until(lambda: db.message_count() >= count, timeout_s=1800, interval_s=0.1)
+        elapsed = time.perf_counter() - started
+    finally:
+        pipeline.stop_all()
+        db.close()
+    results.add(
+        f"9. store alone, {count} pre-filled records",
+        count / elapsed,
+        "msg/s",
+        note=f"{elapsed:.1f}s including the consumer group join",
+    )
+    results.figures["store"] = {"msgs": count / elapsed}

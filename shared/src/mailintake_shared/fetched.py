@@ -1,0 +1,50 @@
+"""The ``mail.fetched`` wire format, between fetcher and store.
+
+Binary content mode (as CloudEvents' Kafka binding defines it): a message chunk's bytes are
+the record's value, untouched, and its JSON envelope (``FetchedChunk``) travels in the
+``mailintake-envelope`` header. No base64 on the bulk path: the bytes go from the IMAP
+socket to the broker and into the database as they are. A poll result is a JSON value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailintake_shared.events import FetchedChunk, PollResult, decode
+
+ENVELOPE_HEADER = "mailintake-envelope"
+CONTENT_TYPE_HEADER = "content-type"
+MESSAGE_CONTENT_TYPE = b"application/octet-stream"
+RESULT_CONTENT_TYPE = b"application/json"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True)
+class FetchedPart:
+    """One chunk of a downloaded message: its envelope and its bytes."""
+
+    chunk: FetchedChunk
+    data: bytes
+
+
+def encode_part(chunk: FetchedChunk, data: bytes) -> tuple[bytes, Headers]:
+    return data, [
+        (CONTENT_TYPE_HEADER, MESSAGE_CONTENT_TYPE),
+        (ENVELOPE_HEADER, chunk.to_bytes()),
+    ]
+
+
+def encode_result(result: PollResult) -> tuple[bytes, Headers]:
+    return result.to_bytes(), [(CONTENT_TYPE_HEADER, RESULT_CONTENT_TYPE)]
+
+
+def decode_record(value: bytes | None, headers: Headers | None) -> FetchedPart | PollResult:
+    """Raise ``ValueError`` (``pydantic.ValidationError`` among them) for a bad record."""
+    found = dict(headers or [])
+    envelope = found.get(ENVELOPE_HEADER)
+    if envelope is not None:
+        return FetchedPart(decode(FetchedChunk, envelope), value or b"")
+    if found.get(CONTENT_TYPE_HEADER) == RESULT_CONTENT_TYPE:
+        return decode(PollResult, value or b"")
+    raise ValueError("neither a message chunk (no envelope header) nor a poll result")
