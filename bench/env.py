@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import create_engine
+from tests.conftest import ADMIN_TOKEN
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.postgres import PostgresCluster
@@ -25,7 +26,6 @@ from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.secretbox import generate_key
 from mailintake_shared.settings import Settings
 
-ADMIN_TOKEN = "bench-admin-token"
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -185,10 +185,11 @@ class BenchEnv:
             "encryption_keys": generate_key(),
             "api_tokens": f"admin:{hash_token(ADMIN_TOKEN)}",
             "kafka_session_timeout_ms": 3000,
-            "kafka_max_poll_interval_ms": 60_000,
+            "kafka_max_poll_interval_ms": 8_000,
+            "poll_max_seconds": 5.0,
             "poll_jitter_seconds": 0.0,
             "poll_timeout_seconds": 120.0,
-            "log_level": "WARNING",
+            "log_level": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
         }
         values.update(overrides)
         return Settings(**values)

@@ -309,7 +309,7 @@ def many_mailboxes(env: BenchEnv, results: Results, mailboxes: int, each: int, l
         db = Database(settings.database_url)
         try:
             with api_client(settings) as api:
-                time.sleep(6)
+                time.sleep(5 + 5 * fetchers)  # every fetcher has joined the consumer group
                 ids = [
                     api.post("/connections", json=connection_body(env, u, p)).json()["id"]
                     for u, p in boxes
@@ -470,6 +470,8 @@ def latency(
     stored: dict[str, float] = {}
     stop = threading.Event()
 
+    ensure_topics(settings)  # a consumer subscribed to a missing topic sees it only minutes later
+
     def consume() -> None:
         consumer = make_consumer(settings, "bench-latency", [Topic.MAIL_STORED])
         while not stop.is_set():
@@ -486,7 +488,11 @@ def latency(
             time.sleep(6)
             cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
             api.post(f"/connections/{cid}/enable")
-            time.sleep(3)
+            wait_until(
+                lambda: api.get(f"/connections/{cid}").json()["status"]["last_poll_at"],
+                timeout_s=120,
+                message="the first poll completed",
+            )
             now_latencies = []
             for i in range(samples):
                 subject = f"now-{i}"

@@ -51,9 +51,10 @@ class Pipeline:
                 **settings_env(self.settings),
                 "MAILINTAKE_HTTP_PORT": str(port),
             }
-            log = open(self.log_dir / f"{service.replace(':', '-')}.log", "ab")  # noqa: SIM115 (kept open)
+            log_file = self.log_dir / f"{service.replace(':', '-')}.log"
+            log = open(log_file, "ab")  # noqa: SIM115 (kept open)
             self.processes[service] = subprocess.Popen(
-                [str(BIN / f"mailintake-{service}")],
+                [str(BIN / f"mailintake-{service.split(':')[0]}")],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.db.models import OutboxRecord
+from mailintake_shared.db.types import utcnow
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.metrics import OUTBOX_PUBLISHED
@@ -25,6 +26,21 @@ def add_to_outbox(
 ) -> None:
     """Queue a record in the caller's transaction; ``value=None`` is a tombstone."""
     session.add(OutboxRecord(topic=topic_name(prefix, topic), key=key, value=value))
+
+
+def add_many_to_outbox(
+    session: Session, prefix: str, records: list[tuple[Topic, str, bytes | None]]
+) -> None:
+    """Queue many records at once, in order (one multi-row INSERT rather than one per row)."""
+    if records:
+        now = utcnow()
+        session.execute(
+            insert(OutboxRecord),
+            [
+                {"topic": topic_name(prefix, topic), "key": key, "value": value, "created_at": now}
+                for topic, key, value in records
+            ],
+        )
 
 
 class OutboxRelay:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from email import policy
+from email.header import decode_header, make_header
 from email.parser import BytesParser
 
 from mailintake_shared.events import HeaderSummary
@@ -47,17 +48,22 @@ def summarize(raw: bytes) -> tuple[HeaderSummary, list[str]]:
         head = raw[: separator.start()]
     if any(byte > 0x7F for byte in head):
         problems.append("8-bit bytes in the header (decoded as UTF-8 with replacement)")
-    message = BytesParser(policy=policy.default).parsebytes(head + b"\r\n\r\n", headersonly=True)
+    # compat32 keeps headers as strings: several times faster than the header objects of
+    # policy.default; only the eight summary fields are then decoded (RFC 2047).
+    message = BytesParser(policy=policy.compat32).parsebytes(head + b"\r\n\r\n", headersonly=True)
     problems.extend(sorted({type(defect).__name__ for defect in message.defects}))
     values: dict[str, str | None] = {}
     for field, header in _FIELDS.items():
+        raw_value = message.get(header)
+        if raw_value is None:
+            values[field] = None
+            continue
         try:
-            value = message.get(header)
-            values[field] = clean_text(str(value)) if value is not None else None
+            decoded = str(make_header(decode_header(str(raw_value))))
         except Exception:  # the email package raises many things on hostile headers
             problems.append(f"unreadable {header} header")
-            raw_value = message.get_all(header, failobj=[None])[0]
-            values[field] = clean_text(str(raw_value)) if raw_value is not None else None
+            decoded = str(raw_value)
+        values[field] = clean_text(" ".join(decoded.split()))
     if not values["message_id"]:
         problems.append("no Message-ID header")
     return HeaderSummary(**values), problems

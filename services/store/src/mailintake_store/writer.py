@@ -41,7 +41,7 @@ from mailintake_shared.events import (
     b64,
 )
 from mailintake_shared.fetched import FetchedPart
-from mailintake_shared.outbox import add_to_outbox
+from mailintake_shared.outbox import add_many_to_outbox
 from mailintake_shared.topics import Topic
 from mailintake_store.metrics import DUPLICATES, POLL_RESULTS, STORED
 from mailintake_store.mime import summarize
@@ -108,9 +108,12 @@ class StoreWriter:
         self._sessions = sessions
         self._prefix = topic_prefix
         self._inline_max = inline_max_bytes
+        # The events of the batch being written, in order; inserted with it in one statement.
+        self._outbox: list[tuple[Topic, str, bytes | None]] = []
 
     def write(self, records: Sequence[FetchedPart | PollResult]) -> BatchOutcome:
         outcome = BatchOutcome()
+        self._outbox = []
         with self._sessions() as session, session.begin():
             pending: list[_Complete] = []
             polls = _Polls()
@@ -128,6 +131,7 @@ class StoreWriter:
             self._store_messages(session, pending, polls, outcome)
             for poll_id, counts in polls.items():
                 self._add_poll_counts(session, poll_id, counts)
+            add_many_to_outbox(session, self._prefix, self._outbox)
         return outcome
 
     # --- messages --------------------------------------------------------------------------
@@ -290,13 +294,14 @@ class StoreWriter:
             rows = [self._row(m, now) for m in messages[start : start + _INSERT_ROWS]]
             statement = (
                 _insert(session)(Message)
-                .values(rows)
                 .on_conflict_do_nothing(
                     index_elements=[Message.connection_id, Message.folder, Message.server_id]
                 )
                 .returning(Message.id, Message.connection_id, Message.folder, Message.server_id)
             )
-            for row in session.execute(statement):
+            # executemany: SQLAlchemy batches the rows into multi-row INSERTs with RETURNING
+            # ("insertmanyvalues") and caches the compiled statement.
+            for row in session.execute(statement, rows):
                 inserted[(row.connection_id, row.folder, row.server_id)] = row.id
         return inserted
 
@@ -347,9 +352,7 @@ class StoreWriter:
             raw_b64=(b64(message.raw) if len(message.raw) <= self._inline_max else None),
             raw_path=f"/messages/{message_id}/raw",
         )
-        add_to_outbox(
-            session, self._prefix, Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes()
-        )
+        self._outbox.append((Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes()))
 
     def _advance_cursors(self, session: Session, messages: list[_Complete]) -> None:
         """Per folder: the UIDVALIDITY of the newest record, and the highest UID seen in it."""
@@ -460,9 +463,7 @@ class StoreWriter:
             consecutive_failures=status.consecutive_failures,
             finished_at=result.finished_at,
         )
-        add_to_outbox(
-            session, self._prefix, Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes()
-        )
+        self._outbox.append((Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes()))
         POLL_RESULTS.labels(result.outcome.value).inc()
 
     @staticmethod
