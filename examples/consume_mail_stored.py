@@ -24,7 +24,11 @@ from mailintake_shared.topics import Topic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--group", default="example-handler", help="your consumer group")
+    parser.add_argument(
+        "--group",
+        default="example-handler",
+        help="your consumer group (prefixed with MAILINTAKE_TOPIC_PREFIX)",
+    )
     parser.add_argument("--max-messages", type=int, default=0, help="stop after N (0: never)")
     args = parser.parse_args()
 

@@ -58,7 +58,9 @@ def _produce(settings: Settings, count: int) -> None:
 def _committed(settings: Settings, group: str) -> int:
     name = topic_name(settings.topic_prefix, Topic.POLL_DUE)
     probe = KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=settings.topic_prefix + group,
+        enable_auto_commit=False,
     )
     try:
         total = 0

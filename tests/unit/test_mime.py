@@ -23,7 +23,12 @@ def test_every_hostile_message_gives_a_summary_without_raising(name: str) -> Non
         assert value is None or ("\x00" not in value and len(value) <= 10_000)
         assert value is None or value.encode("utf-8")  # no lone surrogates
     flawed_header = {
-        "NUL bytes", "no Message-ID", "8-bit headers", "header only", "garbage", "bad encoded-word"
+        "NUL bytes",
+        "no Message-ID",
+        "8-bit headers",
+        "header only",
+        "garbage",
+        "bad encoded-word",
     }
     assert bool(problems) == (name in flawed_header), problems
 

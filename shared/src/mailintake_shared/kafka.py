@@ -106,11 +106,15 @@ class ReliableProducer:
 def make_consumer(
     settings: Settings, group_id: str | None, topics: Iterable[Topic], **overrides: Any
 ) -> KafkaConsumer:
-    """A consumer whose offsets are committed only by the code, after durable work."""
+    """A consumer whose offsets are committed only by the code, after durable work.
+
+    The group id is prefixed like the topics (``mailintake.fetcher``), so that two
+    deployments sharing a Kafka cluster never share a consumer group.
+    """
     config: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap_servers,
         "client_id": f"{settings.kafka_client_id}-{group_id or 'reader'}",
-        "group_id": group_id,
+        "group_id": f"{settings.topic_prefix}{group_id}" if group_id else None,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
         "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
