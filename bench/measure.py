@@ -533,7 +533,8 @@ def latency(
 # --- 7. large mail ------------------------------------------------------------------------
 def large_mail(env: BenchEnv, results: Results, size: int, logs: Path) -> None:
     user, password = env.dovecot.add_user()
-    env.dovecot.seed(user, [make_message(1, size=size)])
+    message = make_message(1, size=size)
+    env.dovecot.seed(user, [message])
     settings = env.settings()
     pipeline = Pipeline(settings, logs / "large").start("scheduler", "fetcher", "store")
     db = Database(settings.database_url)
@@ -545,7 +546,7 @@ def large_mail(env: BenchEnv, results: Results, size: int, logs: Path) -> None:
             wait_until(lambda: db.message_count() >= 1, timeout_s=600, interval_s=0.2)
             fetcher = peak_rss_mb(pipeline.processes["fetcher"].pid)
             store = peak_rss_mb(pipeline.processes["store"].pid)
-            assert db.scalar("SELECT size FROM messages") == size
+            assert db.scalar("SELECT size FROM messages") == len(message)
     finally:
         pipeline.stop_all()
         db.close()
@@ -651,8 +652,13 @@ def _scrape(port: int) -> list[str]:
 
 
 def _metric(port: int, name: str) -> float:
+    """The sum of a metric's samples; -1 while the service does not answer yet."""
+    try:
+        lines = _scrape(port)
+    except OSError:
+        return -1.0
     total = 0.0
-    for line in _scrape(port):
+    for line in lines:
         if line.startswith(name) and not line.startswith("#"):
             head = line.split(" ")[0]
             if head == name or head.startswith(name + "{"):
