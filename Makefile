@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench openapi settings-table migrate keygen token clean
+.PHONY: help run test test-fast lint format bench bench-readme openapi settings-table migrate keygen token clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,9 @@ format: ## apply ruff's formatting and safe fixes
 bench: ## benchmark against real Dovecot, PostgreSQL and the broker (QUICK=1: a tenth)
 	@scripts/bootstrap.sh test
 	$(RUN) python -m bench $${QUICK:+--quick}
+
+bench-readme: ## copy the last full benchmark table into the README
+	$(RUN) python scripts/bench_table.py
 
 openapi: ## regenerate services/config-api/openapi.json from the code
 	$(RUN) mailintake-config-api openapi > services/config-api/openapi.json

@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from tests.api import api_client
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.views import connection_view
 
 from bench.env import (
     BenchEnv,
@@ -40,7 +41,7 @@ from mailintake_fetcher.worker import budget_from
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.models import MailboxState
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.domain import AfterDownload, ConnectionView, Encryption, Protocol, Transport
+from mailintake_shared.domain import ConnectionView, Encryption
 from mailintake_shared.events import (
     ConnectionState,
     FetchedChunk,
@@ -94,32 +95,14 @@ class NoState:
 
 
 def view_for(env: BenchEnv, user: str, **overrides: Any) -> ConnectionView:
-    now = datetime.now(UTC)
-    values: dict[str, Any] = dict(  # noqa: C408 (keyword form mirrors the model)
-        id=uuid.uuid4(),
-        version=1,
-        name="bench",
-        description=None,
-        protocol=Protocol.IMAP,
-        transport=Transport.IMAP,
-        oauth_credential_id=None,
-        encryption=Encryption.NONE,
-        host="127.0.0.1",
-        port=env.dovecot.ports.imap,
-        tls_verify=True,
-        tls_ca_pem=None,
-        interval_minutes=1,
-        timeout_ms=30000,
-        folder="INBOX",
-        username=user,
-        shared_mailbox=None,
-        after_download=AfterDownload.MARK_SEEN,
-        enabled=True,
-        created_at=now,
-        updated_at=now,
-    )
+    values: dict[str, Any] = {
+        "encryption": Encryption.NONE,
+        "port": env.dovecot.ports.imap,
+        "interval_minutes": 1,
+        "username": user,
+    }
     values.update(overrides)
-    return ConnectionView(**values)
+    return connection_view(**values)
 
 
 def connection_body(env: BenchEnv, user: str, password: str, **extra: Any) -> dict[str, Any]:

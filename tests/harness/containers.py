@@ -5,10 +5,9 @@ Selected with ``MAILINTAKE_TEST_COMPONENTS=containers``; the default is local pr
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
-import psycopg2
+from tests.harness.postgres import create_database
 
 
 def docker_unavailable_reason() -> str | None:
@@ -65,16 +64,7 @@ class PostgresInContainer:
         )
 
     def create_database(self, template: str | None = None) -> str:
-        name = "t_" + uuid.uuid4().hex[:12]
-        connection = psycopg2.connect(dbname="postgres", **self._params())
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                suffix = f" TEMPLATE {template}" if template else ""
-                cursor.execute(f"CREATE DATABASE {name}{suffix}")
-        finally:
-            connection.close()
-        return name
+        return create_database(self._params(), template)
 
     def destroy(self) -> None:
         self._container.stop()

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailintake_devstack.broker import free_port, wait_for_port
+from mailintake_devstack.broker import free_port, stop_process, wait_for_port
 from tests.harness.tls import TestPki, make_pki
 
 
@@ -190,12 +190,7 @@ protocol pop3 {{
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            stop_process(self._process)
             self._process = None
 
     def destroy(self) -> None:

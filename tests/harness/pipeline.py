@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import SecretStr
 from sqlalchemy import create_engine, text
 
-from mailintake_devstack.broker import free_port
+from mailintake_devstack.broker import free_port, stop_process
 from mailintake_shared.settings import ENV_PREFIX, Settings
 
 BIN = Path(sys.executable).parent
@@ -68,13 +68,7 @@ class Pipeline:
         process.wait()
 
     def stop(self, service: str) -> None:
-        process = self.processes.pop(service)
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(self.processes.pop(service), timeout_s=30)
 
     def stop_all(self) -> None:
         for service in list(self.processes):

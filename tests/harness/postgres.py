@@ -10,6 +10,7 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
@@ -103,15 +104,19 @@ class PostgresCluster:
         return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
 
     def create_database(self, template: str | None = None) -> str:
-        name = "t_" + uuid.uuid4().hex[:12]
-        connection = psycopg2.connect(
-            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres"
-        )
-        connection.autocommit = True
-        try:
-            with connection.cursor() as cursor:
-                suffix = f" TEMPLATE {template}" if template else ""
-                cursor.execute(f"CREATE DATABASE {name}{suffix}")
-        finally:
-            connection.close()
-        return name
+        params = {"host": "127.0.0.1", "port": self.port, "user": "postgres"}
+        return create_database(params, template)
+
+
+def create_database(params: dict[str, Any], template: str | None = None) -> str:
+    """A new database with a unique name (a copy of ``template`` if given); its name."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    connection = psycopg2.connect(dbname="postgres", **params)
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            suffix = f" TEMPLATE {template}" if template else ""
+            cursor.execute(f"CREATE DATABASE {name}{suffix}")
+    finally:
+        connection.close()
+    return name

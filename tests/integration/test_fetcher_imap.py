@@ -22,16 +22,14 @@ from mailintake_fetcher.poll import Budget, ImapPoll
 from mailintake_fetcher.repository import Cursor, PendingAction
 from mailintake_shared.domain import (
     AfterDownload,
-    ConnectionView,
     Encryption,
-    Protocol,
-    Transport,
 )
 from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollReason
 from mailintake_shared.fetched import FetchedPart
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
+from tests.harness.views import connection_view
 from tests.integration.conftest import imap_session
 
 pytestmark = pytest.mark.integration
@@ -94,29 +92,14 @@ def config(
 ) -> MailboxConfig:
     server = server or mailbox.server
     default_port = server.ports.imaps if encryption is Encryption.SSL else server.ports.imap
-    now = datetime.now(UTC)
-    view = ConnectionView(
-        id=uuid.uuid4(),
-        version=1,
-        name="t",
-        description=None,
-        protocol=Protocol.IMAP,
-        transport=Transport.IMAP,
-        oauth_credential_id=None,
+    view = connection_view(
         encryption=encryption,
-        host="127.0.0.1",
         port=port or default_port,
-        tls_verify=True,
         tls_ca_pem=server.pki.ca_text if ca else None,
-        interval_minutes=1,
         timeout_ms=timeout_ms,
         folder=folder,
         username=mailbox.username,
-        shared_mailbox=None,
         after_download=after,
-        enabled=True,
-        created_at=now,
-        updated_at=now,
     )
     return MailboxConfig(view=view, password=SecretStr(password or mailbox.password))
 

@@ -1,41 +1,16 @@
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-
 import pytest
 from pydantic import ValidationError
 
-from mailintake_shared.domain import AfterDownload, ConnectionView, Encryption, Protocol, Transport
+from mailintake_shared.domain import ConnectionView
 from mailintake_shared.events import ConnectionState, decode
 from mailintake_shared.topics import TOPIC_SPECS, Topic
+from tests.harness.views import connection_view
 
 
 def _view() -> ConnectionView:
-    now = datetime.now(UTC)
-    return ConnectionView(
-        id=uuid.uuid4(),
-        version=3,
-        name="n",
-        description=None,
-        protocol=Protocol.IMAP,
-        transport=Transport.IMAP,
-        oauth_credential_id=None,
-        encryption=Encryption.SSL,
-        host="h",
-        port=993,
-        tls_verify=True,
-        tls_ca_pem=None,
-        interval_minutes=5,
-        timeout_ms=30000,
-        folder="INBOX",
-        username="u",
-        shared_mailbox=None,
-        after_download=AfterDownload.MARK_SEEN,
-        enabled=True,
-        created_at=now,
-        updated_at=now,
-    )
+    return connection_view(version=3)
 
 
 def test_connection_state_round_trips_with_its_schema_version() -> None:

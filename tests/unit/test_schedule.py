@@ -6,8 +6,9 @@ import uuid
 from datetime import UTC, datetime
 
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig, stable_fraction
-from mailintake_shared.domain import AfterDownload, ConnectionView, Encryption, Protocol, Transport
+from mailintake_shared.domain import ConnectionView
 from mailintake_shared.events import ErrorKind, PollCompleted, PollDue, PollOutcome, PollReason
+from tests.harness.views import connection_view
 
 CONFIG = ScheduleConfig(jitter_s=60, poll_timeout_s=600, retry_base_s=30, retry_max_s=3600)
 
@@ -15,29 +16,8 @@ CONFIG = ScheduleConfig(jitter_s=60, poll_timeout_s=600, retry_base_s=30, retry_
 def view(
     cid: uuid.UUID | None = None, *, enabled: bool = True, interval: int = 5, version: int = 1
 ) -> ConnectionView:
-    now = datetime.now(UTC)
-    return ConnectionView(
-        id=cid or uuid.uuid4(),
-        version=version,
-        name="n",
-        description=None,
-        protocol=Protocol.IMAP,
-        transport=Transport.IMAP,
-        oauth_credential_id=None,
-        encryption=Encryption.SSL,
-        host="h",
-        port=993,
-        tls_verify=True,
-        tls_ca_pem=None,
-        interval_minutes=interval,
-        timeout_ms=30000,
-        folder="INBOX",
-        username="u",
-        shared_mailbox=None,
-        after_download=AfterDownload.MARK_SEEN,
-        enabled=enabled,
-        created_at=now,
-        updated_at=now,
+    return connection_view(
+        id=cid or uuid.uuid4(), enabled=enabled, interval_minutes=interval, version=version
     )
 
 

@@ -42,6 +42,16 @@ def wait_for_port(host: str, port: int, timeout_s: float) -> None:
             time.sleep(0.02)
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class LocalBroker:
     """A Tansu process on ``host:port``; a context manager that stops it on exit."""
 
@@ -80,15 +90,9 @@ class LocalBroker:
         return self
 
     def stop(self) -> None:
-        if self._process is None:
-            return
-        self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-        self._process = None
+        if self._process is not None:
+            stop_process(self._process)
+            self._process = None
 
     def kill(self) -> None:
         """Stop at once, as a crash would (memory storage: every record is lost)."""
@@ -96,10 +100,6 @@ class LocalBroker:
             self._process.kill()
             self._process.wait()
             self._process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def __enter__(self) -> LocalBroker:
         return self.start()

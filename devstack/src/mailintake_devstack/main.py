@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailintake_devstack.broker import LocalBroker, free_port
+from mailintake_devstack.broker import LocalBroker, free_port, stop_process
 from mailintake_shared.secretbox import generate_key
 
 
@@ -142,10 +142,7 @@ def up(state: Path, api_port: int, broker_port: int) -> int:
             if process.poll() is None:
                 process.terminate()
         for process in processes.values():
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop_process(process, timeout_s=15)
         broker.stop()
         print("mailintake: stopped", flush=True)
 

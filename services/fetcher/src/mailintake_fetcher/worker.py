@@ -99,9 +99,14 @@ class FetcherWorker:
             return None
         config = self._repository.connection(due.connection_id)
         if config is None or not config.view.enabled:
-            return self._skip(due, sink)
+            return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
         if config.view.transport is not Transport.IMAP:
-            return self._unsupported(due, sink, config.view.transport)
+            return self._answer_without_polling(
+                due,
+                sink,
+                PollOutcome.FAILED,
+                f"the {config.view.transport.value} transport is not supported by this fetcher yet",
+            )
         log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
         result = ImapPoll(config, due, self._repository, sink, self._budget).run()
         log.info(
@@ -115,42 +120,25 @@ class FetcherWorker:
         )
         return result
 
-    def _finish(self, due: PollDue, sink: Sink, result: PollResult) -> PollResult:
+    @staticmethod
+    def _answer_without_polling(
+        due: PollDue, sink: Sink, outcome: PollOutcome, error: str | None = None
+    ) -> PollResult:
+        """A result for a poll that did not run, so the scheduler's in-flight state ends."""
+        now = utcnow()
+        result = PollResult(
+            connection_id=due.connection_id,
+            poll_id=due.poll_id,
+            reason=due.reason,
+            outcome=outcome,
+            error_kind=ErrorKind.INTERNAL if error else None,
+            error=error,
+            started_at=now,
+            finished_at=now,
+        )
         sink.result(result)
         sink.flush()
         return result
-
-    def _skip(self, due: PollDue, sink: Sink) -> PollResult:
-        now = utcnow()
-        return self._finish(
-            due,
-            sink,
-            PollResult(
-                connection_id=due.connection_id,
-                poll_id=due.poll_id,
-                reason=due.reason,
-                outcome=PollOutcome.SKIPPED,
-                started_at=now,
-                finished_at=now,
-            ),
-        )
-
-    def _unsupported(self, due: PollDue, sink: Sink, transport: Transport) -> PollResult:
-        now = utcnow()
-        return self._finish(
-            due,
-            sink,
-            PollResult(
-                connection_id=due.connection_id,
-                poll_id=due.poll_id,
-                reason=due.reason,
-                outcome=PollOutcome.FAILED,
-                error_kind=ErrorKind.INTERNAL,
-                error=f"the {transport.value} transport is not supported by this fetcher yet",
-                started_at=now,
-                finished_at=now,
-            ),
-        )
 
     def close(self) -> None:
         self._consumer.close()
