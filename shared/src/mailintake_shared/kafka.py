@@ -12,7 +12,7 @@ import structlog
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
@@ -240,9 +240,14 @@ class CommitAfterWorkLoop:
     def run(self) -> None:
         backoff = self._backoff_min
         while not self._stop.is_set():
-            polled = self._consumer.poll(
-                timeout_ms=self._poll_timeout_ms, max_records=self._max_records
-            )
+            try:
+                polled = self._consumer.poll(
+                    timeout_ms=self._poll_timeout_ms, max_records=self._max_records
+                )
+            except KafkaError as exc:
+                log.warning("polling the broker failed; retrying", error=str(exc))
+                self._stop.wait(backoff)
+                continue
             batch = [record for records in polled.values() for record in records]
             if not batch:
                 if self._on_idle is not None:
@@ -280,7 +285,8 @@ class CommitAfterWorkLoop:
                 offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
         try:
             self._consumer.commit(offsets)
-        except CommitFailedError:
-            # The group rebalanced: the partition's new owner replays from the last commit;
-            # every handler is idempotent, so a replay stores nothing twice.
-            log.warning("offset commit failed after a rebalance; records will be replayed")
+        except KafkaError as exc:
+            # A rebalance (in progress or done) or a broker outage: the partition's owner
+            # replays from the last commit, and every handler is idempotent, so a replay
+            # stores nothing twice.
+            log.warning("offset commit failed; records will be replayed", error=str(exc))

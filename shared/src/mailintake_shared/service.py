@@ -79,6 +79,9 @@ def serve(service: str, build: Callable[[Settings], Worker]) -> None:
         log.info("service running")
         try:
             worker.run(stop)
+        except Exception:
+            log.exception("service failed; exiting so that it is restarted")
+            raise
         finally:
             worker.close()
     finally:
