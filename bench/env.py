@@ -6,10 +6,8 @@ import json
 import os
 import platform
 import statistics
-import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,14 +197,6 @@ class BenchEnv:
         if count:
             self.dovecot.seed(user, corpus(count, start))
         return user, password
-
-
-@contextmanager
-def stopwatch() -> Iterator[list[float]]:
-    box: list[float] = []
-    started = time.perf_counter()
-    yield box
-    box.append(time.perf_counter() - started)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from mailintake_config_api.app import create_app
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.models import OAuthCredential
 from mailintake_shared.events import ConnectionState
@@ -270,7 +271,7 @@ def test_search_over_each_field_and_stable_pages(client: TestClient) -> None:
 
 
 def test_auth_rules(settings: Settings) -> None:
-    with TestClient(__import__("mailintake_config_api.app").app.create_app(settings)) as anon:
+    with TestClient(create_app(settings)) as anon:
         assert anon.get("/connections").status_code == 401
         assert anon.get("/connections", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert anon.get("/healthz").status_code == 200

@@ -21,8 +21,6 @@ from mailintake_shared.topics import TOPIC_SPECS, Topic, topic_name
 
 log = structlog.get_logger(__name__)
 
-Record = ConsumerRecord
-
 
 def make_producer(settings: Settings, client_name: str, **overrides: Any) -> KafkaProducer:
     """A producer that waits for every in-sync replica (acks=all) and is idempotent."""

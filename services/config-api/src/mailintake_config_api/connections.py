@@ -41,14 +41,7 @@ class NameTakenError(Exception):
 def to_public(row: Connection, status: ConnectionStatus | None = None) -> ConnectionPublic:
     health = ConnectionHealth()
     if status is not None:
-        health = ConnectionHealth(
-            last_poll_at=status.last_poll_at,
-            last_success_at=status.last_success_at,
-            last_error_kind=status.last_error_kind,
-            last_error=status.last_error,
-            consecutive_failures=status.consecutive_failures,
-            messages_stored=status.messages_stored,
-        )
+        health = ConnectionHealth.model_validate(status, from_attributes=True)
     return ConnectionPublic(
         **dict(row.view()), has_password=row.password_enc is not None, status=health
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -172,12 +172,17 @@ class ImapPoll:
         for group in _groups(planned, budget.batch_messages, budget.chunk_bytes):
             if progress.messages and self._clock() > deadline:
                 break
-            if len(group) == 1 and group[0].size > budget.chunk_bytes:
-                self._publish_ranged(mailbox, folder, uidvalidity, group[0], progress)
+            size = budget.chunk_bytes
+            if len(group) == 1 and group[0].size > size:
+                # A large message, fetched by byte range: memory stays at two chunks.
+                ranges = _ranges(mailbox, group[0].uid, size)
+                self._publish(folder, uidvalidity, group[0], ranges, progress)
                 continue
             bodies = mailbox.bodies([m.uid for m in group])
             for meta in group:
-                self._publish_whole(folder, uidvalidity, meta, bodies.get(meta.uid, b""), progress)
+                body = bodies.get(meta.uid, b"")
+                pieces = (body[i : i + size] for i in range(0, len(body), size))
+                self._publish(folder, uidvalidity, meta, pieces, progress)
         return progress.messages
 
     def _chunk(
@@ -207,62 +212,31 @@ class ImapPoll:
             sha256=sha256,
         )
 
-    def _publish_whole(
-        self, folder: str, uidvalidity: int, meta: MessageMeta, body: bytes, progress: _Progress
-    ) -> None:
-        digest = hashlib.sha256(body).hexdigest()
-        size = self._budget.chunk_bytes
-        pieces = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
-        for index, piece in enumerate(pieces):
-            final = index == len(pieces) - 1
-            self._sink.message(
-                self._chunk(
-                    folder,
-                    uidvalidity,
-                    meta,
-                    index,
-                    final=final,
-                    sha256=digest if final else None,
-                ),
-                piece,
-            )
-        self._count(progress, len(body))
-
-    def _publish_ranged(
+    def _publish(
         self,
-        mailbox: ImapMailbox,
         folder: str,
         uidvalidity: int,
         meta: MessageMeta,
+        pieces: Iterable[bytes],
         progress: _Progress,
     ) -> None:
-        """A large message, fetched and published one chunk at a time."""
-        size = self._budget.chunk_bytes
+        """Publish a message as its pieces come (held back by one, so the last can carry
+        ``final`` and the SHA-256 of the whole): at most two chunks in memory."""
         digest = hashlib.sha256()
-        offset, index = 0, 0
-        piece = mailbox.body_range(meta.uid, 0, size)
-        while True:
-            following = (
-                mailbox.body_range(meta.uid, offset + size, size) if len(piece) == size else b""
-            )
+        total, index = 0, 0
+        held: bytes | None = None
+        for piece in pieces:
+            if held is not None:
+                self._sink.message(
+                    self._chunk(folder, uidvalidity, meta, index, final=False, sha256=None), held
+                )
+                index += 1
             digest.update(piece)
-            final = not following
-            self._sink.message(
-                self._chunk(
-                    folder,
-                    uidvalidity,
-                    meta,
-                    index,
-                    final=final,
-                    sha256=digest.hexdigest() if final else None,
-                ),
-                piece,
-            )
-            offset += len(piece)
-            if final:
-                break
-            piece, index = following, index + 1
-        self._count(progress, offset)
+            total += len(piece)
+            held = piece
+        final = self._chunk(folder, uidvalidity, meta, index, final=True, sha256=digest.hexdigest())
+        self._sink.message(final, held or b"")
+        self._count(progress, total)
 
     @staticmethod
     def _count(progress: _Progress, size: int) -> None:
@@ -270,6 +244,19 @@ class ImapPoll:
         progress.bytes += size
         FETCHED_MESSAGES.inc()
         FETCHED_BYTES.inc(size)
+
+
+def _ranges(mailbox: ImapMailbox, uid: int, size: int) -> Iterator[bytes]:
+    """A message's bytes in pieces of ``size``, one ``BODY.PEEK[]<offset.size>`` each, until a
+    short piece (the server's RFC822.SIZE is not trusted to say where the end is)."""
+    offset = 0
+    while True:
+        piece = mailbox.body_range(uid, offset, size)
+        if piece:
+            yield piece
+        if len(piece) < size:
+            return
+        offset += size
 
 
 def _groups(

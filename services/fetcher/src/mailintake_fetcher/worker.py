@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from mailintake_fetcher.poll import Budget, ImapPoll, Sink
 from mailintake_fetcher.publisher import KafkaSink
 from mailintake_fetcher.repository import FetcherRepository
-from mailintake_shared.checks import broker_ok, database_ok
+from mailintake_shared.checks import consumer_readiness
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.deadletter import dead_letter
@@ -65,11 +65,7 @@ class FetcherWorker:
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
-        return {
-            "database": database_ok(self._engine),
-            "broker": broker_ok(self._consumer),
-            "processing": self._loop is None or self._loop.healthy,
-        }
+        return consumer_readiness(self._engine, self._consumer, self._loop)
 
     def run(self, stop: threading.Event) -> None:
         self._loop = CommitAfterWorkLoop(self._consumer, self.handle, stop=stop, max_records=1)

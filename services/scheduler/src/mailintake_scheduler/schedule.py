@@ -181,6 +181,3 @@ class Schedule:
                 entry.in_flight = None
                 self._flying.discard(event.connection_id)
                 self._set_due(event.connection_id, entry, now, event.reason)
-
-    def next_wakeup(self) -> float | None:
-        return self._heap[0][0] if self._heap else None

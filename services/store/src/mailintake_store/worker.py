@@ -14,9 +14,8 @@ from collections.abc import Mapping
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
-from pydantic import ValidationError
 
-from mailintake_shared.checks import broker_ok, database_ok
+from mailintake_shared.checks import consumer_readiness
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.deadletter import dead_letter
 from mailintake_shared.events import PollResult
@@ -58,11 +57,7 @@ class StoreWorker:
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
-        return {
-            "database": database_ok(self._engine),
-            "broker": broker_ok(self._consumer),
-            "processing": self._loop is None or self._loop.healthy,
-        }
+        return consumer_readiness(self._engine, self._consumer, self._loop)
 
     def run(self, stop: threading.Event) -> None:
         relay = threading.Thread(target=self._relay.run, args=(stop,), name="outbox-relay")
@@ -87,9 +82,7 @@ class StoreWorker:
             try:
                 events.append(decode_record(record.value, record.headers))
                 sources.append(record)
-            except ValidationError as exc:
-                self._dead_letter(record, f"not a mail.fetched v1 record: {exc.errors()[:3]}")
-            except ValueError as exc:
+            except ValueError as exc:  # pydantic's ValidationError among them
                 self._dead_letter(record, f"not a mail.fetched v1 record: {exc}")
         outcome = self._writer.write(events)
         for rejected in outcome.rejected:
