@@ -53,33 +53,49 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def dovecot_cpu_seconds() -> float:
-    """CPU of every Dovecot process (master, imap, pop3, auth...), including exited children
-    reaped by the master (``cutime``/``cstime``)."""
+_DOVECOT = frozenset(
+    {
+        "dovecot",
+        "imap",
+        "pop3",
+        "imap-login",
+        "pop3-login",
+        "auth",
+        "indexer-worker",
+        "anvil",
+        "log",
+        "config",
+        "stats",
+    }
+)
+
+
+def cpu_seconds_of(commands: frozenset[str]) -> float:
+    """CPU of every process whose name is in ``commands``, including exited children reaped
+    by their parent (``cutime``/``cstime``): Dovecot's or PostgreSQL's worker processes."""
     total = 0.0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            comm = (entry / "comm").read_text().strip()
-            if comm in (
-                "dovecot",
-                "imap",
-                "pop3",
-                "imap-login",
-                "pop3-login",
-                "auth",
-                "indexer-worker",
-                "anvil",
-                "log",
-                "config",
-                "stats",
-            ):
+            if (entry / "comm").read_text().strip() in commands:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                 total += sum(int(f) for f in fields[11:15]) / _TICKS
         except (OSError, IndexError):
             continue
     return total
+
+
+def dovecot_cpu_seconds() -> float:
+    return cpu_seconds_of(_DOVECOT)
+
+
+def postgres_cpu_seconds() -> float:
+    return cpu_seconds_of(frozenset({"postgres"}))
+
+
+def broker_cpu_seconds() -> float:
+    return cpu_seconds_of(frozenset({"tansu"}))
 
 
 @dataclass

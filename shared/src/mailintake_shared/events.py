@@ -103,8 +103,9 @@ class FetchedChunk(Event):
 
     A message larger than the chunk size travels as several records with ``chunk_index``
     0, 1, …, in order on the connection's partition; the one with ``final`` set completes the
-    message and carries the SHA-256 of the whole. ``server_id`` is the dedup key within the
-    folder (IMAP: ``UIDVALIDITY:UID``).
+    message and carries the SHA-256 of the whole, which the store checks after assembly (a
+    message in a single record carries none: the broker's CRC covers it). ``server_id`` is
+    the dedup key within the folder (IMAP: ``UIDVALIDITY:UID``).
     """
 
     kind: Literal["message"] = "message"

@@ -103,7 +103,7 @@ class Settings(BaseSettings):
 
     # --- polling ------------------------------------------------------------------------
     poll_max_messages: int = Field(
-        500, ge=1, description="Most messages one poll downloads; more continue in the next."
+        5000, ge=1, description="Most messages one poll downloads; more continue in the next."
     )
     poll_max_bytes: int = Field(
         100 * 1024 * 1024,

@@ -61,7 +61,11 @@ class ImapMailbox:
         timeout = view.timeout_ms / 1000
         client: IMAPClient | None = None
         try:
-            context = client_context(verify=view.tls_verify, ca_pem=view.tls_ca_pem, server=host)
+            context = (
+                None
+                if view.encryption is Encryption.NONE
+                else client_context(verify=view.tls_verify, ca_pem=view.tls_ca_pem, server=host)
+            )
             implicit_tls = view.encryption is Encryption.SSL
             client = IMAPClient(
                 host,
@@ -253,7 +257,22 @@ def parse_internaldate(text: bytes) -> datetime | None:
         return None
 
 
+# What Dovecot and most servers answer, in the order asked: one match instead of four.
+_META_IN_ORDER = re.compile(
+    rb'UID (\d+) RFC822\.SIZE (\d+) INTERNALDATE "([^"]+)" FLAGS \(([^)]*)\)'
+)
+
+
 def _parse_meta(line: bytes) -> MessageMeta | None:
+    ordered = _META_IN_ORDER.search(line)
+    if ordered is not None:
+        uid_text, size_text, date_text, flags_text = ordered.groups()
+        return MessageMeta(
+            uid=int(uid_text),
+            size=int(size_text),
+            internal_date=parse_internaldate(date_text),
+            seen=SEEN in flags_text.split(),
+        )
     uid = _UID.search(line)
     if uid is None:
         return None

@@ -220,21 +220,27 @@ class ImapPoll:
         pieces: Iterable[bytes],
         progress: _Progress,
     ) -> None:
-        """Publish a message as its pieces come (held back by one, so the last can carry
-        ``final`` and the SHA-256 of the whole): at most two chunks in memory."""
+        """Publish a message as its pieces come, held back by one so that the last can carry
+        ``final``: at most two chunks in memory. A chunked message's last record also carries
+        the SHA-256 of the whole, which the store checks after assembly; a single record needs
+        none (the broker's CRC covers it, and the store hashes it for dedup anyway)."""
         digest = hashlib.sha256()
         total, index = 0, 0
         held: bytes | None = None
         for piece in pieces:
             if held is not None:
+                digest.update(held)
                 self._sink.message(
                     self._chunk(folder, uidvalidity, meta, index, final=False, sha256=None), held
                 )
                 index += 1
-            digest.update(piece)
             total += len(piece)
             held = piece
-        final = self._chunk(folder, uidvalidity, meta, index, final=True, sha256=digest.hexdigest())
+        sha256 = None
+        if index:
+            digest.update(held or b"")
+            sha256 = digest.hexdigest()
+        final = self._chunk(folder, uidvalidity, meta, index, final=True, sha256=sha256)
         self._sink.message(final, held or b"")
         self._count(progress, total)
 

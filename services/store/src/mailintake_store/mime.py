@@ -15,6 +15,7 @@ from mailintake_shared.events import HeaderSummary
 
 _MAX_HEADER_BLOCK = 256 * 1024
 _MAX_VALUE = 10_000
+NUL_PROBLEM = "NUL bytes in the message"
 _SEPARATOR = re.compile(rb"\r?\n\r?\n")
 _FIELDS = {
     "from_": "From",
@@ -39,7 +40,7 @@ def summarize(raw: bytes) -> tuple[HeaderSummary, list[str]]:
     if not raw.strip():
         return HeaderSummary(), ["empty message"]
     if b"\x00" in raw:
-        problems.append("NUL bytes in the message")
+        problems.append(NUL_PROBLEM)
     separator = _SEPARATOR.search(raw, 0, _MAX_HEADER_BLOCK)
     if separator is None:
         problems.append("no blank line between header and body")

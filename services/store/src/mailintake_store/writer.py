@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +27,6 @@ from mailintake_shared.db.models import (
     ConnectionStatus,
     MailboxState,
     Message,
-    MessageChunk,
     PollLog,
 )
 from mailintake_shared.db.types import utcnow
@@ -43,8 +42,9 @@ from mailintake_shared.events import (
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.outbox import add_many_to_outbox
 from mailintake_shared.topics import Topic
+from mailintake_store import staging
 from mailintake_store.metrics import DUPLICATES, POLL_RESULTS, STORED
-from mailintake_store.mime import summarize
+from mailintake_store.mime import NUL_PROBLEM, summarize
 
 _INSERT_ROWS = 200  # rows per multi-row INSERT (keeps SQLite under its parameter limit)
 
@@ -59,16 +59,22 @@ class Rejected:
 
 @dataclass
 class _Complete:
-    """A whole message, ready to insert."""
+    """A whole message, ready to insert: in memory, or staged in PostgreSQL (``raw`` None)."""
 
     index: int
     first: FetchedChunk  # identity fields (any chunk carries them)
-    raw: bytes
+    raw: bytes | None
+    size: int
     sha256: str
+    head: bytes  # what the header summary is made from
+    has_nul: bool = False
 
     @cached_property
     def summary(self) -> tuple[HeaderSummary, list[str]]:
-        return summarize(self.raw)
+        headers, problems = summarize(self.head)
+        if self.has_nul and NUL_PROBLEM not in problems:
+            problems.insert(0, NUL_PROBLEM)
+        return headers, problems
 
 
 @dataclass
@@ -144,44 +150,61 @@ class StoreWriter:
         outcome: BatchOutcome,
     ) -> _Complete | None:
         if chunk.chunk_index == 0 and chunk.final:
-            raw = data
-        else:
-            key = (chunk.connection_id, chunk.folder, chunk.server_id)
-            session.execute(
-                _insert(session)(MessageChunk)
-                .values(
-                    connection_id=key[0],
-                    folder=key[1],
-                    server_id=key[2],
-                    chunk_index=chunk.chunk_index,
-                    data=data,
-                )
-                .on_conflict_do_nothing()
-            )
-            if not chunk.final:
-                return None
-            where = and_(
-                MessageChunk.connection_id == key[0],
-                MessageChunk.folder == key[1],
-                MessageChunk.server_id == key[2],
-            )
-            parts = session.execute(
-                select(MessageChunk.chunk_index, MessageChunk.data)
-                .where(where, MessageChunk.chunk_index <= chunk.chunk_index)
-                .order_by(MessageChunk.chunk_index)
-            ).all()
-            session.execute(delete(MessageChunk).where(where))
-            if [p.chunk_index for p in parts] != list(range(chunk.chunk_index + 1)):
-                outcome.rejected.append(Rejected(index, "chunks of the message are missing"))
-                return None
-            raw = b"".join(bytes(p.data) for p in parts)
-        digest = hashlib.sha256(raw).hexdigest()
-        if chunk.sha256 != digest:
-            outcome.rejected.append(
-                Rejected(index, f"SHA-256 mismatch: announced {chunk.sha256}, got {digest}")
-            )
+            return self._verified(index, chunk, data, outcome)
+        staging.stage(session, chunk, data)
+        if not chunk.final:
             return None
-        return _Complete(index, chunk, raw, digest)
+        key = staging.key_of(chunk)
+        try:
+            if not staging.in_database(session):
+                raw = staging.join_in_python(session, key, chunk.chunk_index)
+                staging.discard(session, key)
+                return self._verified(index, chunk, raw, outcome)
+            staged = staging.summarize_in_database(session, key, chunk.chunk_index)
+        except staging.ChunksMissingError:
+            if self._already_stored(session, chunk):
+                # The replay of a batch whose earlier chunks were assembled and committed:
+                # passed on as it is, the duplicate check counts it.
+                return _Complete(index, chunk, None, 0, chunk.sha256 or "", b"")
+            staging.discard(session, key)
+            outcome.rejected.append(Rejected(index, "chunks of the message are missing"))
+            return None
+        if not self._digest_matches(index, chunk, staged.sha256, outcome):
+            staging.discard(session, key)
+            return None
+        return _Complete(
+            index, chunk, None, staged.size, staged.sha256, staged.head, staged.has_nul
+        )
+
+    @staticmethod
+    def _already_stored(session: Session, chunk: FetchedChunk) -> bool:
+        found = session.scalar(
+            select(Message.id).where(
+                Message.connection_id == chunk.connection_id,
+                Message.folder == chunk.folder,
+                Message.server_id == chunk.server_id,
+            )
+        )
+        return found is not None
+
+    def _verified(
+        self, index: int, chunk: FetchedChunk, raw: bytes, outcome: BatchOutcome
+    ) -> _Complete | None:
+        digest = hashlib.sha256(raw).hexdigest()
+        if not self._digest_matches(index, chunk, digest, outcome):
+            return None
+        return _Complete(index, chunk, raw, len(raw), digest, raw)
+
+    @staticmethod
+    def _digest_matches(
+        index: int, chunk: FetchedChunk, digest: str, outcome: BatchOutcome
+    ) -> bool:
+        if chunk.sha256 in (digest, None):  # a single record announces no digest
+            return True
+        outcome.rejected.append(
+            Rejected(index, f"SHA-256 mismatch: announced {chunk.sha256}, got {digest}")
+        )
+        return False
 
     def _store_messages(
         self,
@@ -195,9 +218,15 @@ class StoreWriter:
         fresh = self._drop_known(session, messages, polls, outcome)
         fresh = self._rekey_after_uidvalidity_change(session, fresh, polls, outcome)
         inserted = self._insert_rows(session, fresh)
+        for message in messages:
+            if message.raw is None:  # staged in PostgreSQL: copied there, then dropped
+                key = staging.key_of(message.first)
+                if key in inserted:
+                    staging.copy_into_message(session, key, inserted[key])
+                staging.discard(session, key)
         for message in fresh:
             chunk = message.first
-            message_id = inserted.get((chunk.connection_id, chunk.folder, chunk.server_id))
+            message_id = inserted.get(staging.key_of(chunk))
             if message_id is None:  # a concurrent writer stored it first
                 polls.of(chunk).duplicates += 1
                 outcome.duplicates += 1
@@ -316,8 +345,8 @@ class StoreWriter:
             "uidvalidity": chunk.uidvalidity,
             "uid": chunk.uid,
             "sha256": message.sha256,
-            "size": len(message.raw),
-            "raw": message.raw,
+            "size": message.size,
+            "raw": b"" if message.raw is None else message.raw,
             "internal_date": chunk.internal_date,
             "seen_before": chunk.seen_before,
             "poll_id": chunk.poll_id,
@@ -343,13 +372,17 @@ class StoreWriter:
             connection_id=chunk.connection_id,
             folder=chunk.folder,
             server_id=chunk.server_id,
-            size=len(message.raw),
+            size=message.size,
             sha256=message.sha256,
             internal_date=chunk.internal_date,
             stored_at=utcnow(),
             headers=headers,
             problems=problems,
-            raw_b64=(b64(message.raw) if len(message.raw) <= self._inline_max else None),
+            raw_b64=(
+                b64(message.raw)
+                if message.raw is not None and message.size <= self._inline_max
+                else None
+            ),
             raw_path=f"/messages/{message_id}/raw",
         )
         self._outbox.append((Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes()))
