@@ -10,7 +10,6 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from pydantic import SecretStr
 from tests.api import api_client
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.state import MemoryState
 from tests.harness.views import connection_view
 
 from bench.env import (
@@ -36,9 +36,8 @@ from bench.env import (
     postgres_cpu_seconds,
     rss_mb,
 )
-from mailintake_fetcher.config import MailboxConfig
-from mailintake_fetcher.poll import ImapPoll
-from mailintake_fetcher.repository import Cursor, FetcherRepository, PendingAction
+from mailintake_fetcher.imap_poll import ImapPoll
+from mailintake_fetcher.repository import FetcherRepository
 from mailintake_fetcher.worker import budget_from
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.models import MailboxState
@@ -55,6 +54,8 @@ from mailintake_shared.events import (
 )
 from mailintake_shared.fetched import encode_part
 from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic, topic_name
@@ -77,22 +78,6 @@ class DiscardSink:
         pass
 
     def flush(self) -> None:
-        pass
-
-
-class NoState:
-    def __init__(self) -> None:
-        self.cursor_value: Cursor | None = None
-
-    def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
-        return self.cursor_value
-
-    def pending_actions(
-        self, connection_id: uuid.UUID, folder: str, uidvalidity: int
-    ) -> list[PendingAction]:
-        return []
-
-    def actions_applied(self, message_ids: Sequence[int]) -> None:
         pass
 
 
@@ -175,7 +160,7 @@ def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> Non
     box = results.figures["raw_mailbox"]
     config = MailboxConfig(view=view_for(env, box["user"]), password=SecretStr(box["password"]))
     budget = budget_from(env.settings())  # a poll-sized slice, as the fetcher makes it
-    sink, state = DiscardSink(), NoState()
+    sink, state = DiscardSink(), MemoryState()
     started = time.perf_counter()
     while True:
         due = PollDue(
@@ -196,7 +181,7 @@ def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> Non
     results.figures["fetcher_alone"] = {"msgs": rate, "ratio_to_imaplib": ratio}
 
 
-def _last_uid(state: NoState) -> int:
+def _last_uid(state: MemoryState) -> int:
     return state.cursor_value.last_uid if state.cursor_value else 0
 
 

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from mailintake_devstack.broker import free_port, stop_process, wait_for_port
@@ -215,9 +216,16 @@ protocol pop3 {{
         return base if folder.upper() == "INBOX" else base / f".{folder}"
 
     def seed(
-        self, email: str, messages: Iterable[bytes], *, folder: str = "INBOX", seen: bool = False
+        self,
+        email: str,
+        messages: Iterable[bytes],
+        *,
+        folder: str = "INBOX",
+        seen: bool = False,
+        received: datetime | None = None,
     ) -> int:
-        """Write ``messages`` into the folder as Maildir files; return how many."""
+        """Write ``messages`` into the folder as Maildir files; return how many. ``received``
+        sets their INTERNALDATE (Maildir keeps it in the file's mtime)."""
         directory = self.maildir(email, folder)
         for sub in ("cur", "new", "tmp"):
             (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -229,7 +237,10 @@ protocol pop3 {{
             crlf_size = len(data) + data.count(b"\n")
             self._seq += 1
             name = f"{stamp}.M{self._seq}P{os.getpid()}.mi,S={len(data)},W={crlf_size}:2,{flags}"
-            (directory / "cur" / name).write_bytes(data)
+            path = directory / "cur" / name
+            path.write_bytes(data)
+            if received is not None:
+                os.utime(path, (received.timestamp(), received.timestamp()))
             count += 1
         self._chown_tree(self.mail_root / email)
         return count

@@ -8,27 +8,26 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
 from mailintake_devstack.broker import free_port
-from mailintake_fetcher.config import MailboxConfig
-from mailintake_fetcher.poll import Budget, ImapPoll
-from mailintake_fetcher.repository import Cursor, PendingAction
-from mailintake_shared.domain import (
-    AfterDownload,
-    Encryption,
-)
+from mailintake_fetcher.imap_poll import ImapPoll
+from mailintake_fetcher.poll import Budget, PendingAction
+from mailintake_shared.domain import AfterDownload, Encryption, FirstSync
 from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollReason
 from mailintake_shared.fetched import FetchedPart
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.selection import Cursor
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
+from tests.harness.state import MemoryState
 from tests.harness.views import connection_view
 from tests.integration.conftest import imap_session
 
@@ -58,24 +57,6 @@ class ListSink:
             assert part.chunk.uid is not None
             whole[part.chunk.uid] = whole.get(part.chunk.uid, b"") + part.data
         return whole
-
-
-@dataclass
-class MemoryState:
-    cursor_value: Cursor | None = None
-    pending: list[PendingAction] = field(default_factory=list)
-    applied: list[int] = field(default_factory=list)
-
-    def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
-        return self.cursor_value
-
-    def pending_actions(
-        self, connection_id: uuid.UUID, folder: str, uidvalidity: int
-    ) -> list[PendingAction]:
-        return self.pending
-
-    def actions_applied(self, message_ids: Sequence[int]) -> None:
-        self.applied.extend(message_ids)
 
 
 def config(
@@ -220,7 +201,11 @@ def test_a_stale_cursor_of_another_uidvalidity_starts_over(mailbox: Mailbox) -> 
 @pytest.mark.parametrize("after", [AfterDownload.MARK_SEEN, AfterDownload.DELETE])
 def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDownload) -> None:
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(6)))
-    state = MemoryState(pending=[PendingAction(message_id=100 + uid, uid=uid) for uid in (1, 2, 3)])
+    state = MemoryState(
+        pending=[
+            PendingAction(message_id=100 + uid, server_id=f"1:{uid}", uid=uid) for uid in (1, 2, 3)
+        ]
+    )
     result, sink = run(config(mailbox, after=after), state)
     assert result.actions_applied == 3
     assert state.applied == [101, 102, 103]
@@ -235,3 +220,50 @@ def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDown
         assert (remaining, seen, downloaded) == ([4, 5, 6], [], [4, 5, 6])
     else:
         assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [1, 2, 3], remaining)
+
+
+def _first_sync(mailbox: Mailbox, mode: FirstSync, since: date | None = None) -> MailboxConfig:
+    cfg = config(mailbox)
+    view = cfg.view.model_copy(update={"first_sync": mode, "first_sync_since": since})
+    return MailboxConfig(view=view, password=cfg.password)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (FirstSync.ALL, ["old seen", "old unseen", "recent seen", "recent unseen"]),
+        (FirstSync.UNSEEN, ["old unseen", "recent unseen"]),
+        (FirstSync.SINCE, ["recent seen", "recent unseen"]),
+        (FirstSync.NONE, []),
+    ],
+)
+def test_first_sync_modes_choose_what_the_first_poll_takes(
+    mailbox: Mailbox, mode: FirstSync, expected: list[str]
+) -> None:
+    old, recent = datetime(2025, 3, 1, 12, tzinfo=UTC), datetime(2026, 6, 1, 12, tzinfo=UTC)
+    for name, seen, received in (
+        ("old seen", True, old),
+        ("old unseen", False, old),
+        ("recent seen", True, recent),
+        ("recent unseen", False, recent),
+    ):
+        mailbox.server.seed(
+            mailbox.username, [make_message(subject=name)], seen=seen, received=received
+        )
+    cfg = _first_sync(mailbox, mode, date(2026, 1, 1) if mode is FirstSync.SINCE else None)
+    first, sink = run(cfg)
+    subjects = sorted(_subject(body) for body in sink.messages().values())
+    assert subjects == expected
+    assert first.baseline_uid == (None if mode is FirstSync.ALL else 4)
+
+    # After the first poll, everything that arrives is new mail, whatever the mode.
+    mailbox.server.seed(mailbox.username, [make_message(subject="new")], seen=True, received=old)
+    last = max(sink.messages(), default=0)
+    state = MemoryState(cursor_value=Cursor(first.uidvalidity, last, first.baseline_uid))
+    _, sink = run(cfg, state)
+    assert "new" in [_subject(body) for body in sink.messages().values()]
+    assert not set(sink.messages()) & set(range(1, last + 1))
+
+
+def _subject(raw: bytes) -> str:
+    return raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailintake_fetcher.imap import DELETED, ImapMailbox
+from mailintake_shared.mailbox.imap import DELETED, ImapMailbox
 
 
 class RecordingClient:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from mailintake_fetcher.imap import MessageMeta, _parse_bodies, _parse_meta, sequence_set
+from mailintake_shared.mailbox.imap import MessageMeta, _parse_bodies, _parse_meta, sequence_set
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from uuid import UUID
 
@@ -37,6 +37,15 @@ class Encryption(StrEnum):
 class AfterDownload(StrEnum):
     MARK_SEEN = "mark_seen"
     DELETE = "delete"
+
+
+class FirstSync(StrEnum):
+    """What the first poll of a mailbox takes (a mailbox the store has no cursor for)."""
+
+    ALL = "all"  # every message in the folder
+    UNSEEN = "unseen"  # IMAP: only messages without \\Seen
+    SINCE = "since"  # IMAP: only messages that arrived on or after first_sync_since
+    NONE = "none"  # IMAP: nothing already there; only mail that arrives from now on
 
 
 GOOGLE_IMAP_HOST = "imap.gmail.com"
@@ -77,6 +86,8 @@ class ConnectionView(BaseModel):
     username: str
     shared_mailbox: str | None
     after_download: AfterDownload
+    first_sync: FirstSync = FirstSync.ALL
+    first_sync_since: date | None = None
     enabled: bool
     created_at: datetime
     updated_at: datetime

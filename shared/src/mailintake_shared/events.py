@@ -68,6 +68,7 @@ class ErrorKind(StrEnum):
     STARTTLS_UNAVAILABLE = "starttls_unavailable"
     AUTHENTICATION = "authentication"
     FOLDER_MISSING = "folder_missing"
+    UIDL_UNSUPPORTED = "uidl_unsupported"
     SERVER_ERROR = "server_error"
     BROKER = "broker"
     INTERNAL = "internal"
@@ -137,6 +138,9 @@ class PollResult(Event):
     error: str | None = None
     folder: str | None = None
     uidvalidity: int | None = None
+    baseline_uid: int | None = Field(
+        None, description="set by the first poll of a mailbox with a first-sync mode"
+    )
     messages: int = 0
     bytes: int = 0
     more_pending: bool = False

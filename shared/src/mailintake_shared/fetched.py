@@ -9,6 +9,7 @@ socket to the broker and into the database as they are. A poll result is a JSON 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from mailintake_shared.events import FetchedChunk, PollResult, decode
 
@@ -26,6 +27,7 @@ class FetchedPart:
 
     chunk: FetchedChunk
     data: bytes
+    downloaded_at: datetime | None = None  # when the fetcher published it (the record time)
 
 
 def encode_part(chunk: FetchedChunk, data: bytes) -> tuple[bytes, Headers]:
@@ -39,12 +41,17 @@ def encode_result(result: PollResult) -> tuple[bytes, Headers]:
     return result.to_bytes(), [(CONTENT_TYPE_HEADER, RESULT_CONTENT_TYPE)]
 
 
-def decode_record(value: bytes | None, headers: Headers | None) -> FetchedPart | PollResult:
+def decode_record(
+    value: bytes | None, headers: Headers | None, timestamp_ms: int | None = None
+) -> FetchedPart | PollResult:
     """Raise ``ValueError`` (``pydantic.ValidationError`` among them) for a bad record."""
     found = dict(headers or [])
     envelope = found.get(ENVELOPE_HEADER)
     if envelope is not None:
-        return FetchedPart(decode(FetchedChunk, envelope), value or b"")
+        downloaded_at = (
+            datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms is not None else None
+        )
+        return FetchedPart(decode(FetchedChunk, envelope), value or b"", downloaded_at)
     if found.get(CONTENT_TYPE_HEADER) == RESULT_CONTENT_TYPE:
         return decode(PollResult, value or b"")
     raise ValueError("neither a message chunk (no envelope header) nor a poll result")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
-from sqlalchemy import delete, insert, select, text
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailintake_shared.db.models import OutboxRecord
+from mailintake_shared.db.models import Message, OutboxRecord
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
@@ -28,23 +29,35 @@ def add_to_outbox(
     session.add(OutboxRecord(topic=topic_name(prefix, topic), key=key, value=value))
 
 
-def add_many_to_outbox(
-    session: Session, prefix: str, records: list[tuple[Topic, str, bytes | None]]
-) -> None:
+class OutboxEntry(NamedTuple):
+    topic: Topic
+    key: str
+    value: bytes | None
+    message_id: int | None = None  # the stored message a mail.stored record announces
+
+
+def add_many_to_outbox(session: Session, prefix: str, entries: list[OutboxEntry]) -> None:
     """Queue many records at once, in order (one multi-row INSERT rather than one per row)."""
-    if records:
+    if entries:
         now = utcnow()
         session.execute(
             insert(OutboxRecord),
             [
-                {"topic": topic_name(prefix, topic), "key": key, "value": value, "created_at": now}
-                for topic, key, value in records
+                {
+                    "topic": topic_name(prefix, entry.topic),
+                    "key": entry.key,
+                    "value": entry.value,
+                    "created_at": now,
+                    "message_id": entry.message_id,
+                }
+                for entry in entries
             ],
         )
 
 
 class OutboxRelay:
-    """Publishes outbox rows in id order and deletes them once the broker acknowledged."""
+    """Publishes outbox rows in id order and deletes them once the broker acknowledged; the
+    messages they announce are marked published."""
 
     def __init__(
         self,
@@ -80,7 +93,13 @@ class OutboxRelay:
                 if not got:
                     return 0
             rows = session.execute(
-                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.key, OutboxRecord.value)
+                select(
+                    OutboxRecord.id,
+                    OutboxRecord.topic,
+                    OutboxRecord.key,
+                    OutboxRecord.value,
+                    OutboxRecord.message_id,
+                )
                 .order_by(OutboxRecord.id)
                 .limit(self._batch_size)
             ).all()
@@ -89,6 +108,11 @@ class OutboxRelay:
             futures = [self._producer.send(row.topic, row.key.encode(), row.value) for row in rows]
             self._producer.settle(futures, self._send_timeout_s)
             session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
+            announced = [row.message_id for row in rows if row.message_id is not None]
+            if announced:
+                session.execute(
+                    update(Message).where(Message.id.in_(announced)).values(published_at=utcnow())
+                )
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
 

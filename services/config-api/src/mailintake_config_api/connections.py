@@ -136,6 +136,8 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
     row.username = draft.username
     row.shared_mailbox = draft.shared_mailbox
     row.after_download = draft.after_download.value
+    row.first_sync = draft.first_sync.value
+    row.first_sync_since = draft.first_sync_since
     if not draft.has_password:
         row.password_enc = None
 

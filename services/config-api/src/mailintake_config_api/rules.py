@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from uuid import UUID
 
 from cryptography import x509
@@ -11,6 +12,7 @@ from mailintake_config_api.schemas import FieldError
 from mailintake_shared.domain import (
     AfterDownload,
     Encryption,
+    FirstSync,
     Protocol,
     Transport,
 )
@@ -35,6 +37,8 @@ class ConnectionDraft(BaseModel):
     username: str
     shared_mailbox: str | None = None
     after_download: AfterDownload = AfterDownload.MARK_SEEN
+    first_sync: FirstSync = FirstSync.ALL
+    first_sync_since: date | None = None
     has_password: bool = False
 
 
@@ -79,6 +83,17 @@ def check(draft: ConnectionDraft, microsoft_hosts: list[str]) -> list[FieldError
 
     if draft.protocol is Protocol.POP3 and draft.folder is not None:
         fail("folder", "folder applies to IMAP only")
+    if draft.protocol is Protocol.POP3 and draft.first_sync is not FirstSync.ALL:
+        fail(
+            "first_sync",
+            "POP3 has no flags or date search: its first poll takes all messages (first_sync all)",
+        )
+    if graph and draft.first_sync is not FirstSync.ALL:
+        fail("first_sync", "first_sync applies to IMAP only")
+    if (draft.first_sync is FirstSync.SINCE) != (draft.first_sync_since is not None):
+        fail(
+            "first_sync_since", "first_sync_since is required with first_sync since, and only then"
+        )
     if draft.tls_ca_pem is not None:
         if draft.encryption is Encryption.NONE:
             fail("tls_ca_pem", "tls_ca_pem needs encryption ssl or starttls")

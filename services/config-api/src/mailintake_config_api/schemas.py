@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 from uuid import UUID
 
@@ -20,6 +20,7 @@ from mailintake_shared.domain import (
     AfterDownload,
     ConnectionView,
     Encryption,
+    FirstSync,
     Protocol,
     Transport,
 )
@@ -72,6 +73,15 @@ class _ConnectionFields(BaseModel):
     )
     after_download: AfterDownload | None = Field(
         None, description="`mark_seen` (default; POP3: keep on server) or `delete`."
+    )
+    first_sync: FirstSync | None = Field(
+        None,
+        description="What the first poll of the mailbox takes: `all` (default), `unseen`, "
+        "`since` (arrived on or after `first_sync_since`) or `none` (only mail arriving from "
+        "now on). IMAP only; POP3 takes `all`.",
+    )
+    first_sync_since: date | None = Field(
+        None, description="The date for `first_sync: since` (server's internal date, inclusive)."
     )
 
     _strip = field_validator(

@@ -1,14 +1,10 @@
-"""One poll of one IMAP folder, within a budget.
+"""What every poll shares, whatever the protocol: the budget, where records go (``Sink``),
+the database view (``State``), publishing a message in chunks, and the poll's result.
 
-1. connect, log in, select the folder;
-2. apply the server action (\\Seen, or delete) to messages the store has committed;
-3. ``UID SEARCH UID n+1:*`` above the cursor (the highest committed UID of this UIDVALIDITY);
-4. download within the budget (messages, bytes, seconds) with ``BODY.PEEK[]``, publishing each
-   message (large ones in chunks, fetched by byte range so memory stays bounded);
-5. publish the poll's result (saying whether more is pending) and wait for the broker.
-
-Nothing on the server changes before the store has committed the message: actions come
-only from the database's committed rows.
+A protocol's poll (``ImapPoll``, ``Pop3Poll``) implements ``_session``: connect, apply the
+server actions of committed messages, choose the new messages and download them within the
+budget. Nothing on the server changes before the store has committed the message: actions
+come only from the database's committed rows.
 """
 
 from __future__ import annotations
@@ -16,22 +12,20 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
-from mailintake_fetcher.config import MailboxConfig
-from mailintake_fetcher.errors import PollError, classify
-from mailintake_fetcher.imap import ImapMailbox, MessageMeta
 from mailintake_fetcher.metrics import FETCHED_BYTES, FETCHED_MESSAGES, POLL_SECONDS, POLLS
-from mailintake_fetcher.repository import Cursor, PendingAction
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.domain import AfterDownload
 from mailintake_shared.events import FetchedChunk, PollDue, PollOutcome, PollResult
 from mailintake_shared.logging import get_logger
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.errors import PollError, classify
+from mailintake_shared.mailbox.selection import Cursor
 
 log = get_logger(__name__)
-_BATCH_BYTES = 8 * 1024 * 1024  # most bytes asked for in one FETCH of whole messages
 
 
 @dataclass(frozen=True)
@@ -52,24 +46,51 @@ class Sink(Protocol):
         """Return once every record is acknowledged; raise if any was not."""
 
 
+@dataclass(frozen=True)
+class PendingAction:
+    """A committed message whose server action (\\Seen, delete) is still to apply."""
+
+    message_id: int
+    server_id: str
+    uid: int | None
+
+
 class State(Protocol):
     """The poll's view of the database."""
 
     def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None: ...
     def pending_actions(
-        self, connection_id: uuid.UUID, folder: str, uidvalidity: int
+        self, connection_id: uuid.UUID, folder: str, uidvalidity: int | None
     ) -> list[PendingAction]: ...
     def actions_applied(self, message_ids: Sequence[int]) -> None: ...
+    def known_server_ids(self, connection_id: uuid.UUID, folder: str) -> set[str]: ...
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a message is on its server, as the envelope carries it."""
+
+    server_id: str
+    uidvalidity: int | None
+    uid: int | None
+    size: int
+    internal_date: datetime | None
+    seen: bool
 
 
 @dataclass
-class _Progress:
+class Progress:
     messages: int = 0
     bytes: int = 0
     actions: int = 0
+    uidvalidity: int | None = None
+    baseline_uid: int | None = None
+    more_pending: bool = False
 
 
-class ImapPoll:
+class Poll:
+    """One poll of one mailbox; subclasses speak the protocol in ``_session``."""
+
     def __init__(
         self,
         config: MailboxConfig,
@@ -78,7 +99,6 @@ class ImapPoll:
         sink: Sink,
         budget: Budget,
         *,
-        opener: Callable[[MailboxConfig], ImapMailbox] = ImapMailbox.open,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -86,28 +106,17 @@ class ImapPoll:
         self._state = state
         self._sink = sink
         self._budget = budget
-        self._open = opener
         self._clock = clock
+
+    def _session(self, progress: Progress) -> None:
+        raise NotImplementedError
 
     def run(self) -> PollResult:
         started_at, started = utcnow(), self._clock()
-        progress = _Progress()
-        folder = self._config.folder
-        uidvalidity: int | None = None
-        more_pending = False
+        progress = Progress()
         error: PollError | None = None
         try:
-            with self._open(self._config) as mailbox:
-                info = mailbox.select(folder)
-                uidvalidity = info.uidvalidity
-                progress.actions = self._apply_actions(mailbox, folder, info.uidvalidity)
-                cursor = self._state.cursor(self._config.view.id, folder)
-                last_uid = (
-                    cursor.last_uid if cursor and cursor.uidvalidity == info.uidvalidity else 0
-                )
-                new_uids = mailbox.uids_after(last_uid)
-                done = self._download(mailbox, folder, info.uidvalidity, new_uids, progress)
-                more_pending = done < len(new_uids)
+            self._session(progress)
         except Exception as exc:
             error = classify(exc)
             log.warning(
@@ -123,11 +132,12 @@ class ImapPoll:
             outcome=PollOutcome.FAILED if error else PollOutcome.OK,
             error_kind=error.kind if error else None,
             error=str(error) if error else None,
-            folder=folder,
-            uidvalidity=uidvalidity,
+            folder=self._config.folder,
+            uidvalidity=progress.uidvalidity,
+            baseline_uid=progress.baseline_uid,
             messages=progress.messages,
             bytes=progress.bytes,
-            more_pending=more_pending,
+            more_pending=progress.more_pending,
             actions_applied=progress.actions,
             started_at=started_at,
             finished_at=utcnow(),
@@ -138,88 +148,30 @@ class ImapPoll:
         POLL_SECONDS.observe(self._clock() - started)
         return result
 
-    def _apply_actions(self, mailbox: ImapMailbox, folder: str, uidvalidity: int) -> int:
-        pending = self._state.pending_actions(self._config.view.id, folder, uidvalidity)
-        if not pending:
-            return 0
-        uids = [p.uid for p in pending]
-        if self._config.view.after_download is AfterDownload.DELETE:
-            mailbox.delete(uids)
-        else:
-            mailbox.mark_seen(uids)
-        self._state.actions_applied([p.message_id for p in pending])
-        return len(pending)
-
-    def _download(
-        self,
-        mailbox: ImapMailbox,
-        folder: str,
-        uidvalidity: int,
-        uids: list[int],
-        progress: _Progress,
-    ) -> int:
-        """Download within the budget; return how many of ``uids`` were published."""
-        budget = self._budget
-        deadline = self._clock() + budget.max_seconds
-        candidates = mailbox.metadata(uids[: budget.max_messages])
-        planned: list[MessageMeta] = []
-        planned_bytes = 0
-        for meta in candidates:
-            if planned and planned_bytes + meta.size > budget.max_bytes:
-                break
-            planned.append(meta)
-            planned_bytes += meta.size
-        for group in _groups(planned, budget.batch_messages, budget.chunk_bytes):
-            if progress.messages and self._clock() > deadline:
-                break
-            size = budget.chunk_bytes
-            if len(group) == 1 and group[0].size > size:
-                # A large message, fetched by byte range: memory stays at two chunks.
-                ranges = _ranges(mailbox, group[0].uid, size)
-                self._publish(folder, uidvalidity, group[0], ranges, progress)
-                continue
-            bodies = mailbox.bodies([m.uid for m in group])
-            for meta in group:
-                body = bodies.get(meta.uid, b"")
-                pieces = (body[i : i + size] for i in range(0, len(body), size))
-                self._publish(folder, uidvalidity, meta, pieces, progress)
-        return progress.messages
+    def _deadline(self) -> float:
+        return self._clock() + self._budget.max_seconds
 
     def _chunk(
-        self,
-        folder: str,
-        uidvalidity: int,
-        meta: MessageMeta,
-        index: int,
-        *,
-        final: bool,
-        sha256: str | None,
+        self, identity: Identity, index: int, *, final: bool, sha256: str | None
     ) -> FetchedChunk:
         # model_construct: every field comes from this code, typed; validating them again
         # would only cost time on the bulk path.
         return FetchedChunk.model_construct(
             connection_id=self._config.view.id,
             poll_id=self._due.poll_id,
-            folder=folder,
-            server_id=f"{uidvalidity}:{meta.uid}",
-            uidvalidity=uidvalidity,
-            uid=meta.uid,
-            size=meta.size,
-            internal_date=meta.internal_date,
-            seen_before=meta.seen,
+            folder=self._config.folder,
+            server_id=identity.server_id,
+            uidvalidity=identity.uidvalidity,
+            uid=identity.uid,
+            size=identity.size,
+            internal_date=identity.internal_date,
+            seen_before=identity.seen,
             chunk_index=index,
             final=final,
             sha256=sha256,
         )
 
-    def _publish(
-        self,
-        folder: str,
-        uidvalidity: int,
-        meta: MessageMeta,
-        pieces: Iterable[bytes],
-        progress: _Progress,
-    ) -> None:
+    def _publish(self, identity: Identity, pieces: Iterable[bytes], progress: Progress) -> None:
         """Publish a message as its pieces come, held back by one so that the last can carry
         ``final``: at most two chunks in memory. A chunked message's last record also carries
         the SHA-256 of the whole, which the store checks after assembly; a single record needs
@@ -230,9 +182,7 @@ class ImapPoll:
         for piece in pieces:
             if held is not None:
                 digest.update(held)
-                self._sink.message(
-                    self._chunk(folder, uidvalidity, meta, index, final=False, sha256=None), held
-                )
+                self._sink.message(self._chunk(identity, index, final=False, sha256=None), held)
                 index += 1
             total += len(piece)
             held = piece
@@ -240,48 +190,8 @@ class ImapPoll:
         if index:
             digest.update(held or b"")
             sha256 = digest.hexdigest()
-        final = self._chunk(folder, uidvalidity, meta, index, final=True, sha256=sha256)
-        self._sink.message(final, held or b"")
-        self._count(progress, total)
-
-    @staticmethod
-    def _count(progress: _Progress, size: int) -> None:
+        self._sink.message(self._chunk(identity, index, final=True, sha256=sha256), held or b"")
         progress.messages += 1
-        progress.bytes += size
+        progress.bytes += total
         FETCHED_MESSAGES.inc()
-        FETCHED_BYTES.inc(size)
-
-
-def _ranges(mailbox: ImapMailbox, uid: int, size: int) -> Iterator[bytes]:
-    """A message's bytes in pieces of ``size``, one ``BODY.PEEK[]<offset.size>`` each, until a
-    short piece (the server's RFC822.SIZE is not trusted to say where the end is)."""
-    offset = 0
-    while True:
-        piece = mailbox.body_range(uid, offset, size)
-        if piece:
-            yield piece
-        if len(piece) < size:
-            return
-        offset += size
-
-
-def _groups(
-    metas: list[MessageMeta], batch_messages: int, chunk_bytes: int
-) -> Iterator[list[MessageMeta]]:
-    """FETCH groups: small messages together (bounded in count and bytes), large ones alone."""
-    group: list[MessageMeta] = []
-    group_bytes = 0
-    for meta in metas:
-        if meta.size > chunk_bytes:
-            if group:
-                yield group
-                group, group_bytes = [], 0
-            yield [meta]
-            continue
-        if group and (len(group) >= batch_messages or group_bytes + meta.size > _BATCH_BYTES):
-            yield group
-            group, group_bytes = [], 0
-        group.append(meta)
-        group_bytes += meta.size
-    if group:
-        yield group
+        FETCHED_BYTES.inc(total)

@@ -1,30 +1,20 @@
-"""The fetcher's reads and writes in the database: connection, cursor, server actions."""
+"""The fetcher's reads and writes in the database: connection, cursor, known messages,
+server actions."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select, union, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailintake_fetcher.config import MailboxConfig
-from mailintake_shared.db.models import Connection, MailboxState, Message
+from mailintake_fetcher.poll import PendingAction
+from mailintake_shared.db.models import Connection, FailedMessage, MailboxState, Message
 from mailintake_shared.db.types import utcnow
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.secretbox import SecretBox
-
-
-@dataclass(frozen=True)
-class Cursor:
-    uidvalidity: int | None
-    last_uid: int
-
-
-@dataclass(frozen=True)
-class PendingAction:
-    message_id: int
-    uid: int
 
 
 class FetcherRepository:
@@ -43,24 +33,36 @@ class FetcherRepository:
     def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
         with self._sessions() as session:
             state = session.get(MailboxState, (connection_id, folder))
-            return None if state is None else Cursor(state.uidvalidity, state.last_uid)
+            if state is None:
+                return None
+            return Cursor(state.uidvalidity, state.last_uid, state.baseline_uid)
 
     def pending_actions(
-        self, connection_id: uuid.UUID, folder: str, uidvalidity: int
+        self, connection_id: uuid.UUID, folder: str, uidvalidity: int | None
     ) -> list[PendingAction]:
-        """Committed messages of this folder epoch whose server action is still to apply."""
+        """Committed messages whose server action is still to apply: of this folder epoch
+        (IMAP), or of the mailbox (POP3, ``uidvalidity`` None)."""
+        query = select(Message.id, Message.server_id, Message.uid).where(
+            Message.connection_id == connection_id,
+            Message.folder == folder,
+            Message.action_state == "pending",
+        )
+        if uidvalidity is not None:
+            query = query.where(Message.uidvalidity == uidvalidity)
         with self._sessions() as session:
-            rows = session.execute(
-                select(Message.id, Message.uid)
-                .where(
-                    Message.connection_id == connection_id,
-                    Message.folder == folder,
-                    Message.action_state == "pending",
-                    Message.uidvalidity == uidvalidity,
-                )
-                .order_by(Message.uid)
-            ).all()
-        return [PendingAction(r.id, r.uid) for r in rows if r.uid is not None]
+            rows = session.execute(query.order_by(Message.uid, Message.id)).all()
+        return [PendingAction(r.id, r.server_id, r.uid) for r in rows]
+
+    def known_server_ids(self, connection_id: uuid.UUID, folder: str) -> set[str]:
+        """Server ids already stored, or waiting in the Incoming Mail Queue as failed."""
+        stored = select(Message.server_id).where(
+            Message.connection_id == connection_id, Message.folder == folder
+        )
+        failed = select(FailedMessage.server_id).where(
+            FailedMessage.connection_id == connection_id, FailedMessage.folder == folder
+        )
+        with self._sessions() as session:
+            return set(session.scalars(union(stored, failed)))
 
     def actions_applied(self, message_ids: Sequence[int]) -> None:
         with self._sessions() as session, session.begin():

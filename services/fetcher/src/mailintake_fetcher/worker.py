@@ -1,9 +1,9 @@
 """The fetcher's worker: poll.due → one poll → mail.fetched → commit the poll.due offset.
 
 Chain: ``CommitAfterWorkLoop(max_records=1)`` → decode (bad → dead-letter) → load the
-connection → ``ImapPoll.run`` → the poll's records acknowledged → offset committed. A
-fetcher that dies mid-poll leaves the offset uncommitted: the poll runs again elsewhere,
-and the store's dedup makes the repeat harmless.
+connection → ``ImapPoll.run`` or ``Pop3Poll.run`` → the poll's records acknowledged → offset
+committed. A fetcher that dies mid-poll leaves the offset uncommitted: the poll runs again
+elsewhere, and the store's dedup makes the repeat harmless.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
-from mailintake_fetcher.poll import Budget, ImapPoll, Sink
+from mailintake_fetcher.imap_poll import ImapPoll
+from mailintake_fetcher.poll import Budget, Poll, Sink
+from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_fetcher.publisher import KafkaSink
 from mailintake_fetcher.repository import FetcherRepository
 from mailintake_shared.checks import consumer_readiness
@@ -38,6 +40,7 @@ from mailintake_shared.topics import Topic
 
 log = get_logger(__name__)
 SERVICE = "fetcher"
+_POLLS: dict[Transport, type[Poll]] = {Transport.IMAP: ImapPoll, Transport.POP3: Pop3Poll}
 
 
 def budget_from(settings: Settings) -> Budget:
@@ -96,7 +99,8 @@ class FetcherWorker:
         config = self._repository.connection(due.connection_id)
         if config is None or not config.view.enabled:
             return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
-        if config.view.transport is not Transport.IMAP:
+        kind = _POLLS.get(config.view.transport)
+        if kind is None:
             return self._answer_without_polling(
                 due,
                 sink,
@@ -104,7 +108,7 @@ class FetcherWorker:
                 f"the {config.view.transport.value} transport is not supported by this fetcher yet",
             )
         log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
-        result = ImapPoll(config, due, self._repository, sink, self._budget).run()
+        result = kind(config, due, self._repository, sink, self._budget).run()
         log.info(
             "poll finished",
             connection_id=str(due.connection_id),

@@ -80,7 +80,7 @@ class StoreWorker:
         sources: list[ConsumerRecord] = []
         for record in batch:
             try:
-                events.append(decode_record(record.value, record.headers))
+                events.append(decode_record(record.value, record.headers, record.timestamp))
                 sources.append(record)
             except ValueError as exc:  # pydantic's ValidationError among them
                 self._dead_letter(record, f"not a mail.fetched v1 record: {exc}")

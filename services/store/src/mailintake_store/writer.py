@@ -16,17 +16,20 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.db.models import (
     ConnectionStatus,
+    FailedMessage,
     MailboxState,
     Message,
+    MessageLog,
     PollLog,
 )
 from mailintake_shared.db.types import utcnow
@@ -40,7 +43,7 @@ from mailintake_shared.events import (
     b64,
 )
 from mailintake_shared.fetched import FetchedPart
-from mailintake_shared.outbox import add_many_to_outbox
+from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
 from mailintake_shared.topics import Topic
 from mailintake_store import staging
 from mailintake_store.metrics import DUPLICATES, POLL_RESULTS, STORED
@@ -68,6 +71,7 @@ class _Complete:
     sha256: str
     head: bytes  # what the header summary is made from
     has_nul: bool = False
+    downloaded_at: datetime | None = None
 
     @cached_property
     def summary(self) -> tuple[HeaderSummary, list[str]]:
@@ -100,6 +104,10 @@ class BatchOutcome:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+def _mismatch(chunk: FetchedChunk, digest: str) -> str:
+    return f"SHA-256 mismatch: announced {chunk.sha256}, got {digest}"
+
+
 def _insert(session: Session) -> Callable[..., postgresql.Insert | sqlite.Insert]:
     """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (PostgreSQL and SQLite)."""
     if session.get_bind().dialect.name == "postgresql":
@@ -114,12 +122,13 @@ class StoreWriter:
         self._sessions = sessions
         self._prefix = topic_prefix
         self._inline_max = inline_max_bytes
-        # The events of the batch being written, in order; inserted with it in one statement.
-        self._outbox: list[tuple[Topic, str, bytes | None]] = []
+        # The events and log rows of the batch being written, in order; inserted with it.
+        self._outbox: list[OutboxEntry] = []
+        self._log: list[dict[str, Any]] = []
 
     def write(self, records: Sequence[FetchedPart | PollResult]) -> BatchOutcome:
         outcome = BatchOutcome()
-        self._outbox = []
+        self._outbox, self._log = [], []
         with self._sessions() as session, session.begin():
             pending: list[_Complete] = []
             polls = _Polls()
@@ -131,27 +140,25 @@ class StoreWriter:
                     del polls[record.poll_id]
                     self._record_poll(session, record, counts)
                     continue
-                complete = self._assemble(session, index, record.chunk, record.data, outcome)
+                complete = self._assemble(session, index, record, outcome)
                 if complete is not None:
                     pending.append(complete)
             self._store_messages(session, pending, polls, outcome)
             for poll_id, counts in polls.items():
                 self._add_poll_counts(session, poll_id, counts)
             add_many_to_outbox(session, self._prefix, self._outbox)
+            if self._log:
+                session.execute(insert(MessageLog), self._log)
         return outcome
 
     # --- messages --------------------------------------------------------------------------
     def _assemble(
-        self,
-        session: Session,
-        index: int,
-        chunk: FetchedChunk,
-        data: bytes,
-        outcome: BatchOutcome,
+        self, session: Session, index: int, part: FetchedPart, outcome: BatchOutcome
     ) -> _Complete | None:
+        chunk = part.chunk
         if chunk.chunk_index == 0 and chunk.final:
-            return self._verified(index, chunk, data, outcome)
-        staging.stage(session, chunk, data)
+            return self._verified(session, index, part, part.data, outcome)
+        staging.stage(session, chunk, part.data)
         if not chunk.final:
             return None
         key = staging.key_of(chunk)
@@ -159,7 +166,7 @@ class StoreWriter:
             if not staging.in_database(session):
                 raw = staging.join_in_python(session, key, chunk.chunk_index)
                 staging.discard(session, key)
-                return self._verified(index, chunk, raw, outcome)
+                return self._verified(session, index, part, raw, outcome)
             staged = staging.summarize_in_database(session, key, chunk.chunk_index)
         except staging.ChunksMissingError:
             if self._already_stored(session, chunk):
@@ -167,13 +174,22 @@ class StoreWriter:
                 # passed on as it is, the duplicate check counts it.
                 return _Complete(index, chunk, None, 0, chunk.sha256 or "", b"")
             staging.discard(session, key)
-            outcome.rejected.append(Rejected(index, "chunks of the message are missing"))
+            self._reject(session, index, part, "chunks of the message are missing", None, outcome)
             return None
-        if not self._digest_matches(index, chunk, staged.sha256, outcome):
+        if chunk.sha256 != staged.sha256:
+            reason = _mismatch(chunk, staged.sha256)
+            self._reject(session, index, part, reason, None, outcome)
             staging.discard(session, key)
             return None
         return _Complete(
-            index, chunk, None, staged.size, staged.sha256, staged.head, staged.has_nul
+            index,
+            chunk,
+            None,
+            staged.size,
+            staged.sha256,
+            staged.head,
+            staged.has_nul,
+            part.downloaded_at,
         )
 
     @staticmethod
@@ -188,23 +204,73 @@ class StoreWriter:
         return found is not None
 
     def _verified(
-        self, index: int, chunk: FetchedChunk, raw: bytes, outcome: BatchOutcome
+        self,
+        session: Session,
+        index: int,
+        part: FetchedPart,
+        raw: bytes,
+        outcome: BatchOutcome,
     ) -> _Complete | None:
+        chunk = part.chunk
         digest = hashlib.sha256(raw).hexdigest()
-        if not self._digest_matches(index, chunk, digest, outcome):
+        if chunk.sha256 not in (digest, None):  # a single record announces no digest
+            self._reject(session, index, part, _mismatch(chunk, digest), raw, outcome)
             return None
-        return _Complete(index, chunk, raw, len(raw), digest, raw)
+        return _Complete(index, chunk, raw, len(raw), digest, raw, False, part.downloaded_at)
 
-    @staticmethod
-    def _digest_matches(
-        index: int, chunk: FetchedChunk, digest: str, outcome: BatchOutcome
-    ) -> bool:
-        if chunk.sha256 in (digest, None):  # a single record announces no digest
-            return True
-        outcome.rejected.append(
-            Rejected(index, f"SHA-256 mismatch: announced {chunk.sha256}, got {digest}")
+    def _reject(
+        self,
+        session: Session,
+        index: int,
+        part: FetchedPart,
+        reason: str,
+        raw: bytes | None,
+        outcome: BatchOutcome,
+    ) -> None:
+        """Dead-lettered by the worker, and kept in the Incoming Mail Queue (with the bytes
+        received, when there are any) until an administrator retries or deletes it."""
+        chunk = part.chunk
+        outcome.rejected.append(Rejected(index, reason))
+        session.execute(
+            _insert(session)(FailedMessage)
+            .values(
+                connection_id=chunk.connection_id,
+                poll_id=chunk.poll_id,
+                folder=chunk.folder,
+                server_id=chunk.server_id,
+                uidvalidity=chunk.uidvalidity,
+                uid=chunk.uid,
+                reason=reason,
+                raw=raw,
+                failed_at=utcnow(),
+            )
+            .on_conflict_do_nothing()
         )
-        return False
+        self._log_message(chunk, "rejected", None, part.downloaded_at, chunk.size, reason)
+
+    def _log_message(
+        self,
+        chunk: FetchedChunk,
+        outcome: str,
+        message_id: int | None,
+        downloaded_at: datetime | None,
+        size: int,
+        detail: str | None = None,
+    ) -> None:
+        self._log.append(
+            {
+                "connection_id": chunk.connection_id,
+                "poll_id": chunk.poll_id,
+                "folder": chunk.folder,
+                "server_id": chunk.server_id,
+                "message_id": message_id,
+                "outcome": outcome,
+                "detail": detail,
+                "size": size,
+                "downloaded_at": downloaded_at,
+                "logged_at": utcnow(),
+            }
+        )
 
     def _store_messages(
         self,
@@ -228,11 +294,11 @@ class StoreWriter:
             chunk = message.first
             message_id = inserted.get(staging.key_of(chunk))
             if message_id is None:  # a concurrent writer stored it first
-                polls.of(chunk).duplicates += 1
-                outcome.duplicates += 1
+                self._duplicate(message, polls, outcome, None, "stored concurrently")
                 continue
             polls.of(chunk).stored += 1
             outcome.stored += 1
+            self._log_message(chunk, "stored", message_id, message.downloaded_at, message.size)
             self._announce(session, message_id, message)
         self._advance_cursors(session, messages)
         STORED.inc(outcome.stored)
@@ -249,24 +315,37 @@ class StoreWriter:
         by_connection: dict[uuid.UUID, set[str]] = defaultdict(set)
         for message in messages:
             by_connection[message.first.connection_id].add(message.first.server_id)
-        known: set[tuple[uuid.UUID, str, str]] = set()
+        known: dict[tuple[uuid.UUID, str, str], int | None] = {}
         for connection_id, server_ids in by_connection.items():
             rows = session.execute(
-                select(Message.folder, Message.server_id).where(
+                select(Message.id, Message.folder, Message.server_id).where(
                     Message.connection_id == connection_id, Message.server_id.in_(server_ids)
                 )
             ).all()
-            known.update((connection_id, r.folder, r.server_id) for r in rows)
+            known.update({(connection_id, r.folder, r.server_id): r.id for r in rows})
         fresh: list[_Complete] = []
         for message in messages:
-            key = (message.first.connection_id, message.first.folder, message.first.server_id)
+            key = staging.key_of(message.first)
             if key in known:
-                polls.of(message.first).duplicates += 1
-                outcome.duplicates += 1
+                self._duplicate(message, polls, outcome, known[key], "already stored")
             else:
-                known.add(key)
+                known[key] = None
                 fresh.append(message)
         return fresh
+
+    def _duplicate(
+        self,
+        message: _Complete,
+        polls: _Polls,
+        outcome: BatchOutcome,
+        message_id: int | None,
+        detail: str,
+    ) -> None:
+        polls.of(message.first).duplicates += 1
+        outcome.duplicates += 1
+        self._log_message(
+            message.first, "duplicate", message_id, message.downloaded_at, message.size, detail
+        )
 
     def _rekey_after_uidvalidity_change(
         self,
@@ -310,8 +389,9 @@ class StoreWriter:
                     action_state="pending",
                 )
             )
-            polls.of(chunk).duplicates += 1
-            outcome.duplicates += 1
+            self._duplicate(
+                message, polls, outcome, older.id, "same content under a new UIDVALIDITY"
+            )
         return fresh
 
     def _insert_rows(
@@ -385,7 +465,9 @@ class StoreWriter:
             ),
             raw_path=f"/messages/{message_id}/raw",
         )
-        self._outbox.append((Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes()))
+        self._outbox.append(
+            OutboxEntry(Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes(), message_id)
+        )
 
     def _advance_cursors(self, session: Session, messages: list[_Complete]) -> None:
         """Per folder: the UIDVALIDITY of the newest record, and the highest UID seen in it."""
@@ -425,6 +507,7 @@ class StoreWriter:
                     .values(action_state="stale")
                 )
                 state.uidvalidity, state.last_uid = validity, highest
+                state.baseline_uid = None
             else:
                 state.last_uid = max(state.last_uid, highest)
             state.updated_at = utcnow()
@@ -452,6 +535,8 @@ class StoreWriter:
         return row
 
     def _record_poll(self, session: Session, result: PollResult, counts: _PollCounts) -> None:
+        if result.baseline_uid is not None and result.folder and result.uidvalidity is not None:
+            self._set_baseline(session, result)
         row = self._add_poll_counts(session, result.poll_id, counts)
         row.reason = result.reason.value
         row.started_at, row.finished_at = result.started_at, result.finished_at
@@ -496,8 +581,31 @@ class StoreWriter:
             consecutive_failures=status.consecutive_failures,
             finished_at=result.finished_at,
         )
-        self._outbox.append((Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes()))
+        self._outbox.append(
+            OutboxEntry(Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes())
+        )
         POLL_RESULTS.labels(result.outcome.value).inc()
+
+    @staticmethod
+    def _set_baseline(session: Session, result: PollResult) -> None:
+        """The first poll of a mailbox fixed its first-sync baseline; keep the first one."""
+        assert result.folder is not None
+        state = session.get(
+            MailboxState, (result.connection_id, result.folder), with_for_update=True
+        )
+        if state is None:
+            session.add(
+                MailboxState(
+                    connection_id=result.connection_id,
+                    folder=result.folder,
+                    uidvalidity=result.uidvalidity,
+                    last_uid=0,
+                    baseline_uid=result.baseline_uid,
+                    updated_at=utcnow(),
+                )
+            )
+        elif state.baseline_uid is None and state.uidvalidity == result.uidvalidity:
+            state.baseline_uid = result.baseline_uid
 
     @staticmethod
     def _status(session: Session, connection_id: uuid.UUID) -> ConnectionStatus:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import (
     BigInteger,
+    Date,
     ForeignKey,
     Index,
     LargeBinary,
@@ -23,6 +24,7 @@ from mailintake_shared.domain import (
     AfterDownload,
     ConnectionView,
     Encryption,
+    FirstSync,
     Protocol,
     Transport,
     effective_folder,
@@ -78,6 +80,8 @@ class Connection(Base):
     shared_mailbox: Mapped[str | None] = mapped_column(String(512))
     password_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     after_download: Mapped[str] = mapped_column(String(16))
+    first_sync: Mapped[str] = mapped_column(String(16), default=FirstSync.ALL.value)
+    first_sync_since: Mapped[date | None] = mapped_column(Date)
     enabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -107,6 +111,8 @@ class Connection(Base):
             username=self.username,
             shared_mailbox=self.shared_mailbox,
             after_download=AfterDownload(self.after_download),
+            first_sync=FirstSync(self.first_sync),
+            first_sync_since=self.first_sync_since,
             enabled=self.enabled,
             created_at=self.created_at,
             updated_at=self.updated_at,
@@ -127,6 +133,8 @@ class OutboxRecord(Base):
     key: Mapped[str] = mapped_column(String(255))
     value: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The stored message a mail.stored record announces: set as published when it goes out.
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ConnectionStatus(Base):
@@ -144,7 +152,11 @@ class ConnectionStatus(Base):
 
 
 class MailboxState(Base):
-    """The cursor of one folder: its UIDVALIDITY and the highest UID committed."""
+    """The cursor of one folder: its UIDVALIDITY and the highest UID committed.
+
+    ``baseline_uid``: the highest UID when the first poll ran with a first-sync mode other
+    than ``all``; messages up to it are taken only if the mode selects them.
+    """
 
     __tablename__ = "mailbox_state"
 
@@ -152,6 +164,7 @@ class MailboxState(Base):
     folder: Mapped[str] = mapped_column(String(1024), primary_key=True)
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    baseline_uid: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -187,11 +200,13 @@ class Message(Base):
     # server, then "applied"; "stale" when a UIDVALIDITY change made the UID meaningless.
     action_state: Mapped[str] = mapped_column(String(16))
     action_applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("connection_id", "folder", "server_id", name="uq_messages_server_id"),
         Index("ix_messages_sha256", "connection_id", "sha256"),
         Index("ix_messages_action", "connection_id", "folder", "action_state"),
+        Index("ix_messages_published_at", "published_at"),
     )
 
 
@@ -226,3 +241,54 @@ class PollLog(Base):
     stored: Mapped[int] = mapped_column(default=0)
     duplicates: Mapped[int] = mapped_column(default=0)
     more_pending: Mapped[bool] = mapped_column(default=False)
+
+    __table_args__ = (Index("ix_poll_log_started_at", "started_at"),)
+
+
+class MessageLog(Base):
+    """The Incoming Mail Log per message: one row for each message record the store received
+    (stored, duplicate skipped or rejected); publishing and the server action are on the
+    message row."""
+
+    __tablename__ = "message_log"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    poll_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    folder: Mapped[str] = mapped_column(String(1024))
+    server_id: Mapped[str] = mapped_column(String(512))
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(16))  # stored, duplicate, rejected
+    detail: Mapped[str | None] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    downloaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    logged_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_message_log_connection", "connection_id", "logged_at"),
+        Index("ix_message_log_logged_at", "logged_at"),
+    )
+
+
+class FailedMessage(Base):
+    """A downloaded message the store could not take (its chunks did not add up, say): in the
+    Incoming Mail Queue until an administrator retries or deletes it. The bytes received are
+    kept when there are any."""
+
+    __tablename__ = "failed_messages"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    poll_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    folder: Mapped[str] = mapped_column(String(1024))
+    server_id: Mapped[str] = mapped_column(String(512))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("connection_id", "folder", "server_id", name="uq_failed_messages_key"),
+        Index("ix_failed_messages_failed_at", "failed_at"),
+    )

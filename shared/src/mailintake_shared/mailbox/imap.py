@@ -17,9 +17,9 @@ from typing import Any
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
 
-from mailintake_fetcher.config import MailboxConfig
-from mailintake_fetcher.errors import FolderMissingError, StartTlsUnavailableError, classify
 from mailintake_shared.domain import Encryption
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.errors import FolderMissingError, StartTlsUnavailableError, classify
 from mailintake_shared.tls import client_context
 
 SEEN = b"\\Seen"
@@ -32,6 +32,7 @@ _UIDS_PER_COMMAND = 500
 class FolderInfo:
     uidvalidity: int
     exists: int
+    uidnext: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,12 @@ class ImapMailbox:
             status = self._client.select_folder(folder)
         except Exception as exc:
             raise classify(exc) from exc
-        return FolderInfo(uidvalidity=int(status[b"UIDVALIDITY"]), exists=int(status[b"EXISTS"]))
+        uidnext = status.get(b"UIDNEXT")
+        return FolderInfo(
+            uidvalidity=int(status[b"UIDVALIDITY"]),
+            exists=int(status[b"EXISTS"]),
+            uidnext=int(uidnext) if uidnext is not None else None,
+        )
 
     def uids_after(self, last_uid: int) -> list[int]:
         """UIDs above ``last_uid``, ascending (``UID SEARCH UID n+1:*``).
@@ -114,6 +120,24 @@ class ImapMailbox:
         except Exception as exc:
             raise classify(exc) from exc
         return sorted(uid for uid in found if uid > last_uid)
+
+    def uids_between(self, first: int, last: int, criteria: Sequence[str]) -> list[int]:
+        """UIDs from ``first`` to ``last`` that also match ``criteria`` (``UNSEEN``, …)."""
+        if last < first:
+            return []
+        try:
+            found = self._client.search(["UID", f"{first}:{last}", *criteria])
+        except Exception as exc:
+            raise classify(exc) from exc
+        return sorted(uid for uid in found if first <= uid <= last)
+
+    def highest_uid(self) -> int:
+        """The highest UID in the selected folder (0 when it is empty)."""
+        try:
+            found = self._client.search(["UID", "*"])
+        except Exception as exc:
+            raise classify(exc) from exc
+        return max(found, default=0)
 
     def metadata(self, uids: Sequence[int]) -> list[MessageMeta]:
         """Size, arrival time and \\Seen of each UID (one ``UID FETCH``, parsed directly)."""

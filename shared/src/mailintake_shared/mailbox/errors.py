@@ -1,8 +1,9 @@
-"""The fetcher's error taxonomy: every failure of a poll becomes one ``PollError`` with the
+"""The error taxonomy of mail-server sessions: every failure becomes one ``PollError`` with the
 step that failed (``ErrorKind``), wrapped at the protocol boundary."""
 
 from __future__ import annotations
 
+import poplib
 import socket
 import ssl
 
@@ -54,6 +55,6 @@ def classify(exc: BaseException) -> PollError:
         return PollError(ErrorKind.TLS, f"TLS handshake failed: {exc}")
     if isinstance(exc, LoginError):
         return PollError(ErrorKind.AUTHENTICATION, f"the server refused the login: {exc}")
-    if isinstance(exc, IMAPClientError | OSError | EOFError):
+    if isinstance(exc, IMAPClientError | poplib.error_proto | OSError | EOFError):
         return PollError(ErrorKind.SERVER_ERROR, text)
     return PollError(ErrorKind.INTERNAL, text)

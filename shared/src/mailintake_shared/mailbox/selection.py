@@ -1,0 +1,71 @@
+"""Which messages a poll downloads: one rule shared by the poll and the estimate before
+enabling, so that the estimate is what the first poll then takes.
+
+IMAP: the UIDs above the folder's cursor (the highest UID committed in this UIDVALIDITY).
+A mailbox polled for the first time with a first-sync mode other than ``all`` gets a
+*baseline*, its highest UID at that moment: messages up to the baseline are taken only if the
+mode selects them (unseen, or arrived since a date; none for ``none``); everything above it is
+new mail. POP3: every message whose UIDL is not stored yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import date
+
+from mailintake_shared.domain import FirstSync
+from mailintake_shared.mailbox.imap import ImapMailbox
+from mailintake_shared.mailbox.pop3 import Pop3Message
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    uidvalidity: int | None
+    last_uid: int
+    baseline_uid: int | None = None
+
+
+@dataclass(frozen=True)
+class ImapSelection:
+    uids: list[int]  # ascending
+    baseline_uid: int | None  # set when this poll fixed the baseline (a new mailbox)
+
+
+def imap_criteria(mode: FirstSync, since: date | None) -> list[str] | None:
+    """SEARCH criteria for messages up to the baseline; None: take none of them."""
+    if mode is FirstSync.UNSEEN:
+        return ["UNSEEN"]
+    if mode is FirstSync.SINCE and since is not None:
+        return ["SINCE", f"{since.day}-{_MONTHS[since.month - 1]}-{since.year}"]
+    if mode is FirstSync.ALL:
+        return []
+    return None
+
+
+def select_imap(
+    mailbox: ImapMailbox,
+    uidvalidity: int,
+    cursor: Cursor | None,
+    mode: FirstSync,
+    since: date | None,
+) -> ImapSelection:
+    if cursor is not None and cursor.uidvalidity == uidvalidity:
+        last, baseline, fixed = cursor.last_uid, cursor.baseline_uid, None
+    elif cursor is None and mode is not FirstSync.ALL:
+        last, baseline = 0, mailbox.highest_uid()
+        fixed = baseline
+    else:  # a new mailbox taken whole, or a new UIDVALIDITY epoch (the store dedups by content)
+        last, baseline, fixed = 0, None, None
+    if baseline is None or last >= baseline:
+        return ImapSelection(mailbox.uids_after(last), fixed)
+    criteria = imap_criteria(mode, since)
+    older = [] if criteria is None else mailbox.uids_between(last + 1, baseline, criteria)
+    return ImapSelection(older + mailbox.uids_after(baseline), fixed)
+
+
+def select_pop3(messages: list[Pop3Message], known: Collection[str]) -> list[Pop3Message]:
+    """Messages whose UIDL is not stored (nor waiting in the queue as failed)."""
+    return [m for m in messages if m.uidl not in known]

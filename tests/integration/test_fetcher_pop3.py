@@ -1,0 +1,218 @@
+"""The fetcher's POP3 poll against real Dovecot, without Kafka: encryption modes, UIDL as
+identity, keep-on-server, DELE only for committed messages (applied at QUIT), large mail in
+chunks, and a server without UIDL refused."""
+
+from __future__ import annotations
+
+import hashlib
+import socketserver
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from mailintake_fetcher.poll import Budget, PendingAction
+from mailintake_fetcher.pop3_poll import Pop3Poll
+from mailintake_shared.domain import AfterDownload, Encryption, Protocol, Transport
+from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollReason
+from mailintake_shared.mailbox.config import MailboxConfig
+from tests.conftest import Mailbox
+from tests.harness.dovecot import Dovecot
+from tests.harness.mail import make_message
+from tests.harness.state import MemoryState
+from tests.harness.views import connection_view
+from tests.integration.test_fetcher_imap import ListSink
+
+pytestmark = pytest.mark.integration
+BUDGET = Budget(
+    max_messages=500, max_bytes=10**9, max_seconds=60, batch_messages=100, chunk_bytes=64 * 1024
+)
+
+
+def pop3_config(
+    mailbox: Mailbox,
+    *,
+    encryption: Encryption = Encryption.SSL,
+    after: AfterDownload = AfterDownload.MARK_SEEN,
+    server: Dovecot | None = None,
+    port: int | None = None,
+    timeout_ms: int = 5000,
+) -> MailboxConfig:
+    server = server or mailbox.server
+    default_port = server.ports.pop3s if encryption is Encryption.SSL else server.ports.pop3
+    view = connection_view(
+        protocol=Protocol.POP3,
+        transport=Transport.POP3,
+        encryption=encryption,
+        port=port or default_port,
+        tls_ca_pem=server.pki.ca_text,
+        timeout_ms=timeout_ms,
+        folder=None,
+        username=mailbox.username,
+        after_download=after,
+    )
+    return MailboxConfig(view=view, password=SecretStr(mailbox.password))
+
+
+def run(
+    cfg: MailboxConfig, state: MemoryState | None = None, budget: Budget = BUDGET
+) -> tuple[Any, ListSink]:
+    sink = ListSink()
+    due = PollDue(
+        connection_id=cfg.view.id,
+        poll_id=uuid.uuid4(),
+        reason=PollReason.MANUAL,
+        issued_at=datetime.now(UTC),
+    )
+    result = Pop3Poll(cfg, due, state or MemoryState(), sink, budget).run()
+    assert sink.results == [result]
+    return result, sink
+
+
+def by_uidl(sink: ListSink) -> dict[str, bytes]:
+    whole: dict[str, bytes] = {}
+    for part in sink.chunks:
+        whole[part.chunk.server_id] = whole.get(part.chunk.server_id, b"") + part.data
+    return whole
+
+
+def remember(state: MemoryState, sink: ListSink) -> None:
+    """What the store would do: the downloaded UIDLs become known."""
+    state.known |= set(by_uidl(sink))
+
+
+@pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
+def test_each_encryption_downloads_everything_byte_for_byte(
+    mailbox: Mailbox, encryption: Encryption
+) -> None:
+    # Lines that start with a dot (dot-stuffed on the wire) and a long line survive.
+    tricky = make_message(100).replace(b"\r\n\r\n", b"\r\n\r\n.hidden\r\n..double\r\n", 1)
+    tricky += b"x" * 5000 + b"\r\n"
+    sent = [*(make_message(i) for i in range(5)), tricky]
+    mailbox.server.seed(mailbox.username, sent)
+    result, sink = run(pop3_config(mailbox, encryption=encryption))
+    assert (result.outcome, result.messages, result.error) == (PollOutcome.OK, 6, None)
+    assert sorted(by_uidl(sink).values()) == sorted(sent)
+    assert all(p.chunk.uid is None and p.chunk.uidvalidity is None for p in sink.chunks)
+
+
+def test_keep_on_server_downloads_only_unknown_uidls(mailbox: Mailbox) -> None:
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(3)))
+    state = MemoryState()
+    first, sink = run(pop3_config(mailbox), state)
+    assert first.messages == 3
+    remember(state, sink)
+    again, sink = run(pop3_config(mailbox), state)
+    assert (again.messages, sink.chunks) == (0, [])
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(10, 12)))
+    third, sink = run(pop3_config(mailbox), state)
+    assert third.messages == 2
+    assert not set(by_uidl(sink)) & state.known
+
+
+def test_delete_removes_only_committed_messages_at_quit(mailbox: Mailbox) -> None:
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(4)))
+    cfg = pop3_config(mailbox, after=AfterDownload.DELETE)
+    state = MemoryState()
+    _, sink = run(cfg, state)
+    uidls = sorted(by_uidl(sink))
+    # The store committed two of the four; only those two may go.
+    committed = uidls[:2]
+    state.known = set(uidls)
+    state.pending = [PendingAction(i, uidl, None) for i, uidl in enumerate(committed)]
+    result, _ = run(cfg, state)
+    assert result.actions_applied == 2
+    assert sorted(state.applied) == [0, 1]
+    state.pending, state.known = [], set()
+    _, sink = run(cfg, state)
+    assert sorted(by_uidl(sink)) == uidls[2:]
+
+
+def test_large_mail_is_streamed_in_chunks(mailbox: Mailbox) -> None:
+    large = make_message(7, size=300_000)
+    mailbox.server.seed(mailbox.username, [large])
+    result, sink = run(pop3_config(mailbox))
+    assert result.messages == 1
+    assert len(sink.chunks) >= 4
+    assert all(len(p.data) <= BUDGET.chunk_bytes for p in sink.chunks)
+    assert next(iter(by_uidl(sink).values())) == large
+    last = sink.chunks[-1].chunk
+    assert last.final
+    assert last.sha256 == hashlib.sha256(large).hexdigest()
+
+
+def test_budget_leaves_the_rest_for_the_next_poll(mailbox: Mailbox) -> None:
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(7)))
+    budget = Budget(
+        max_messages=3, max_bytes=10**9, max_seconds=60, batch_messages=3, chunk_bytes=64 * 1024
+    )
+    state = MemoryState()
+    seen: set[str] = set()
+    for expected in (3, 3, 1):
+        result, sink = run(pop3_config(mailbox), state, budget)
+        assert result.messages == expected
+        assert result.more_pending is (expected == 3)
+        assert not set(by_uidl(sink)) & seen
+        seen |= set(by_uidl(sink))
+        remember(state, sink)
+    assert len(seen) == 7
+
+
+@pytest.fixture(scope="module")
+def plain_only_dovecot() -> Iterator[Dovecot]:
+    server = Dovecot(tls=False).start()
+    yield server
+    server.destroy()
+
+
+def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> None:
+    user, password = plain_only_dovecot.add_user()
+    box = Mailbox(plain_only_dovecot, user, password)
+    plain_only_dovecot.seed(user, [make_message(1)])
+    result, sink = run(pop3_config(box, encryption=Encryption.STARTTLS, server=plain_only_dovecot))
+    assert result.error_kind is ErrorKind.STARTTLS_UNAVAILABLE
+    assert sink.chunks == []
+
+
+def test_wrong_password_is_an_authentication_error(mailbox: Mailbox) -> None:
+    cfg = pop3_config(mailbox)
+    wrong = MailboxConfig(view=cfg.view, password=SecretStr("wrong-password"))
+    result, _ = run(wrong)
+    assert result.error_kind is ErrorKind.AUTHENTICATION
+    assert "wrong-password" not in (result.error or "")
+
+
+class _NoUidlHandler(socketserver.StreamRequestHandler):
+    """A POP3 server from before RFC 1939's optional UIDL: everything but UIDL works."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"+OK ready\r\n")
+        for line in self.rfile:
+            command = line.split(b" ", 1)[0].strip().upper()
+            if command == b"QUIT":
+                self.wfile.write(b"+OK bye\r\n")
+                return
+            if command in (b"UIDL", b"CAPA"):
+                self.wfile.write(b"-ERR unknown command\r\n")
+            elif command == b"LIST":
+                self.wfile.write(b"+OK\r\n1 100\r\n.\r\n")
+            else:
+                self.wfile.write(b"+OK\r\n")
+
+
+def test_a_server_without_uidl_is_refused(mailbox: Mailbox) -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _NoUidlHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = pop3_config(mailbox, encryption=Encryption.NONE, port=server.server_address[1])
+        result, sink = run(cfg)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.error_kind is ErrorKind.UIDL_UNSUPPORTED
+    assert "UIDL" in (result.error or "")
+    assert sink.chunks == []
