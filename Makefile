@@ -3,10 +3,10 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench bench-readme openapi settings-table migrate keygen token clean
+.PHONY: help run test test-fast lint format bench bench-readme openapi settings-table migrate keygen token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 run: ## run the whole pipeline on this machine (SQLite, local broker) until Ctrl-C
 	@scripts/bootstrap.sh
@@ -23,7 +23,7 @@ test-fast: ## only the tests that need no broker, database or mail server
 lint: ## ruff and mypy (strict)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy shared/src services/*/src devstack/src tests scripts examples bench
+	$(RUN) mypy shared/src services/*/src devstack/src cli/src tests scripts examples bench
 
 format: ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .
@@ -50,6 +50,34 @@ keygen: ## print a new encryption key for MAILINTAKE_ENCRYPTION_KEYS
 
 token: ## make an API token; ROLE=admin|viewer
 	@$(RUN) mailintake-config-api hash-token --role $${ROLE:-admin}
+
+# --- operating a running deployment (MAILINTAKE_API_URL, MAILINTAKE_API_TOKEN; or `make run`'s)
+CLI := $(RUN) mailintake
+C = $(error say which connection: C=<id or name>)
+
+connections: ## list connections (Q=term searches)
+	@$(CLI) connections list $${Q:+--search "$$Q"}
+
+test-connection: ## test a connection step by step: C=<id or name>
+	@$(CLI) connections test "$(C)"
+
+enable: ## enable a connection, showing the estimate first: C=<id or name>
+	@$(CLI) connections enable "$(C)"
+
+disable: ## disable a connection: C=<id or name>
+	@$(CLI) connections disable "$(C)"
+
+poll: ## poll now and follow it to the end: C=<id or name>
+	@$(CLI) connections poll "$(C)"
+
+queue: ## the Incoming Mail Queue (STATE=awaiting_publish|action_pending|failed)
+	@$(CLI) queue $${STATE:+--state $$STATE}
+
+log: ## the Incoming Mail Log of polls (C=<connection> narrows it)
+	@$(CLI) log polls $${C:+-c "$$C"}
+
+log-messages: ## the Incoming Mail Log of messages (C=<connection> narrows it)
+	@$(CLI) log messages $${C:+-c "$$C"}
 
 clean: ## remove the one-machine run's state (.devstack/)
 	rm -rf .devstack

@@ -10,6 +10,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ from typing import Any
 from imapclient import IMAPClient
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
-from tests.api import api_client
+from sqlalchemy import insert
+from sqlalchemy.orm import Session, sessionmaker
+from tests.api import api_client, enable
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.harness.state import MemoryState
@@ -37,12 +40,13 @@ from bench.env import (
     rss_mb,
 )
 from mailintake_fetcher.imap_poll import ImapPoll
+from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_fetcher.repository import FetcherRepository
 from mailintake_fetcher.worker import budget_from
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.db.models import MailboxState
+from mailintake_shared.db.models import MailboxState, Message
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.domain import ConnectionView, Encryption
+from mailintake_shared.domain import ConnectionView, Encryption, Protocol, Transport
 from mailintake_shared.events import (
     ConnectionState,
     FetchedChunk,
@@ -55,6 +59,7 @@ from mailintake_shared.events import (
 from mailintake_shared.fetched import encode_part
 from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.pop3 import Pop3Mailbox
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -202,7 +207,9 @@ def end_to_end(
             cpu_before = {s: cpu_seconds(pid) for s, pid in pids.items()}
             servers_before = _server_cpu()
             started = time.perf_counter()
-            api.post(f"/connections/{cid}/enable")
+            # Enabling includes the estimate (one UID SEARCH), acknowledged in the same call.
+            enabled = api.post(f"/connections/{cid}/enable", json={"acknowledge_messages": count})
+            assert enabled.status_code == 200, enabled.text
             wait_until(
                 lambda: db.message_count() >= count,
                 timeout_s=1800,
@@ -290,7 +297,7 @@ def many_mailboxes(env: BenchEnv, results: Results, mailboxes: int, each: int, l
                 ]
                 started = time.perf_counter()
                 for cid in ids:
-                    api.post(f"/connections/{cid}/enable")
+                    api.post(f"/connections/{cid}/enable", json={"acknowledge_messages": each})
                 wait_until(
                     lambda: db.message_count() >= mailboxes * each,  # noqa: B023
                     timeout_s=1800,
@@ -412,6 +419,105 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
         "ratio",
     )
     results.figures["incremental"] = figures
+    _pop3_incremental(env, results, sizes, polls)
+
+
+def _pop3_incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: int) -> None:
+    """POP3 keep-on-server: every poll lists every UIDL and compares it with every stored one,
+    so its cost grows with the mailbox (reported, no target)."""
+    settings = env.settings()
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    repository = FetcherRepository(sessions, SecretBox(settings.encryption_keys))
+    walls: dict[int, float] = {}
+    try:
+        for size in sizes:
+            user, password = env.dovecot.add_user()
+            env.dovecot.seed(user, corpus(size))
+            view = view_for(
+                env,
+                user,
+                protocol=Protocol.POP3,
+                transport=Transport.POP3,
+                port=env.dovecot.ports.pop3,
+                folder=None,
+            )
+            config = MailboxConfig(view=view, password=SecretStr(password))
+            with Pop3Mailbox.open(config) as pop3:  # synced: every UIDL stored
+                _store_uidls(sessions, view.id, [m.uidl for m in pop3.messages()])
+            wall, own, server_cpu = [], [], []
+            for round_ in range(polls):
+                env.dovecot.seed(user, corpus(10, start=20_000_000 + round_ * 10))
+                sink = CollectingSink()
+                due = PollDue(
+                    connection_id=view.id,
+                    poll_id=uuid.uuid4(),
+                    reason=PollReason.SCHEDULED,
+                    issued_at=datetime.now(UTC),
+                )
+                dovecot_before, own_before = dovecot_cpu_seconds(), time.process_time()
+                started = time.perf_counter()
+                result = Pop3Poll(config, due, repository, sink, budget_from(settings)).run()
+                wall.append(time.perf_counter() - started)
+                own.append(time.process_time() - own_before)
+                server_cpu.append(dovecot_cpu_seconds() - dovecot_before)
+                assert result.messages == 10, result
+                _store_uidls(sessions, view.id, sink.server_ids)
+            walls[size] = median(wall)
+            results.add(
+                f"5. POP3 keep-on-server poll, {size} + 10 new (median wall)",
+                median(wall),
+                "s",
+                note=f"pipeline CPU {median(own) * 1000:.1f} ms, "
+                f"Dovecot CPU {median(server_cpu) * 1000:.1f} ms",
+            )
+    finally:
+        engine.dispose()
+    results.add(
+        f"5. POP3 keep-on-server wall ratio {sizes[1]}/{sizes[0]}",
+        walls[sizes[1]] / walls[sizes[0]],
+        "ratio",
+        note="grows with the mailbox: the UIDL listing and the comparison cover every message",
+    )
+    results.figures["pop3_incremental"] = {str(k): v for k, v in walls.items()}
+
+
+class CollectingSink(DiscardSink):
+    """Discards the bytes, keeps the server ids (what the store would then know)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.server_ids: list[str] = []
+
+    def message(self, chunk: FetchedChunk, data: bytes) -> None:
+        super().message(chunk, data)
+        if chunk.final:
+            self.server_ids.append(chunk.server_id)
+
+
+def _store_uidls(
+    sessions: sessionmaker[Session], connection_id: uuid.UUID, uidls: Sequence[str]
+) -> None:
+    """Stored-message rows without content: all a keep-on-server poll reads of them."""
+    now = utcnow()
+    rows = [
+        {
+            "connection_id": connection_id,
+            "folder": "INBOX",
+            "server_id": uidl,
+            "sha256": "",
+            "size": 0,
+            "raw": b"",
+            "seen_before": False,
+            "stored_at": now,
+            "action_state": "applied",
+            "published_at": now,
+        }
+        for uidl in uidls
+    ]
+    with sessions() as session, session.begin():
+        for start in range(0, len(rows), 5000):
+            session.execute(insert(Message), rows[start : start + 5000])
 
 
 def _mdbox_dovecot() -> Any:
@@ -461,7 +567,7 @@ def latency(
         with api_client(settings) as api:
             time.sleep(6)
             cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
-            api.post(f"/connections/{cid}/enable")
+            enable(api, cid)
             wait_until(
                 lambda: api.get(f"/connections/{cid}").json()["status"]["last_poll_at"],
                 timeout_s=120,
@@ -516,7 +622,7 @@ def large_mail(env: BenchEnv, results: Results, size: int, logs: Path) -> None:
         with api_client(settings) as api:
             time.sleep(4)
             cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
-            api.post(f"/connections/{cid}/enable")
+            enable(api, cid)
             wait_until(lambda: db.message_count() >= 1, timeout_s=600, interval_s=0.2)
             fetcher = peak_rss_mb(pipeline.processes["fetcher"].pid)
             store = peak_rss_mb(pipeline.processes["store"].pid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from fastapi.testclient import TestClient
 
 from mailintake_config_api.app import create_app
@@ -29,3 +30,18 @@ def imap_body(**overrides: Any) -> dict[str, Any]:
 def api_client(settings: Settings) -> TestClient:
     """A client whose ``with`` block runs the app's start-up and shutdown."""
     return TestClient(create_app(settings), headers=ADMIN)
+
+
+# For connections whose server does not exist (imap.example.com): no DNS lookup, no estimate.
+WITHOUT_ESTIMATE = {"skip_estimate": True}
+
+
+def enable(client: TestClient, connection_id: str) -> httpx.Response:
+    """Enable as an administrator does: ask, read the estimate, acknowledge exactly it."""
+    first: httpx.Response = client.post(f"/connections/{connection_id}/enable")
+    if first.status_code != 409:
+        return first
+    count = first.json()["estimate"]["messages"]
+    path = f"/connections/{connection_id}/enable"
+    acknowledged: httpx.Response = client.post(path, json={"acknowledge_messages": count})
+    return acknowledged

@@ -105,6 +105,11 @@ class Database:
         with self.engine.connect() as connection:
             return connection.execute(text(sql), params).scalar()
 
+    def execute(self, sql: str, **params: Any) -> None:
+        """A write, committed."""
+        with self.engine.begin() as connection:
+            connection.execute(text(sql), params)
+
     def rows(self, sql: str, **params: Any) -> list[Any]:
         with self.engine.connect() as connection:
             return list(connection.execute(text(sql), params).all())

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from imapclient import IMAPClient
 
 from mailintake_shared.settings import Settings
-from tests.api import api_client
+from tests.api import api_client, enable
 from tests.conftest import Mailbox
 from tests.harness.pipeline import Database, Pipeline
 
@@ -82,7 +82,8 @@ def create_enabled(api: TestClient, mailbox: Mailbox, **overrides: Any) -> str:
     created = api.post("/connections", json=imap_connection_body(mailbox, **overrides))
     assert created.status_code == 201, created.text
     connection_id: str = created.json()["id"]
-    assert api.post(f"/connections/{connection_id}/enable").status_code == 200
+    enabled = enable(api, connection_id)
+    assert enabled.status_code == 200, enabled.text
     return connection_id
 
 

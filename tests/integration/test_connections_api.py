@@ -17,7 +17,7 @@ from mailintake_shared.events import ConnectionState
 from mailintake_shared.kafka import read_topic_to_end
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
-from tests.api import ADMIN, VIEWER, api_client, imap_body
+from tests.api import ADMIN, VIEWER, WITHOUT_ESTIMATE, api_client, imap_body
 
 pytestmark = pytest.mark.integration
 
@@ -320,8 +320,8 @@ def test_connections_topic_rebuilds_exactly_the_current_connections(
 ) -> None:
     ids = [client.post("/connections", json=imap_body(name=f"c{i}")).json()["id"] for i in range(4)]
     client.patch(f"/connections/{ids[0]}", json={"description": "changed", "interval_minutes": 7})
-    client.post(f"/connections/{ids[1]}/enable")
-    client.post(f"/connections/{ids[2]}/enable")
+    client.post(f"/connections/{ids[1]}/enable", json=WITHOUT_ESTIMATE)
+    client.post(f"/connections/{ids[2]}/enable", json=WITHOUT_ESTIMATE)
     client.post(f"/connections/{ids[2]}/disable")
     assert client.delete(f"/connections/{ids[3]}").status_code == 204
     assert client.get(f"/connections/{ids[3]}").status_code == 404
@@ -350,7 +350,7 @@ def test_planted_password_appears_nowhere(settings: Settings, logs: Any, databas
         responses.append(client.get(f"/connections/{cid}").text)
         responses.append(client.get("/connections").text)
         responses.append(client.patch(f"/connections/{cid}", json={"password": planted + "2"}).text)
-        responses.append(client.post(f"/connections/{cid}/enable").text)
+        responses.append(client.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).text)
         # A refused request echoes nothing of the secret either.
         responses.append(
             client.post("/connections", json=imap_body(name="other", password=planted + "é")).text

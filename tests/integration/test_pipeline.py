@@ -39,6 +39,15 @@ def test_ingests_a_mailbox_once_then_only_new_mail_and_marks_it_seen(
     )
     assert db.message_count() == 2010
     assert db.distinct_messages() == 2010
+    logged = db.scalar(
+        "SELECT count(*) FROM message_log WHERE outcome = 'stored' AND downloaded_at IS NOT NULL"
+    )
+    assert logged == 2010
+    wait_until(
+        lambda: db.scalar("SELECT count(*) FROM messages WHERE published_at IS NULL") == 0,
+        timeout_s=30,
+        message="every message marked published",
+    )
     status = api.get(f"/connections/{connection_id}").json()["status"]
     assert status["messages_stored"] == 2010
     assert status["consecutive_failures"] == 0

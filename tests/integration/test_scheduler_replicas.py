@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from mailintake_shared.kafka import read_topic_to_end
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
-from tests.api import imap_body
+from tests.api import WITHOUT_ESTIMATE, imap_body
 from tests.harness.pipeline import Pipeline, wait_until
 
 pytestmark = pytest.mark.integration
@@ -56,7 +56,7 @@ def test_two_replicas_share_the_connections_without_double_polls(
         for i in range(30):
             created = api.post("/connections", json=imap_body(name=f"c{i}"))
             ids.append(created.json()["id"])
-            api.post(f"/connections/{created.json()['id']}/enable")
+            api.post(f"/connections/{created.json()['id']}/enable", json=WITHOUT_ESTIMATE)
         api.app.state.resources.relay.flush()  # type: ignore[attr-defined]
 
         def polls() -> Counter[str]:

@@ -90,6 +90,27 @@ class Settings(BaseSettings):
         description="The config API republishes every connection's state this often, so that "
         "the connections topic heals after a broker lost its data (0: never).",
     )
+    enable_ack_threshold: int = Field(
+        0,
+        ge=0,
+        description="Enabling a connection whose first poll would download more messages than "
+        "this answers 409 with the estimate, until the request acknowledges that number.",
+    )
+    log_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="The Incoming Mail Log (per poll and per message) keeps this many days "
+        "(0: forever).",
+    )
+    queue_retention_days: float = Field(
+        30.0,
+        ge=0,
+        description="Failed entries of the Incoming Mail Queue are purged after this many days "
+        "(0: never); stored messages are not touched.",
+    )
+    purge_interval_seconds: float = Field(
+        3600.0, gt=0, description="How often the config API purges by the retention settings."
+    )
     microsoft_imap_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [
             "outlook.office365.com",

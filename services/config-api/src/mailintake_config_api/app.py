@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from mailintake_config_api import errors
 from mailintake_config_api.resources import Resources
-from mailintake_config_api.routes import connections, health, messages
+from mailintake_config_api.routes import connections, health, incoming, messages
 from mailintake_shared.settings import Settings
 
 API_VERSION = "0.1.0"
@@ -40,4 +40,5 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(health.router)
     app.include_router(connections.router)
     app.include_router(messages.router)
+    app.include_router(incoming.router)
     return app

@@ -93,7 +93,12 @@ def _merge(
 
 
 def _validate(
-    session: Session, settings: Settings, draft: rules.ConnectionDraft, own_id: uuid.UUID | None
+    session: Session,
+    settings: Settings,
+    draft: rules.ConnectionDraft,
+    own_id: uuid.UUID | None,
+    *,
+    unique_name: bool = True,
 ) -> None:
     errors = rules.check(draft, settings.microsoft_imap_hosts)
     if (
@@ -109,6 +114,8 @@ def _validate(
         )
     if errors:
         raise InvalidInputError(errors)
+    if not unique_name:
+        return
     clash = session.scalar(
         select(Connection.id).where(func.lower(Connection.name) == draft.name.lower())
     )
@@ -161,6 +168,21 @@ def create(
         row.password_enc = box.encrypt(body.password.get_secret_value())
     session.add(row)
     _announce(session, settings, row)
+    return row
+
+
+def preview(
+    session: Session, settings: Settings, box: SecretBox, body: ConnectionCreate
+) -> Connection:
+    """The connection ``body`` describes, validated but not saved (to test it)."""
+    draft = _merge(None, body)
+    _validate(session, settings, draft, None, unique_name=False)
+    row = Connection(
+        id=uuid.uuid4(), version=0, enabled=False, created_at=utcnow(), updated_at=utcnow()
+    )
+    _apply(row, draft)
+    if body.password is not None:
+        row.password_enc = box.encrypt(body.password.get_secret_value())
     return row
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailintake_config_api import connections
+from mailintake_config_api import connections, incoming
 from mailintake_config_api.auth import TokenTable
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.kafka import ReliableProducer
@@ -49,7 +50,11 @@ class Resources:
         )
 
     def start(self) -> None:
-        for name, target in (("outbox-relay", self._relay), ("resync", self._resync)):
+        for name, target in (
+            ("outbox-relay", self._relay),
+            ("resync", self._resync),
+            ("purge", self._purge),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -68,6 +73,18 @@ class Resources:
                 log.info("connection states republished", connections=count)
             except Exception as exc:
                 log.warning("could not republish connection states", error=str(exc))
+
+    def _purge(self) -> None:
+        """Purge the Incoming Mail Log and Queue by their retention, now and then."""
+        while not self.stop.is_set():
+            try:
+                with self.sessions() as session, session.begin():
+                    purged = incoming.purge(session, self.settings)
+                if any(dataclasses.astuple(purged)):
+                    log.info("retention purge", **dataclasses.asdict(purged))
+            except Exception as exc:
+                log.warning("retention purge failed; will retry", error=str(exc))
+            self.stop.wait(self.settings.purge_interval_seconds)
 
     def close(self) -> None:
         self.stop.set()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from mailintake_config_api.incoming import EntryKind, QueueState
 from mailintake_shared.domain import (
     MAX_TIMEOUT_MS,
     AfterDownload,
@@ -24,6 +25,8 @@ from mailintake_shared.domain import (
     Protocol,
     Transport,
 )
+from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.estimate import Confidence
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -170,6 +173,12 @@ class ConnectionCreate(_ConnectionFields):
     interval_minutes: int | None = Field(5, description="Minutes between polls, ≥ 1.")
 
 
+class ConnectionTestRequest(ConnectionCreate):
+    """An unsaved connection to test; the name is not needed."""
+
+    name: Name = "(unsaved)"
+
+
 class ConnectionUpdate(_ConnectionFields):
     """A partial update: only the fields sent change; `null` clears an optional field."""
 
@@ -234,3 +243,133 @@ class ErrorBody(BaseModel):
 
     detail: str
     errors: list[FieldError] = Field(default_factory=list)
+
+
+class ProbeStep(BaseModel):
+    name: str = Field(description="`dns`, `connect` (TCP, and TLS for ssl) or `session`.")
+    ok: bool
+    milliseconds: float
+
+
+class ConnectionTestResult(BaseModel):
+    """The outcome of a connection test; never contains the password."""
+
+    ok: bool
+    failed_step: ErrorKind | None = Field(
+        None,
+        description="What failed: `dns`, `connection_refused`, `timeout`, `tls` (with the "
+        "certificate problem), `starttls_unavailable`, `authentication`, `folder_missing`, "
+        "`uidl_unsupported`, `server_error`.",
+    )
+    error: str | None = None
+    greeting: str | None = None
+    capabilities: list[str] = Field(default_factory=list)
+    messages: int | None = Field(None, description="Messages in the folder (POP3: mailbox).")
+    latency_ms: float
+    steps: list[ProbeStep] = Field(default_factory=list)
+
+
+class EnableRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    acknowledge_messages: int | None = Field(
+        None,
+        ge=0,
+        description="The estimate (or more) the administrator agreed to download; required "
+        "when the estimate exceeds `MAILINTAKE_ENABLE_ACK_THRESHOLD`.",
+    )
+    skip_estimate: bool = Field(
+        False, description="Enable without contacting the server (no estimate, no check)."
+    )
+
+
+class EstimateBody(BaseModel):
+    messages: int = Field(description="Messages the first poll(s) would download.")
+    confidence: Confidence = Field(
+        description="`exact`: the poll's own rule; `upper_bound`: the folder's UIDVALIDITY "
+        "changed, so all are downloaded again and the known ones are not stored twice."
+    )
+    known_mailbox: bool = Field(description="The store already has state for this mailbox.")
+    first_sync: FirstSync
+
+
+class EnableConflict(BaseModel):
+    """409: the first poll would download messages; repeat with `acknowledge_messages`."""
+
+    detail: str
+    estimate: EstimateBody
+
+
+class EstimateFailed(BaseModel):
+    """502: the server could not be asked for an estimate."""
+
+    detail: str
+    test: ConnectionTestResult
+
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    items: list[Item]
+    total: int
+    limit: int
+    offset: int
+
+
+class QueueEntry(BaseModel):
+    """A message not all the way through (see the Incoming Mail Queue in the README)."""
+
+    kind: EntryKind = Field(description="`message` (stored) or `failed` (not stored).")
+    id: int
+    connection_id: UUID
+    folder: str
+    server_id: str
+    state: QueueState
+    size: int
+    subject: str | None
+    header_from: str | None
+    reason: str | None = Field(description="Why it failed, or the header problems noticed.")
+    at: datetime = Field(description="When it was stored, or when it failed.")
+    raw_path: str
+
+
+class QueueActionDone(BaseModel):
+    detail: str
+
+
+class PollLogEntry(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    poll_id: UUID
+    connection_id: UUID
+    reason: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    outcome: str | None
+    error_kind: str | None
+    error: str | None
+    fetched: int
+    bytes: int
+    stored: int
+    duplicates: int
+    more_pending: bool
+
+
+class MessageLogEntry(BaseModel):
+    """A message record the store received, and what became of the message since."""
+
+    id: int
+    connection_id: UUID
+    poll_id: UUID | None
+    folder: str
+    server_id: str
+    message_id: int | None
+    outcome: str = Field(description="`stored`, `duplicate` (skipped) or `rejected`.")
+    detail: str | None
+    size: int
+    downloaded_at: datetime | None
+    logged_at: datetime
+    published_at: datetime | None = Field(description="When `mail.stored` went out.")
+    action_state: str | None = Field(description="`pending`, `applied` or `stale`.")
+    action_applied_at: datetime | None

@@ -6,11 +6,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import select, union, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_fetcher.poll import PendingAction
-from mailintake_shared.db.models import Connection, FailedMessage, MailboxState, Message
+from mailintake_shared.db.models import Connection, Message
+from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_config
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.selection import Cursor
@@ -25,17 +26,11 @@ class FetcherRepository:
     def connection(self, connection_id: uuid.UUID) -> MailboxConfig | None:
         with self._sessions() as session:
             row = session.get(Connection, connection_id)
-            if row is None:
-                return None
-            password = self._secrets.decrypt(row.password_enc) if row.password_enc else None
-            return MailboxConfig(view=row.view(), password=password)
+            return None if row is None else mailbox_config(row, self._secrets)
 
     def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
         with self._sessions() as session:
-            state = session.get(MailboxState, (connection_id, folder))
-            if state is None:
-                return None
-            return Cursor(state.uidvalidity, state.last_uid, state.baseline_uid)
+            return cursor_of(session, connection_id, folder)
 
     def pending_actions(
         self, connection_id: uuid.UUID, folder: str, uidvalidity: int | None
@@ -54,15 +49,8 @@ class FetcherRepository:
         return [PendingAction(r.id, r.server_id, r.uid) for r in rows]
 
     def known_server_ids(self, connection_id: uuid.UUID, folder: str) -> set[str]:
-        """Server ids already stored, or waiting in the Incoming Mail Queue as failed."""
-        stored = select(Message.server_id).where(
-            Message.connection_id == connection_id, Message.folder == folder
-        )
-        failed = select(FailedMessage.server_id).where(
-            FailedMessage.connection_id == connection_id, FailedMessage.folder == folder
-        )
         with self._sessions() as session:
-            return set(session.scalars(union(stored, failed)))
+            return known_server_ids(session, connection_id, folder)
 
     def actions_applied(self, message_ids: Sequence[int]) -> None:
         with self._sessions() as session, session.begin():

@@ -287,6 +287,9 @@ class FailedMessage(Base):
     reason: Mapped[str] = mapped_column(Text)
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Deleted from the queue by an administrator: kept (so that POP3 does not download it
+    # again) until the queue's retention purges it.
+    dismissed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         UniqueConstraint("connection_id", "folder", "server_id", name="uq_failed_messages_key"),

@@ -96,6 +96,10 @@ class ImapMailbox:
     def capabilities(self) -> tuple[bytes, ...]:
         return self._capabilities
 
+    @property
+    def greeting(self) -> str:
+        return bytes(self._client.welcome or b"").decode("utf-8", "replace")
+
     def select(self, folder: str) -> FolderInfo:
         try:
             if not self._client.folder_exists(folder):

@@ -5,19 +5,25 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from mailintake_config_api import connections
+from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.schemas import (
     ConnectionCreate,
     ConnectionPage,
     ConnectionPublic,
+    ConnectionTestRequest,
+    ConnectionTestResult,
     ConnectionUpdate,
+    EnableConflict,
+    EnableRequest,
     ErrorBody,
+    EstimateFailed,
     PollAccepted,
 )
 from mailintake_shared.db.models import Connection
@@ -136,12 +142,67 @@ def delete_connection(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{connection_id}/enable", response_model=ConnectionPublic, summary="Enable polling")
+@router.post(
+    "/{connection_id}/enable",
+    response_model=ConnectionPublic,
+    summary="Enable polling (with the estimate acknowledged)",
+    responses={
+        409: {"model": EnableConflict},
+        502: {"model": EstimateFailed},
+    },
+)
 def enable_connection(
-    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
-) -> ConnectionPublic:
-    row = connections.set_enabled(session, res.settings, _get(session, connection_id), True)
+    connection_id: uuid.UUID,
+    session: SessionDep,
+    res: ResourcesDep,
+    _role: Admin,
+    body: Annotated[EnableRequest | None, Body()] = None,
+) -> ConnectionPublic | JSONResponse:
+    """Estimates the messages the first poll would download (the poll's own rule, on the
+    server now). Above `MAILINTAKE_ENABLE_ACK_THRESHOLD` (0 by default) the answer is 409 with
+    the estimate, and the connection is enabled only when a request acknowledges that number
+    (or a larger one) in `acknowledge_messages`."""
+    row = _get(session, connection_id)
+    try:
+        probes.enable(session, res.settings, res.secrets, row, body or EnableRequest())
+    except probes.EstimateRequiredError as exc:
+        conflict = EnableConflict(
+            detail=f"the first poll would download {exc.estimate.messages} messages; "
+            "repeat with acknowledge_messages to enable",
+            estimate=exc.estimate,
+        )
+        return JSONResponse(conflict.model_dump(mode="json"), status.HTTP_409_CONFLICT)
+    except probes.EstimateFailedError as exc:
+        failed = EstimateFailed(
+            detail=f"the server could not be asked for an estimate: {exc.result.error}",
+            test=exc.result,
+        )
+        return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
     return connections.to_public(row)
+
+
+@router.post(
+    "/test",
+    response_model=ConnectionTestResult,
+    summary="Test an unsaved connection",
+    tags=["connections"],
+)
+def check_unsaved_connection(
+    body: ConnectionTestRequest, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> ConnectionTestResult:
+    """DNS, TCP connect, TLS handshake, greeting, STARTTLS, login and folder, each bounded by
+    the connection's time-out; the result names the step that failed."""
+    row = connections.preview(session, res.settings, res.secrets, body)
+    return probes.test(row, res.secrets)
+
+
+@router.post(
+    "/{connection_id}/test", response_model=ConnectionTestResult, summary="Test a connection"
+)
+def check_connection(
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> ConnectionTestResult:
+    return probes.test(_get(session, connection_id), res.secrets)
 
 
 @router.post("/{connection_id}/disable", response_model=ConnectionPublic, summary="Disable polling")

@@ -66,6 +66,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=True),
         sa.Column("failed_at", _TIME, nullable=False),
+        sa.Column("dismissed_at", _TIME, nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("connection_id", "folder", "server_id", name="uq_failed_messages_key"),
     )

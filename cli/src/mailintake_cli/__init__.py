@@ -1,0 +1,1 @@
+"""``mailintake``: the operator's command over the config API."""

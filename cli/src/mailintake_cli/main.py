@@ -1,0 +1,471 @@
+"""Operate mailintake: connections, the Incoming Mail Queue and Log, over the config API.
+
+The API's address and token come from ``--api-url``/``--token`` or ``MAILINTAKE_API_URL``/
+``MAILINTAKE_API_TOKEN``; on a machine running ``make run`` the token of ``.devstack/`` is
+used when neither is given. Tables for people, ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mailintake_cli.client import Api, ApiError
+from mailintake_cli.output import console, emit, errors
+
+app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True)
+connections_app = typer.Typer(help="Incoming mail connections.", no_args_is_help=True)
+queue_app = typer.Typer(help="The Incoming Mail Queue: mail not all the way through.")
+log_app = typer.Typer(help="The Incoming Mail Log: polls and messages.", no_args_is_help=True)
+app.add_typer(connections_app, name="connections")
+app.add_typer(queue_app, name="queue")
+app.add_typer(log_app, name="log")
+
+CONNECTION_COLUMNS = ("id", "name", "protocol", "host", "username", "enabled")
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ConnectionRef = Annotated[str, typer.Argument(help="Connection id or exact name.")]
+DEVSTACK_TOKEN = Path(".devstack/admin-token")
+
+
+class _State:
+    api: Api
+
+
+state = _State()
+
+
+@app.callback()
+def main(
+    api_url: Annotated[
+        str, typer.Option(envvar="MAILINTAKE_API_URL", help="The config API's base URL.")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin or viewer)."),
+    ] = None,
+) -> None:
+    if token is None and DEVSTACK_TOKEN.exists():
+        token = DEVSTACK_TOKEN.read_text().strip()
+    state.api = Api(api_url, token)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        return state.api.call(method, path, **kwargs)
+    except ApiError as exc:
+        errors.print(f"[red]error[/red] ({exc.status or 'network'}): {exc.detail}")
+        raise typer.Exit(1) from None
+
+
+def _id(ref: str) -> str:
+    try:
+        return state.api.connection_id(ref)
+    except ApiError as exc:
+        errors.print(f"[red]error[/red]: {exc.detail}")
+        raise typer.Exit(1) from None
+
+
+# --- connections ---------------------------------------------------------------------------
+@connections_app.command("list")
+def list_connections(
+    search: Annotated[
+        str | None, typer.Option("--search", "-q", help="Term over name, host, username…")
+    ] = None,
+    limit: int = 50,
+    offset: int = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """List connections, or search them."""
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if search:
+        params["q"] = search
+    page = _call("GET", "/connections", params=params)
+    emit(page, as_json=as_json, columns=CONNECTION_COLUMNS, title="connections")
+
+
+@connections_app.command("show")
+def show_connection(ref: ConnectionRef, as_json: JsonOption = False) -> None:
+    """One connection with its polling status."""
+    emit(_call("GET", f"/connections/{_id(ref)}"), as_json=as_json)
+
+
+def _body(**options: Any) -> dict[str, Any]:
+    """The options that were given, as an API body (a CA file is read; a date is ISO)."""
+    body: dict[str, Any] = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key == "tls_ca_file":
+            body["tls_ca_pem"] = Path(value).read_text()
+        elif isinstance(value, date | datetime):
+            body[key] = value.date().isoformat() if isinstance(value, datetime) else value
+        else:
+            body[key] = value
+    return body
+
+
+PasswordOption = Annotated[
+    bool,
+    typer.Option("--password-stdin", help="Read the password from standard input."),
+]
+
+
+def _password(from_stdin: bool, prompt: bool) -> str | None:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if prompt:
+        return str(typer.prompt("Password", hide_input=True))
+    return None
+
+
+@connections_app.command("create")
+def create_connection(
+    name: Annotated[str, typer.Option(help="Unique name.")],
+    protocol: Annotated[str, typer.Option(help="imap, pop3, google_oauth2, microsoft_oauth2.")],
+    username: Annotated[str, typer.Option()],
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    encryption: Annotated[str | None, typer.Option(help="none, ssl or starttls.")] = None,
+    folder: Annotated[str | None, typer.Option()] = None,
+    after_download: Annotated[str | None, typer.Option(help="mark_seen or delete.")] = None,
+    interval_minutes: Annotated[int | None, typer.Option()] = None,
+    timeout_ms: Annotated[int | None, typer.Option()] = None,
+    first_sync: Annotated[str | None, typer.Option(help="all, unseen, since or none.")] = None,
+    first_sync_since: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
+    tls_ca_file: Annotated[Path | None, typer.Option(help="PEM CA certificates.")] = None,
+    tls_verify: Annotated[bool | None, typer.Option("--tls-verify/--no-tls-verify")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    password_stdin: PasswordOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a connection (disabled; enable it when the test passes)."""
+    body = _body(
+        name=name,
+        protocol=protocol,
+        username=username,
+        host=host,
+        port=port,
+        encryption=encryption,
+        folder=folder,
+        after_download=after_download,
+        interval_minutes=interval_minutes,
+        timeout_ms=timeout_ms,
+        first_sync=first_sync,
+        first_sync_since=first_sync_since,
+        tls_ca_file=tls_ca_file,
+        tls_verify=tls_verify,
+        description=description,
+        password=_password(password_stdin, prompt=protocol in ("imap", "pop3")),
+    )
+    emit(_call("POST", "/connections", json=body), as_json=as_json, title="created")
+
+
+@connections_app.command("update")
+def update_connection(
+    ref: ConnectionRef,
+    name: Annotated[str | None, typer.Option()] = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+    encryption: Annotated[str | None, typer.Option()] = None,
+    username: Annotated[str | None, typer.Option()] = None,
+    folder: Annotated[str | None, typer.Option()] = None,
+    after_download: Annotated[str | None, typer.Option()] = None,
+    interval_minutes: Annotated[int | None, typer.Option()] = None,
+    timeout_ms: Annotated[int | None, typer.Option()] = None,
+    first_sync: Annotated[str | None, typer.Option()] = None,
+    first_sync_since: Annotated[datetime | None, typer.Option(formats=["%Y-%m-%d"])] = None,
+    tls_ca_file: Annotated[Path | None, typer.Option()] = None,
+    tls_verify: Annotated[bool | None, typer.Option("--tls-verify/--no-tls-verify")] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    password_stdin: PasswordOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Change the options given; the others stay."""
+    body = _body(
+        name=name,
+        host=host,
+        port=port,
+        encryption=encryption,
+        username=username,
+        folder=folder,
+        after_download=after_download,
+        interval_minutes=interval_minutes,
+        timeout_ms=timeout_ms,
+        first_sync=first_sync,
+        first_sync_since=first_sync_since,
+        tls_ca_file=tls_ca_file,
+        tls_verify=tls_verify,
+        description=description,
+        password=_password(password_stdin, prompt=False),
+    )
+    emit(_call("PATCH", f"/connections/{_id(ref)}", json=body), as_json=as_json, title="updated")
+
+
+@connections_app.command("delete")
+def delete_connection(
+    ref: ConnectionRef,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Delete a connection (its stored mail stays)."""
+    connection_id = _id(ref)
+    if not yes:
+        typer.confirm(f"Delete connection {ref}?", abort=True)
+    _call("DELETE", f"/connections/{connection_id}")
+    console.print(f"deleted {connection_id}")
+
+
+@connections_app.command("test")
+def check_connection(ref: ConnectionRef, as_json: JsonOption = False) -> None:
+    """Connect, log in and open the folder; say which step failed. Exit 1 on failure."""
+    result = _call("POST", f"/connections/{_id(ref)}/test")
+    if as_json:
+        emit(result, as_json=True)
+    elif result["ok"]:
+        console.print(
+            f"[green]ok[/green] in {result['latency_ms']:.0f} ms: {result['messages']} messages; "
+            f"server says {result['greeting']!r}"
+        )
+    else:
+        console.print(f"[red]failed at {result['failed_step']}[/red]: {result['error']}")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@connections_app.command("enable")
+def enable_connection(
+    ref: ConnectionRef,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Acknowledge the estimate without asking.")
+    ] = False,
+    skip_estimate: Annotated[
+        bool, typer.Option(help="Enable without contacting the server.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Enable polling: shows how many messages the first poll would download, and asks."""
+    connection_id = _id(ref)
+    path = f"/connections/{connection_id}/enable"
+    try:
+        enabled = state.api.call("POST", path, json={"skip_estimate": skip_estimate})
+    except ApiError as exc:
+        if exc.status != 409 or not isinstance(exc.body, dict):
+            errors.print(f"[red]error[/red] ({exc.status}): {exc.detail}")
+            raise typer.Exit(1) from None
+        estimate = exc.body["estimate"]
+        count = estimate["messages"]
+        console.print(
+            f"The first poll would download {count} messages ({estimate['confidence']}, "
+            f"first sync: {estimate['first_sync']})."
+        )
+        if not yes:
+            typer.confirm(f"Download {count} messages and enable?", abort=True)
+        enabled = _call("POST", path, json={"acknowledge_messages": count})
+    if as_json:
+        emit(enabled, as_json=True)
+    else:
+        console.print(f"enabled {enabled['name']}")
+
+
+@connections_app.command("disable")
+def disable_connection(ref: ConnectionRef) -> None:
+    """Stop polling (a poll under way finishes)."""
+    disabled = _call("POST", f"/connections/{_id(ref)}/disable")
+    console.print(f"disabled {disabled['name']}")
+
+
+@connections_app.command("poll")
+def poll_now(
+    ref: ConnectionRef,
+    wait: Annotated[bool, typer.Option(help="Wait and show progress until it ends.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 600.0,
+) -> None:
+    """Poll now; with --wait (the default) follow it until the mail is stored."""
+    connection_id = _id(ref)
+    previous = _latest_poll(connection_id)
+    before = previous["poll_id"] if previous else None
+    accepted = _call("POST", f"/connections/{connection_id}/poll")
+    if not wait:
+        console.print(accepted["detail"])
+        return
+    deadline = time.monotonic() + timeout
+    latest: dict[str, Any] | None = None
+    with console.status("waiting for the poll…") as status:
+        while time.monotonic() < deadline:
+            current = _latest_poll(connection_id)
+            if current is not None and current["poll_id"] != before:
+                latest = current
+                status.update(
+                    f"poll {current['outcome'] or 'running'}: {current['stored']} stored, "
+                    f"{current['duplicates']} duplicates, {current['bytes']} bytes"
+                )
+                if current["outcome"] and not current["more_pending"]:
+                    break
+                if current["outcome"]:
+                    before = current["poll_id"]  # a continuation follows
+            time.sleep(0.5)
+        else:
+            errors.print("[yellow]still running[/yellow]; see `mailintake log polls`")
+            raise typer.Exit(2)
+    assert latest is not None
+    ok = latest["outcome"] == "ok"
+    outcome = "[green]ok[/green]" if ok else f"[red]{latest['outcome']}[/red]"
+    console.print(
+        f"{outcome}: {latest['stored']} stored, {latest['duplicates']} duplicates"
+        + (f"; {latest['error_kind']}: {latest['error']}" if latest["error"] else "")
+    )
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _latest_poll(connection_id: str) -> dict[str, Any] | None:
+    page = _call("GET", "/log/polls", params={"connection_id": connection_id, "limit": 1})
+    return page["items"][0] if page["items"] else None
+
+
+# --- the queue -----------------------------------------------------------------------------
+QUEUE_COLUMNS = ("kind", "id", "state", "connection_id", "server_id", "subject", "reason", "at")
+
+
+def _window(
+    connection: str | None, since: datetime | None, until: datetime | None, limit: int, offset: int
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    if connection:
+        params["connection_id"] = _id(connection)
+    if since:
+        params["since"] = since.isoformat()
+    if until:
+        params["until"] = until.isoformat()
+    return params
+
+
+ConnectionFilter = Annotated[str | None, typer.Option("--connection", "-c", help="Id or name.")]
+SinceOption = Annotated[datetime | None, typer.Option(help="From (inclusive).")]
+UntilOption = Annotated[datetime | None, typer.Option(help="Up to (exclusive).")]
+
+
+@queue_app.callback(invoke_without_command=True)
+def list_queue(
+    ctx: typer.Context,
+    connection: ConnectionFilter = None,
+    state_: Annotated[
+        str | None,
+        typer.Option("--state", help="awaiting_publish, action_pending or failed."),
+    ] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: int = 50,
+    offset: int = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """List the queue (the default), or act on an entry with a subcommand."""
+    if ctx.invoked_subcommand is not None:
+        return
+    params = _window(connection, since, until, limit, offset)
+    if state_:
+        params["state"] = state_
+    emit(
+        _call("GET", "/queue", params=params), as_json=as_json, columns=QUEUE_COLUMNS, title="queue"
+    )
+
+
+@queue_app.command("raw")
+def queue_raw(
+    kind: Annotated[str, typer.Argument(help="message or failed")],
+    entry_id: int,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+) -> None:
+    """Download an entry's raw MIME (.eml) to a file or standard output."""
+    raw = _call("GET", f"/queue/{kind}/{entry_id}/raw")
+    if output is None:
+        sys.stdout.buffer.write(raw)
+    else:
+        output.write_bytes(raw)
+        console.print(f"{len(raw)} bytes written to {output}")
+
+
+@queue_app.command("retry")
+def queue_retry(kind: str, entry_id: int) -> None:
+    """Redo the stuck step: publish, apply the server action, or download again."""
+    console.print(_call("POST", f"/queue/{kind}/{entry_id}/retry")["detail"])
+
+
+@queue_app.command("delete")
+def queue_delete(
+    kind: str,
+    entry_id: int,
+    yes: Annotated[bool, typer.Option("--yes", "-y")] = False,
+) -> None:
+    """Delete a stored message with its unpublished event, or dismiss a failed entry."""
+    if not yes:
+        typer.confirm(f"Delete queue entry {kind} {entry_id}?", abort=True)
+    _call("DELETE", f"/queue/{kind}/{entry_id}")
+    console.print(f"deleted {kind} {entry_id}")
+
+
+# --- the log -------------------------------------------------------------------------------
+POLL_COLUMNS = (
+    "started_at",
+    "connection_id",
+    "outcome",
+    "error_kind",
+    "fetched",
+    "stored",
+    "duplicates",
+    "bytes",
+    "more_pending",
+)
+MESSAGE_COLUMNS = (
+    "logged_at",
+    "connection_id",
+    "server_id",
+    "outcome",
+    "message_id",
+    "published_at",
+    "action_state",
+)
+
+
+@log_app.command("polls")
+def log_polls(
+    connection: ConnectionFilter = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, failed or skipped.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: int = 50,
+    offset: int = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """One line per poll: when, how it ended, what it downloaded and stored."""
+    params = _window(connection, since, until, limit, offset)
+    if outcome:
+        params["outcome"] = outcome
+    page = _call("GET", "/log/polls", params=params)
+    emit(page, as_json=as_json, columns=POLL_COLUMNS, title="polls")
+
+
+@log_app.command("messages")
+def log_messages(
+    connection: ConnectionFilter = None,
+    outcome: Annotated[str | None, typer.Option(help="stored, duplicate or rejected.")] = None,
+    poll_id: Annotated[str | None, typer.Option()] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: int = 50,
+    offset: int = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """One line per message received: stored, duplicate skipped or rejected; published and
+    server action applied when they happened."""
+    params = _window(connection, since, until, limit, offset)
+    if outcome:
+        params["outcome"] = outcome
+    if poll_id:
+        params["poll_id"] = poll_id
+    page = _call("GET", "/log/messages", params=params)
+    emit(page, as_json=as_json, columns=MESSAGE_COLUMNS, title="messages")

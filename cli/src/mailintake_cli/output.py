@@ -1,0 +1,42 @@
+"""Tables for people, JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def emit(data: Any, *, as_json: bool, columns: Sequence[str] = (), title: str = "") -> None:
+    """``data`` as JSON, or as a table of ``columns`` (a page's items, or one object)."""
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return
+    if isinstance(data, dict) and "items" in data:
+        table = Table(title=f"{title} ({data['total']} in all)" if title else None)
+        for column in columns:
+            table.add_column(column)
+        for item in data["items"]:
+            table.add_row(*(_cell(item.get(column)) for column in columns))
+        console.print(table)
+        return
+    table = Table(show_header=False, title=title or None)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in data.items():
+        table.add_row(key, _cell(value))
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)

@@ -1,0 +1,245 @@
+"""The Incoming Mail Queue and Log: queries, the administrator's actions, and the purge.
+
+Queue: what is not all the way through. A stored message whose ``mail.stored`` event is not
+published yet (``awaiting_publish``) or whose server action is not applied yet
+(``action_pending``), and a downloaded message the store could not take (``failed``).
+
+Log: one row per poll (``poll_log``) and one per message record the store received
+(``message_log``: stored, duplicate, rejected), with publishing and the server action read
+from the message row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Delete, Select, case, delete, func, literal, select, union_all
+from sqlalchemy.orm import Session
+
+from mailintake_shared.db.models import (
+    FailedMessage,
+    MailboxState,
+    Message,
+    MessageLog,
+    OutboxRecord,
+    PollLog,
+)
+from mailintake_shared.db.types import utcnow
+from mailintake_shared.settings import Settings
+
+
+class QueueState(StrEnum):
+    AWAITING_PUBLISH = "awaiting_publish"
+    ACTION_PENDING = "action_pending"
+    FAILED = "failed"
+
+
+class EntryKind(StrEnum):
+    MESSAGE = "message"  # a stored message (id of the messages table)
+    FAILED = "failed"  # a message the store could not take (id of failed_messages)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Filters shared by every list: connection, time range, page."""
+
+    connection_id: uuid.UUID | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+class EntryNotFoundError(LookupError):
+    pass
+
+
+# --- the queue -----------------------------------------------------------------------------
+def _queue_query() -> Any:
+    unpublished = Message.published_at.is_(None)
+    stored = select(
+        literal(EntryKind.MESSAGE.value).label("kind"),
+        Message.id.label("id"),
+        Message.connection_id.label("connection_id"),
+        Message.folder.label("folder"),
+        Message.server_id.label("server_id"),
+        case(
+            (unpublished, literal(QueueState.AWAITING_PUBLISH.value)),
+            else_=literal(QueueState.ACTION_PENDING.value),
+        ).label("state"),
+        Message.size.label("size"),
+        Message.subject.label("subject"),
+        Message.header_from.label("header_from"),
+        Message.problems.label("reason"),
+        Message.stored_at.label("at"),
+    ).where(unpublished | (Message.action_state == "pending"))
+    failed = select(
+        literal(EntryKind.FAILED.value),
+        FailedMessage.id,
+        FailedMessage.connection_id,
+        FailedMessage.folder,
+        FailedMessage.server_id,
+        literal(QueueState.FAILED.value),
+        func.coalesce(func.length(FailedMessage.raw), 0),
+        literal(None),
+        literal(None),
+        FailedMessage.reason,
+        FailedMessage.failed_at,
+    ).where(FailedMessage.dismissed_at.is_(None))
+    return union_all(stored, failed).subquery("queue")
+
+
+def queue_page(session: Session, window: Window, state: QueueState | None) -> tuple[list[Any], int]:
+    queue = _queue_query()
+    query: Select[Any] = select(queue)
+    if window.connection_id is not None:
+        query = query.where(queue.c.connection_id == window.connection_id)
+    if state is not None:
+        query = query.where(queue.c.state == state.value)
+    if window.since is not None:
+        query = query.where(queue.c.at >= window.since)
+    if window.until is not None:
+        query = query.where(queue.c.at < window.until)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(queue.c.at.desc(), queue.c.id.desc())
+        .limit(window.limit)
+        .offset(window.offset)
+    ).all()
+    return list(rows), total
+
+
+def raw_of(session: Session, kind: EntryKind, entry_id: int) -> bytes | None:
+    if kind is EntryKind.MESSAGE:
+        message = session.get(Message, entry_id)
+        if message is None:
+            raise EntryNotFoundError()
+        return bytes(message.raw)
+    failed = _failed(session, entry_id)
+    return bytes(failed.raw) if failed.raw is not None else None
+
+
+def _failed(session: Session, entry_id: int) -> FailedMessage:
+    failed = session.get(FailedMessage, entry_id)
+    if failed is None or failed.dismissed_at is not None:
+        raise EntryNotFoundError()
+    return failed
+
+
+def retry(session: Session, kind: EntryKind, entry_id: int) -> tuple[uuid.UUID, str]:
+    """Redo the step that is stuck; return the connection (for a poll) and what was done.
+
+    - awaiting publish: the event is in the outbox; the caller wakes the relay;
+    - action pending: the next poll applies it; the caller asks for one;
+    - failed: the message is downloaded again by the next poll (IMAP: the folder's cursor goes
+      back below it, and what lies above is recognised as stored; POP3: its UIDL is no longer
+      known).
+    """
+    if kind is EntryKind.MESSAGE:
+        message = session.get(Message, entry_id)
+        if message is None:
+            raise EntryNotFoundError()
+        if message.published_at is None:
+            return message.connection_id, "the event is queued; publishing now"
+        return message.connection_id, "a poll applies the server action"
+    failed = _failed(session, entry_id)
+    if failed.uid is not None:
+        state = session.get(MailboxState, (failed.connection_id, failed.folder))
+        if state is not None and state.uidvalidity == failed.uidvalidity:
+            state.last_uid = min(state.last_uid, failed.uid - 1)
+    connection_id = failed.connection_id
+    session.delete(failed)
+    return connection_id, "downloaded again by the next poll"
+
+
+def remove(session: Session, kind: EntryKind, entry_id: int) -> None:
+    """A stored message is deleted with its unpublished event; a failed one is dismissed
+    (kept, hidden, so that POP3 does not download it again, until the purge)."""
+    if kind is EntryKind.MESSAGE:
+        message = session.get(Message, entry_id)
+        if message is None:
+            raise EntryNotFoundError()
+        session.execute(delete(OutboxRecord).where(OutboxRecord.message_id == message.id))
+        session.delete(message)
+        return
+    _failed(session, entry_id).dismissed_at = utcnow()
+
+
+# --- the log -------------------------------------------------------------------------------
+def poll_page(session: Session, window: Window, outcome: str | None) -> tuple[list[PollLog], int]:
+    query = select(PollLog)
+    if window.connection_id is not None:
+        query = query.where(PollLog.connection_id == window.connection_id)
+    if outcome is not None:
+        query = query.where(PollLog.outcome == outcome)
+    if window.since is not None:
+        query = query.where(PollLog.started_at >= window.since)
+    if window.until is not None:
+        query = query.where(PollLog.started_at < window.until)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(
+        query.order_by(PollLog.id.desc()).limit(window.limit).offset(window.offset)
+    ).all()
+    return list(rows), total
+
+
+def message_log_page(
+    session: Session,
+    window: Window,
+    outcome: str | None,
+    poll_id: uuid.UUID | None,
+    message_id: int | None,
+) -> tuple[list[Any], int]:
+    query = select(
+        MessageLog,
+        Message.published_at,
+        Message.action_state,
+        Message.action_applied_at,
+    ).outerjoin(Message, Message.id == MessageLog.message_id)
+    if window.connection_id is not None:
+        query = query.where(MessageLog.connection_id == window.connection_id)
+    if outcome is not None:
+        query = query.where(MessageLog.outcome == outcome)
+    if poll_id is not None:
+        query = query.where(MessageLog.poll_id == poll_id)
+    if message_id is not None:
+        query = query.where(MessageLog.message_id == message_id)
+    if window.since is not None:
+        query = query.where(MessageLog.logged_at >= window.since)
+    if window.until is not None:
+        query = query.where(MessageLog.logged_at < window.until)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(MessageLog.id.desc()).limit(window.limit).offset(window.offset)
+    ).all()
+    return list(rows), total
+
+
+# --- retention -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Purged:
+    polls: int
+    messages_logged: int
+    failed: int
+
+
+def purge(session: Session, settings: Settings) -> Purged:
+    now = utcnow()
+    polls = logged = failed = 0
+    if settings.log_retention_days:
+        cutoff = now - timedelta(days=settings.log_retention_days)
+        polls = _delete(session, delete(PollLog).where(PollLog.started_at < cutoff))
+        logged = _delete(session, delete(MessageLog).where(MessageLog.logged_at < cutoff))
+    if settings.queue_retention_days:
+        cutoff = now - timedelta(days=settings.queue_retention_days)
+        failed = _delete(session, delete(FailedMessage).where(FailedMessage.failed_at < cutoff))
+    return Purged(polls, logged, failed)
+
+
+def _delete(session: Session, statement: Delete) -> int:
+    result = session.execute(statement)
+    return int(getattr(result, "rowcount", 0) or 0)
