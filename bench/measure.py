@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.api import api_client, enable
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
-from tests.harness.state import MemoryState
+from tests.harness.polls import MemoryState
 from tests.harness.views import connection_view
 
 from bench.env import (

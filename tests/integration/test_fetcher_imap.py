@@ -7,9 +7,7 @@ import hashlib
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -20,14 +18,13 @@ from mailintake_devstack.broker import free_port
 from mailintake_fetcher.imap_poll import ImapPoll
 from mailintake_fetcher.poll import Budget, PendingAction
 from mailintake_shared.domain import AfterDownload, Encryption, FirstSync
-from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollReason
-from mailintake_shared.fetched import FetchedPart
+from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.selection import Cursor
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
-from tests.harness.state import MemoryState
+from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import connection_view
 from tests.integration.conftest import imap_session
 
@@ -35,28 +32,6 @@ pytestmark = pytest.mark.integration
 BUDGET = Budget(
     max_messages=500, max_bytes=10**9, max_seconds=60, batch_messages=100, chunk_bytes=64 * 1024
 )
-
-
-@dataclass
-class ListSink:
-    chunks: list[FetchedPart] = field(default_factory=list)
-    results: list[Any] = field(default_factory=list)
-
-    def message(self, chunk: FetchedChunk, data: bytes) -> None:
-        self.chunks.append(FetchedPart(chunk, data))
-
-    def result(self, result: Any) -> None:
-        self.results.append(result)
-
-    def flush(self) -> None:
-        pass
-
-    def messages(self) -> dict[int, bytes]:
-        whole: dict[int, bytes] = {}
-        for part in self.chunks:
-            assert part.chunk.uid is not None
-            whole[part.chunk.uid] = whole.get(part.chunk.uid, b"") + part.data
-        return whole
 
 
 def config(
@@ -88,16 +63,11 @@ def config(
 def run(
     cfg: MailboxConfig, state: MemoryState | None = None, budget: Budget = BUDGET
 ) -> tuple[Any, ListSink]:
-    sink = ListSink()
-    due = PollDue(
-        connection_id=cfg.view.id,
-        poll_id=uuid.uuid4(),
-        reason=PollReason.MANUAL,
-        issued_at=datetime.now(UTC),
-    )
-    result = ImapPoll(cfg, due, state or MemoryState(), sink, budget).run()
-    assert sink.results == [result]
-    return result, sink
+    return run_poll(ImapPoll, cfg, state or MemoryState(), budget)
+
+
+def by_uid(sink: ListSink) -> dict[int, bytes]:
+    return {int(key.split(":")[1]): raw for key, raw in sink.by_server_id().items()}
 
 
 @pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
@@ -107,7 +77,7 @@ def test_each_encryption_downloads_everything(mailbox: Mailbox, encryption: Encr
     result, sink = run(config(mailbox, encryption=encryption))
     assert result.outcome is PollOutcome.OK
     assert result.messages == 12
-    assert sorted(sink.messages().values()) == sorted(sent)
+    assert sorted(by_uid(sink).values()) == sorted(sent)
     assert all(p.chunk.final and p.chunk.sha256 is None for p in sink.chunks)
 
 
@@ -166,17 +136,17 @@ def test_budget_cursor_and_large_mail_in_ranged_chunks(mailbox: Mailbox) -> None
     )
     first, sink = run(cfg, budget=budget)
     assert (first.messages, first.more_pending) == (10, True)
-    assert sorted(sink.messages()) == list(range(1, 11))
+    assert sorted(by_uid(sink)) == list(range(1, 11))
 
     state = MemoryState(cursor_value=Cursor(first.uidvalidity, 10))
     second, sink = run(cfg, state, budget=budget)
     assert (second.messages, second.more_pending) == (10, True)
-    assert sorted(sink.messages()) == list(range(11, 21))
+    assert sorted(by_uid(sink)) == list(range(11, 21))
 
     state.cursor_value = Cursor(first.uidvalidity, 20)
     third, sink = run(cfg, state, budget=budget)
     assert (third.messages, third.more_pending) == (5, False)
-    assert sink.messages()[25] == large
+    assert by_uid(sink)[25] == large
     large_parts = [p for p in sink.chunks if p.chunk.uid == 25]
     assert [p.chunk.chunk_index for p in large_parts] == list(range(len(large_parts)))
     assert len(large_parts) == -(-len(large) // (64 * 1024))
@@ -211,7 +181,7 @@ def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDown
     assert state.applied == [101, 102, 103]
     # No cursor in this state: the poll downloads what is still on the server (without
     # setting any flag: BODY.PEEK).
-    downloaded = sorted(sink.messages())
+    downloaded = sorted(by_uid(sink))
     with imap_session(mailbox) as client:
         client.select_folder("INBOX")
         remaining = client.search(["ALL"])
@@ -252,17 +222,17 @@ def test_first_sync_modes_choose_what_the_first_poll_takes(
         )
     cfg = _first_sync(mailbox, mode, date(2026, 1, 1) if mode is FirstSync.SINCE else None)
     first, sink = run(cfg)
-    subjects = sorted(_subject(body) for body in sink.messages().values())
+    subjects = sorted(_subject(body) for body in by_uid(sink).values())
     assert subjects == expected
     assert first.baseline_uid == (None if mode is FirstSync.ALL else 4)
 
     # After the first poll, everything that arrives is new mail, whatever the mode.
     mailbox.server.seed(mailbox.username, [make_message(subject="new")], seen=True, received=old)
-    last = max(sink.messages(), default=0)
+    last = max(by_uid(sink), default=0)
     state = MemoryState(cursor_value=Cursor(first.uidvalidity, last, first.baseline_uid))
     _, sink = run(cfg, state)
-    assert "new" in [_subject(body) for body in sink.messages().values()]
-    assert not set(sink.messages()) & set(range(1, last + 1))
+    assert "new" in [_subject(body) for body in by_uid(sink).values()]
+    assert not set(by_uid(sink)) & set(range(1, last + 1))
 
 
 def _subject(raw: bytes) -> str:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import hashlib
 import socketserver
 import threading
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,14 +16,13 @@ from pydantic import SecretStr
 from mailintake_fetcher.poll import Budget, PendingAction
 from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_shared.domain import AfterDownload, Encryption, Protocol, Transport
-from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollReason
+from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
-from tests.harness.state import MemoryState
+from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import connection_view
-from tests.integration.test_fetcher_imap import ListSink
 
 pytestmark = pytest.mark.integration
 BUDGET = Budget(
@@ -61,23 +58,11 @@ def pop3_config(
 def run(
     cfg: MailboxConfig, state: MemoryState | None = None, budget: Budget = BUDGET
 ) -> tuple[Any, ListSink]:
-    sink = ListSink()
-    due = PollDue(
-        connection_id=cfg.view.id,
-        poll_id=uuid.uuid4(),
-        reason=PollReason.MANUAL,
-        issued_at=datetime.now(UTC),
-    )
-    result = Pop3Poll(cfg, due, state or MemoryState(), sink, budget).run()
-    assert sink.results == [result]
-    return result, sink
+    return run_poll(Pop3Poll, cfg, state or MemoryState(), budget)
 
 
 def by_uidl(sink: ListSink) -> dict[str, bytes]:
-    whole: dict[str, bytes] = {}
-    for part in sink.chunks:
-        whole[part.chunk.server_id] = whole.get(part.chunk.server_id, b"") + part.data
-    return whole
+    return sink.by_server_id()
 
 
 def remember(state: MemoryState, sink: ListSink) -> None:

@@ -18,7 +18,7 @@ from mailintake_fetcher.imap_poll import ImapPoll
 from mailintake_fetcher.poll import Budget
 from mailintake_fetcher.repository import FetcherRepository
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.events import PollDue, PollReason, PollResult
+from mailintake_shared.events import PollResult
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.outbox import OutboxRelay
@@ -29,8 +29,8 @@ from tests.api import api_client
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database
+from tests.harness.polls import ListSink, run_poll
 from tests.integration.conftest import imap_connection_body, imap_session
-from tests.integration.test_fetcher_imap import ListSink
 
 pytestmark = pytest.mark.integration
 BUDGET = Budget(
@@ -51,14 +51,7 @@ class Steps:
     def fetch(self, connection_id: str) -> tuple[PollResult, ListSink]:
         config = self.repository.connection(uuid.UUID(connection_id))
         assert config is not None
-        sink = ListSink()
-        due = PollDue(
-            connection_id=config.view.id,
-            poll_id=uuid.uuid4(),
-            reason=PollReason.MANUAL,
-            issued_at=datetime.now(UTC),
-        )
-        return ImapPoll(config, due, self.repository, sink, BUDGET).run(), sink
+        return run_poll(ImapPoll, config, self.repository, BUDGET)
 
     def store(self, sink: ListSink, *, tamper: bool = False) -> None:
         now = datetime.now(UTC)  # what the broker's record timestamp says in production

@@ -93,24 +93,42 @@ def _queue_query() -> Any:
     return union_all(stored, failed).subquery("queue")
 
 
+def _page(
+    session: Session,
+    query: Select[*tuple[Any, ...]],
+    window: Window,
+    connection: Any,
+    time: Any,
+    *order: Any,
+    **equal: tuple[Any, object | None],
+) -> tuple[list[Any], int]:
+    """Rows of ``query`` in the window (connection, time range, page), newest first, with
+    ``equal`` filters (name → (column, value or None)), and how many there are in all."""
+    filters = [(connection, window.connection_id), *equal.values()]
+    for column, value in filters:
+        if value is not None:
+            query = query.where(column == value)
+    if window.since is not None:
+        query = query.where(time >= window.since)
+    if window.until is not None:
+        query = query.where(time < window.until)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(query.order_by(*order).limit(window.limit).offset(window.offset))
+    return list(rows.all()), total
+
+
 def queue_page(session: Session, window: Window, state: QueueState | None) -> tuple[list[Any], int]:
     queue = _queue_query()
-    query: Select[Any] = select(queue)
-    if window.connection_id is not None:
-        query = query.where(queue.c.connection_id == window.connection_id)
-    if state is not None:
-        query = query.where(queue.c.state == state.value)
-    if window.since is not None:
-        query = query.where(queue.c.at >= window.since)
-    if window.until is not None:
-        query = query.where(queue.c.at < window.until)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.execute(
-        query.order_by(queue.c.at.desc(), queue.c.id.desc())
-        .limit(window.limit)
-        .offset(window.offset)
-    ).all()
-    return list(rows), total
+    return _page(
+        session,
+        select(queue),
+        window,
+        queue.c.connection_id,
+        queue.c.at,
+        queue.c.at.desc(),
+        queue.c.id.desc(),
+        state=(queue.c.state, state.value if state else None),
+    )
 
 
 def raw_of(session: Session, kind: EntryKind, entry_id: int) -> bytes | None:
@@ -170,21 +188,17 @@ def remove(session: Session, kind: EntryKind, entry_id: int) -> None:
 
 
 # --- the log -------------------------------------------------------------------------------
-def poll_page(session: Session, window: Window, outcome: str | None) -> tuple[list[PollLog], int]:
-    query = select(PollLog)
-    if window.connection_id is not None:
-        query = query.where(PollLog.connection_id == window.connection_id)
-    if outcome is not None:
-        query = query.where(PollLog.outcome == outcome)
-    if window.since is not None:
-        query = query.where(PollLog.started_at >= window.since)
-    if window.until is not None:
-        query = query.where(PollLog.started_at < window.until)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(PollLog.id.desc()).limit(window.limit).offset(window.offset)
-    ).all()
-    return list(rows), total
+def poll_page(session: Session, window: Window, outcome: str | None) -> tuple[list[Any], int]:
+    rows, total = _page(
+        session,
+        select(PollLog),
+        window,
+        PollLog.connection_id,
+        PollLog.started_at,
+        PollLog.id.desc(),
+        outcome=(PollLog.outcome, outcome),
+    )
+    return [row[0] for row in rows], total
 
 
 def message_log_page(
@@ -200,23 +214,17 @@ def message_log_page(
         Message.action_state,
         Message.action_applied_at,
     ).outerjoin(Message, Message.id == MessageLog.message_id)
-    if window.connection_id is not None:
-        query = query.where(MessageLog.connection_id == window.connection_id)
-    if outcome is not None:
-        query = query.where(MessageLog.outcome == outcome)
-    if poll_id is not None:
-        query = query.where(MessageLog.poll_id == poll_id)
-    if message_id is not None:
-        query = query.where(MessageLog.message_id == message_id)
-    if window.since is not None:
-        query = query.where(MessageLog.logged_at >= window.since)
-    if window.until is not None:
-        query = query.where(MessageLog.logged_at < window.until)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.execute(
-        query.order_by(MessageLog.id.desc()).limit(window.limit).offset(window.offset)
-    ).all()
-    return list(rows), total
+    return _page(
+        session,
+        query,
+        window,
+        MessageLog.connection_id,
+        MessageLog.logged_at,
+        MessageLog.id.desc(),
+        outcome=(MessageLog.outcome, outcome),
+        poll_id=(MessageLog.poll_id, poll_id),
+        message_id=(MessageLog.message_id, message_id),
+    )
 
 
 # --- retention -----------------------------------------------------------------------------

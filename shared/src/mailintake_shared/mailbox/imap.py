@@ -20,7 +20,6 @@ from imapclient.exceptions import IMAPClientError
 from mailintake_shared.domain import Encryption
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import FolderMissingError, StartTlsUnavailableError, classify
-from mailintake_shared.tls import client_context
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -58,15 +57,10 @@ class ImapMailbox:
     @classmethod
     def open(cls, config: MailboxConfig) -> ImapMailbox:
         view = config.view
-        host, port = view.host or "", view.port or 0
-        timeout = view.timeout_ms / 1000
+        host, port, timeout = config.address
         client: IMAPClient | None = None
         try:
-            context = (
-                None
-                if view.encryption is Encryption.NONE
-                else client_context(verify=view.tls_verify, ca_pem=view.tls_ca_pem, server=host)
-            )
+            context = config.tls_context()
             implicit_tls = view.encryption is Encryption.SSL
             client = IMAPClient(
                 host,

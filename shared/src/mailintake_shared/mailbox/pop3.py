@@ -17,7 +17,6 @@ from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, StartTlsUnavailableError, classify
-from mailintake_shared.tls import client_context
 
 # Longest line accepted. poplib's own limit (2048) rejects real mail with long lines;
 # RFC 5322 allows 998, hostile mail has more.
@@ -79,15 +78,10 @@ class Pop3Mailbox:
     @classmethod
     def open(cls, config: MailboxConfig) -> Pop3Mailbox:
         view = config.view
-        host, port = view.host or "", view.port or 0
-        timeout = view.timeout_ms / 1000
+        host, port, timeout = config.address
         client: _POP3 | None = None
         try:
-            context = (
-                None
-                if view.encryption is Encryption.NONE
-                else client_context(verify=view.tls_verify, ca_pem=view.tls_ca_pem, server=host)
-            )
+            context = config.tls_context()
             if view.encryption is Encryption.SSL:
                 client = _POP3SSL(host, port, timeout=timeout, context=context)
             else:
@@ -100,10 +94,9 @@ class Pop3Mailbox:
                 client.stls(context)
                 capabilities = _capabilities(client)
             mailbox.capabilities = tuple(sorted(capabilities))
-            password = config.password.get_secret_value() if config.password else ""
             try:
                 client.user(view.username)
-                client.pass_(password)
+                client.pass_(config.secret)
             except poplib.error_proto as exc:
                 raise PollError(
                     ErrorKind.AUTHENTICATION, f"the server refused the login: {exc}"

@@ -22,7 +22,6 @@ from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.imap import ImapMailbox
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox
-from mailintake_shared.tls import client_context
 
 
 @dataclass
@@ -70,14 +69,13 @@ def probe(config: MailboxConfig) -> ProbeResult:
     view = config.view
     result = ProbeResult(ok=False)
     steps = _Steps(result)
-    timeout = view.timeout_ms / 1000
-    host, port = view.host or "", view.port or 0
+    host, port, timeout = config.address
     try:
         if view.transport is Transport.GRAPH:
             raise PollError(ErrorKind.INTERNAL, "testing Graph connections is not supported yet")
         addresses: list[tuple[object, ...]] = []
         steps.run("dns", lambda: addresses.extend(_resolve(host, port, timeout)))
-        steps.run("connect", lambda: _connect(addresses, timeout, host, view.encryption, config))
+        steps.run("connect", lambda: _connect(addresses, config))
         steps.run("session", lambda: _session(config, result))
         result.ok = True
     except Exception as exc:
@@ -99,14 +97,9 @@ def _resolve(host: str, port: int, timeout: float) -> list[tuple[object, ...]]:
         pool.shutdown(wait=False)
 
 
-def _connect(
-    addresses: list[tuple[object, ...]],
-    timeout: float,
-    host: str,
-    encryption: Encryption,
-    config: MailboxConfig,
-) -> None:
+def _connect(addresses: list[tuple[object, ...]], config: MailboxConfig) -> None:
     """TCP connect (first address that answers), then the TLS handshake for implicit TLS."""
+    host, _, timeout = config.address
     last: Exception | None = None
     for address in addresses:
         try:
@@ -115,11 +108,8 @@ def _connect(
             last = exc
             continue
         with sock:
-            if encryption is Encryption.SSL:
-                view = config.view
-                context = client_context(
-                    verify=view.tls_verify, ca_pem=view.tls_ca_pem, server=host
-                )
+            context = config.tls_context()
+            if config.view.encryption is Encryption.SSL and context is not None:
                 with context.wrap_socket(sock, server_hostname=host):
                     pass
         return
