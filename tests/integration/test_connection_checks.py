@@ -4,6 +4,7 @@ real Dovecot (IMAP and POP3), PostgreSQL and the broker."""
 from __future__ import annotations
 
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.integration.conftest import imap_connection_body
+from tests.integration.test_fetcher_pop3 import NoUidlHandler
 from tests.integration.test_pipeline_pop3 import pop3_body
 
 pytestmark = pytest.mark.integration
@@ -221,3 +223,21 @@ def test_an_unreachable_server_cannot_be_enabled_without_saying_so(
     forced = api.post(f"/connections/{cid}/enable", json={"skip_estimate": True})
     assert forced.status_code == 200
     assert forced.json()["enabled"] is True
+
+
+def test_a_pop3_server_without_uidl_is_refused_at_test_time(
+    api: TestClient, mailbox: Mailbox
+) -> None:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), NoUidlHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = imap_connection_body(
+            mailbox, **pop3_body(mailbox), encryption="none", tls_ca_pem=None
+        )
+        body["port"] = server.server_address[1]
+        result = check(api, body)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (result["ok"], result["failed_step"]) == (False, "uidl_unsupported")
+    assert "UIDL" in result["error"]

@@ -94,6 +94,24 @@ def test_pop3_refuses_a_folder(client: TestClient) -> None:
     }
 
 
+def test_first_sync_rules(client: TestClient) -> None:
+    since = imap_body(first_sync="since")
+    assert errors_of(client.post("/connections", json=since)) == {
+        "first_sync_since": "first_sync_since is required with first_sync since, and only then"
+    }
+    pop3 = imap_body(protocol="pop3", first_sync="unseen")
+    assert set(errors_of(client.post("/connections", json=pop3))) == {"first_sync"}
+    good = client.post(
+        "/connections", json=imap_body(first_sync="since", first_sync_since="2026-01-31")
+    )
+    assert good.status_code == 201, good.text
+    assert (good.json()["first_sync"], good.json()["first_sync_since"]) == ("since", "2026-01-31")
+    cleared = client.patch(
+        f"/connections/{good.json()['id']}", json={"first_sync": "all", "first_sync_since": None}
+    )
+    assert cleared.json()["first_sync"] == "all"
+
+
 def test_oauth_rules(client: TestClient, credential_id: str) -> None:
     google = {"name": "g", "protocol": "google_oauth2", "username": "a@gmail.com"}
     assert "oauth_credential_id" in errors_of(client.post("/connections", json=google))

@@ -171,7 +171,7 @@ def test_wrong_password_is_an_authentication_error(mailbox: Mailbox) -> None:
     assert "wrong-password" not in (result.error or "")
 
 
-class _NoUidlHandler(socketserver.StreamRequestHandler):
+class NoUidlHandler(socketserver.StreamRequestHandler):
     """A POP3 server from before RFC 1939's optional UIDL: everything but UIDL works."""
 
     def handle(self) -> None:
@@ -190,7 +190,7 @@ class _NoUidlHandler(socketserver.StreamRequestHandler):
 
 
 def test_a_server_without_uidl_is_refused(mailbox: Mailbox) -> None:
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _NoUidlHandler)
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), NoUidlHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         cfg = pop3_config(mailbox, encryption=Encryption.NONE, port=server.server_address[1])
