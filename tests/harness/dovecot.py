@@ -73,6 +73,10 @@ class Dovecot:
         r = self.root
         oauth_passdb = ""
         if introspection_url:
+            # The auth process (user dovecot) reads the CA: a world-readable copy in the root.
+            ca = r / "oauth2-ca.pem"
+            ca.write_text(self.pki.ca_text)
+            ca.chmod(0o644)
             (r / "oauth2.conf.ext").write_text(
                 "introspection_mode = post\n"
                 f"introspection_url = {introspection_url}\n"
@@ -80,7 +84,7 @@ class Dovecot:
                 "username_attribute = username\n"
                 "active_attribute = active\n"
                 "active_value = true\n"
-                f"tls_ca_cert_file = {self.pki.ca_pem}\n"
+                f"tls_ca_cert_file = {ca}\n"
             )
             oauth_passdb = (
                 "passdb {\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"

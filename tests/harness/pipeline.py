@@ -26,6 +26,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     env: dict[str, str] = {}
     for name in Settings.model_fields:
         value: Any = getattr(settings, name)
+        if value is None:
+            continue  # unset: the default
         if isinstance(value, list):
             value = ",".join(v.get_secret_value() if isinstance(v, SecretStr) else v for v in value)
         elif isinstance(value, bool):

@@ -4,7 +4,7 @@ the database view (``poll.State``) in memory, and one way to run a poll."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -72,5 +72,7 @@ class MemoryState:
     def actions_applied(self, message_ids: Sequence[int]) -> None:
         self.applied.extend(message_ids)
 
-    def known_server_ids(self, connection_id: uuid.UUID, folder: str) -> set[str]:
-        return self.known
+    def known_server_ids(
+        self, connection_id: uuid.UUID, folder: str, among: Collection[str] | None = None
+    ) -> set[str]:
+        return self.known if among is None else self.known & set(among)

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 class Cli:
     def __init__(self, url: str) -> None:
+        self.url = url
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("MAILINTAKE_")},
             "MAILINTAKE_API_URL": url,
@@ -49,11 +50,11 @@ class Cli:
 def cli(pipeline: Pipeline) -> Cli:
     pipeline.start("config-api", "scheduler", "fetcher", "store")
     url = f"http://127.0.0.1:{pipeline.ports['config-api']}"
-    wait_until(lambda: _answers(f"{url}/readyz"), timeout_s=60, message="the API answers")
+    wait_until(lambda: answers(f"{url}/readyz"), timeout_s=60, message="the API answers")
     return Cli(url)
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:

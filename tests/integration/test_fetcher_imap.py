@@ -237,3 +237,19 @@ def test_first_sync_modes_choose_what_the_first_poll_takes(
 
 def _subject(raw: bytes) -> str:
     return raw.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0].decode()
+
+
+def test_a_shared_mailbox_is_opened_with_the_accounts_own_login(mailbox: Mailbox) -> None:
+    """SASL PLAIN with the shared mailbox as the authorization identity: the harness's
+    Dovecot lets its master account ``ingest`` act as any mailbox."""
+    sent = [make_message(i) for i in range(4)]
+    mailbox.server.seed(mailbox.username, sent)
+    cfg = config(mailbox)
+    view = cfg.view.model_copy(update={"username": "ingest", "shared_mailbox": mailbox.username})
+    shared = MailboxConfig(view=view, password=SecretStr(mailbox.server.master_password))
+    result, sink = run(shared)
+    assert (result.outcome, result.messages) == (PollOutcome.OK, 4), result.error
+    assert sorted(by_uid(sink).values()) == sorted(sent)
+    wrong = MailboxConfig(view=view, password=SecretStr("not-the-master-password"))
+    refused, _ = run(wrong)
+    assert refused.error_kind is ErrorKind.AUTHENTICATION

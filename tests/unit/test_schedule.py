@@ -156,3 +156,36 @@ def test_retracted_events_are_due_again() -> None:
     schedule.retract([due], 200.0)
     (again,) = schedule.due(200.0)
     assert again.reason is due.reason
+
+
+def test_authorization_required_parks_the_connection_until_it_changes() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=1)
+    due = first_poll(schedule, v)
+    refused = completed(
+        due,
+        outcome=PollOutcome.FAILED,
+        error_kind=ErrorKind.AUTHORIZATION_REQUIRED,
+        consecutive_failures=1,
+    )
+    schedule.poll_completed(refused, 100.0)
+    assert schedule.due(100.0 + 10 * 86400) == []  # not even after days: no retry storm
+    schedule.connection_changed(v, 200.0)  # the same version again (a resync): still parked
+    assert schedule.due(86400 * 20) == []
+    reauthorized = v.model_copy(update={"version": v.version + 1})
+    schedule.connection_changed(reauthorized, 86400 * 20)
+    (again,) = schedule.due(86400 * 20)
+    assert again.connection_id == v.id
+
+
+def test_a_manual_poll_unparks_a_connection() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=1)
+    due = first_poll(schedule, v)
+    refused = completed(
+        due, outcome=PollOutcome.FAILED, error_kind=ErrorKind.AUTHORIZATION_REQUIRED
+    )
+    schedule.poll_completed(refused, 100.0)
+    assert schedule.poll_requested(v.id, 150.0)
+    (manual,) = schedule.due(150.0)
+    assert manual.reason is PollReason.MANUAL

@@ -22,7 +22,11 @@ app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True)
 connections_app = typer.Typer(help="Incoming mail connections.", no_args_is_help=True)
 queue_app = typer.Typer(help="The Incoming Mail Queue: mail not all the way through.")
 log_app = typer.Typer(help="The Incoming Mail Log: polls and messages.", no_args_is_help=True)
+credentials_app = typer.Typer(
+    help="OAuth2 credentials: apps registered with Google or Microsoft.", no_args_is_help=True
+)
 app.add_typer(connections_app, name="connections")
+app.add_typer(credentials_app, name="credentials")
 app.add_typer(queue_app, name="queue")
 app.add_typer(log_app, name="log")
 
@@ -140,6 +144,10 @@ def create_connection(
     tls_ca_file: Annotated[Path | None, typer.Option(help="PEM CA certificates.")] = None,
     tls_verify: Annotated[bool | None, typer.Option("--tls-verify/--no-tls-verify")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    oauth_credential_id: Annotated[
+        str | None, typer.Option(help="OAuth2 protocols: the stored credential's id.")
+    ] = None,
+    transport: Annotated[str | None, typer.Option(help="Microsoft: imap or graph.")] = None,
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -160,6 +168,8 @@ def create_connection(
         tls_ca_file=tls_ca_file,
         tls_verify=tls_verify,
         description=description,
+        oauth_credential_id=oauth_credential_id,
+        transport=transport,
         password=_password(password_stdin, prompt=protocol in ("imap", "pop3")),
     )
     emit(_call("POST", "/connections", json=body), as_json=as_json, title="created")
@@ -269,6 +279,31 @@ def enable_connection(
         emit(enabled, as_json=True)
     else:
         console.print(f"enabled {enabled['name']}")
+
+
+@connections_app.command("authorize")
+def authorize_connection(
+    ref: ConnectionRef,
+    wait: Annotated[bool, typer.Option(help="Wait until the sign-in is done.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 600.0,
+) -> None:
+    """Print the provider's sign-in URL for an OAuth2 connection and wait for the sign-in."""
+    connection_id = _id(ref)
+    started = _call("POST", f"/connections/{connection_id}/authorize")
+    console.print("Open this URL in a browser, sign in as the mailbox's account and consent:")
+    print(started["authorization_url"], flush=True)
+    if not wait:
+        return
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for the sign-in…"):
+        while time.monotonic() < deadline:
+            shown = _call("GET", f"/connections/{connection_id}")
+            if shown["authorization"] == "authorized":
+                console.print(f"[green]authorized[/green] {shown['name']}")
+                return
+            time.sleep(1)
+    errors.print("[yellow]not authorized yet[/yellow]; the URL expires at " + started["expires_at"])
+    raise typer.Exit(2)
 
 
 @connections_app.command("disable")
@@ -469,3 +504,58 @@ def log_messages(
         params["poll_id"] = poll_id
     page = _call("GET", "/log/messages", params=params)
     emit(page, as_json=as_json, columns=MESSAGE_COLUMNS, title="messages")
+
+
+# --- OAuth2 credentials --------------------------------------------------------------------
+CREDENTIAL_COLUMNS = ("id", "name", "provider", "client_id", "tenant", "scopes")
+
+
+@credentials_app.command("list")
+def list_credentials(as_json: JsonOption = False) -> None:
+    """The stored OAuth2 credentials (secrets are never shown)."""
+    page = _call("GET", "/oauth-credentials")
+    emit(page, as_json=as_json, columns=CREDENTIAL_COLUMNS, title="OAuth2 credentials")
+
+
+@credentials_app.command("create")
+def create_credential(
+    name: Annotated[str, typer.Option()],
+    provider: Annotated[str, typer.Option(help="google or microsoft.")],
+    client_id: Annotated[str, typer.Option()],
+    tenant: Annotated[str | None, typer.Option(help="Microsoft: tenant id or domain.")] = None,
+    scope: Annotated[
+        list[str] | None, typer.Option(help="Repeat for several; blank: the defaults.")
+    ] = None,
+    secret_stdin: Annotated[
+        bool, typer.Option("--secret-stdin", help="Read the client secret from standard input.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Store a client id and secret (the secret is asked for, or read from standard input)."""
+    secret = (
+        sys.stdin.readline().rstrip("\n")
+        if secret_stdin
+        else str(typer.prompt("Client secret", hide_input=True))
+    )
+    body: dict[str, Any] = {
+        "name": name,
+        "provider": provider,
+        "client_id": client_id,
+        "client_secret": secret,
+    }
+    if tenant:
+        body["tenant"] = tenant
+    if scope:
+        body["scopes"] = scope
+    emit(_call("POST", "/oauth-credentials", json=body), as_json=as_json, title="created")
+
+
+@credentials_app.command("delete")
+def delete_credential(
+    credential_id: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = False
+) -> None:
+    """Delete a credential that no connection uses."""
+    if not yes:
+        typer.confirm(f"Delete OAuth2 credential {credential_id}?", abort=True)
+    _call("DELETE", f"/oauth-credentials/{credential_id}")
+    console.print(f"deleted {credential_id}")

@@ -104,7 +104,7 @@ def transport_for(protocol: Protocol, transport: Transport | None) -> Transport:
 
 def effective_host(protocol: Protocol, transport: Transport, host: str | None) -> str | None:
     if protocol is Protocol.GOOGLE_OAUTH2:
-        return GOOGLE_IMAP_HOST
+        return host or GOOGLE_IMAP_HOST
     if protocol is Protocol.MICROSOFT_OAUTH2:
         return None if transport is Transport.GRAPH else host or MICROSOFT_IMAP_HOST
     return host

@@ -67,6 +67,7 @@ class ErrorKind(StrEnum):
     TLS = "tls"
     STARTTLS_UNAVAILABLE = "starttls_unavailable"
     AUTHENTICATION = "authentication"
+    AUTHORIZATION_REQUIRED = "authorization_required"  # OAuth2: the grant is gone
     FOLDER_MISSING = "folder_missing"
     UIDL_UNSUPPORTED = "uidl_unsupported"
     SERVER_ERROR = "server_error"
@@ -140,6 +141,9 @@ class PollResult(Event):
     uidvalidity: int | None = None
     baseline_uid: int | None = Field(
         None, description="set by the first poll of a mailbox with a first-sync mode"
+    )
+    delta_link: str | None = Field(
+        None, description="Microsoft Graph: where the next poll resumes the delta query"
     )
     messages: int = 0
     bytes: int = 0

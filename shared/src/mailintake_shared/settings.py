@@ -119,7 +119,49 @@ class Settings(BaseSettings):
             "outlook.office365.us",
         ],
         description="Hosts a Microsoft OAuth2 IMAP connection may use instead of the default "
-        "`outlook.office365.com` (comma-separated).",
+        "`outlook.office365.com` (comma-separated; `host:port` pins a port other than 993).",
+    )
+    google_imap_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["imap.gmail.com"],
+        description="Hosts a Google OAuth2 connection may use; the first is the default "
+        "(comma-separated; `host:port` pins a port other than 993).",
+    )
+
+    # --- OAuth2 ---------------------------------------------------------------------------
+    oauth_redirect_uri: str = Field(
+        "http://127.0.0.1:8000/oauth/callback",
+        description="The config API's public `/oauth/callback` URL, registered with Google and "
+        "Microsoft as the app's redirect URI.",
+    )
+    google_authorization_endpoint: str = Field(
+        "https://accounts.google.com/o/oauth2/v2/auth",
+        description="Google's OAuth2 authorization endpoint.",
+    )
+    google_token_endpoint: str = Field(
+        "https://oauth2.googleapis.com/token", description="Google's OAuth2 token endpoint."
+    )
+    microsoft_authority_host: str = Field(
+        "https://login.microsoftonline.com",
+        description="Microsoft Entra's authority host (another cloud: its own host); the "
+        "credential's tenant is appended.",
+    )
+    graph_endpoint: str = Field(
+        "https://graph.microsoft.com/v1.0",
+        description="Microsoft Graph's endpoint (another cloud: its own, e.g. "
+        "`https://graph.microsoft.us/v1.0`).",
+    )
+    oauth_ca_file: str | None = Field(
+        None,
+        description="A CA bundle to trust for the identity provider's and Graph's endpoints (a "
+        "private provider); default: the system's CAs.",
+    )
+    oauth_state_seconds: float = Field(
+        600.0, gt=0, description="How long an authorization URL stays usable."
+    )
+    oauth_refresh_margin_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="An access token this close to expiry is refreshed before it is used.",
     )
 
     # --- polling ------------------------------------------------------------------------
@@ -177,7 +219,9 @@ class Settings(BaseSettings):
         "INFO", description="Lowest level written to the JSON log on standard output."
     )
 
-    @field_validator("encryption_keys", "api_tokens", "microsoft_imap_hosts", mode="before")
+    @field_validator(
+        "encryption_keys", "api_tokens", "microsoft_imap_hosts", "google_imap_hosts", mode="before"
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

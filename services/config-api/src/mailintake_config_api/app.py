@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from mailintake_config_api import errors
 from mailintake_config_api.resources import Resources
-from mailintake_config_api.routes import connections, health, incoming, messages
+from mailintake_config_api.routes import connections, health, incoming, messages, oauth
 from mailintake_shared.settings import Settings
 
 API_VERSION = "0.1.0"
@@ -22,7 +22,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = resources or Resources.from_settings(settings or Settings())
         app.state.resources = res
-        app.state.tokens = res.tokens
+        app.state.tokens = res.api_tokens
         res.start()
         try:
             yield
@@ -41,4 +41,5 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(connections.router)
     app.include_router(messages.router)
     app.include_router(incoming.router)
+    app.include_router(oauth.router)
     return app

@@ -17,12 +17,13 @@ from mailintake_config_api.schemas import (
     ConnectionUpdate,
     FieldError,
 )
-from mailintake_shared.db.models import Connection, ConnectionStatus, OAuthCredential
+from mailintake_shared.db.models import Connection, ConnectionStatus, OAuthCredential, OAuthGrant
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import (
     DEFAULT_TIMEOUT_MS,
     Encryption,
     Protocol,
+    Transport,
     transport_for,
 )
 from mailintake_shared.events import ConnectionState, PollRequested
@@ -38,20 +39,41 @@ class NameTakenError(Exception):
     """Another connection already has this name (compared case-insensitively)."""
 
 
-def to_public(row: Connection, status: ConnectionStatus | None = None) -> ConnectionPublic:
+def to_public(
+    row: Connection, status: ConnectionStatus | None = None, grant: str | None = None
+) -> ConnectionPublic:
     health = ConnectionHealth()
     if status is not None:
         health = ConnectionHealth.model_validate(status, from_attributes=True)
+    view = row.view()
     return ConnectionPublic(
-        **dict(row.view()), has_password=row.password_enc is not None, status=health
+        **dict(view),
+        has_password=row.password_enc is not None,
+        authorization=(grant or "not_authorized") if view.protocol.is_oauth2 else None,
+        status=health,
     )
 
 
-def statuses(session: Session, ids: list[uuid.UUID]) -> dict[uuid.UUID, ConnectionStatus]:
-    rows = session.scalars(
+def public(session: Session, rows: list[Connection]) -> list[ConnectionPublic]:
+    """Connections as the API shows them, with their polling status and authorization."""
+    ids = [row.id for row in rows]
+    statuses = session.scalars(
         select(ConnectionStatus).where(ConnectionStatus.connection_id.in_(ids))
     ).all()
-    return {row.connection_id: row for row in rows}
+    grants = session.execute(
+        select(OAuthGrant.connection_id, OAuthGrant.status).where(OAuthGrant.connection_id.in_(ids))
+    ).all()
+    status_of = {s.connection_id: s for s in statuses}
+    grant_of = {g.connection_id: g.status for g in grants}
+    app_only = set(
+        session.scalars(
+            select(Connection.id)
+            .join(OAuthCredential, OAuthCredential.id == Connection.oauth_credential_id)
+            .where(Connection.id.in_(ids), OAuthCredential.app_only)
+        )
+    )
+    grant_of.update(dict.fromkeys(app_only, "app_only"))
+    return [to_public(row, status_of.get(row.id), grant_of.get(row.id)) for row in rows]
 
 
 def request_poll(session: Session, settings: Settings, row: Connection) -> PollRequested:
@@ -100,18 +122,21 @@ def _validate(
     *,
     unique_name: bool = True,
 ) -> None:
-    errors = rules.check(draft, settings.microsoft_imap_hosts)
-    if (
-        draft.protocol.is_oauth2
-        and draft.oauth_credential_id is not None
-        and session.get(OAuthCredential, draft.oauth_credential_id) is None
-    ):
-        errors.append(
-            FieldError(
-                field="oauth_credential_id",
-                rule="oauth_credential_id must name a stored OAuth2 credential",
-            )
-        )
+    errors = rules.check(draft, settings.microsoft_imap_hosts, settings.google_imap_hosts)
+    if draft.protocol.is_oauth2 and draft.oauth_credential_id is not None:
+        credential = session.get(OAuthCredential, draft.oauth_credential_id)
+        if credential is None:
+            rule = "oauth_credential_id must name a stored OAuth2 credential"
+        elif credential.provider != (
+            "google" if draft.protocol.value.startswith("google") else "microsoft"
+        ):
+            rule = "oauth_credential_id must name a credential of the connection's provider"
+        elif credential.app_only and draft.transport is not Transport.GRAPH:
+            rule = "an app-only credential serves the graph transport only"
+        else:
+            rule = ""
+        if rule:
+            errors.append(FieldError(field="oauth_credential_id", rule=rule))
     if errors:
         raise InvalidInputError(errors)
     if not unique_name:
@@ -133,7 +158,7 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
     row.encryption = (
         Encryption.SSL if protocol.is_oauth2 else draft.encryption or Encryption.SSL
     ).value
-    row.host = None if protocol is Protocol.GOOGLE_OAUTH2 else draft.host
+    row.host = draft.host
     row.port = draft.port
     row.tls_verify = draft.tls_verify
     row.tls_ca_pem = draft.tls_ca_pem
@@ -151,7 +176,7 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
 
 def _announce(session: Session, settings: Settings, row: Connection) -> None:
     session.flush()
-    event = ConnectionState(connection=to_public(row))
+    event = ConnectionState(connection=row.view())
     add_to_outbox(session, settings.topic_prefix, Topic.CONNECTIONS, str(row.id), event.to_bytes())
 
 
@@ -205,6 +230,12 @@ def set_enabled(session: Session, settings: Settings, row: Connection, enabled: 
         _touch(row)
         _announce(session, settings, row)
     return row
+
+
+def touch_and_announce(session: Session, settings: Settings, row: Connection) -> None:
+    """A change of state outside the row's attributes (an authorization): a new version."""
+    _touch(row)
+    _announce(session, settings, row)
 
 
 def delete(session: Session, settings: Settings, row: Connection) -> None:

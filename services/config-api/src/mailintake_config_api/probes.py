@@ -12,6 +12,7 @@ import uuid
 from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections
+from mailintake_config_api.resources import Resources
 from mailintake_config_api.schemas import (
     ConnectionTestResult,
     EnableRequest,
@@ -24,8 +25,6 @@ from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.estimate import Estimate, estimate
 from mailintake_shared.mailbox.probe import probe
-from mailintake_shared.secretbox import SecretBox
-from mailintake_shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -46,8 +45,8 @@ class EstimateFailedError(Exception):
         self.result = result
 
 
-def test(row: Connection, secrets: SecretBox) -> ConnectionTestResult:
-    result = probe(mailbox_config(row, secrets))
+def test(row: Connection, res: Resources) -> ConnectionTestResult:
+    result = probe(mailbox_config(row, res.secrets, res.tokens))
     log.info(
         "connection tested",
         connection_id=str(row.id),
@@ -58,18 +57,12 @@ def test(row: Connection, secrets: SecretBox) -> ConnectionTestResult:
     return ConnectionTestResult.model_validate(dataclasses.asdict(result))
 
 
-def enable(
-    session: Session,
-    settings: Settings,
-    secrets: SecretBox,
-    row: Connection,
-    request: EnableRequest,
-) -> Connection:
+def enable(session: Session, res: Resources, row: Connection, request: EnableRequest) -> Connection:
     if row.enabled:
         return row
     if not request.skip_estimate:
-        config = mailbox_config(row, secrets)
-        found = _estimate(session, row, config, secrets)
+        config = mailbox_config(row, res.secrets, res.tokens)
+        found = _estimate(session, row, config, res)
         body = EstimateBody(
             messages=found.messages,
             confidence=found.confidence,
@@ -77,18 +70,16 @@ def enable(
             first_sync=row.view().first_sync,
         )
         acknowledged = request.acknowledge_messages or 0
-        if found.messages > settings.enable_ack_threshold and acknowledged < found.messages:
+        if found.messages > res.settings.enable_ack_threshold and acknowledged < found.messages:
             raise EstimateRequiredError(body)
         _fix_baseline(session, row.id, config.folder, found)
     log.info(
         "connection enabled", connection_id=str(row.id), estimate_skipped=request.skip_estimate
     )
-    return connections.set_enabled(session, settings, row, True)
+    return connections.set_enabled(session, res.settings, row, True)
 
 
-def _estimate(
-    session: Session, row: Connection, config: MailboxConfig, secrets: SecretBox
-) -> Estimate:
+def _estimate(session: Session, row: Connection, config: MailboxConfig, res: Resources) -> Estimate:
     try:
         return estimate(
             config,
@@ -97,7 +88,7 @@ def _estimate(
         )
     except Exception:
         # Say which step failed, the way a test does.
-        raise EstimateFailedError(test(row, secrets)) from None
+        raise EstimateFailedError(test(row, res)) from None
 
 
 def _fix_baseline(session: Session, connection_id: uuid.UUID, folder: str, found: Estimate) -> None:

@@ -14,6 +14,7 @@ from mailintake_config_api.auth import TokenTable
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
+from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.outbox import OutboxRelay
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -27,9 +28,10 @@ class Resources:
     engine: Engine
     sessions: sessionmaker[Session]
     secrets: SecretBox
-    tokens: TokenTable
+    api_tokens: TokenTable
     relay: OutboxRelay
     producer: ReliableProducer
+    tokens: TokenStore
     stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -39,14 +41,16 @@ class Resources:
         sessions = make_session_factory(engine)
 
         producer = ReliableProducer(settings, "config-api")
+        secrets = SecretBox(settings.encryption_keys)
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
-            secrets=SecretBox(settings.encryption_keys),
-            tokens=TokenTable(settings.api_tokens),
+            secrets=secrets,
+            api_tokens=TokenTable(settings.api_tokens),
             relay=OutboxRelay(sessions, producer),
             producer=producer,
+            tokens=TokenStore(sessions, secrets, settings),
         )
 
     def start(self) -> None:

@@ -42,7 +42,18 @@ class ConnectionDraft(BaseModel):
     has_password: bool = False
 
 
-def check(draft: ConnectionDraft, microsoft_hosts: list[str]) -> list[FieldError]:
+def _allowed(host: str | None, port: int | None, entries: list[str]) -> bool:
+    """``host`` (and ``port``, if given) match an entry ``host`` or ``host:port``."""
+    for entry in entries:
+        name, _, pinned = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if name == (host or "") and (port is None or (pinned.isdigit() and int(pinned) == port)):
+            return True
+    return False
+
+
+def check(
+    draft: ConnectionDraft, microsoft_hosts: list[str], google_hosts: list[str]
+) -> list[FieldError]:
     errors: list[FieldError] = []
 
     def fail(field: str, rule: str) -> None:
@@ -64,15 +75,21 @@ def check(draft: ConnectionDraft, microsoft_hosts: list[str]) -> list[FieldError
             )
         if draft.encryption not in (None, Encryption.SSL):
             fail("encryption", "encryption of an OAuth2 connection is always ssl")
-        if draft.protocol is Protocol.GOOGLE_OAUTH2 and draft.host not in (None, "imap.gmail.com"):
-            fail("host", "host of a Google connection is always imap.gmail.com")
-        if draft.protocol is Protocol.MICROSOFT_OAUTH2:
-            if graph and draft.host is not None:
-                fail("host", "host does not apply to the graph transport")
-            elif draft.host is not None and draft.host not in microsoft_hosts:
-                fail("host", "host must be one of " + ", ".join(microsoft_hosts))
-        if draft.port is not None:
-            fail("port", "port does not apply to OAuth2 connections")
+        if graph:
+            if draft.host is not None or draft.port is not None:
+                fail("host", "host and port do not apply to the graph transport")
+        else:
+            google = draft.protocol is Protocol.GOOGLE_OAUTH2
+            allowed = google_hosts if google else microsoft_hosts
+            setting = "GOOGLE" if google else "MICROSOFT"
+            if draft.host is not None and not _allowed(draft.host, None, allowed):
+                fail("host", "host must be one of " + ", ".join(allowed))
+            elif draft.port is not None and not _allowed(draft.host, draft.port, allowed):
+                fail(
+                    "port",
+                    f"port of an OAuth2 connection is 993 unless MAILINTAKE_{setting}_IMAP_HOSTS "
+                    "pins another as host:port",
+                )
     else:
         if draft.oauth_credential_id is not None:
             fail("oauth_credential_id", "oauth_credential_id applies to the OAuth2 protocols only")
@@ -81,6 +98,11 @@ def check(draft: ConnectionDraft, microsoft_hosts: list[str]) -> list[FieldError
         if not draft.has_password:
             fail("password", "password is required for IMAP and POP3")
 
+    if draft.shared_mailbox is not None and draft.protocol in (
+        Protocol.POP3,
+        Protocol.GOOGLE_OAUTH2,
+    ):
+        fail("shared_mailbox", "shared_mailbox applies to IMAP and Microsoft 365 only")
     if draft.protocol is Protocol.POP3 and draft.folder is not None:
         fail("folder", "folder applies to IMAP only")
     if draft.protocol is Protocol.POP3 and draft.first_sync is not FirstSync.ALL:

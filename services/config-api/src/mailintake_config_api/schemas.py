@@ -13,7 +13,7 @@ from datetime import date, datetime
 from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from mailintake_config_api.incoming import EntryKind, QueueState
 from mailintake_shared.domain import (
@@ -27,6 +27,7 @@ from mailintake_shared.domain import (
 )
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.estimate import Confidence
+from mailintake_shared.oauth.providers import OAuthProvider
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -198,6 +199,11 @@ class ConnectionPublic(ConnectionView):
     """A connection as the API returns it: defaults applied, secrets left out."""
 
     has_password: bool
+    authorization: str | None = Field(
+        None,
+        description="OAuth2 connections: `not_authorized`, `authorized` or "
+        "`authorization_required` (the grant was revoked or expired: authorize again).",
+    )
     status: ConnectionHealth = Field(default_factory=ConnectionHealth)
 
 
@@ -373,3 +379,66 @@ class MessageLogEntry(BaseModel):
     published_at: datetime | None = Field(description="When `mail.stored` went out.")
     action_state: str | None = Field(description="`pending`, `applied` or `stale`.")
     action_applied_at: datetime | None
+
+
+class OAuthCredentialCreate(BaseModel):
+    """An app registered with Google or Microsoft Entra (client id and secret)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    provider: OAuthProvider
+    client_id: str = Field(min_length=1, max_length=512)
+    client_secret: SecretStr = Field(description="Write-only; stored encrypted.")
+    tenant: str | None = Field(
+        None,
+        max_length=255,
+        description="Microsoft: the directory (tenant) id or domain; blank: `common`.",
+    )
+    scopes: list[str] | None = Field(
+        None,
+        description="Blank: Google `https://mail.google.com/`; Microsoft IMAP "
+        "`https://outlook.office.com/IMAP.AccessAsUser.All`; Microsoft Graph "
+        "`https://graph.microsoft.com/Mail.ReadWrite`; app-only "
+        "`https://graph.microsoft.com/.default`.",
+    )
+    app_only: bool = Field(
+        False,
+        description="Microsoft Graph with application permissions (Mail.ReadWrite granted to "
+        "the app by an administrator): tokens by the client credentials grant, no sign-in.",
+    )
+
+    @field_validator("tenant", "app_only")
+    @classmethod
+    def _microsoft_only(cls, value: object, info: ValidationInfo) -> object:
+        if value and info.data.get("provider") is OAuthProvider.GOOGLE:
+            raise ValueError(f"{info.field_name} applies to Microsoft only")
+        return value or (None if info.field_name == "tenant" else False)
+
+
+class OAuthCredentialUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name | None = None
+    client_id: str | None = Field(None, min_length=1, max_length=512)
+    client_secret: SecretStr | None = None
+    tenant: str | None = Field(None, max_length=255)
+    scopes: list[str] | None = None
+
+
+class OAuthCredentialPublic(BaseModel):
+    id: UUID
+    name: str
+    provider: str
+    client_id: str
+    tenant: str | None
+    scopes: list[str] | None
+    app_only: bool
+    has_client_secret: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class AuthorizationStarted(BaseModel):
+    authorization_url: str = Field(description="Open it in a browser and sign in.")
+    expires_at: datetime

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -63,7 +63,9 @@ class State(Protocol):
         self, connection_id: uuid.UUID, folder: str, uidvalidity: int | None
     ) -> list[PendingAction]: ...
     def actions_applied(self, message_ids: Sequence[int]) -> None: ...
-    def known_server_ids(self, connection_id: uuid.UUID, folder: str) -> set[str]: ...
+    def known_server_ids(
+        self, connection_id: uuid.UUID, folder: str, among: Collection[str] | None = None
+    ) -> set[str]: ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Progress:
     actions: int = 0
     uidvalidity: int | None = None
     baseline_uid: int | None = None
+    delta_link: str | None = None
     more_pending: bool = False
 
 
@@ -135,6 +138,7 @@ class Poll:
             folder=self._config.folder,
             uidvalidity=progress.uidvalidity,
             baseline_uid=progress.baseline_uid,
+            delta_link=progress.delta_link,
             messages=progress.messages,
             bytes=progress.bytes,
             more_pending=progress.more_pending,

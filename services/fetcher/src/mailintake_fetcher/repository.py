@@ -4,7 +4,7 @@ server actions."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,18 +15,22 @@ from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_co
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.selection import Cursor
+from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 
 
 class FetcherRepository:
-    def __init__(self, sessions: sessionmaker[Session], secrets: SecretBox) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], secrets: SecretBox, tokens: TokenStore | None = None
+    ) -> None:
         self._sessions = sessions
         self._secrets = secrets
+        self._tokens = tokens
 
     def connection(self, connection_id: uuid.UUID) -> MailboxConfig | None:
         with self._sessions() as session:
             row = session.get(Connection, connection_id)
-            return None if row is None else mailbox_config(row, self._secrets)
+            return None if row is None else mailbox_config(row, self._secrets, self._tokens)
 
     def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
         with self._sessions() as session:
@@ -48,9 +52,11 @@ class FetcherRepository:
             rows = session.execute(query.order_by(Message.uid, Message.id)).all()
         return [PendingAction(r.id, r.server_id, r.uid) for r in rows]
 
-    def known_server_ids(self, connection_id: uuid.UUID, folder: str) -> set[str]:
+    def known_server_ids(
+        self, connection_id: uuid.UUID, folder: str, among: Collection[str] | None = None
+    ) -> set[str]:
         with self._sessions() as session:
-            return known_server_ids(session, connection_id, folder)
+            return known_server_ids(session, connection_id, folder, among)
 
     def actions_applied(self, message_ids: Sequence[int]) -> None:
         with self._sessions() as session, session.begin():

@@ -16,6 +16,7 @@ from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from pydantic import ValidationError
 
+from mailintake_fetcher.graph_poll import GraphPoll
 from mailintake_fetcher.imap_poll import ImapPoll
 from mailintake_fetcher.poll import Budget, Poll, Sink
 from mailintake_fetcher.pop3_poll import Pop3Poll
@@ -34,13 +35,18 @@ from mailintake_shared.kafka import (
     make_consumer,
 )
 from mailintake_shared.logging import get_logger
+from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 
 log = get_logger(__name__)
 SERVICE = "fetcher"
-_POLLS: dict[Transport, type[Poll]] = {Transport.IMAP: ImapPoll, Transport.POP3: Pop3Poll}
+_POLLS: dict[Transport, type[Poll]] = {
+    Transport.IMAP: ImapPoll,
+    Transport.POP3: Pop3Poll,
+    Transport.GRAPH: GraphPoll,
+}
 
 
 def budget_from(settings: Settings) -> Budget:
@@ -57,9 +63,9 @@ class FetcherWorker:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._engine = make_engine(settings)
-        self._repository = FetcherRepository(
-            make_session_factory(self._engine), SecretBox(settings.encryption_keys)
-        )
+        sessions = make_session_factory(self._engine)
+        box = SecretBox(settings.encryption_keys)
+        self._repository = FetcherRepository(sessions, box, TokenStore(sessions, box, settings))
         if settings.create_topics:
             ensure_topics(settings)
         self._producer = ReliableProducer(settings, SERVICE)

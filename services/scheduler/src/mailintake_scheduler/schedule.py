@@ -11,6 +11,8 @@ Rules:
 - a failed poll is retried after ``retry_base_s`` doubled per consecutive failure, capped
   by the interval; an authentication failure waits at least the interval and backs off up
   to ``retry_max_s`` (no retry storm against a server that refuses us);
+- a connection whose OAuth2 grant is gone (``authorization_required``) is parked: no polls
+  until it changes (a new authorization bumps its version) or an operator asks for one;
 - a manual request is served at once, or right after the poll in flight;
 - a disabled or deleted connection is dropped; an interval change applies from the next poll.
 """
@@ -50,6 +52,7 @@ class _Entry:
     in_flight: uuid.UUID | None = None
     issued_at: float = 0.0
     requested: bool = False
+    parked: bool = False  # authorization required: no polls until the connection changes
 
 
 def stable_fraction(connection_id: uuid.UUID) -> float:
@@ -92,7 +95,11 @@ class Schedule:
             offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
             self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
         elif view.version >= entry.version:
+            changed = view.version > entry.version
             entry.interval_s, entry.version = interval_s, view.version
+            if entry.parked and changed and entry.in_flight is None:
+                entry.parked = False
+                self._set_due(view.id, entry, now, PollReason.SCHEDULED)
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
         self._entries.pop(connection_id, None)  # heap entries of it are skipped when popped
@@ -104,7 +111,9 @@ class Schedule:
             return  # a poll of a removed connection, or one already re-issued
         entry.in_flight = None
         self._flying.discard(event.connection_id)
-        if entry.requested:
+        if event.error_kind is ErrorKind.AUTHORIZATION_REQUIRED:
+            entry.parked, entry.requested = True, False  # nothing in the heap: it waits
+        elif entry.requested:
             entry.requested = False
             self._set_due(event.connection_id, entry, now, PollReason.MANUAL)
         elif event.outcome is PollOutcome.FAILED:
@@ -133,6 +142,7 @@ class Schedule:
         entry = self._entries.get(connection_id)
         if entry is None:
             return False
+        entry.parked = False
         if entry.in_flight is not None:
             entry.requested = True
         else:

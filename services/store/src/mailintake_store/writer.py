@@ -537,6 +537,8 @@ class StoreWriter:
     def _record_poll(self, session: Session, result: PollResult, counts: _PollCounts) -> None:
         if result.baseline_uid is not None and result.folder and result.uidvalidity is not None:
             self._set_baseline(session, result)
+        if result.delta_link is not None and result.folder:
+            self._set_delta_link(session, result)
         row = self._add_poll_counts(session, result.poll_id, counts)
         row.reason = result.reason.value
         row.started_at, row.finished_at = result.started_at, result.finished_at
@@ -606,6 +608,18 @@ class StoreWriter:
             )
         elif state.baseline_uid is None and state.uidvalidity == result.uidvalidity:
             state.baseline_uid = result.baseline_uid
+
+    @staticmethod
+    def _set_delta_link(session: Session, result: PollResult) -> None:
+        """Graph: the poll's messages are committed (they come first on the partition), so
+        the next poll may start where this one stopped."""
+        assert result.folder is not None
+        key = (result.connection_id, result.folder)
+        state = session.get(MailboxState, key, with_for_update=True)
+        if state is None:
+            state = MailboxState(connection_id=key[0], folder=key[1], uidvalidity=None, last_uid=0)
+            session.add(state)
+        state.delta_link, state.updated_at = result.delta_link, utcnow()
 
     @staticmethod
     def _status(session: Session, connection_id: uuid.UUID) -> ConnectionStatus:

@@ -48,10 +48,46 @@ class OAuthCredential(Base):
     client_id: Mapped[str] = mapped_column(String(512))
     client_secret_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
     tenant: Mapped[str | None] = mapped_column(String(255))
+    # Microsoft Graph with application permissions (client credentials): no sign-in.
+    app_only: Mapped[bool] = mapped_column(default=False)
+    # Space-separated; null: the provider's defaults for the connection's transport.
+    scopes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (Index("uq_oauth_credentials_name", func.lower(name), unique=True),)
+
+
+class OAuthGrant(Base):
+    """What an authorization gave a connection: its tokens (encrypted) and whether they still
+    work. The row is also the per-connection lock that serialises refreshes across workers."""
+
+    __tablename__ = "oauth_grants"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    refresh_token_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    access_token_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    access_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(32))  # authorized, authorization_required
+    error: Mapped[str | None] = mapped_column(Text)
+    authorized_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refreshed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OAuthFlow(Base):
+    """An authorization under way: the state in the provider's URL, bound to one connection,
+    single-use and short-lived, with the PKCE verifier (encrypted)."""
+
+    __tablename__ = "oauth_flows"
+
+    state: Mapped[str] = mapped_column(String(128), primary_key=True)
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    flow_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Connection(Base):
@@ -165,6 +201,7 @@ class MailboxState(Base):
     uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     baseline_uid: Mapped[int | None] = mapped_column(BigInteger)
+    delta_link: Mapped[str | None] = mapped_column(Text)  # Microsoft Graph's cursor
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -3,26 +3,51 @@
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from imapclient import IMAPClient
+from imapclient.exceptions import IMAPClientError
 from pydantic import SecretStr
 
 from mailintake_shared.domain import ConnectionView, Encryption
 from mailintake_shared.tls import client_context
+
+TokenSource = Callable[[bool], str]  # refresh? → an OAuth2 access token
 
 
 @dataclass(frozen=True)
 class MailboxConfig:
     view: ConnectionView
     password: SecretStr | None
+    access_token: TokenSource | None = None  # OAuth2 connections
+    graph: tuple[str, Any] | None = None  # Graph connections: the endpoint and an HTTP session
 
     @property
     def folder(self) -> str:
         return self.view.folder or "INBOX"
 
     def login(self, client: IMAPClient) -> None:
-        client.login(self.view.username, self.secret)
+        """Password LOGIN, or XOAUTH2 with an access token: a token the server refuses (revoked,
+        or expired early) is refreshed once and tried again.
+
+        A shared mailbox: with a password, SASL PLAIN with the shared mailbox as the
+        authorization identity (RFC 4616: sign in as the account, act as the mailbox); with
+        XOAUTH2, the shared mailbox as the user and the account's token (Microsoft's form).
+        """
+        view, shared = self.view, self.view.shared_mailbox
+        if self.access_token is None:
+            if shared:
+                client.plain_login(view.username, self.secret, authorization_identity=shared)
+            else:
+                client.login(view.username, self.secret)
+            return
+        user = shared or view.username
+        try:
+            client.oauth2_login(user, self.access_token(False))
+        except IMAPClientError:
+            client.oauth2_login(user, self.access_token(True))
 
     @property
     def secret(self) -> str:

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mailintake_shared.domain import Transport
-from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
-from mailintake_shared.mailbox.errors import PollError
+from mailintake_shared.mailbox.graph import GraphMailbox
 from mailintake_shared.mailbox.imap import ImapMailbox
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox
 from mailintake_shared.mailbox.selection import Cursor, select_imap, select_pop3
@@ -38,7 +37,7 @@ def estimate(config: MailboxConfig, cursor: Cursor | None, known: Collection[str
             new = select_pop3(pop3.messages(), known)
         return Estimate(len(new), Confidence.EXACT, known_mailbox=bool(known))
     if view.transport is Transport.GRAPH:
-        raise PollError(ErrorKind.INTERNAL, "estimating Graph connections is not supported yet")
+        return _graph(config, cursor, known)
     with ImapMailbox.open(config) as imap:
         info = imap.select(config.folder)
         selection = select_imap(
@@ -52,3 +51,18 @@ def estimate(config: MailboxConfig, cursor: Cursor | None, known: Collection[str
         uidvalidity=info.uidvalidity,
         baseline_uid=selection.baseline_uid,
     )
+
+
+def _graph(config: MailboxConfig, cursor: Cursor | None, known: Collection[str]) -> Estimate:
+    """A new mailbox: the folder's count; a known one: the delta since its cursor, less what
+    is stored (the poll's own rule)."""
+    with GraphMailbox.open(config) as graph:
+        if cursor is None or cursor.delta_link is None:
+            return Estimate(graph.count(), Confidence.EXACT, known_mailbox=False)
+        new = {
+            item.id
+            for page in graph.delta(cursor.delta_link)
+            for item in page.items
+            if not item.removed and item.id not in known
+        }
+    return Estimate(len(new), Confidence.EXACT, known_mailbox=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from mailintake_shared.domain import Encryption, Transport
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
-from mailintake_shared.mailbox.errors import PollError, classify
+from mailintake_shared.mailbox.errors import classify
+from mailintake_shared.mailbox.graph import GraphMailbox
 from mailintake_shared.mailbox.imap import ImapMailbox
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox
 
@@ -71,8 +72,11 @@ def probe(config: MailboxConfig) -> ProbeResult:
     steps = _Steps(result)
     host, port, timeout = config.address
     try:
-        if view.transport is Transport.GRAPH:
-            raise PollError(ErrorKind.INTERNAL, "testing Graph connections is not supported yet")
+        if view.transport is Transport.GRAPH:  # HTTPS to Graph: the session is the test
+            steps.run("session", lambda: _graph_session(config, result))
+            result.ok = True
+            result.latency_ms = steps.total()
+            return result
         addresses: list[tuple[object, ...]] = []
         steps.run("dns", lambda: addresses.extend(_resolve(host, port, timeout)))
         steps.run("connect", lambda: _connect(addresses, config))
@@ -114,6 +118,11 @@ def _connect(addresses: list[tuple[object, ...]], config: MailboxConfig) -> None
                     pass
         return
     raise last or OSError("the host name resolved to no address")
+
+
+def _graph_session(config: MailboxConfig, result: ProbeResult) -> None:
+    with GraphMailbox.open(config) as graph:
+        result.messages = graph.count()
 
 
 def _session(config: MailboxConfig, result: ProbeResult) -> None:

@@ -26,6 +26,7 @@ class Cursor:
     uidvalidity: int | None
     last_uid: int
     baseline_uid: int | None = None
+    delta_link: str | None = None  # Microsoft Graph: where the folder's next delta round starts
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,8 @@ def list_connections(
     rows = session.scalars(
         query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
     ).all()
-    status = connections.statuses(session, [r.id for r in rows])
     return ConnectionPage(
-        items=[connections.to_public(r, status.get(r.id)) for r in rows],
+        items=connections.public(session, list(rows)),
         total=total,
         limit=limit,
         offset=offset,
@@ -103,7 +102,7 @@ def create_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.to_public(row)
+    return connections.public(session, [row])[0]
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
@@ -111,7 +110,7 @@ def get_connection(
     connection_id: uuid.UUID, session: SessionDep, _role: Viewer
 ) -> ConnectionPublic:
     row = _get(session, connection_id)
-    return connections.to_public(row, connections.statuses(session, [row.id]).get(row.id))
+    return connections.public(session, [row])[0]
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -129,7 +128,7 @@ def update_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.to_public(row)
+    return connections.public(session, [row])[0]
 
 
 @router.delete(
@@ -164,7 +163,7 @@ def enable_connection(
     (or a larger one) in `acknowledge_messages`."""
     row = _get(session, connection_id)
     try:
-        probes.enable(session, res.settings, res.secrets, row, body or EnableRequest())
+        probes.enable(session, res, row, body or EnableRequest())
     except probes.EstimateRequiredError as exc:
         conflict = EnableConflict(
             detail=f"the first poll would download {exc.estimate.messages} messages; "
@@ -178,7 +177,7 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    return connections.to_public(row)
+    return connections.public(session, [row])[0]
 
 
 @router.post(
@@ -193,7 +192,7 @@ def check_unsaved_connection(
     """DNS, TCP connect, TLS handshake, greeting, STARTTLS, login and folder, each bounded by
     the connection's time-out; the result names the step that failed."""
     row = connections.preview(session, res.settings, res.secrets, body)
-    return probes.test(row, res.secrets)
+    return probes.test(row, res)
 
 
 @router.post(
@@ -202,7 +201,7 @@ def check_unsaved_connection(
 def check_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> ConnectionTestResult:
-    return probes.test(_get(session, connection_id), res.secrets)
+    return probes.test(_get(session, connection_id), res)
 
 
 @router.post("/{connection_id}/disable", response_model=ConnectionPublic, summary="Disable polling")
@@ -210,7 +209,7 @@ def disable_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> ConnectionPublic:
     row = connections.set_enabled(session, res.settings, _get(session, connection_id), False)
-    return connections.to_public(row)
+    return connections.public(session, [row])[0]
 
 
 @router.post(

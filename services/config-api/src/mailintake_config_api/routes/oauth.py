@@ -1,0 +1,165 @@
+"""``/oauth-credentials`` (the apps registered with Google and Microsoft),
+``/connections/{id}/authorize`` and ``/oauth/callback`` (where the provider sends the browser
+back)."""
+
+from __future__ import annotations
+
+import html
+import uuid
+
+from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi.responses import HTMLResponse
+
+from mailintake_config_api import authorization
+from mailintake_config_api.auth import Admin, Viewer
+from mailintake_config_api.deps import ResourcesDep, SessionDep
+from mailintake_config_api.schemas import (
+    AuthorizationStarted,
+    ErrorBody,
+    OAuthCredentialCreate,
+    OAuthCredentialPublic,
+    OAuthCredentialUpdate,
+    Page,
+)
+from mailintake_shared.db.models import Connection, OAuthCredential
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
+}
+router = APIRouter(responses=ERRORS)
+
+
+def _credential(session: SessionDep, credential_id: uuid.UUID) -> OAuthCredential:
+    row = session.get(OAuthCredential, credential_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no OAuth2 credential with this id")
+    return row
+
+
+def _taken(name: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_409_CONFLICT, detail=f"an OAuth2 credential named {name} already exists"
+    )
+
+
+@router.get(
+    "/oauth-credentials",
+    response_model=Page[OAuthCredentialPublic],
+    tags=["oauth"],
+    summary="List OAuth2 credentials",
+)
+def list_credentials(session: SessionDep, _role: Viewer) -> Page[OAuthCredentialPublic]:
+    rows = session.query(OAuthCredential).order_by(OAuthCredential.name).all()
+    items = [authorization.credential_public(r) for r in rows]
+    return Page(items=items, total=len(items), limit=len(items), offset=0)
+
+
+@router.post(
+    "/oauth-credentials",
+    response_model=OAuthCredentialPublic,
+    status_code=status.HTTP_201_CREATED,
+    tags=["oauth"],
+    summary="Store an OAuth2 credential (client id and secret)",
+)
+def create_credential(
+    body: OAuthCredentialCreate, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> OAuthCredentialPublic:
+    try:
+        row = authorization.create_credential(session, res, body)
+    except authorization.CredentialNameTakenError:
+        raise _taken(body.name) from None
+    return authorization.credential_public(row)
+
+
+@router.get(
+    "/oauth-credentials/{credential_id}",
+    response_model=OAuthCredentialPublic,
+    tags=["oauth"],
+    summary="Show an OAuth2 credential",
+)
+def get_credential(
+    credential_id: uuid.UUID, session: SessionDep, _role: Viewer
+) -> OAuthCredentialPublic:
+    return authorization.credential_public(_credential(session, credential_id))
+
+
+@router.patch(
+    "/oauth-credentials/{credential_id}",
+    response_model=OAuthCredentialPublic,
+    tags=["oauth"],
+    summary="Update an OAuth2 credential",
+)
+def update_credential(
+    credential_id: uuid.UUID,
+    body: OAuthCredentialUpdate,
+    session: SessionDep,
+    res: ResourcesDep,
+    _role: Admin,
+) -> OAuthCredentialPublic:
+    row = _credential(session, credential_id)
+    try:
+        authorization.update_credential(session, res, row, body)
+    except authorization.CredentialNameTakenError:
+        raise _taken(body.name or "") from None
+    return authorization.credential_public(row)
+
+
+@router.delete(
+    "/oauth-credentials/{credential_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["oauth"],
+    summary="Delete an OAuth2 credential no connection uses",
+)
+def delete_credential(credential_id: uuid.UUID, session: SessionDep, _role: Admin) -> Response:
+    try:
+        authorization.delete_credential(session, _credential(session, credential_id))
+    except authorization.CredentialInUseError as exc:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"the credential is used by connections: {', '.join(exc.names)}",
+        ) from None
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post(
+    "/connections/{connection_id}/authorize",
+    response_model=AuthorizationStarted,
+    tags=["oauth"],
+    summary="Start authorizing an OAuth2 connection",
+)
+def authorize_connection(
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
+) -> AuthorizationStarted:
+    """Returns the provider's sign-in URL (code flow with PKCE). Open it in a browser, sign in
+    as the mailbox's account and consent; the provider then sends the browser to
+    `/oauth/callback`, which stores the grant."""
+    row = session.get(Connection, connection_id)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no connection with this id")
+    try:
+        return authorization.start(session, res, row)
+    except authorization.NotOAuthError:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail="nothing to authorize: the connection signs in with a password, or its "
+            "credential is app-only",
+        ) from None
+
+
+_PAGE = "<!doctype html><title>mailintake</title><p>{}</p>"
+
+
+@router.get(
+    "/oauth/callback",
+    response_class=HTMLResponse,
+    tags=["oauth"],
+    summary="Where the provider sends the browser back",
+)
+def oauth_callback(request: Request, session: SessionDep, res: ResourcesDep) -> HTMLResponse:
+    """No bearer token: the single-use state in the query is bound to one connection."""
+    try:
+        row = authorization.finish(session, res, dict(request.query_params))
+    except authorization.CallbackError as exc:
+        return HTMLResponse(_PAGE.format(html.escape(str(exc))), status.HTTP_400_BAD_REQUEST)
+    text = f"The connection {row.name} is authorized. You can close this window."
+    return HTMLResponse(_PAGE.format(html.escape(text)))

@@ -1,0 +1,184 @@
+"""Microsoft Graph mail behind a small interface: the folder's delta query (the cursor),
+a message's MIME, and the server actions (``isRead``, delete).
+
+Every request asks for immutable ids (``Prefer: IdType="ImmutableId"``), which stay the same
+when a message moves, so they are the dedup key. Throttling (429, 503) is honoured with the
+server's ``Retry-After``, else exponential back-off with jitter, within a deadline; a token the
+service refuses (401) is refreshed once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.errors import FolderMissingError, PollError
+
+_PREFER = 'IdType="ImmutableId", odata.maxpagesize=50'
+_RETRIES = 6
+
+
+@dataclass(frozen=True)
+class DeltaItem:
+    id: str
+    removed: bool
+    received: str | None
+    is_read: bool
+
+
+@dataclass(frozen=True)
+class DeltaPage:
+    items: list[DeltaItem]
+    url: str  # the link that produced this page (resume here to see it again)
+    next_link: str | None  # more pages of this round
+    delta_link: str | None  # the round is over: the cursor for the next poll
+
+
+class GraphMailbox:
+    def __init__(
+        self,
+        config: MailboxConfig,
+        endpoint: str,
+        session: requests.Session,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        deadline: float | None = None,
+    ) -> None:
+        if config.access_token is None:
+            raise PollError(ErrorKind.AUTHORIZATION_REQUIRED, "Graph needs an OAuth2 token")
+        self._token = config.access_token
+        self._timeout = config.view.timeout_ms / 1000
+        mailbox = config.view.shared_mailbox or config.view.username
+        self._base = f"{endpoint.rstrip('/')}/users/{quote(mailbox)}"
+        self._folder = config.folder
+        self._http = session
+        self._sleep = sleep
+        self._deadline = deadline
+        self.throttled = 0
+
+    @classmethod
+    def open(cls, config: MailboxConfig, **kwargs: Any) -> GraphMailbox:
+        endpoint, session = config.graph or ("", requests.Session())
+        return cls(config, endpoint, session, **kwargs)
+
+    def __enter__(self) -> GraphMailbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        pass
+
+    # --- requests ---------------------------------------------------------------------------
+    def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        refreshed = False
+        delay = 1.0
+        for _ in range(_RETRIES):
+            headers = {"Authorization": f"Bearer {self._token(refreshed)}", "Prefer": _PREFER}
+            try:
+                response = self._http.request(
+                    method, url, headers=headers, timeout=self._timeout, **kwargs
+                )
+            except requests.Timeout as exc:
+                raise PollError(
+                    ErrorKind.TIMEOUT, "Microsoft Graph did not answer in time"
+                ) from exc
+            except requests.RequestException as exc:
+                raise PollError(ErrorKind.SERVER_ERROR, f"Microsoft Graph: {exc}") from exc
+            if response.status_code == 401 and not refreshed:
+                refreshed = True  # the token was refused: a fresh one, once
+                continue
+            if response.status_code in (429, 503, 504):
+                self.throttled += 1
+                wait = _retry_after(response) or delay * (1 + random.random())  # noqa: S311
+                delay = min(delay * 2, 60.0)
+                if self._deadline is not None and time.monotonic() + wait > self._deadline:
+                    raise PollError(ErrorKind.SERVER_ERROR, "Microsoft Graph is throttling")
+                self._sleep(wait)
+                continue
+            return _checked(response)
+        raise PollError(ErrorKind.SERVER_ERROR, "Microsoft Graph kept refusing the request")
+
+    def folder_url(self) -> str:
+        if self._folder.upper() == "INBOX":
+            return f"{self._base}/mailFolders/inbox"
+        return f"{self._base}/mailFolders/{quote(self._folder)}"
+
+    def count(self) -> int:
+        """Messages in the folder (``totalItemCount``)."""
+        return int(self._request("GET", self.folder_url()).json().get("totalItemCount", 0))
+
+    def delta(self, link: str | None) -> Iterator[DeltaPage]:
+        """The folder's changes since ``link`` (everything when None), page by page."""
+        url: str | None = link or (
+            f"{self.folder_url()}/messages/delta?$select=id,receivedDateTime,isRead"
+        )
+        while url is not None:
+            body = self._request("GET", url).json()
+            items = [
+                DeltaItem(
+                    id=item["id"],
+                    removed="@removed" in item,
+                    received=item.get("receivedDateTime"),
+                    is_read=bool(item.get("isRead")),
+                )
+                for item in body.get("value", [])
+            ]
+            next_link = body.get("@odata.nextLink")
+            yield DeltaPage(items, url, next_link, body.get("@odata.deltaLink"))
+            url = next_link
+
+    def mime(self, message_id: str, piece_size: int) -> Iterator[bytes]:
+        """The message's MIME (``/$value``), streamed in pieces."""
+        response = self._request(
+            "GET", f"{self._base}/messages/{quote(message_id)}/$value", stream=True
+        )
+        try:
+            yield from response.iter_content(chunk_size=piece_size)
+        finally:
+            response.close()
+
+    def mark_read(self, message_id: str) -> None:
+        self._action("PATCH", message_id, json={"isRead": True})
+
+    def delete(self, message_id: str) -> None:
+        self._action("DELETE", message_id)
+
+    def _action(self, method: str, message_id: str, **kwargs: Any) -> None:
+        try:
+            self._request(method, f"{self._base}/messages/{quote(message_id)}", **kwargs)
+        except PollError as exc:
+            if "ErrorItemNotFound" not in str(exc):  # already gone: nothing left to do
+                raise
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.replace(".", "", 1).isdigit() else None
+
+
+def _checked(response: requests.Response) -> requests.Response:
+    if response.status_code < 400:
+        return response
+    try:
+        code = response.json().get("error", {}).get("code", "")
+    except ValueError:
+        code = ""
+    text = f"Microsoft Graph answered {response.status_code} {code}"
+    if response.status_code == 404 and code in ("ErrorInvalidUser", "ResourceNotFound"):
+        raise FolderMissingError(f"{code}: the mailbox or folder does not exist")
+    if response.status_code in (401, 403):
+        raise PollError(ErrorKind.AUTHENTICATION, text)
+    raise PollError(ErrorKind.SERVER_ERROR, text)

@@ -1,0 +1,291 @@
+"""OAuth2 end to end against local servers that speak the protocols for real: an authorization
+server (which google-auth and msal talk to, and Dovecot's oauth2 passdb introspects tokens
+against), Dovecot with XOAUTH2, PostgreSQL and the broker."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from mailintake_devstack.broker import free_port
+from mailintake_shared.kafka import read_topic_to_end
+from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
+from tests.api import api_client, enable
+from tests.harness.dovecot import Dovecot
+from tests.harness.mail import make_message
+from tests.harness.oauth_server import OAuthServer
+from tests.harness.pipeline import BIN, Database, Pipeline, wait_until
+from tests.harness.tls import make_pki
+from tests.integration.test_cli import Cli, answers
+
+pytestmark = pytest.mark.integration
+CLIENT_SECRET = f"PLANTED-SECRET-{uuid.uuid4().hex}"
+
+
+@pytest.fixture(scope="module")
+def oauth_servers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[OAuthServer, Dovecot]]:
+    pki = make_pki(Path(tmp_path_factory.mktemp("oauth-pki")))
+    server = OAuthServer(pki).start()
+    dovecot = Dovecot(pki=pki, oauth2_introspection_url=f"{server.url}/introspect").start()
+    yield server, dovecot
+    dovecot.destroy()
+    server.stop()
+
+
+@pytest.fixture
+def oauth_settings(
+    pipeline_settings: Settings, oauth_servers: tuple[OAuthServer, Dovecot]
+) -> Settings:
+    server, dovecot = oauth_servers
+    local = f"127.0.0.1:{dovecot.ports.imaps}"
+    return pipeline_settings.model_copy(
+        update={
+            "google_authorization_endpoint": f"{server.url}/o/oauth2/v2/auth",
+            "google_token_endpoint": f"{server.url}/token",
+            "microsoft_authority_host": server.url,
+            "oauth_ca_file": str(dovecot.pki.ca_pem),
+            "google_imap_hosts": ["imap.gmail.com", local],
+            "microsoft_imap_hosts": ["outlook.office365.com", local],
+            "oauth_redirect_uri": "http://testserver/oauth/callback",
+        }
+    )
+
+
+@pytest.fixture
+def oauth_pipeline(oauth_settings: Settings, tmp_path: Path) -> Iterator[Pipeline]:
+    running = Pipeline(oauth_settings, tmp_path / "logs")
+    yield running
+    running.stop_all()
+
+
+def _connect(
+    api: TestClient, server: OAuthServer, dovecot: Dovecot, user: str, provider: str
+) -> str:
+    client_id = f"app-{uuid.uuid4().hex[:8]}"
+    server.register(client_id, CLIENT_SECRET)
+    credential = api.post(
+        "/oauth-credentials",
+        json={
+            "name": f"{provider} app {client_id}",
+            "provider": provider,
+            "client_id": client_id,
+            "client_secret": CLIENT_SECRET,
+            **({"tenant": "contoso"} if provider == "microsoft" else {}),
+        },
+    )
+    assert credential.status_code == 201, credential.text
+    created = api.post(
+        "/connections",
+        json={
+            "name": f"{provider} mailbox {client_id}",
+            "protocol": f"{provider}_oauth2",
+            "host": "127.0.0.1",
+            "port": dovecot.ports.imaps,
+            "tls_ca_pem": dovecot.pki.ca_text,
+            "username": user,
+            "oauth_credential_id": credential.json()["id"],
+            "interval_minutes": 1,
+        },
+    )
+    assert created.status_code == 201, created.text
+    cid: str = created.json()["id"]
+    return cid
+
+
+def _authorize(api: TestClient, dovecot: Dovecot, cid: str) -> None:
+    _authorize_with(api, dovecot.pki.ca_pem, cid)
+
+
+def _authorize_with(api: TestClient, ca: Path, cid: str) -> None:
+    """What an administrator's browser does: open the URL, sign in, come back."""
+    started = api.post(f"/connections/{cid}/authorize")
+    assert started.status_code == 200, started.text
+    url = started.json()["authorization_url"]
+    trust = ssl.create_default_context(cafile=str(ca))
+    signed_in = httpx.get(url, verify=trust, follow_redirects=False)
+    assert signed_in.status_code == 302
+    back = urlsplit(signed_in.headers["location"])
+    assert back.path == "/oauth/callback"
+    done = api.get("/oauth/callback", params={k: v[0] for k, v in parse_qs(back.query).items()})
+    assert done.status_code == 200, done.text
+    assert "authorized" in done.text
+    assert api.get(f"/connections/{cid}").json()["authorization"] == "authorized"
+
+
+def _polls(db: Database, cid: str) -> int:
+    return int(db.scalar("SELECT count(*) FROM poll_log WHERE connection_id = :c", c=cid))
+
+
+@pytest.mark.parametrize("provider", ["google", "microsoft"])
+def test_authorize_ingest_refresh_revoke_and_authorize_again(
+    oauth_settings: Settings,
+    oauth_servers: tuple[OAuthServer, Dovecot],
+    oauth_pipeline: Pipeline,
+    db: Database,
+    logs: Any,
+    provider: str,
+) -> None:
+    server, dovecot = oauth_servers
+    user, _ = dovecot.add_user(password=uuid.uuid4().hex)
+    dovecot.seed(user, (make_message(i) for i in range(6)))
+    responses: list[str] = []
+    with api_client(oauth_settings) as api:
+        cid = _connect(api, server, dovecot, user, provider)
+        assert api.get(f"/connections/{cid}").json()["authorization"] == "not_authorized"
+        unauthorized = api.post(f"/connections/{cid}/enable")
+        assert unauthorized.status_code == 502
+        assert unauthorized.json()["test"]["failed_step"] == "authorization_required", (
+            unauthorized.text
+        )
+
+        _authorize(api, dovecot, cid)
+        oauth_pipeline.start("scheduler", "fetcher", "store")
+        assert enable(api, cid).status_code == 200  # the estimate logs in with XOAUTH2
+        wait_until(lambda: db.message_count() >= 6, timeout_s=90, message="6 stored over XOAUTH2")
+
+        # The server stops accepting the access token early: refreshed, transparently.
+        refreshes = server.state.refreshes
+        server.expire_access_tokens()
+        dovecot.seed(user, [make_message(10)])
+        api.post(f"/connections/{cid}/poll")
+        wait_until(lambda: db.message_count() >= 7, timeout_s=60, message="after a refresh")
+        assert server.state.refreshes > refreshes
+
+        # The grant is revoked: authorization required, and the polls stop.
+        server.revoke_all()
+        server.expire_access_tokens()
+        api.post(f"/connections/{cid}/poll")
+        wait_until(
+            lambda: (
+                api.get(f"/connections/{cid}").json()["authorization"] == "authorization_required"
+            ),
+            timeout_s=60,
+            message="authorization required",
+        )
+        status = api.get(f"/connections/{cid}").json()["status"]
+        assert status["last_error_kind"] == "authorization_required"
+        time.sleep(2)  # a poll already under way ends
+        parked = _polls(db, cid)
+        time.sleep(8)  # a failing connection would be retried after 1, 2, 4 s here
+        assert _polls(db, cid) == parked
+
+        # Authorized again: polls resume on their own.
+        dovecot.seed(user, [make_message(11)])
+        _authorize(api, dovecot, cid)
+        wait_until(lambda: db.message_count() >= 8, timeout_s=90, message="polls resumed")
+        for path in (f"/connections/{cid}", "/oauth-credentials", "/connections"):
+            responses.append(api.get(path).text)
+        api.app.state.resources.relay.flush()  # type: ignore[attr-defined]
+
+    assert db.distinct_messages() == 8
+    secrets = [CLIENT_SECRET, *server.issued_tokens()]
+    topics = b"".join(
+        (r.value or b"") + b"".join(v for _, v in r.headers or [])
+        for topic in Topic
+        if topic is not Topic.MAIL_FETCHED
+        for r in read_topic_to_end(oauth_settings, topic)
+    )
+    haystacks = {
+        "responses": "".join(responses).encode(),
+        "API logs": logs.text.encode(),
+        "service logs": oauth_pipeline.logs().encode(),
+        "topics": topics,
+    }
+    for where, haystack in haystacks.items():
+        for secret in secrets:
+            assert secret.encode() not in haystack, f"a token or client secret in the {where}"
+
+
+def test_credentials_are_write_only_and_kept_while_in_use(
+    oauth_settings: Settings, oauth_servers: tuple[OAuthServer, Dovecot]
+) -> None:
+    server, dovecot = oauth_servers
+    with api_client(oauth_settings) as api:
+        cid = _connect(api, server, dovecot, "someone@example.com", "microsoft")
+        credential_id = api.get(f"/connections/{cid}").json()["oauth_credential_id"]
+        shown = api.get(f"/oauth-credentials/{credential_id}").json()
+        assert shown["has_client_secret"] is True
+        assert "client_secret" not in shown
+        name = api.get(f"/connections/{cid}").json()["name"]
+        refused = api.delete(f"/oauth-credentials/{credential_id}")
+        assert refused.status_code == 409
+        assert name in refused.json()["detail"]
+        renamed = api.patch(f"/oauth-credentials/{credential_id}", json={"tenant": "fabrikam"})
+        assert renamed.json()["tenant"] == "fabrikam"
+        assert api.delete(f"/connections/{cid}").status_code == 204
+        assert api.delete(f"/oauth-credentials/{credential_id}").status_code == 204
+        bad = api.post(
+            "/oauth-credentials",
+            json={"name": "g", "provider": "google", "client_id": "x", "client_secret": "y",
+                  "tenant": "contoso"},
+        )  # fmt: skip
+        assert bad.status_code == 422
+        stale = api.get("/oauth/callback", params={"state": "made-up", "code": "x"})
+        assert stale.status_code == 400
+
+
+def test_the_command_authorizes_a_connection(
+    oauth_settings: Settings, oauth_servers: tuple[OAuthServer, Dovecot], tmp_path: Path
+) -> None:
+    server, dovecot = oauth_servers
+    port = free_port()
+    settings = oauth_settings.model_copy(
+        update={"oauth_redirect_uri": f"http://127.0.0.1:{port}/oauth/callback"}
+    )
+    pipeline = Pipeline(settings, tmp_path / "logs")
+    pipeline.ports["config-api"] = port
+    pipeline.start("config-api")
+    try:
+        cli = Cli(f"http://127.0.0.1:{port}")
+        wait_until(lambda: answers(f"{cli.url}/readyz"), timeout_s=60, message="the API")
+        user, _ = dovecot.add_user(password=uuid.uuid4().hex)
+        dovecot.seed(user, [make_message(1), make_message(2)])
+        client_id = f"cli-{uuid.uuid4().hex[:8]}"
+        server.register(client_id, CLIENT_SECRET)
+        credential = cli.json(
+            "credentials", "create", "--name", "Gmail app", "--provider", "google",
+            "--client-id", client_id, "--secret-stdin", stdin=CLIENT_SECRET + "\n",
+        )  # fmt: skip
+        ca = tmp_path / "ca.pem"
+        ca.write_text(dovecot.pki.ca_text)
+        cli.json(
+            "connections", "create", "--name", "Gmail", "--protocol", "google_oauth2",
+            "--host", "127.0.0.1", "--port", str(dovecot.ports.imaps), "--tls-ca-file", str(ca),
+            "--username", user, "--oauth-credential-id", credential["id"],
+        )  # fmt: skip
+        authorizing = subprocess.Popen(
+            [str(BIN / "mailintake"), "connections", "authorize", "Gmail"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=cli.env,
+        )
+        assert authorizing.stdout is not None
+        url = next(line.strip() for line in authorizing.stdout if line.startswith("https://"))
+        trust = ssl.create_default_context(cafile=str(dovecot.pki.ca_pem))
+        signed_in = httpx.get(url, verify=trust, follow_redirects=False)
+        back = httpx.get(signed_in.headers["location"])  # the browser lands on the API
+        assert back.status_code == 200, back.text
+        output, _ = authorizing.communicate(timeout=30)
+        assert authorizing.returncode == 0, output
+        assert "authorized Gmail" in output
+        assert cli.json("connections", "show", "Gmail")["authorization"] == "authorized"
+        tested = cli.run("connections", "test", "Gmail").stdout
+        assert "ok" in tested
+        assert "2 messages" in tested
+        assert CLIENT_SECRET not in pipeline.logs()
+    finally:
+        pipeline.stop_all()
