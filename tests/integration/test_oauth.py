@@ -9,6 +9,8 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -18,7 +20,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mailintake_devstack.broker import free_port
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.db.models import OAuthGrant
 from mailintake_shared.kafka import read_topic_to_end
+from mailintake_shared.oauth.tokens import TokenStore
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.api import api_client, enable
@@ -289,3 +295,38 @@ def test_the_command_authorizes_a_connection(
         assert CLIENT_SECRET not in pipeline.logs()
     finally:
         pipeline.stop_all()
+
+
+def test_concurrent_refreshes_of_one_connection_spend_the_refresh_token_once(
+    oauth_settings: Settings, oauth_servers: tuple[OAuthServer, Dovecot]
+) -> None:
+    """Eight workers find the token expired at once; the grant row's lock lets one refresh
+    (the provider rotates refresh tokens: a second refresh with the spent one would be refused
+    and end the authorization) and the others take its token."""
+    server, dovecot = oauth_servers
+    user, _ = dovecot.add_user(password=uuid.uuid4().hex)
+    with api_client(oauth_settings) as api:
+        cid = _connect(api, server, dovecot, user, "microsoft")
+        _authorize(api, dovecot, cid)
+        resources = api.app.state.resources  # type: ignore[attr-defined]
+    engine = make_engine(oauth_settings)
+    sessions = make_session_factory(engine)
+    box = SecretBox(oauth_settings.encryption_keys)
+    with sessions() as session, session.begin():  # the stored access token has expired
+        grant = session.get(OAuthGrant, uuid.UUID(cid))
+        assert grant is not None
+        grant.access_expires_at = datetime.now(UTC) - timedelta(minutes=1)
+    del resources
+    stores = [TokenStore(sessions, box, oauth_settings) for _ in range(8)]  # eight processes
+    refreshes = server.state.refreshes
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        tokens = list(pool.map(lambda store: store.access_token(uuid.UUID(cid)), stores))
+    engine.dispose()
+    assert server.state.refreshes == refreshes + 1
+    assert len(set(tokens)) == 1
+    with sessions() as session:
+        grant = session.get(OAuthGrant, uuid.UUID(cid))
+        assert grant is not None
+        assert grant.status == "authorized"
+        stored_refresh = box.decrypt(grant.refresh_token_enc or b"").get_secret_value()
+    assert stored_refresh in server.state.grants  # the rotated one, not the spent one

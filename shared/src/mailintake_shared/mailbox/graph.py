@@ -13,7 +13,6 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -22,6 +21,7 @@ import requests
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import FolderMissingError, PollError
+from mailintake_shared.mailbox.session import Session
 
 _PREFER = 'IdType="ImmutableId", odata.maxpagesize=50'
 _RETRIES = 6
@@ -43,7 +43,7 @@ class DeltaPage:
     delta_link: str | None  # the round is over: the cursor for the next poll
 
 
-class GraphMailbox:
+class GraphMailbox(Session):
     def __init__(
         self,
         config: MailboxConfig,
@@ -69,17 +69,6 @@ class GraphMailbox:
     def open(cls, config: MailboxConfig, **kwargs: Any) -> GraphMailbox:
         endpoint, session = config.graph or ("", requests.Session())
         return cls(config, endpoint, session, **kwargs)
-
-    def __enter__(self) -> GraphMailbox:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        pass
 
     # --- requests ---------------------------------------------------------------------------
     def _request(self, method: str, url: str, **kwargs: Any) -> requests.Response:

@@ -11,7 +11,6 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any
 
 from imapclient import IMAPClient
@@ -20,6 +19,7 @@ from imapclient.exceptions import IMAPClientError
 from mailintake_shared.domain import Encryption
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import FolderMissingError, StartTlsUnavailableError, classify
+from mailintake_shared.mailbox.session import Session
 
 SEEN = b"\\Seen"
 DELETED = b"\\Deleted"
@@ -47,7 +47,7 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
         yield items[start : start + size]
 
 
-class ImapMailbox:
+class ImapMailbox(Session):
     """One authenticated IMAP session on one connection's server."""
 
     def __init__(self, client: IMAPClient) -> None:
@@ -199,17 +199,6 @@ class ImapMailbox:
 
     def close(self) -> None:
         _close_quietly(self._client)
-
-    def __enter__(self) -> ImapMailbox:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 _UID = re.compile(rb"UID (\d+)")

@@ -11,12 +11,12 @@ import contextlib
 import poplib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import TracebackType
 
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, StartTlsUnavailableError, classify
+from mailintake_shared.mailbox.session import Session
 
 # Longest line accepted. poplib's own limit (2048) rejects real mail with long lines;
 # RFC 5322 allows 998, hostile mail has more.
@@ -67,7 +67,7 @@ class Pop3UidlUnsupportedError(PollError):
         )
 
 
-class Pop3Mailbox:
+class Pop3Mailbox(Session):
     """One authenticated POP3 session (the mailbox is locked by the server until QUIT)."""
 
     def __init__(self, client: _POP3) -> None:
@@ -174,17 +174,6 @@ class Pop3Mailbox:
         """End the session without QUIT if it was not committed: deletions are dropped."""
         with contextlib.suppress(OSError, EOFError):
             self._client.close()
-
-    def __enter__(self) -> Pop3Mailbox:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _capabilities(client: poplib.POP3) -> dict[str, list[str]]:
