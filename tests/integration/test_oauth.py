@@ -181,6 +181,11 @@ def test_authorize_ingest_refresh_revoke_and_authorize_again(
             timeout_s=60,
             message="authorization required",
         )
+        wait_until(  # the poll's result reaches the store after the grant was marked
+            lambda: api.get(f"/connections/{cid}").json()["status"]["last_error_kind"],
+            timeout_s=60,
+            message="the failed poll recorded",
+        )
         status = api.get(f"/connections/{cid}").json()["status"]
         assert status["last_error_kind"] == "authorization_required"
         time.sleep(2)  # a poll already under way ends

@@ -70,6 +70,7 @@ class ErrorKind(StrEnum):
     AUTHORIZATION_REQUIRED = "authorization_required"  # OAuth2: the grant is gone
     FOLDER_MISSING = "folder_missing"
     UIDL_UNSUPPORTED = "uidl_unsupported"
+    LEASE_LOST = "lease_lost"  # another fetcher owns the connection now
     SERVER_ERROR = "server_error"
     BROKER = "broker"
     INTERNAL = "internal"
@@ -124,6 +125,9 @@ class FetchedChunk(Event):
     chunk_index: int
     final: bool
     sha256: str | None = None
+    lease_token: int | None = Field(
+        None, description="the fetcher's fencing token: the store drops records of a stale one"
+    )
 
 
 class PollResult(Event):
@@ -149,6 +153,7 @@ class PollResult(Event):
     bytes: int = 0
     more_pending: bool = False
     actions_applied: int = 0
+    lease_token: int | None = None
     started_at: datetime
     finished_at: datetime
 

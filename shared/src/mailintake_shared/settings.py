@@ -181,6 +181,12 @@ class Settings(BaseSettings):
         gt=0,
         description="A poll not completed after this long is issued again by the scheduler.",
     )
+    poll_lease_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="How long a fetcher owns a connection it polls (its lease); keep it above "
+        "MAILINTAKE_POLL_MAX_SECONDS plus a connection time-out.",
+    )
     poll_jitter_seconds: float = Field(
         60.0,
         ge=0,

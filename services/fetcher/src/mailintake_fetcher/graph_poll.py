@@ -26,6 +26,8 @@ class GraphPoll(Poll):
         deadline = self._deadline()
         with GraphMailbox.open(self._config, deadline=deadline) as mailbox:
             pending = self._state.pending_actions(view.id, folder, None)
+            if pending:
+                self._check_fence()
             for action in pending:
                 if view.after_download is AfterDownload.DELETE:
                     mailbox.delete(action.server_id)

@@ -41,6 +41,7 @@ class ImapPoll(Poll):
         uids = [p.uid for p in pending if p.uid is not None]
         if not uids:
             return 0
+        self._check_fence()
         if view.after_download is AfterDownload.DELETE:
             mailbox.delete(uids)
         else:

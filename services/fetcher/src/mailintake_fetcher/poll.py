@@ -19,7 +19,7 @@ from typing import Protocol
 
 from mailintake_fetcher.metrics import FETCHED_BYTES, FETCHED_MESSAGES, POLL_SECONDS, POLLS
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.events import FetchedChunk, PollDue, PollOutcome, PollResult
+from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollResult
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, classify
@@ -102,6 +102,8 @@ class Poll:
         sink: Sink,
         budget: Budget,
         *,
+        lease_token: int | None = None,
+        fence: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -109,7 +111,17 @@ class Poll:
         self._state = state
         self._sink = sink
         self._budget = budget
+        self._lease_token = lease_token
+        self._fence = fence
         self._clock = clock
+
+    def _check_fence(self) -> None:
+        """Before changing anything on the server: this fetcher still owns the connection."""
+        if not self._fence():
+            raise PollError(
+                ErrorKind.LEASE_LOST,
+                "this fetcher's lease on the connection has ended; another one polls it now",
+            )
 
     def _session(self, progress: Progress) -> None:
         raise NotImplementedError
@@ -143,6 +155,7 @@ class Poll:
             bytes=progress.bytes,
             more_pending=progress.more_pending,
             actions_applied=progress.actions,
+            lease_token=self._lease_token,
             started_at=started_at,
             finished_at=utcnow(),
         )
@@ -173,6 +186,7 @@ class Poll:
             chunk_index=index,
             final=final,
             sha256=sha256,
+            lease_token=self._lease_token,
         )
 
     def _publish(self, identity: Identity, pieces: Iterable[bytes], progress: Progress) -> None:

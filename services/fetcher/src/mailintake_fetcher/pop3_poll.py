@@ -26,11 +26,13 @@ class Pop3Poll(Poll):
         with Pop3Mailbox.open(self._config) as mailbox:
             listing = mailbox.messages()
             pending = self._state.pending_actions(view.id, folder, None)
-            if view.after_download is AfterDownload.DELETE:
+            if view.after_download is AfterDownload.DELETE and pending:
                 self._mark_deleted(mailbox, listing, pending)
             new = select_pop3(listing, self._state.known_server_ids(view.id, folder))
             done = self._download(mailbox, new, progress)
             progress.more_pending = done < len(new)
+            if pending:
+                self._check_fence()  # the deletions take effect at QUIT: not for a stale owner
             mailbox.commit()
         if pending:
             # After QUIT: the deletions happened (or, keep-on-server, there was nothing to do).

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_fetcher.poll import PendingAction
+from mailintake_shared.db import leases
 from mailintake_shared.db.models import Connection, Message
 from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_config
 from mailintake_shared.db.types import utcnow
@@ -66,3 +67,15 @@ class FetcherRepository:
                     .where(Message.id.in_(message_ids[start : start + 1000]))
                     .values(action_state="applied", action_applied_at=utcnow())
                 )
+
+    def acquire_lease(self, connection_id: uuid.UUID, holder: str, seconds: float) -> int | None:
+        with self._sessions() as session, session.begin():
+            return leases.acquire(session, connection_id, holder, seconds)
+
+    def lease_held(self, connection_id: uuid.UUID, token: int) -> bool:
+        with self._sessions() as session:
+            return leases.held(session, connection_id, token)
+
+    def release_lease(self, connection_id: uuid.UUID, token: int) -> None:
+        with self._sessions() as session, session.begin():
+            leases.release(session, connection_id, token)

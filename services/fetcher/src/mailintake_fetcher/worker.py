@@ -8,7 +8,10 @@ elsewhere, and the store's dedup makes the repeat harmless.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -71,6 +74,7 @@ class FetcherWorker:
         self._producer = ReliableProducer(settings, SERVICE)
         self._consumer: KafkaConsumer = make_consumer(settings, SERVICE, [Topic.POLL_DUE])
         self._budget = budget_from(settings)
+        self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
@@ -113,8 +117,25 @@ class FetcherWorker:
                 PollOutcome.FAILED,
                 f"the {config.view.transport.value} transport is not supported by this fetcher yet",
             )
+        token = self._repository.acquire_lease(
+            due.connection_id, self._holder, self._settings.poll_lease_seconds
+        )
+        if token is None:
+            log.info("poll skipped: another fetcher polls it", connection_id=str(due.connection_id))
+            return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
         log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
-        result = kind(config, due, self._repository, sink, self._budget).run()
+        try:
+            result = kind(
+                config,
+                due,
+                self._repository,
+                sink,
+                self._budget,
+                lease_token=token,
+                fence=lambda: self._repository.lease_held(due.connection_id, token),
+            ).run()
+        finally:
+            self._repository.release_lease(due.connection_id, token)
         log.info(
             "poll finished",
             connection_id=str(due.connection_id),

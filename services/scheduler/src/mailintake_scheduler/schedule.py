@@ -13,6 +13,8 @@ Rules:
   to ``retry_max_s`` (no retry storm against a server that refuses us);
 - a connection whose OAuth2 grant is gone (``authorization_required``) is parked: no polls
   until it changes (a new authorization bumps its version) or an operator asks for one;
+- a poll a fetcher skipped (another one held the connection's lease) is tried again after
+  ``retry_base_s``;
 - a manual request is served at once, or right after the poll in flight;
 - a disabled or deleted connection is dropped; an interval change applies from the next poll.
 """
@@ -116,6 +118,9 @@ class Schedule:
         elif entry.requested:
             entry.requested = False
             self._set_due(event.connection_id, entry, now, PollReason.MANUAL)
+        elif event.outcome is PollOutcome.SKIPPED:  # another fetcher held it: soon, not at once
+            when = now + min(self.config.retry_base_s, entry.interval_s)
+            self._set_due(event.connection_id, entry, when, PollReason.RETRY)
         elif event.outcome is PollOutcome.FAILED:
             self._set_due(
                 event.connection_id, entry, now + self._retry_delay(entry, event), PollReason.RETRY

@@ -89,6 +89,8 @@ class StoreWorker:
             self._dead_letter(sources[rejected.index], rejected.reason)
         self._relay.wake.set()
         BATCH_SECONDS.observe(time.monotonic() - started)
+        if outcome.stale:
+            log.warning("records of a fetcher that lost its lease dropped", records=outcome.stale)
         if outcome.stored or outcome.duplicates:
             log.info(
                 "batch written",

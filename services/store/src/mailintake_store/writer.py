@@ -24,6 +24,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailintake_shared.db import leases
 from mailintake_shared.db.models import (
     ConnectionStatus,
     FailedMessage,
@@ -101,7 +102,12 @@ class _Polls(dict[uuid.UUID, _PollCounts]):
 class BatchOutcome:
     stored: int = 0
     duplicates: int = 0
+    stale: int = 0  # records of a fetcher whose lease had been taken over: dropped
     rejected: list[Rejected] = field(default_factory=list)
+
+
+def _envelope(record: FetchedPart | PollResult) -> FetchedChunk | PollResult:
+    return record if isinstance(record, PollResult) else record.chunk
 
 
 def _mismatch(chunk: FetchedChunk, digest: str) -> str:
@@ -132,7 +138,12 @@ class StoreWriter:
         with self._sessions() as session, session.begin():
             pending: list[_Complete] = []
             polls = _Polls()
+            current = leases.current_tokens(session, {_envelope(r).connection_id for r in records})
             for index, record in enumerate(records):
+                token = _envelope(record).lease_token
+                if token is not None and token < current.get(_envelope(record).connection_id, 0):
+                    outcome.stale += 1  # its owner lost the lease: the new owner fetches again
+                    continue
                 if isinstance(record, PollResult):
                     self._store_messages(session, pending, polls, outcome)
                     pending = []

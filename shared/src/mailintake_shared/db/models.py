@@ -332,3 +332,16 @@ class FailedMessage(Base):
         UniqueConstraint("connection_id", "folder", "server_id", name="uq_failed_messages_key"),
         Index("ix_failed_messages_failed_at", "failed_at"),
     )
+
+
+class PollLease(Base):
+    """Who may poll a connection now: one owner at a time, with a fencing token that grows
+    with every new owner. A fetcher whose lease is gone (paused, partitioned) cannot apply
+    server actions, and the store refuses its records."""
+
+    __tablename__ = "poll_leases"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    token: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(255))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)

@@ -1,0 +1,61 @@
+"""One owner per mailbox: a lease per connection with a fencing token.
+
+A fetcher takes the lease before it polls (a new token, one higher than any before) and gives
+it back after. While another fetcher's lease is live, the connection is not polled twice. A
+fetcher whose lease expired or was taken over (it was paused, or cut off from the database)
+finds out before it applies server actions, and the store drops records that carry an older
+token than the connection's current one: such a fetcher can neither change the mailbox nor
+advance its cursor.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from mailintake_shared.db.models import PollLease
+from mailintake_shared.db.types import utcnow
+
+
+def acquire(session: Session, connection_id: uuid.UUID, holder: str, seconds: float) -> int | None:
+    """A new fencing token, or None while another holder's lease is live."""
+    now = utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(  # the row exists before it is locked, even for two first-comers at once
+        insert(PollLease)
+        .values(connection_id=connection_id, token=0, holder="", expires_at=now)
+        .on_conflict_do_nothing()
+    )
+    lease = session.get(PollLease, connection_id, with_for_update=True, populate_existing=True)
+    assert lease is not None
+    if lease.expires_at > now and lease.holder != holder:
+        return None
+    lease.token += 1
+    lease.holder, lease.expires_at = holder, now + timedelta(seconds=seconds)
+    session.flush()
+    return lease.token
+
+
+def held(session: Session, connection_id: uuid.UUID, token: int) -> bool:
+    lease = session.get(PollLease, connection_id)
+    return lease is not None and lease.token == token and lease.expires_at > utcnow()
+
+
+def release(session: Session, connection_id: uuid.UUID, token: int) -> None:
+    lease = session.get(PollLease, connection_id, with_for_update=True)
+    if lease is not None and lease.token == token:
+        lease.expires_at = utcnow()
+
+
+def current_tokens(session: Session, connection_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+    rows = session.execute(
+        select(PollLease.connection_id, PollLease.token).where(
+            PollLease.connection_id.in_(connection_ids)
+        )
+    ).all()
+    return {row.connection_id: row.token for row in rows}
