@@ -30,7 +30,7 @@ from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.deadletter import dead_letter
 from mailintake_shared.domain import Transport
-from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollResult, decode
+from mailintake_shared.events import PollDue, PollOutcome, PollResult, decode
 from mailintake_shared.kafka import (
     CommitAfterWorkLoop,
     ReliableProducer,
@@ -109,14 +109,7 @@ class FetcherWorker:
         config = self._repository.connection(due.connection_id)
         if config is None or not config.view.enabled:
             return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
-        kind = _POLLS.get(config.view.transport)
-        if kind is None:
-            return self._answer_without_polling(
-                due,
-                sink,
-                PollOutcome.FAILED,
-                f"the {config.view.transport.value} transport is not supported by this fetcher yet",
-            )
+        kind = _POLLS[config.view.transport]
         token = self._repository.acquire_lease(
             due.connection_id, self._holder, self._settings.poll_lease_seconds
         )
@@ -148,9 +141,7 @@ class FetcherWorker:
         return result
 
     @staticmethod
-    def _answer_without_polling(
-        due: PollDue, sink: Sink, outcome: PollOutcome, error: str | None = None
-    ) -> PollResult:
+    def _answer_without_polling(due: PollDue, sink: Sink, outcome: PollOutcome) -> PollResult:
         """A result for a poll that did not run, so the scheduler's in-flight state ends."""
         now = utcnow()
         result = PollResult(
@@ -158,8 +149,6 @@ class FetcherWorker:
             poll_id=due.poll_id,
             reason=due.reason,
             outcome=outcome,
-            error_kind=ErrorKind.INTERNAL if error else None,
-            error=error,
             started_at=now,
             finished_at=now,
         )
