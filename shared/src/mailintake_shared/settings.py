@@ -187,6 +187,18 @@ class Settings(BaseSettings):
         description="How long a fetcher owns a connection it polls (its lease); keep it above "
         "MAILINTAKE_POLL_MAX_SECONDS plus a connection time-out.",
     )
+    max_sessions_per_host: int = Field(
+        20,
+        ge=1,
+        description="Most concurrent sessions to one mail server host, across every fetcher "
+        "(PostgreSQL; more polls wait for a slot).",
+    )
+    max_sessions_per_account: int = Field(
+        2,
+        ge=1,
+        description="Most concurrent sessions to one account on one host, across every "
+        "fetcher (servers cap them: Dovecot's mail_max_userip_connections, Gmail's 15).",
+    )
     poll_jitter_seconds: float = Field(
         60.0,
         ge=0,

@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -25,6 +26,7 @@ from mailintake_fetcher.poll import Budget, Poll, Sink
 from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_fetcher.publisher import KafkaSink
 from mailintake_fetcher.repository import FetcherRepository
+from mailintake_fetcher.slots import SessionSlots
 from mailintake_shared.checks import consumer_readiness
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.types import utcnow
@@ -38,6 +40,7 @@ from mailintake_shared.kafka import (
     make_consumer,
 )
 from mailintake_shared.logging import get_logger
+from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -74,6 +77,9 @@ class FetcherWorker:
         self._producer = ReliableProducer(settings, SERVICE)
         self._consumer: KafkaConsumer = make_consumer(settings, SERVICE, [Topic.POLL_DUE])
         self._budget = budget_from(settings)
+        self._slots = SessionSlots(
+            self._engine, settings.max_sessions_per_host, settings.max_sessions_per_account
+        )
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._loop: CommitAfterWorkLoop | None = None
 
@@ -116,19 +122,34 @@ class FetcherWorker:
         if token is None:
             log.info("poll skipped: another fetcher polls it", connection_id=str(due.connection_id))
             return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
-        log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
+        view = config.view
+        host = view.host or urlsplit(self._settings.graph_endpoint).hostname or "graph"
         try:
-            result = kind(
-                config,
-                due,
-                self._repository,
-                sink,
-                self._budget,
-                lease_token=token,
-                fence=lambda: self._repository.lease_held(due.connection_id, token),
-            ).run()
+            with self._slots.hold(host, view.username) as slot:
+                if not slot:
+                    log.info(
+                        "poll skipped: the server's session budget is in use",
+                        connection_id=str(due.connection_id),
+                        host=host,
+                    )
+                    return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
+                return self._run(kind, config, due, sink, token)
         finally:
             self._repository.release_lease(due.connection_id, token)
+
+    def _run(
+        self, kind: type[Poll], config: MailboxConfig, due: PollDue, sink: Sink, token: int
+    ) -> PollResult:
+        log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
+        result = kind(
+            config,
+            due,
+            self._repository,
+            sink,
+            self._budget,
+            lease_token=token,
+            fence=lambda: self._repository.lease_held(due.connection_id, token),
+        ).run()
         log.info(
             "poll finished",
             connection_id=str(due.connection_id),

@@ -1,0 +1,57 @@
+"""A per-account session budget across fetchers: a Dovecot that allows 2 connections per user
+and IP, 9 connections to the same account and 3 fetchers polling them at once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api import WITHOUT_ESTIMATE
+from tests.harness.dovecot import Dovecot
+from tests.harness.mail import make_message
+from tests.harness.pipeline import Database, Pipeline, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def strict_dovecot() -> Iterator[Dovecot]:
+    server = Dovecot(connections_per_user=2).start()
+    yield server
+    server.destroy()
+
+
+def test_no_poll_hits_the_servers_connection_limit(
+    pipeline: Pipeline, api: TestClient, db: Database, strict_dovecot: Dovecot
+) -> None:
+    user, password = strict_dovecot.add_user(password=uuid.uuid4().hex)
+    strict_dovecot.seed(user, (make_message(i, size=50_000) for i in range(150)))
+    pipeline.start("scheduler", "fetcher", "fetcher:2", "fetcher:3", "store")
+    ids = []
+    for i in range(9):
+        created = api.post(
+            "/connections",
+            json={
+                "name": f"same account {i}",
+                "protocol": "imap",
+                "host": "127.0.0.1",
+                "port": strict_dovecot.ports.imaps,
+                "tls_ca_pem": strict_dovecot.pki.ca_text,
+                "username": user,
+                "password": password,
+                "interval_minutes": 1,
+            },
+        )
+        ids.append(created.json()["id"])
+    for cid in ids:  # all at once (the tests' scheduler has no jitter)
+        assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+    wait_until(lambda: db.message_count() >= 1350, timeout_s=240, message="150 × 9 stored")
+    failed = db.rows("SELECT error FROM poll_log WHERE outcome = 'failed'")
+    assert failed == [], failed
+    skipped = db.scalar("SELECT count(*) FROM poll_log WHERE outcome = 'skipped'")
+    assert skipped > 0  # the budget did make polls wait
+    assert db.message_count() == 1350
+    pipeline.assert_running()
