@@ -1,6 +1,7 @@
 """A TCP proxy between a client and a server that injects faults into the server's answers:
 cut the connection after N bytes, stall it, or slow it down. Faults apply to the next
-sessions, one plan per session, then the proxy passes traffic through untouched."""
+sessions, one plan per session, then every session gets the default (untouched traffic,
+unless told otherwise)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ class Fault:
 
 
 class FaultProxy:
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, default: Fault | None = None) -> None:
         self.port = free_port()
         self._target = target_port
+        self._default = default or Fault()
         self._plans: deque[Fault] = deque()
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = threading.Event()
@@ -51,7 +53,7 @@ class FaultProxy:
             except OSError:
                 return
             self.sessions += 1
-            fault = self._plans.popleft() if self._plans else Fault()
+            fault = self._plans.popleft() if self._plans else self._default
             threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
 
     def _serve(self, client: socket.socket, fault: Fault) -> None:

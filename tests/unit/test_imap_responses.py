@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from imapclient.exceptions import IMAPClientAbortError, LoginError
 
+from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.errors import classify
 from mailintake_shared.mailbox.imap import MessageMeta, _parse_bodies, _parse_meta, sequence_set
 
 
@@ -49,3 +52,11 @@ def test_bodies_are_matched_to_uids_wherever_the_uid_item_comes() -> None:
 
 def test_sequence_sets_are_compact() -> None:
     assert sequence_set([5, 1, 2, 3, 7, 8, 10]) == "1:3,5,7:8,10"
+
+
+def test_a_server_that_asks_to_slow_down_is_throttling_not_failing() -> None:
+    limit = LoginError("[LIMIT] Maximum number of connections from user+IP exceeded")
+    assert classify(limit).kind is ErrorKind.THROTTLED
+    assert classify(IMAPClientAbortError("BYE server shutting down")).kind is ErrorKind.THROTTLED
+    assert classify(LoginError("[AUTHENTICATIONFAILED] bad")).kind is ErrorKind.AUTHENTICATION
+    assert classify(IMAPClientAbortError("socket error: EOF")).kind is ErrorKind.SERVER_ERROR

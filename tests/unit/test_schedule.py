@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig, stable_fraction
 from mailintake_shared.domain import ConnectionView
-from mailintake_shared.events import ErrorKind, PollCompleted, PollDue, PollOutcome, PollReason
+from mailintake_shared.events import (
+    ErrorKind,
+    HealthState,
+    PollCompleted,
+    PollDue,
+    PollOutcome,
+    PollReason,
+)
 from tests.harness.views import connection_view
 
 CONFIG = ScheduleConfig(jitter_s=60, poll_timeout_s=600, retry_base_s=30, retry_max_s=3600)
@@ -189,3 +196,100 @@ def test_a_manual_poll_unparks_a_connection() -> None:
     assert schedule.poll_requested(v.id, 150.0)
     (manual,) = schedule.due(150.0)
     assert manual.reason is PollReason.MANUAL
+
+
+def test_throttled_polls_back_off_with_jitter_past_the_interval() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=1)  # 60 s
+    due = first_poll(schedule, v)
+    now, delays = 100.0, []
+    for failures in range(1, 6):
+        throttled = completed(
+            due,
+            outcome=PollOutcome.FAILED,
+            error_kind=ErrorKind.THROTTLED,
+            consecutive_failures=failures,
+        )
+        schedule.poll_completed(throttled, now)
+        step = 0.0
+        while not (events := schedule.due(now + step)):
+            step += 1
+        (due,) = events
+        delays.append(step)
+        now += step
+    for failures, delay in enumerate(delays, start=1):
+        base = 30 * 2 ** (failures - 1)
+        assert base <= delay <= min(base * 1.5 + 1, 3600)
+    assert delays[-1] > 60  # a failure of another kind stops at the interval
+    other = view(interval=1)
+    assert stable_fraction(other.id) != stable_fraction(v.id)  # each connection its own jitter
+
+
+WATCHED = ScheduleConfig(
+    jitter_s=60, poll_timeout_s=600, retry_base_s=30, retry_max_s=3600, stalled_after_s=1800
+)
+
+
+def test_the_watchdog_reports_a_stall_once_and_the_recovery_once() -> None:
+    schedule = Schedule(WATCHED)
+    v = view(interval=5)
+    due = first_poll(schedule, v)
+    now = 100.0
+    schedule.poll_completed(completed(due), now)  # one success at t=100
+    failures = 0
+    while now < 100 + 1800 + 600:
+        now += 1
+        for due in schedule.due(now):
+            failures += 1
+            failed = completed(
+                due,
+                outcome=PollOutcome.FAILED,
+                error_kind=ErrorKind.TIMEOUT,
+                consecutive_failures=failures,
+            )
+            schedule.poll_completed(failed, now)
+        changes = schedule.health_changes(now)
+        if now < 100 + 1800:
+            assert changes == []
+        elif now == 100 + 1800:
+            (change,) = changes
+            assert change.state is HealthState.STALLED
+            assert change.reason == "no successful poll for 1800 s"
+            assert change.since_success_s == 1800
+        else:
+            assert changes == []  # once, not on every tick
+    assert schedule.stalled() == 1
+    while not (events := schedule.due(now)):
+        now += 1
+    schedule.poll_completed(completed(events[0]), now)
+    (recovered,) = schedule.health_changes(now)
+    assert recovered.state is HealthState.RECOVERED
+    assert schedule.stalled() == 0
+
+
+def test_a_poll_that_never_completes_is_issued_again_and_reported() -> None:
+    config = ScheduleConfig(
+        jitter_s=60, poll_timeout_s=600, retry_base_s=30, retry_max_s=3600, stalled_after_s=900
+    )
+    schedule = Schedule(config)
+    v = view(interval=60)
+    first_poll(schedule, v)  # in flight, never answered
+    start = stable_fraction(v.id) * 60
+    (again,) = schedule.due(start + 600)
+    assert again.reason is PollReason.RETRY
+    assert schedule.health_changes(899.0) == []  # the connection was added at 0
+    (stalled,) = schedule.health_changes(900.0)
+    assert stalled.reason == "a poll never completed (issued again)"
+    assert stalled.since_success_s is None
+
+
+def test_a_stalled_connection_that_is_disabled_leaves_no_alarm_behind() -> None:
+    schedule = Schedule(WATCHED)
+    v = view(interval=60)
+    first_poll(schedule, v)
+    (stalled,) = schedule.health_changes(1800.0)
+    assert stalled.state is HealthState.STALLED
+    schedule.connection_changed(v.model_copy(update={"enabled": False}), 1801.0)
+    (cleared,) = schedule.health_changes(1801.0)
+    assert (cleared.connection_id, cleared.state) == (v.id, HealthState.RECOVERED)
+    assert schedule.stalled() == 0

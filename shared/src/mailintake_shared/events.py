@@ -71,6 +71,7 @@ class ErrorKind(StrEnum):
     FOLDER_MISSING = "folder_missing"
     UIDL_UNSUPPORTED = "uidl_unsupported"
     LEASE_LOST = "lease_lost"  # another fetcher owns the connection now
+    THROTTLED = "throttled"  # the server asks for less: [LIMIT], [UNAVAILABLE], 429, BYE
     SERVER_ERROR = "server_error"
     BROKER = "broker"
     INTERNAL = "internal"
@@ -225,3 +226,21 @@ class DeadLetter(Event):
         default_factory=dict, description="the record's headers, values as UTF-8 or base64"
     )
     failed_at: datetime
+
+
+class HealthState(StrEnum):
+    STALLED = "stalled"
+    RECOVERED = "recovered"
+
+
+class ConnectionHealthChanged(Event):
+    """Topic ``connection.health`` (compacted; scheduler → operators' alerting): a connection
+    has had no successful poll for ``MAILINTAKE_STALLED_AFTER_SECONDS`` (or its poll never
+    completed), or it has recovered from that."""
+
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    state: HealthState
+    reason: str
+    last_success_at: datetime | None
+    at: datetime

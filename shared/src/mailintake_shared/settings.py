@@ -204,6 +204,12 @@ class Settings(BaseSettings):
         ge=0,
         description="First polls are spread over this window (a stable offset per connection).",
     )
+    stalled_after_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="A connection without a successful poll for this long is reported stalled "
+        "(connection.health event, metric, API status).",
+    )
     retry_base_seconds: float = Field(
         30.0, gt=0, description="Delay before retrying a failed poll; doubles per failure."
     )

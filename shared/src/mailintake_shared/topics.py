@@ -19,6 +19,7 @@ class Topic(StrEnum):
     MAIL_FETCHED = "mail.fetched"
     MAIL_STORED = "mail.stored"
     POLL_COMPLETED = "poll.completed"
+    CONNECTION_HEALTH = "connection.health"
     DEAD_LETTER = "deadletter"
 
 
@@ -45,6 +46,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.MAIL_FETCHED, False, 7 * _DAY_MS, "raw downloaded mail and poll results"),
     TopicSpec(Topic.MAIL_STORED, False, 7 * _DAY_MS, "a message was committed to the database"),
     TopicSpec(Topic.POLL_COMPLETED, False, 1 * _DAY_MS, "a poll's outcome, after the store"),
+    TopicSpec(Topic.CONNECTION_HEALTH, True, None, "a connection stalled, or recovered"),
     TopicSpec(Topic.DEAD_LETTER, False, 30 * _DAY_MS, "records that could not be processed"),
 )
 

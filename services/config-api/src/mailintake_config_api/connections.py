@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
@@ -54,7 +55,9 @@ def to_public(
     )
 
 
-def public(session: Session, rows: list[Connection]) -> list[ConnectionPublic]:
+def public(
+    session: Session, rows: list[Connection], stalled_after_s: float
+) -> list[ConnectionPublic]:
     """Connections as the API shows them, with their polling status and authorization."""
     ids = [row.id for row in rows]
     statuses = session.scalars(
@@ -73,7 +76,12 @@ def public(session: Session, rows: list[Connection]) -> list[ConnectionPublic]:
         )
     )
     grant_of.update(dict.fromkeys(app_only, "app_only"))
-    return [to_public(row, status_of.get(row.id), grant_of.get(row.id)) for row in rows]
+    shown = [to_public(row, status_of.get(row.id), grant_of.get(row.id)) for row in rows]
+    cutoff = utcnow() - timedelta(seconds=stalled_after_s)
+    for item in shown:  # the watchdog's rule, as the scheduler applies it
+        last = item.status.last_success_at or item.updated_at
+        item.status.stalled = item.enabled and last < cutoff
+    return shown
 
 
 def request_poll(session: Session, settings: Settings, row: Connection) -> PollRequested:

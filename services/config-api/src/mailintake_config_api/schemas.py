@@ -193,6 +193,10 @@ class ConnectionHealth(BaseModel):
     last_error: str | None = None
     consecutive_failures: int = 0
     messages_stored: int = 0
+    stalled: bool = Field(
+        False,
+        description="Enabled, and no successful poll for MAILINTAKE_STALLED_AFTER_SECONDS.",
+    )
 
 
 class ConnectionPublic(ConnectionView):

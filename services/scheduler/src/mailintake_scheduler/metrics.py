@@ -16,3 +16,7 @@ LATENESS_DUE = Histogram(
     "Time from a poll falling due to its poll.due event being emitted.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2, 5, 10, 30),
 )
+STALLED = Gauge(
+    "mailintake_scheduler_stalled_connections",
+    "Connections without a successful poll for MAILINTAKE_STALLED_AFTER_SECONDS.",
+)

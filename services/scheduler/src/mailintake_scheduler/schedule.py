@@ -10,13 +10,17 @@ Rules:
   for their server action, is followed at once (``continuation``, ``actions``);
 - a failed poll is retried after ``retry_base_s`` doubled per consecutive failure, capped
   by the interval; an authentication failure waits at least the interval and backs off up
-  to ``retry_max_s`` (no retry storm against a server that refuses us);
+  to ``retry_max_s`` (no retry storm against a server that refuses us); a throttled poll
+  (``[LIMIT]``, ``[UNAVAILABLE]``, 429) backs off with jitter, past the interval if need be;
 - a connection whose OAuth2 grant is gone (``authorization_required``) is parked: no polls
   until it changes (a new authorization bumps its version) or an operator asks for one;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
 - a manual request is served at once, or right after the poll in flight;
-- a disabled or deleted connection is dropped; an interval change applies from the next poll.
+- a disabled or deleted connection is dropped; an interval change applies from the next poll;
+- the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
+  never completed, which is issued again) is reported stalled once, and recovered once a
+  poll succeeds.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from datetime import UTC, datetime
 from mailintake_shared.domain import ConnectionView
 from mailintake_shared.events import (
     ErrorKind,
+    HealthState,
     PollCompleted,
     PollDue,
     PollOutcome,
@@ -43,6 +48,15 @@ class ScheduleConfig:
     poll_timeout_s: float
     retry_base_s: float
     retry_max_s: float
+    stalled_after_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class HealthChange:
+    connection_id: uuid.UUID
+    state: HealthState
+    reason: str
+    since_success_s: float | None  # how long ago the last successful poll was; None: never
 
 
 @dataclass
@@ -55,6 +69,10 @@ class _Entry:
     issued_at: float = 0.0
     requested: bool = False
     parked: bool = False  # authorization required: no polls until the connection changes
+    added_at: float = 0.0
+    last_ok: float | None = None  # when a poll last succeeded
+    stalled: bool = False
+    hung: bool = False  # its last poll never completed and was issued again
 
 
 def stable_fraction(connection_id: uuid.UUID) -> float:
@@ -69,6 +87,7 @@ class Schedule:
     _entries: dict[uuid.UUID, _Entry] = field(default_factory=dict)
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
+    _health: list[HealthChange] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -92,7 +111,7 @@ class Schedule:
             return
         interval_s = view.interval_minutes * 60.0
         if entry is None:
-            entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0)
+            entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0, added_at=now)
             self._entries[view.id] = entry
             offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
             self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
@@ -104,15 +123,28 @@ class Schedule:
                 self._set_due(view.id, entry, now, PollReason.SCHEDULED)
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
-        self._entries.pop(connection_id, None)  # heap entries of it are skipped when popped
+        entry = self._entries.pop(connection_id, None)  # its heap entries are skipped
         self._flying.discard(connection_id)
+        if entry is not None and entry.stalled:  # no stale alarm left on the health topic
+            self._health.append(
+                HealthChange(connection_id, HealthState.RECOVERED, "no longer polled", None)
+            )
 
     def poll_completed(self, event: PollCompleted, now: float) -> None:
         entry = self._entries.get(event.connection_id)
         if entry is None or entry.in_flight != event.poll_id:
             return  # a poll of a removed connection, or one already re-issued
-        entry.in_flight = None
+        entry.in_flight, entry.hung = None, False
         self._flying.discard(event.connection_id)
+        if event.outcome is PollOutcome.OK:
+            if entry.stalled:
+                entry.stalled = False
+                self._health.append(
+                    HealthChange(
+                        event.connection_id, HealthState.RECOVERED, "a poll succeeded", 0.0
+                    )
+                )
+            entry.last_ok = now
         if event.error_kind is ErrorKind.AUTHORIZATION_REQUIRED:
             entry.parked, entry.requested = True, False  # nothing in the heap: it waits
         elif entry.requested:
@@ -136,6 +168,11 @@ class Schedule:
     def _retry_delay(self, entry: _Entry, event: PollCompleted) -> float:
         failures = max(1, event.consecutive_failures)
         backoff = self.config.retry_base_s * float(2 ** (failures - 1))
+        if event.error_kind is ErrorKind.THROTTLED:
+            # The server asked for less: back off past the interval if need be, with jitter
+            # (stable per connection and attempt) so that throttled connections spread out.
+            jitter = 1.0 + 0.5 * stable_fraction(uuid.uuid5(event.connection_id, str(failures)))
+            return min(backoff * jitter, self.config.retry_max_s)
         if event.error_kind is ErrorKind.AUTHENTICATION:
             return min(
                 max(entry.interval_s, backoff), max(entry.interval_s, self.config.retry_max_s)
@@ -154,6 +191,28 @@ class Schedule:
             self._set_due(connection_id, entry, now, PollReason.MANUAL)
         return True
 
+    # --- the watchdog ------------------------------------------------------------------------
+    def health_changes(self, now: float) -> list[HealthChange]:
+        """Connections that stalled (no successful poll for ``stalled_after_s``, or a poll that
+        never completed) or recovered since the last call; each reported once per change."""
+        for connection_id, entry in self._entries.items():
+            since = now - (entry.last_ok if entry.last_ok is not None else entry.added_at)
+            if entry.stalled or since < self.config.stalled_after_s:
+                continue
+            entry.stalled = True
+            reason = (
+                "a poll never completed (issued again)"
+                if entry.hung
+                else f"no successful poll for {int(since)} s"
+            )
+            ago = None if entry.last_ok is None else now - entry.last_ok
+            self._health.append(HealthChange(connection_id, HealthState.STALLED, reason, ago))
+        changes, self._health = self._health, []
+        return changes
+
+    def stalled(self) -> int:
+        return sum(entry.stalled for entry in self._entries.values())
+
     # --- output ----------------------------------------------------------------------------
     def due(self, now: float, wall_clock: datetime | None = None) -> list[PollDue]:
         """The poll-due events to emit at ``now``; they are in flight from here on.
@@ -166,7 +225,7 @@ class Schedule:
         for connection_id in list(self._flying):
             flying = self._entries[connection_id]
             if now - flying.issued_at >= self.config.poll_timeout_s:
-                flying.in_flight = None  # it never completed: issue it again
+                flying.in_flight, flying.hung = None, True  # it never completed: again
                 self._flying.discard(connection_id)
                 self._set_due(connection_id, flying, now, PollReason.RETRY)
         while self._heap and self._heap[0][0] <= now:

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
@@ -19,11 +20,17 @@ from kafka.coordinator.assignors.range import RangePartitionAssignor
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
-from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS, LATENESS_DUE
+from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS, LATENESS_DUE, STALLED
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig
 from mailintake_shared.checks import broker_ok
 from mailintake_shared.deadletter import dead_letter
-from mailintake_shared.events import ConnectionState, PollCompleted, PollRequested, decode
+from mailintake_shared.events import (
+    ConnectionHealthChanged,
+    ConnectionState,
+    PollCompleted,
+    PollRequested,
+    decode,
+)
 from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.settings import Settings
@@ -40,6 +47,7 @@ def config_from(settings: Settings) -> ScheduleConfig:
         poll_timeout_s=settings.poll_timeout_seconds,
         retry_base_s=settings.retry_base_seconds,
         retry_max_s=settings.retry_max_seconds,
+        stalled_after_s=settings.stalled_after_seconds,
     )
 
 
@@ -68,6 +76,7 @@ class SchedulerWorker:
             ensure_topics(settings)
         self.connections_topic = topic_name(settings.topic_prefix, Topic.CONNECTIONS)
         self._due_topic = topic_name(settings.topic_prefix, Topic.POLL_DUE)
+        self._health_topic = topic_name(settings.topic_prefix, Topic.CONNECTION_HEALTH)
         self._producer = ReliableProducer(settings, SERVICE)
         # Range assignment gives a replica the same partition numbers of every topic, so the
         # connections, completions and requests of one connection reach the same replica.
@@ -106,6 +115,7 @@ class SchedulerWorker:
                     offsets[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
             try:
                 self.emit_due()
+                self.emit_health()
                 self._healthy = True
             except Exception:
                 self._healthy = False
@@ -141,6 +151,38 @@ class SchedulerWorker:
                     )
         except (ValidationError, ValueError, AttributeError) as exc:
             dead_letter(self._producer, self._settings.topic_prefix, SERVICE, record, str(exc))
+
+    def emit_health(self) -> None:
+        """The watchdog's findings, on the compacted ``connection.health`` topic."""
+        now, wall = self._clock(), datetime.now(UTC)
+        changes = self.schedule.health_changes(now)
+        STALLED.set(self.schedule.stalled())
+        if not changes:
+            return
+        events = [
+            ConnectionHealthChanged(
+                connection_id=change.connection_id,
+                state=change.state,
+                reason=change.reason,
+                last_success_at=None
+                if change.since_success_s is None
+                else wall - timedelta(seconds=change.since_success_s),
+                at=wall,
+            )
+            for change in changes
+        ]
+        for event in events:
+            log.warning(
+                "connection health changed",
+                connection_id=str(event.connection_id),
+                state=event.state.value,
+                reason=event.reason,
+            )
+        futures = [
+            self._producer.send(self._health_topic, str(e.connection_id).encode(), e.to_bytes())
+            for e in events
+        ]
+        self._producer.settle(futures, timeout_s=30)
 
     def emit_due(self) -> None:
         now = self._clock()

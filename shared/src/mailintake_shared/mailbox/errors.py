@@ -7,7 +7,7 @@ import poplib
 import socket
 import ssl
 
-from imapclient.exceptions import IMAPClientError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.logging import redact_text
@@ -38,6 +38,10 @@ class StartTlsUnavailableError(PollError):
         )
 
 
+# IMAP response codes of a server that refuses for now (RFC 5530), not for good.
+_THROTTLING = ("[LIMIT]", "[UNAVAILABLE]", "[INUSE]")
+
+
 def classify(exc: BaseException) -> PollError:
     """Map a library or socket exception onto the taxonomy."""
     if isinstance(exc, PollError):
@@ -53,6 +57,10 @@ def classify(exc: BaseException) -> PollError:
         return PollError(ErrorKind.TLS, f"certificate not trusted: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
         return PollError(ErrorKind.TLS, f"TLS handshake failed: {exc}")
+    if any(code in text for code in _THROTTLING) or (
+        isinstance(exc, IMAPClientAbortError) and "BYE" in text
+    ):
+        return PollError(ErrorKind.THROTTLED, f"the server asks to slow down: {exc}")
     if isinstance(exc, LoginError):
         return PollError(ErrorKind.AUTHENTICATION, f"the server refused the login: {exc}")
     if isinstance(exc, IMAPClientError | poplib.error_proto | OSError | EOFError):

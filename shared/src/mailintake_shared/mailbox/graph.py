@@ -94,11 +94,11 @@ class GraphMailbox(Session):
                 wait = _retry_after(response) or delay * (1 + random.random())  # noqa: S311
                 delay = min(delay * 2, 60.0)
                 if self._deadline is not None and time.monotonic() + wait > self._deadline:
-                    raise PollError(ErrorKind.SERVER_ERROR, "Microsoft Graph is throttling")
+                    raise PollError(ErrorKind.THROTTLED, "Microsoft Graph is throttling")
                 self._sleep(wait)
                 continue
             return _checked(response)
-        raise PollError(ErrorKind.SERVER_ERROR, "Microsoft Graph kept refusing the request")
+        raise PollError(ErrorKind.THROTTLED, "Microsoft Graph kept throttling the request")
 
     def folder_url(self) -> str:
         if self._folder.upper() == "INBOX":

@@ -183,7 +183,9 @@ class TokenStore:
         try:
             tokens = self._providers[reg.provider].refresh(reg, refresh_token)
         except ProviderError as exc:
-            raise PollError(ErrorKind.SERVER_ERROR, f"token refresh failed: {exc}") from exc
+            busy = any(sign in str(exc) for sign in ("429", "503", "temporarily_unavailable"))
+            kind = ErrorKind.THROTTLED if busy else ErrorKind.SERVER_ERROR
+            raise PollError(kind, f"token refresh failed: {exc}") from exc
         grant.access_token_enc = self._box.encrypt(tokens.access_token)
         grant.access_expires_at = tokens.expires_at
         if tokens.refresh_token and tokens.refresh_token != refresh_token:

@@ -48,6 +48,7 @@ def _escape_like(term: str) -> str:
 @router.get("", response_model=ConnectionPage, summary="List and search connections")
 def list_connections(
     session: SessionDep,
+    res: ResourcesDep,
     _role: Viewer,
     q: Annotated[
         str | None,
@@ -80,7 +81,7 @@ def list_connections(
         query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
     ).all()
     return ConnectionPage(
-        items=connections.public(session, list(rows)),
+        items=connections.public(session, list(rows), res.settings.stalled_after_seconds),
         total=total,
         limit=limit,
         offset=offset,
@@ -102,15 +103,15 @@ def create_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row])[0]
+    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
 def get_connection(
-    connection_id: uuid.UUID, session: SessionDep, _role: Viewer
+    connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Viewer
 ) -> ConnectionPublic:
     row = _get(session, connection_id)
-    return connections.public(session, [row])[0]
+    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -128,7 +129,7 @@ def update_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row])[0]
+    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
 @router.delete(
@@ -177,7 +178,7 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    return connections.public(session, [row])[0]
+    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
 @router.post(
@@ -209,7 +210,7 @@ def disable_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> ConnectionPublic:
     row = connections.set_enabled(session, res.settings, _get(session, connection_id), False)
-    return connections.public(session, [row])[0]
+    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
 @router.post(
