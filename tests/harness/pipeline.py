@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,8 +71,20 @@ class Pipeline:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
-    def stop(self, service: str) -> None:
-        stop_process(self.processes.pop(service), timeout_s=30)
+    def stop(self, service: str) -> int:
+        """SIGTERM, SIGKILL after 30 s; the exit code (0: it stopped by itself, in time)."""
+        process = self.processes.pop(service)
+        stop_process(process, timeout_s=30)
+        return process.returncode
+
+    def http_get(self, service: str, path: str) -> int:
+        """The status code of a service's own HTTP endpoint (``/healthz``, ``/readyz``)."""
+        url = f"http://127.0.0.1:{self.ports[service]}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
 
     def stop_all(self) -> None:
         for service in list(self.processes):

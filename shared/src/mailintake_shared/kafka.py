@@ -247,6 +247,8 @@ class CommitAfterWorkLoop:
                 self._stop.wait(backoff)
                 continue
             batch = [record for records in polled.values() for record in records]
+            if self._stop.is_set():
+                break  # uncommitted: the partition's next owner handles the batch
             if not batch:
                 if self._on_idle is not None:
                     self._on_idle()

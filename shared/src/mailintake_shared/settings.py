@@ -182,10 +182,11 @@ class Settings(BaseSettings):
         description="A poll not completed after this long is issued again by the scheduler.",
     )
     poll_lease_seconds: float = Field(
-        300.0,
+        30.0,
         gt=0,
-        description="How long a fetcher owns a connection it polls (its lease); keep it above "
-        "MAILINTAKE_POLL_MAX_SECONDS plus a connection time-out.",
+        description="A fetcher's lease on the connection it polls, renewed every third of it "
+        "while the poll runs: a crashed or paused fetcher's connections are polled again after "
+        "this long.",
     )
     max_sessions_per_host: int = Field(
         20,

@@ -44,10 +44,12 @@ class GraphPoll(Poll):
                 for item in new:
                     if item.id in known:
                         continue
-                    if progress.messages and (
-                        progress.messages >= budget.max_messages
-                        or progress.bytes >= budget.max_bytes
-                        or self._clock() > deadline
+                    if self._time_is_up(deadline, progress) or (
+                        progress.messages
+                        and (
+                            progress.messages >= budget.max_messages
+                            or progress.bytes >= budget.max_bytes
+                        )
                     ):
                         progress.delta_link, progress.more_pending = page.url, True
                         return

@@ -65,7 +65,7 @@ class ImapPoll(Poll):
             planned_bytes += meta.size
         size = budget.chunk_bytes
         for group in _groups(planned, budget.batch_messages, size):
-            if progress.messages and self._clock() > deadline:
+            if self._time_is_up(deadline, progress):
                 break
             if len(group) == 1 and group[0].size > size:
                 # A large message, fetched by byte range: memory stays at two chunks.

@@ -104,6 +104,7 @@ class Poll:
         *,
         lease_token: int | None = None,
         fence: Callable[[], bool] = lambda: True,
+        stopping: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
@@ -113,6 +114,7 @@ class Poll:
         self._budget = budget
         self._lease_token = lease_token
         self._fence = fence
+        self._stopping = stopping
         self._clock = clock
 
     def _check_fence(self) -> None:
@@ -167,6 +169,12 @@ class Poll:
 
     def _deadline(self) -> float:
         return self._clock() + self._budget.max_seconds
+
+    def _time_is_up(self, deadline: float, progress: Progress) -> bool:
+        """Stop downloading: the service is shutting down, or the poll has used its time
+        (after one message at least, so that every poll makes progress). What was published
+        is kept; the rest is left for the next poll (``more_pending``)."""
+        return self._stopping() or (progress.messages > 0 and self._clock() > deadline)
 
     def _chunk(
         self, identity: Identity, index: int, *, final: bool, sha256: str | None

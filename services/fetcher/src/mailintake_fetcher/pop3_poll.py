@@ -51,8 +51,8 @@ class Pop3Poll(Poll):
         budget = self._budget
         deadline = self._deadline()
         for message in new[: budget.max_messages]:
-            if progress.messages and (
-                self._clock() > deadline or progress.bytes + message.size > budget.max_bytes
+            if self._time_is_up(deadline, progress) or (
+                progress.messages and progress.bytes + message.size > budget.max_bytes
             ):
                 break
             identity = Identity(

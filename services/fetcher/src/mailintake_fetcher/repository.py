@@ -76,6 +76,10 @@ class FetcherRepository:
         with self._sessions() as session:
             return leases.held(session, connection_id, token)
 
+    def renew_lease(self, connection_id: uuid.UUID, token: int, seconds: float) -> bool:
+        with self._sessions() as session, session.begin():
+            return leases.renew(session, connection_id, token, seconds)
+
     def release_lease(self, connection_id: uuid.UUID, token: int) -> None:
         with self._sessions() as session, session.begin():
             leases.release(session, connection_id, token)

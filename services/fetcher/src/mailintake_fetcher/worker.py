@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from mailintake_fetcher.graph_poll import GraphPoll
 from mailintake_fetcher.imap_poll import ImapPoll
+from mailintake_fetcher.lease_keeper import LeaseKeeper
 from mailintake_fetcher.poll import Budget, Poll, Sink
 from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_fetcher.publisher import KafkaSink
@@ -82,11 +83,15 @@ class FetcherWorker:
         )
         self._holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._loop: CommitAfterWorkLoop | None = None
+        self._stop = threading.Event()
 
     def readiness(self) -> Mapping[str, bool]:
         return consumer_readiness(self._engine, self._consumer, self._loop)
 
     def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop``; a poll under way when it is set ends after the message it is
+        downloading (what was published is kept, the rest is the next poll's)."""
+        self._stop = stop
         self._loop = CommitAfterWorkLoop(self._consumer, self.handle, stop=stop, max_records=1)
         self._loop.run()
 
@@ -124,8 +129,12 @@ class FetcherWorker:
             return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
         view = config.view
         host = view.host or urlsplit(self._settings.graph_endpoint).hostname or "graph"
+        lease_s = self._settings.poll_lease_seconds
         try:
-            with self._slots.hold(host, view.username) as slot:
+            with (
+                LeaseKeeper(self._repository, due.connection_id, token, lease_s),
+                self._slots.hold(host, view.username) as slot,
+            ):
                 if not slot:
                     log.info(
                         "poll skipped: the server's session budget is in use",
@@ -149,6 +158,7 @@ class FetcherWorker:
             self._budget,
             lease_token=token,
             fence=lambda: self._repository.lease_held(due.connection_id, token),
+            stopping=self._stop.is_set,
         ).run()
         log.info(
             "poll finished",

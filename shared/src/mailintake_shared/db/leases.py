@@ -1,7 +1,9 @@
 """One owner per mailbox: a lease per connection with a fencing token.
 
-A fetcher takes the lease before it polls (a new token, one higher than any before) and gives
-it back after. While another fetcher's lease is live, the connection is not polled twice. A
+A fetcher takes the lease before it polls (a new token, one higher than any before), renews it
+while the poll runs, and gives it back after. While another fetcher's lease is live, the
+connection is not polled twice; a fetcher that crashed stops renewing, so its connections are
+polled again once its lease runs out (seconds, not the length of a poll). A
 fetcher whose lease expired or was taken over (it was paused, or cut off from the database)
 finds out before it applies server actions, and the store drops records that carry an older
 token than the connection's current one: such a fetcher can neither change the mailbox nor
@@ -44,6 +46,16 @@ def acquire(session: Session, connection_id: uuid.UUID, holder: str, seconds: fl
 def held(session: Session, connection_id: uuid.UUID, token: int) -> bool:
     lease = session.get(PollLease, connection_id)
     return lease is not None and lease.token == token and lease.expires_at > utcnow()
+
+
+def renew(session: Session, connection_id: uuid.UUID, token: int, seconds: float) -> bool:
+    """Extend a live lease; False if it has ended or was taken over (then it stays so)."""
+    lease = session.get(PollLease, connection_id, with_for_update=True, populate_existing=True)
+    now = utcnow()
+    if lease is None or lease.token != token or lease.expires_at <= now:
+        return False
+    lease.expires_at = now + timedelta(seconds=seconds)
+    return True
 
 
 def release(session: Session, connection_id: uuid.UUID, token: int) -> None:
