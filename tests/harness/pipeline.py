@@ -71,6 +71,13 @@ class Pipeline:
         process.send_signal(signal.SIGKILL)
         process.wait()
 
+    def pause(self, service: str) -> None:
+        """SIGSTOP: the process freezes (a long GC pause, a VM stall), its sockets stay open."""
+        self.processes[service].send_signal(signal.SIGSTOP)
+
+    def resume(self, service: str) -> None:
+        self.processes[service].send_signal(signal.SIGCONT)
+
     def stop(self, service: str) -> int:
         """SIGTERM, SIGKILL after 30 s; the exit code (0: it stopped by itself, in time)."""
         process = self.processes.pop(service)

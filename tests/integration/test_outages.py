@@ -235,3 +235,48 @@ def test_sigterm_ends_a_long_poll_early_and_keeps_what_it_published(
     finally:
         pipeline.stop_all()
         slow.stop()
+
+
+def test_a_fetcher_paused_past_its_lease_changes_nothing_when_it_wakes(
+    pipeline_settings: Settings, mailboxes: Mailboxes, tmp_path: Path
+) -> None:
+    settings = pipeline_settings.model_copy(
+        update={
+            "poll_lease_seconds": 3.0,
+            "poll_timeout_seconds": 8.0,
+            "poll_max_seconds": 300.0,
+            "kafka_max_poll_interval_ms": 400_000,
+            "fetch_batch_messages": 20,
+        }
+    )
+    slow = FaultProxy(mailboxes.server.ports.imaps, default=Fault(delay_per_read_s=0.05)).start()
+    pipeline = Pipeline(settings, tmp_path / "logs").start("scheduler", "fetcher", "store")
+    try:
+        with api_client(settings) as api:
+            seeded = mailboxes.add(api, 200, delete=True, port=slow.port, size=20_000)
+        _wait_for_count(mailboxes.db, 20, timeout_s=120, message="the first poll under way")
+        pipeline.pause("fetcher")  # mid-poll, holding the lease
+        pipeline.start("fetcher:2")  # takes the partitions, then the re-issued poll
+        _wait_for_all(mailboxes, timeout_s=180)
+        mailboxes.assert_exactly_once()  # everything deleted, by the new owner
+        pipeline.resume("fetcher")
+        wait_until(
+            lambda: (
+                "records of a fetcher that lost its lease dropped"
+                in (tmp_path / "logs" / "store.log").read_text()
+            ),
+            timeout_s=60,
+            message="what the woken fetcher published is dropped by the store",
+        )
+        wait_until(
+            lambda: '"lease lost"' in (tmp_path / "logs" / "fetcher.log").read_text(),
+            timeout_s=30,
+            message="the woken fetcher noticed",
+        )
+        time.sleep(2)
+        assert mailboxes.stored() == {seeded.connection_id: seeded.count}
+        pipeline.assert_running()
+    finally:
+        pipeline.resume("fetcher")
+        pipeline.stop_all()
+        slow.stop()

@@ -30,16 +30,18 @@ def _wait_for_calls(leases: Leases, count: int) -> None:
 def test_renews_through_database_errors_until_the_lease_is_lost() -> None:
     connection_id = uuid.uuid4()
     leases = Leases(True, OSError("database out of reach"), True, False)
-    with LeaseKeeper(leases, connection_id, 7, seconds=0.06):
+    with LeaseKeeper(leases, connection_id, 7, seconds=0.06) as keeper:
         _wait_for_calls(leases, 4)
         time.sleep(0.2)  # ten more periods: no renewal after the lease was lost
     assert leases.calls == [(connection_id, 7, 0.06)] * 4
+    assert keeper.lost
 
 
 def test_stops_renewing_when_the_poll_ends() -> None:
     leases = Leases()
-    with LeaseKeeper(leases, uuid.uuid4(), 1, seconds=0.06):
+    with LeaseKeeper(leases, uuid.uuid4(), 1, seconds=0.06) as keeper:
         _wait_for_calls(leases, 2)
+    assert not keeper.lost
     count = len(leases.calls)
     time.sleep(0.1)
     assert count >= 2

@@ -26,6 +26,7 @@ class LeaseKeeper:
         self._token = token
         self._seconds = seconds
         self._done = threading.Event()
+        self.lost = False  # the lease ended or was taken over: the poll's work is wasted
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
     def __enter__(self) -> LeaseKeeper:
@@ -52,4 +53,5 @@ class LeaseKeeper:
                 continue
             if not renewed:  # the fence stops the poll before it changes anything
                 log.warning("lease lost", connection_id=str(self._connection_id))
+                self.lost = True
                 return

@@ -132,7 +132,7 @@ class FetcherWorker:
         lease_s = self._settings.poll_lease_seconds
         try:
             with (
-                LeaseKeeper(self._repository, due.connection_id, token, lease_s),
+                LeaseKeeper(self._repository, due.connection_id, token, lease_s) as keeper,
                 self._slots.hold(host, view.username) as slot,
             ):
                 if not slot:
@@ -142,12 +142,18 @@ class FetcherWorker:
                         host=host,
                     )
                     return self._answer_without_polling(due, sink, PollOutcome.SKIPPED)
-                return self._run(kind, config, due, sink, token)
+                return self._run(kind, config, due, sink, token, keeper)
         finally:
             self._repository.release_lease(due.connection_id, token)
 
     def _run(
-        self, kind: type[Poll], config: MailboxConfig, due: PollDue, sink: Sink, token: int
+        self,
+        kind: type[Poll],
+        config: MailboxConfig,
+        due: PollDue,
+        sink: Sink,
+        token: int,
+        keeper: LeaseKeeper,
     ) -> PollResult:
         log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
         result = kind(
@@ -158,7 +164,7 @@ class FetcherWorker:
             self._budget,
             lease_token=token,
             fence=lambda: self._repository.lease_held(due.connection_id, token),
-            stopping=self._stop.is_set,
+            stopping=lambda: self._stop.is_set() or keeper.lost,
         ).run()
         log.info(
             "poll finished",
