@@ -17,6 +17,7 @@ from tests.conftest import ADMIN_TOKEN
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.postgres import PostgresCluster
+from tests.harness.views import LOOPBACK_CIDRS
 
 from mailintake_config_api.auth import hash_token
 from mailintake_devstack.broker import LocalBroker
@@ -204,6 +205,7 @@ class BenchEnv:
             "poll_jitter_seconds": 0.0,
             "poll_timeout_seconds": 120.0,
             "log_level": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+            "outbound_allow_cidrs": LOOPBACK_CIDRS,
         }
         values.update(overrides)
         return Settings(**values)

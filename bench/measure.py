@@ -24,7 +24,7 @@ from tests.api import api_client, enable
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.harness.polls import MemoryState
-from tests.harness.views import connection_view
+from tests.harness.views import LOOPBACK, connection_view
 
 from bench.env import (
     BenchEnv,
@@ -163,7 +163,9 @@ def raw_limits(env: BenchEnv, results: Results, count: int) -> dict[str, float]:
 # --- 2. the fetcher's download path alone --------------------------------------------------
 def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> None:
     box = results.figures["raw_mailbox"]
-    config = MailboxConfig(view=view_for(env, box["user"]), password=SecretStr(box["password"]))
+    config = MailboxConfig(
+        network=LOOPBACK, view=view_for(env, box["user"]), password=SecretStr(box["password"])
+    )
     budget = budget_from(env.settings())  # a poll-sized slice, as the fetcher makes it
     sink, state = DiscardSink(), MemoryState()
     started = time.perf_counter()
@@ -326,7 +328,7 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
     settings = env.settings()
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
-    repository = FetcherRepository(sessions, SecretBox(settings.encryption_keys))
+    repository = FetcherRepository(sessions, SecretBox(settings.encryption_keys), network=LOOPBACK)
     figures: dict[str, dict[str, float]] = {}
     cases = [
         (f"maildir {sizes[0]}", sizes[0], env.dovecot),
@@ -342,7 +344,7 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
             else:
                 server.seed(user, corpus(size))
             view = view_for(env, user, port=server.ports.imap)
-            config = MailboxConfig(view=view, password=SecretStr(password))
+            config = MailboxConfig(network=LOOPBACK, view=view, password=SecretStr(password))
             with IMAPClient("127.0.0.1", server.ports.imap, ssl=False) as client:
                 client.login(user, password)
                 info = client.select_folder("INBOX")
@@ -428,7 +430,7 @@ def _pop3_incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], p
     settings = env.settings()
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
-    repository = FetcherRepository(sessions, SecretBox(settings.encryption_keys))
+    repository = FetcherRepository(sessions, SecretBox(settings.encryption_keys), network=LOOPBACK)
     walls: dict[int, float] = {}
     try:
         for size in sizes:
@@ -442,7 +444,7 @@ def _pop3_incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], p
                 port=env.dovecot.ports.pop3,
                 folder=None,
             )
-            config = MailboxConfig(view=view, password=SecretStr(password))
+            config = MailboxConfig(network=LOOPBACK, view=view, password=SecretStr(password))
             with Pop3Mailbox.open(config) as pop3:  # synced: every UIDL stored
                 _store_uidls(sessions, view.id, [m.uidl for m in pop3.messages()])
             wall, own, server_cpu = [], [], []

@@ -33,6 +33,7 @@ from tests.harness.containers import (
 )
 from tests.harness.dovecot import Dovecot
 from tests.harness.postgres import PostgresCluster
+from tests.harness.views import LOOPBACK_CIDRS
 
 COMPONENTS = os.environ.get("MAILINTAKE_TEST_COMPONENTS", "processes")
 ADMIN_TOKEN = "test-admin-token"
@@ -112,6 +113,7 @@ def settings(broker: Any, database_url: str) -> Settings:
         api_tokens=f"admin:{hash_token(ADMIN_TOKEN)},viewer:{hash_token(VIEWER_TOKEN)}",
         kafka_max_poll_interval_ms=6000,
         kafka_session_timeout_ms=3000,
+        outbound_allow_cidrs=LOOPBACK_CIDRS,  # the components listen on 127.0.0.1
     )
 
 

@@ -13,6 +13,7 @@ from mailintake_shared.domain import (
     Protocol,
     Transport,
 )
+from mailintake_shared.mailbox.network import NetworkPolicy
 
 
 def connection_view(**overrides: Any) -> ConnectionView:
@@ -42,3 +43,8 @@ def connection_view(**overrides: Any) -> ConnectionView:
     }
     values.update(overrides)
     return ConnectionView(**values)
+
+
+LOOPBACK_CIDRS = ["127.0.0.0/8", "::1/128"]
+# The tests' mail servers listen on 127.0.0.1, which the outbound guard denies by default.
+LOOPBACK = NetworkPolicy.of(allow=LOOPBACK_CIDRS)

@@ -25,7 +25,7 @@ from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.polls import ListSink, MemoryState, run_poll
-from tests.harness.views import connection_view
+from tests.harness.views import LOOPBACK, connection_view
 from tests.integration.conftest import imap_session
 
 pytestmark = pytest.mark.integration
@@ -57,7 +57,9 @@ def config(
         username=mailbox.username,
         after_download=after,
     )
-    return MailboxConfig(view=view, password=SecretStr(password or mailbox.password))
+    return MailboxConfig(
+        network=LOOPBACK, view=view, password=SecretStr(password or mailbox.password)
+    )
 
 
 def run(
@@ -195,7 +197,7 @@ def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDown
 def _first_sync(mailbox: Mailbox, mode: FirstSync, since: date | None = None) -> MailboxConfig:
     cfg = config(mailbox)
     view = cfg.view.model_copy(update={"first_sync": mode, "first_sync_since": since})
-    return MailboxConfig(view=view, password=cfg.password)
+    return MailboxConfig(network=LOOPBACK, view=view, password=cfg.password)
 
 
 @pytest.mark.parametrize(
@@ -246,10 +248,14 @@ def test_a_shared_mailbox_is_opened_with_the_accounts_own_login(mailbox: Mailbox
     mailbox.server.seed(mailbox.username, sent)
     cfg = config(mailbox)
     view = cfg.view.model_copy(update={"username": "ingest", "shared_mailbox": mailbox.username})
-    shared = MailboxConfig(view=view, password=SecretStr(mailbox.server.master_password))
+    shared = MailboxConfig(
+        network=LOOPBACK, view=view, password=SecretStr(mailbox.server.master_password)
+    )
     result, sink = run(shared)
     assert (result.outcome, result.messages) == (PollOutcome.OK, 4), result.error
     assert sorted(by_uid(sink).values()) == sorted(sent)
-    wrong = MailboxConfig(view=view, password=SecretStr("not-the-master-password"))
+    wrong = MailboxConfig(
+        network=LOOPBACK, view=view, password=SecretStr("not-the-master-password")
+    )
     refused, _ = run(wrong)
     assert refused.error_kind is ErrorKind.AUTHENTICATION

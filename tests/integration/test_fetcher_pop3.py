@@ -22,7 +22,7 @@ from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.polls import ListSink, MemoryState, run_poll
-from tests.harness.views import connection_view
+from tests.harness.views import LOOPBACK, connection_view
 
 pytestmark = pytest.mark.integration
 BUDGET = Budget(
@@ -52,7 +52,7 @@ def pop3_config(
         username=mailbox.username,
         after_download=after,
     )
-    return MailboxConfig(view=view, password=SecretStr(mailbox.password))
+    return MailboxConfig(network=LOOPBACK, view=view, password=SecretStr(mailbox.password))
 
 
 def run(
@@ -165,7 +165,7 @@ def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> 
 
 def test_wrong_password_is_an_authentication_error(mailbox: Mailbox) -> None:
     cfg = pop3_config(mailbox)
-    wrong = MailboxConfig(view=cfg.view, password=SecretStr("wrong-password"))
+    wrong = MailboxConfig(network=LOOPBACK, view=cfg.view, password=SecretStr("wrong-password"))
     result, _ = run(wrong)
     assert result.error_kind is ErrorKind.AUTHENTICATION
     assert "wrong-password" not in (result.error or "")

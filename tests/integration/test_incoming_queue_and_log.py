@@ -30,6 +30,7 @@ from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database
 from tests.harness.polls import ListSink, run_poll
+from tests.harness.views import LOOPBACK
 from tests.integration.conftest import imap_connection_body, imap_session
 
 pytestmark = pytest.mark.integration
@@ -84,7 +85,7 @@ def steps(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Steps
         yield Steps(
             settings,
             api,
-            FetcherRepository(sessions, SecretBox(settings.encryption_keys)),
+            FetcherRepository(sessions, SecretBox(settings.encryption_keys), network=LOOPBACK),
             StoreWriter(sessions, topic_prefix=settings.topic_prefix, inline_max_bytes=256 * 1024),
             OutboxRelay(sessions, producer),
         )

@@ -83,6 +83,11 @@ def up(state: Path, api_port: int, broker_port: int) -> int:
         "MAILINTAKE_API_TOKENS": token_entry,
         "MAILINTAKE_HTTP_HOST": "127.0.0.1",
         "MAILINTAKE_TOPIC_PARTITIONS": os.environ.get("MAILINTAKE_TOPIC_PARTITIONS", "3"),
+        # On one machine, a mail server on this machine is a fair target (the outbound guard
+        # refuses loopback otherwise).
+        "MAILINTAKE_OUTBOUND_ALLOW_CIDRS": os.environ.get(
+            "MAILINTAKE_OUTBOUND_ALLOW_CIDRS", "127.0.0.0/8,::1/128"
+        ),
     }
     bindir = Path(sys.executable).parent
     print(f"mailintake: broker on {broker.bootstrap_servers} (memory only)", flush=True)

@@ -71,6 +71,7 @@ class ErrorKind(StrEnum):
     FOLDER_MISSING = "folder_missing"
     UIDL_UNSUPPORTED = "uidl_unsupported"
     LEASE_LOST = "lease_lost"  # another fetcher owns the connection now
+    ADDRESS_DENIED = "address_denied"  # the host resolves into a range connections may not reach
     THROTTLED = "throttled"  # the server asks for less: [LIMIT], [UNAVAILABLE], 429, BYE
     SERVER_ERROR = "server_error"
     BROKER = "broker"

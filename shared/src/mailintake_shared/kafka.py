@@ -36,6 +36,7 @@ def make_producer(settings: Settings, client_name: str, **overrides: Any) -> Kaf
         # last commit with a fresh producer, which also heals a broker that lost its state.
         "request_timeout_ms": 15_000,
         "delivery_timeout_ms": 30_000,
+        "metadata_max_age_ms": settings.kafka_metadata_max_age_ms,
     }
     config.update(overrides)
     return KafkaProducer(**config)
@@ -118,6 +119,9 @@ def make_consumer(
         "max_poll_interval_ms": settings.kafka_max_poll_interval_ms,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(500, settings.kafka_session_timeout_ms // 3),
+        # A subscribed topic that disappeared and came back (a broker restarted empty) is
+        # assigned again at the next metadata refresh: minutes with the default.
+        "metadata_max_age_ms": settings.kafka_metadata_max_age_ms,
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)

@@ -6,6 +6,7 @@ against this class by the test suite, so a new setting without a row there fails
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
         True, description="Create missing topics with their configs at start-up."
     )
     kafka_client_id: str = Field("mailintake", description="Client id prefix sent to the brokers.")
+    kafka_metadata_max_age_ms: int = Field(
+        30_000,
+        ge=1000,
+        description="How often clients refresh the broker's metadata: bounds how long a "
+        "consumer misses a topic that was recreated (a broker restarted without its data).",
+    )
     kafka_max_poll_interval_ms: int = Field(
         300_000,
         ge=1000,
@@ -83,6 +90,27 @@ class Settings(BaseSettings):
         description="Comma-separated `role:sha256hex` entries, one per API bearer token; role is "
         "`admin` (read and write) or `viewer` (read). Hash a token with "
         "`mailintake-config-api hash-token`.",
+    )
+    api_max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest request body the config API reads; larger ones are answered 413.",
+    )
+    api_auth_failures_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Failed authentications a client address may make in a minute; past that "
+        "it is answered 429 until the minute has passed.",
+    )
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated origins whose browser pages may call the config API (CORS); "
+        "none by default.",
+    )
+    api_forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For the "
+        "config API trusts for the client address (rate limits, audit log); `*` trusts all.",
     )
     connections_resync_seconds: float = Field(
         300.0,
@@ -125,6 +153,19 @@ class Settings(BaseSettings):
         default_factory=lambda: ["imap.gmail.com"],
         description="Hosts a Google OAuth2 connection may use; the first is the default "
         "(comma-separated; `host:port` pins a port other than 993).",
+    )
+
+    outbound_deny_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated address ranges (CIDR) mail connections may not reach, on "
+        "top of the built-in ones (loopback, link-local with the cloud metadata endpoint, "
+        "multicast); e.g. the cluster's pod and service ranges.",
+    )
+    outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated address ranges (CIDR) mail connections may reach even when "
+        "denied (built-in or by MAILINTAKE_OUTBOUND_DENY_CIDRS): a mail server on this host "
+        "(`127.0.0.1/32`) or a lab network.",
     )
 
     # --- OAuth2 ---------------------------------------------------------------------------
@@ -245,11 +286,25 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "encryption_keys", "api_tokens", "microsoft_imap_hosts", "google_imap_hosts", mode="before"
+        "encryption_keys",
+        "api_tokens",
+        "microsoft_imap_hosts",
+        "google_imap_hosts",
+        "outbound_deny_cidrs",
+        "outbound_allow_cidrs",
+        "api_cors_origins",
+        mode="before",
     )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("outbound_deny_cidrs", "outbound_allow_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)  # ValueError names the bad entry
+        return value
 
     @field_validator("api_tokens")
     @classmethod

@@ -6,10 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from mailintake_config_api import errors
+from mailintake_config_api.audit import AuditLog
+from mailintake_config_api.auth import FailureLimiter
+from mailintake_config_api.hardening import Hardening
 from mailintake_config_api.resources import Resources
-from mailintake_config_api.routes import connections, health, incoming, messages, oauth
+from mailintake_config_api.routes import audit, connections, health, incoming, messages, oauth
 from mailintake_shared.settings import Settings
 
 API_VERSION = "0.1.0"
@@ -36,10 +40,24 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         "probes needs a bearer token: `viewer` reads, `admin` also writes.",
         lifespan=lifespan,
     )
+    config = settings or (resources.settings if resources else Settings())
+    app.state.auth_failures = FailureLimiter(config.api_auth_failures_per_minute)
     errors.install(app)
+    # Outermost last: CORS (only when origins are configured), then the body limit and the
+    # security headers, then the audit log around the routes.
+    app.add_middleware(AuditLog)
+    app.add_middleware(Hardening, max_body_bytes=config.api_max_body_bytes)
+    if config.api_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.api_cors_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.include_router(health.router)
     app.include_router(connections.router)
     app.include_router(messages.router)
     app.include_router(incoming.router)
     app.include_router(oauth.router)
+    app.include_router(audit.router)
     return app

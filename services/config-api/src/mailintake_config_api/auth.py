@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from mailintake_shared.logging import get_logger
+
+log = get_logger(__name__)
 
 
 class Role(StrEnum):
@@ -45,6 +54,43 @@ class TokenTable:
         return found
 
 
+class FailureLimiter:
+    """At most ``limit`` failed authentications per client address in ``window_s``; past
+    that, every request from the address is answered 429 until the oldest failure has left
+    the window (tokens are 256-bit random, so this is against noise and log floods more
+    than against guessing)."""
+
+    def __init__(
+        self, limit: int, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit, self._window_s, self._clock = limit, window_s, clock
+        self._failures: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def retry_after(self, address: str) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may now."""
+        with self._lock:
+            failures = self._recent(address, self._clock())
+            if len(failures) < self._limit:
+                return None
+            return failures[0] + self._window_s - self._clock()
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            now = self._clock()
+            self._recent(address, now).append(now)
+            if len(self._failures) > 10_000:  # forget addresses whose failures have expired
+                for known in list(self._failures):
+                    if not self._recent(known, now):
+                        del self._failures[known]
+
+    def _recent(self, address: str, now: float) -> deque[float]:
+        failures = self._failures.setdefault(address, deque())
+        while failures and failures[0] <= now - self._window_s:
+            failures.popleft()
+        return failures
+
+
 _bearer = HTTPBearer(auto_error=False)
 
 
@@ -52,14 +98,28 @@ def current_role(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Role:
+    """The caller's role; the caller (role and the token's fingerprint) is kept on the
+    request for the audit log."""
+    address = request.client.host if request.client else "unknown"
+    limiter: FailureLimiter = request.app.state.auth_failures
+    wait = limiter.retry_after(address)
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail="too many failed authentications from this address; try again later",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
     table: TokenTable = request.app.state.tokens
     role = table.role_of(credentials.credentials) if credentials else None
-    if role is None:
+    if role is None or credentials is None:
+        limiter.failed(address)
+        log.warning("authentication failed", client=address, path=request.url.path)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="a valid bearer token is required",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    request.state.actor = f"{role.value}:{hash_token(credentials.credentials)[:12]}"
     return role
 
 

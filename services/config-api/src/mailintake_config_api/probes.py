@@ -46,7 +46,7 @@ class EstimateFailedError(Exception):
 
 
 def test(row: Connection, res: Resources) -> ConnectionTestResult:
-    result = probe(mailbox_config(row, res.secrets, res.tokens))
+    result = probe(mailbox_config(row, res.secrets, res.tokens, res.network))
     log.info(
         "connection tested",
         connection_id=str(row.id),
@@ -61,7 +61,7 @@ def enable(session: Session, res: Resources, row: Connection, request: EnableReq
     if row.enabled:
         return row
     if not request.skip_estimate:
-        config = mailbox_config(row, res.secrets, res.tokens)
+        config = mailbox_config(row, res.secrets, res.tokens, res.network)
         found = _estimate(session, row, config, res)
         body = EstimateBody(
             messages=found.messages,

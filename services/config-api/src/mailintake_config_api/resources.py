@@ -14,6 +14,7 @@ from mailintake_config_api.auth import TokenTable
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.outbox import OutboxRelay
 from mailintake_shared.secretbox import SecretBox
@@ -32,6 +33,7 @@ class Resources:
     relay: OutboxRelay
     producer: ReliableProducer
     tokens: TokenStore
+    network: NetworkPolicy  # which addresses a tested or estimated connection may reach
     stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -51,6 +53,7 @@ class Resources:
             relay=OutboxRelay(sessions, producer),
             producer=producer,
             tokens=TokenStore(sessions, secrets, settings),
+            network=NetworkPolicy.of(settings.outbound_allow_cidrs, settings.outbound_deny_cidrs),
         )
 
     def start(self) -> None:

@@ -446,3 +446,18 @@ class OAuthCredentialPublic(BaseModel):
 class AuthorizationStarted(BaseModel):
     authorization_url: str = Field(description="Open it in a browser and sign in.")
     expires_at: datetime
+
+
+class AuditLogEntry(BaseModel):
+    """One configuration change through the API: no field values, only their names."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str = Field(description="`role:` and the first 12 hex digits of the token's SHA-256.")
+    client: str | None = Field(description="The caller's address.")
+    action: str = Field(description="Method and route, e.g. `PATCH /connections/{connection_id}`.")
+    target: str | None = Field(description="The route's parameters, as JSON.")
+    fields: str | None = Field(description="The names of the fields sent, as a JSON list.")
+    status: int = Field(description="The HTTP status of the answer.")

@@ -15,6 +15,7 @@ from mailintake_shared.db.models import Connection, Message
 from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_config
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
@@ -22,16 +23,23 @@ from mailintake_shared.secretbox import SecretBox
 
 class FetcherRepository:
     def __init__(
-        self, sessions: sessionmaker[Session], secrets: SecretBox, tokens: TokenStore | None = None
+        self,
+        sessions: sessionmaker[Session],
+        secrets: SecretBox,
+        tokens: TokenStore | None = None,
+        network: NetworkPolicy | None = None,
     ) -> None:
         self._sessions = sessions
         self._secrets = secrets
         self._tokens = tokens
+        self._network = network
 
     def connection(self, connection_id: uuid.UUID) -> MailboxConfig | None:
         with self._sessions() as session:
             row = session.get(Connection, connection_id)
-            return None if row is None else mailbox_config(row, self._secrets, self._tokens)
+            if row is None:
+                return None
+            return mailbox_config(row, self._secrets, self._tokens, self._network)
 
     def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
         with self._sessions() as session:

@@ -42,6 +42,7 @@ from mailintake_shared.kafka import (
 )
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -72,7 +73,9 @@ class FetcherWorker:
         self._engine = make_engine(settings)
         sessions = make_session_factory(self._engine)
         box = SecretBox(settings.encryption_keys)
-        self._repository = FetcherRepository(sessions, box, TokenStore(sessions, box, settings))
+        network = NetworkPolicy.of(settings.outbound_allow_cidrs, settings.outbound_deny_cidrs)
+        tokens = TokenStore(sessions, box, settings)
+        self._repository = FetcherRepository(sessions, box, tokens, network)
         if settings.create_topics:
             ensure_topics(settings)
         self._producer = ReliableProducer(settings, SERVICE)

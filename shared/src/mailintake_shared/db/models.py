@@ -345,3 +345,21 @@ class PollLease(Base):
     token: Mapped[int] = mapped_column(BigInteger)
     holder: Mapped[str] = mapped_column(String(255))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEntry(Base):
+    """One configuration change (or attempt) through the config API: who, what, when — the
+    names of the fields it sent, never their values."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(64))  # role:token-fingerprint
+    client: Mapped[str | None] = mapped_column(String(64))  # the caller's address
+    action: Mapped[str] = mapped_column(String(255))  # "POST /connections/{connection_id}/enable"
+    target: Mapped[str | None] = mapped_column(Text)  # JSON: the path's parameters
+    fields: Mapped[str | None] = mapped_column(Text)  # JSON: the body's top-level field names
+    status: Mapped[int]
+
+    __table_args__ = (Index("ix_audit_log_at", "at"),)

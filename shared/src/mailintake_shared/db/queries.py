@@ -12,25 +12,32 @@ from sqlalchemy.orm import Session
 from mailintake_shared.db.models import Connection, FailedMessage, MailboxState, Message
 from mailintake_shared.domain import Transport
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 
 
 def mailbox_config(
-    row: Connection, secrets: SecretBox, tokens: TokenStore | None = None
+    row: Connection,
+    secrets: SecretBox,
+    tokens: TokenStore | None = None,
+    network: NetworkPolicy | None = None,
 ) -> MailboxConfig:
-    """The connection's view, and its decrypted password or its source of access tokens."""
+    """The connection's view, and its decrypted password or its source of access tokens;
+    ``network`` says which addresses it may reach (the built-in denials when None)."""
     password = secrets.decrypt(row.password_enc) if row.password_enc else None
     view = row.view()
+    network = network or NetworkPolicy()
     if not view.protocol.is_oauth2 or tokens is None:
-        return MailboxConfig(view=view, password=password)
+        return MailboxConfig(view=view, password=password, network=network)
     connection_id = row.id
     return MailboxConfig(
         view=view,
         password=None,
         access_token=lambda refresh: tokens.access_token(connection_id, refresh=refresh),
         graph=tokens.graph if view.transport is Transport.GRAPH else None,
+        network=network,
     )
 
 

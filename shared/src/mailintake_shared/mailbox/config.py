@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imapclient import IMAPClient
@@ -12,6 +12,7 @@ from imapclient.exceptions import IMAPClientError
 from pydantic import SecretStr
 
 from mailintake_shared.domain import ConnectionView, Encryption
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.tls import client_context
 
 TokenSource = Callable[[bool], str]  # refresh? → an OAuth2 access token
@@ -23,6 +24,7 @@ class MailboxConfig:
     password: SecretStr | None
     access_token: TokenSource | None = None  # OAuth2 connections
     graph: tuple[str, Any] | None = None  # Graph connections: the endpoint and an HTTP session
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)  # which addresses it may reach
 
     @property
     def folder(self) -> str:

@@ -7,18 +7,24 @@ exceptions leave this module as ``PollError`` through ``errors.classify``.
 from __future__ import annotations
 
 import contextlib
+import imaplib
 import re
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from ssl import SSLContext
 from typing import Any
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
+from imapclient.imap4 import IMAP4WithTimeout
+from imapclient.tls import IMAP4_TLS
 
 from mailintake_shared.domain import Encryption
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import FolderMissingError, StartTlsUnavailableError, classify
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
 SEEN = b"\\Seen"
@@ -47,6 +53,56 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
         yield items[start : start + size]
 
 
+class _GuardedIMAPClient(IMAPClient):  # type: ignore[misc]
+    """IMAPClient whose socket goes through the outbound guard (``network.py``)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl: bool,
+        ssl_context: SSLContext | None,
+        timeout: float,
+        network: NetworkPolicy,
+    ) -> None:
+        self._network = network  # before super().__init__, which connects
+        super().__init__(host, port, ssl=ssl, ssl_context=ssl_context, timeout=timeout)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:  # noqa: N802 (imapclient's name)
+        timeout = self._timeout.connect
+        if self.ssl:
+            return _GuardedIMAP4TLS(self.host, self.port, self.ssl_context, timeout, self._network)
+        return _GuardedIMAP4(self.host, self.port, timeout, self._network)
+
+
+class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
+    def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
+        self._network = network
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return self._network.connect(self.host, self.port, timeout or self._timeout)
+
+
+class _GuardedIMAP4TLS(IMAP4_TLS):  # type: ignore[misc]
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        context: SSLContext | None,
+        timeout: float | None,
+        network: NetworkPolicy,
+    ) -> None:
+        self._network = network
+        super().__init__(host, port, context, timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        sock = self._network.connect(self.host, self.port, timeout or self._timeout)
+        context: SSLContext = self.ssl_context  # always given for implicit TLS
+        return context.wrap_socket(sock, server_hostname=self.host)
+
+
 class ImapMailbox(Session):
     """One authenticated IMAP session on one connection's server."""
 
@@ -62,12 +118,13 @@ class ImapMailbox(Session):
         try:
             context = config.tls_context()
             implicit_tls = view.encryption is Encryption.SSL
-            client = IMAPClient(
+            client = _GuardedIMAPClient(
                 host,
                 port,
                 ssl=implicit_tls,
                 ssl_context=context if implicit_tls else None,
                 timeout=timeout,
+                network=config.network,
             )
             client.normalise_times = False  # keep INTERNALDATE's zone
             # imapclient turns imaplib's protocol trace on (debug 5) and drops it in a logger;

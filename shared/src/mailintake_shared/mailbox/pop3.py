@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import poplib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ssl import SSLContext
+from typing import Any
 
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, StartTlsUnavailableError, classify
+from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
 # Longest line accepted. poplib's own limit (2048) rejects real mail with long lines;
@@ -31,7 +35,15 @@ class Pop3Message:
 
 
 class _POP3(poplib.POP3):
-    """poplib with a line limit that real mail fits in."""
+    """poplib with a line limit that real mail fits in, connected through the outbound guard
+    (``network.py``)."""
+
+    def __init__(self, host: str, port: int, timeout: float, network: NetworkPolicy) -> None:
+        self._network = network  # before super().__init__, which connects
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        return self._network.connect(self.host, self.port, timeout)
 
     def _getline(self) -> tuple[bytes, int]:
         line = self.file.readline(_MAX_LINE + 1)
@@ -54,8 +66,21 @@ class _POP3(poplib.POP3):
             raise poplib.error_proto(status)
 
 
-class _POP3SSL(_POP3, poplib.POP3_SSL):
-    pass
+class _POP3SSL(_POP3):
+    """POP3 over implicit TLS (poplib.POP3_SSL's socket, through the guard)."""
+
+    def __init__(
+        self, host: str, port: int, timeout: float, network: NetworkPolicy, context: SSLContext
+    ) -> None:
+        self.context = context
+        super().__init__(host, port, timeout, network)
+
+    def _create_socket(self, timeout: float) -> socket.socket:
+        sock = super()._create_socket(timeout)
+        return self.context.wrap_socket(sock, server_hostname=self.host)
+
+    def stls(self, context: Any = None) -> bytes:
+        raise poplib.error_proto("-ERR TLS session already established")
 
 
 class Pop3UidlUnsupportedError(PollError):
@@ -83,9 +108,10 @@ class Pop3Mailbox(Session):
         try:
             context = config.tls_context()
             if view.encryption is Encryption.SSL:
-                client = _POP3SSL(host, port, timeout=timeout, context=context)
+                assert context is not None
+                client = _POP3SSL(host, port, timeout, config.network, context)
             else:
-                client = _POP3(host, port, timeout=timeout)
+                client = _POP3(host, port, timeout, config.network)
             mailbox = cls(client)
             capabilities = _capabilities(client)
             if view.encryption is Encryption.STARTTLS:

@@ -78,7 +78,7 @@ def probe(config: MailboxConfig) -> ProbeResult:
             result.latency_ms = steps.total()
             return result
         addresses: list[tuple[object, ...]] = []
-        steps.run("dns", lambda: addresses.extend(_resolve(host, port, timeout)))
+        steps.run("dns", lambda: addresses.extend(_resolve(config, host, port, timeout)))
         steps.run("connect", lambda: _connect(addresses, config))
         steps.run("session", lambda: _session(config, result))
         result.ok = True
@@ -89,12 +89,15 @@ def probe(config: MailboxConfig) -> ProbeResult:
     return result
 
 
-def _resolve(host: str, port: int, timeout: float) -> list[tuple[object, ...]]:
-    """getaddrinfo has no time-out of its own: it runs in a thread that is waited for."""
+def _resolve(
+    config: MailboxConfig, host: str, port: int, timeout: float
+) -> list[tuple[object, ...]]:
+    """The host's addresses, each checked by the outbound guard (``network.py``).
+    getaddrinfo has no time-out of its own: it runs in a thread that is waited for."""
     pool = ThreadPoolExecutor(max_workers=1)
     try:
-        found = pool.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-        return [info[4] for info in found.result(timeout=timeout)]
+        found = pool.submit(config.network.resolve, host, port)
+        return [address for _, address in found.result(timeout=timeout)]
     except FutureTimeout:
         raise TimeoutError("DNS resolution did not answer in time") from None
     finally:
