@@ -153,6 +153,11 @@ class PollResult(Event):
     )
     messages: int = 0
     bytes: int = 0
+    first_uid: int | None = Field(
+        None,
+        description="IMAP: the lowest UID the poll published; when some of the poll's "
+        "records never reach the store, it moves the cursor back below it",
+    )
     more_pending: bool = False
     actions_applied: int = 0
     lease_token: int | None = None

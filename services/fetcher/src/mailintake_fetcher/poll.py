@@ -84,6 +84,7 @@ class Identity:
 class Progress:
     messages: int = 0
     bytes: int = 0
+    first_uid: int | None = None  # the lowest UID published
     actions: int = 0
     uidvalidity: int | None = None
     baseline_uid: int | None = None
@@ -155,6 +156,7 @@ class Poll:
             delta_link=progress.delta_link,
             messages=progress.messages,
             bytes=progress.bytes,
+            first_uid=progress.first_uid,
             more_pending=progress.more_pending,
             actions_applied=progress.actions,
             lease_token=self._lease_token,
@@ -219,5 +221,7 @@ class Poll:
         self._sink.message(self._chunk(identity, index, final=True, sha256=sha256), held or b"")
         progress.messages += 1
         progress.bytes += total
+        if identity.uid is not None:
+            progress.first_uid = min(progress.first_uid or identity.uid, identity.uid)
         FETCHED_MESSAGES.inc()
         FETCHED_BYTES.inc(total)

@@ -16,3 +16,7 @@ BATCH_SECONDS = Histogram(
     "Time to write one batch in one transaction.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LOST_IN_TRANSIT = Counter(
+    "mailintake_store_records_lost_in_transit_total",
+    "Messages a poll published that never reached the store (downloaded again by the next poll).",
+)

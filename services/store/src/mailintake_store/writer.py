@@ -44,13 +44,16 @@ from mailintake_shared.events import (
     b64,
 )
 from mailintake_shared.fetched import FetchedPart
+from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
 from mailintake_shared.topics import Topic
 from mailintake_store import staging
-from mailintake_store.metrics import DUPLICATES, POLL_RESULTS, STORED
+from mailintake_store.metrics import DUPLICATES, LOST_IN_TRANSIT, POLL_RESULTS, STORED
 from mailintake_store.mime import NUL_PROBLEM, summarize
 
 _INSERT_ROWS = 200  # rows per multi-row INSERT (keeps SQLite under its parameter limit)
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class _PollCounts:
     connection_id: uuid.UUID
     stored: int = 0
     duplicates: int = 0
+    rejected: int = 0
 
 
 class _Polls(dict[uuid.UUID, _PollCounts]):
@@ -151,9 +155,12 @@ class StoreWriter:
                     del polls[record.poll_id]
                     self._record_poll(session, record, counts)
                     continue
+                rejected_before = len(outcome.rejected)
                 complete = self._assemble(session, index, record, outcome)
                 if complete is not None:
                     pending.append(complete)
+                elif len(outcome.rejected) > rejected_before:
+                    polls.of(record.chunk).rejected += 1
             self._store_messages(session, pending, polls, outcome)
             for poll_id, counts in polls.items():
                 self._add_poll_counts(session, poll_id, counts)
@@ -536,21 +543,30 @@ class StoreWriter:
                 bytes=0,
                 stored=0,
                 duplicates=0,
+                rejected=0,
                 more_pending=False,
             )
             session.add(row)
         row.stored += counts.stored
         row.duplicates += counts.duplicates
+        row.rejected += counts.rejected
         if counts.stored:
             self._status(session, counts.connection_id).messages_stored += counts.stored
         return row
 
     def _record_poll(self, session: Session, result: PollResult, counts: _PollCounts) -> None:
+        row = self._add_poll_counts(session, result.poll_id, counts)
+        # Every record of the poll came before its result, on the same partition: fewer here
+        # than the poll published means records were lost on the way (a broker that lost
+        # acknowledged data). Then the cursor goes back below the poll's first message, and
+        # the next poll downloads again what is missing (the rest is recognised as stored).
+        lost = result.messages - (row.stored + row.duplicates + row.rejected)
+        if lost > 0:
+            self._rewind(session, result, lost)
         if result.baseline_uid is not None and result.folder and result.uidvalidity is not None:
             self._set_baseline(session, result)
-        if result.delta_link is not None and result.folder:
+        if result.delta_link is not None and result.folder and lost <= 0:
             self._set_delta_link(session, result)
-        row = self._add_poll_counts(session, result.poll_id, counts)
         row.reason = result.reason.value
         row.started_at, row.finished_at = result.started_at, result.finished_at
         row.outcome = result.outcome.value
@@ -587,7 +603,7 @@ class StoreWriter:
             poll_id=result.poll_id,
             outcome=result.outcome,
             error_kind=result.error_kind,
-            more_pending=result.more_pending,
+            more_pending=result.more_pending or lost > 0,
             stored=row.stored,
             duplicates=row.duplicates,
             actions_pending=actions_pending,
@@ -598,6 +614,24 @@ class StoreWriter:
             OutboxEntry(Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes())
         )
         POLL_RESULTS.labels(result.outcome.value).inc()
+
+    @staticmethod
+    def _rewind(session: Session, result: PollResult, lost: int) -> None:
+        log.warning(
+            "records of a poll never reached the store; the next poll downloads them again",
+            connection_id=str(result.connection_id),
+            poll_id=str(result.poll_id),
+            lost=lost,
+            published=result.messages,
+        )
+        LOST_IN_TRANSIT.inc(lost)
+        if result.first_uid is None or result.folder is None:
+            return  # POP3 has no cursor; Graph keeps its previous delta link
+        state = session.get(
+            MailboxState, (result.connection_id, result.folder), with_for_update=True
+        )
+        if state is not None and state.uidvalidity == result.uidvalidity:
+            state.last_uid = min(state.last_uid, result.first_uid - 1)
 
     @staticmethod
     def _set_baseline(session: Session, result: PollResult) -> None:

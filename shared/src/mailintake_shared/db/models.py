@@ -277,6 +277,7 @@ class PollLog(Base):
     bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     stored: Mapped[int] = mapped_column(default=0)
     duplicates: Mapped[int] = mapped_column(default=0)
+    rejected: Mapped[int] = mapped_column(default=0)  # kept in the Incoming Mail Queue
     more_pending: Mapped[bool] = mapped_column(default=False)
 
     __table_args__ = (Index("ix_poll_log_started_at", "started_at"),)

@@ -1,4 +1,4 @@
-"""audit log of configuration changes
+"""audit log of configuration changes; records a poll's store rejected
 
 Revision ID: 0007
 Revises: 0006
@@ -33,8 +33,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
     )
     op.create_index("ix_audit_log_at", "audit_log", ["at"])
+    with op.batch_alter_table("poll_log") as batch_op:
+        batch_op.add_column(sa.Column("rejected", sa.Integer(), nullable=False, server_default="0"))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("poll_log") as batch_op:
+        batch_op.drop_column("rejected")
     op.drop_index("ix_audit_log_at", table_name="audit_log")
     op.drop_table("audit_log")

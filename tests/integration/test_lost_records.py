@@ -1,0 +1,79 @@
+"""Records a poll published that never reach the store (a broker that lost acknowledged data):
+the store notices by counting the poll's records against its result, moves the cursor back
+below the poll's first message, and the next poll downloads what is missing — on real
+Dovecot and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mailintake_fetcher.worker import FetcherWorker
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.events import PollDue, PollReason
+from mailintake_shared.settings import Settings
+from mailintake_store.writer import StoreWriter
+from tests.conftest import Mailbox
+from tests.harness.mail import make_message
+from tests.harness.pipeline import Database
+from tests.harness.polls import ListSink
+from tests.integration.conftest import create_enabled
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def writer(settings: Settings) -> Iterator[StoreWriter]:
+    engine = make_engine(settings)
+    yield StoreWriter(
+        make_session_factory(engine), topic_prefix=settings.topic_prefix, inline_max_bytes=1024
+    )
+    engine.dispose()
+
+
+def _poll(worker: FetcherWorker, connection_id: str) -> ListSink:
+    due = PollDue(
+        connection_id=uuid.UUID(connection_id),
+        poll_id=uuid.uuid4(),
+        reason=PollReason.MANUAL,
+        issued_at=datetime.now(UTC),
+    )
+    sink = ListSink()
+    worker.poll(due, sink)
+    return sink
+
+
+def test_a_poll_whose_records_went_missing_is_downloaded_again(
+    settings: Settings, api: TestClient, mailbox: Mailbox, db: Database, writer: StoreWriter
+) -> None:
+    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(10)))
+    cid = create_enabled(api, mailbox)
+    worker = FetcherWorker(settings)
+    try:
+        first = _poll(worker, cid)
+        (result,) = first.results
+        assert (result.messages, result.first_uid) == (10, 1)
+        # UIDs 3 and 4 are lost on the way; 1, 2 and 5-10 and the result arrive.
+        arrived = [p for p in first.chunks if p.chunk.uid not in (3, 4)]
+        writer.write([*arrived, result])
+        assert db.message_count() == 8
+        assert db.scalar("SELECT last_uid FROM mailbox_state") == 0  # back below UID 1
+        completed = db.scalar(
+            "SELECT value FROM outbox WHERE topic LIKE '%poll.completed' ORDER BY id DESC"
+        )
+        assert json.loads(bytes(completed))["more_pending"] is True  # the next poll at once
+
+        second = _poll(worker, cid)
+        assert second.results[0].messages == 10  # from UID 1 again
+        writer.write([*second.chunks, *second.results])
+        assert db.message_count() == db.distinct_messages() == 10
+        assert db.scalar("SELECT last_uid FROM mailbox_state") == 10
+        third = _poll(worker, cid)
+        assert third.results[0].messages == 0  # caught up
+    finally:
+        worker.close()
