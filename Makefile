@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench bench-readme openapi settings-table migrate keygen token clean connections test-connection enable disable poll queue log log-messages
+.PHONY: help run test test-fast lint format bench soak bench-readme openapi settings-table migrate keygen rotate-secrets token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -33,6 +33,10 @@ bench: ## benchmark against real Dovecot, PostgreSQL and the broker (QUICK=1: a 
 	@scripts/bootstrap.sh test
 	$(RUN) python -m bench $${QUICK:+--quick}
 
+soak: ## soak run: mail arriving at 200 mailboxes for 10 min under random faults (ARGS=--minutes 2 …)
+	@scripts/bootstrap.sh test
+	$(RUN) python -m bench.soak $(ARGS)
+
 bench-readme: ## copy the last full benchmark table into the README
 	$(RUN) python scripts/bench_table.py
 
@@ -47,6 +51,9 @@ migrate: ## bring the database at MAILINTAKE_DATABASE_URL to the latest schema
 
 keygen: ## print a new encryption key for MAILINTAKE_ENCRYPTION_KEYS
 	@$(RUN) mailintake-keygen
+
+rotate-secrets: ## re-encrypt every stored secret with the first of MAILINTAKE_ENCRYPTION_KEYS
+	$(RUN) mailintake-rotate-secrets
 
 token: ## make an API token; ROLE=admin|viewer
 	@$(RUN) mailintake-config-api hash-token --role $${ROLE:-admin}

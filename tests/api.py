@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from mailintake_config_api.app import create_app
 from mailintake_shared.settings import Settings
 from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
+from tests.harness.planted import WATCH, planted
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
@@ -21,15 +22,18 @@ def imap_body(**overrides: Any) -> dict[str, Any]:
         "protocol": "imap",
         "host": "imap.example.com",
         "username": "support@example.com",
-        "password": "correct horse",
+        "password": planted("password"),
     }
     body.update(overrides)
     return body
 
 
 def api_client(settings: Settings) -> TestClient:
-    """A client whose ``with`` block runs the app's start-up and shutdown."""
-    return TestClient(create_app(settings), headers=ADMIN)
+    """A client whose ``with`` block runs the app's start-up and shutdown; every answer is
+    searched for planted secrets."""
+    client = TestClient(create_app(settings), headers=ADMIN)
+    WATCH.watch_client(client)
+    return client
 
 
 # For connections whose server does not exist (imap.example.com): no DNS lookup, no estimate.

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from mailintake_devstack.broker import LocalBroker
 from mailintake_shared.db.migrate import upgrade
@@ -32,6 +32,7 @@ from tests.harness.containers import (
     docker_unavailable_reason,
 )
 from tests.harness.dovecot import Dovecot
+from tests.harness.planted import WATCH, planted
 from tests.harness.postgres import PostgresCluster
 from tests.harness.views import LOOPBACK_CIDRS
 
@@ -75,9 +76,23 @@ def postgres() -> Iterator[Any]:
 
 
 @pytest.fixture
-def database_url(postgres: Any) -> str:
-    """A fresh database at the latest schema, for this test alone."""
-    return str(postgres.url(postgres.create_database(template=postgres.template)))
+def database_url(postgres: Any) -> Iterator[str]:
+    """A fresh database at the latest schema, for this test alone; what the test left in it
+    is searched for planted secrets afterwards."""
+    url = str(postgres.url(postgres.create_database(template=postgres.template)))
+    yield url
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        tables = connection.execute(
+            text(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename "
+                "NOT IN ('alembic_version', 'messages', 'message_chunks')"
+            )
+        ).scalars()
+        for table in list(tables):
+            rows = connection.execute(text(f'SELECT t::text FROM "{table}" t')).scalars()
+            WATCH.scan(f"database table {table}", "database tables", "\n".join(rows))
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +111,7 @@ class Mailbox:
 
 @pytest.fixture
 def mailbox(dovecot: Dovecot) -> Mailbox:
-    username, password = dovecot.add_user(password=f"pw-{uuid.uuid4().hex[:12]}")
+    username, password = dovecot.add_user(password=planted("mailbox-password"))
     return Mailbox(dovecot, username, password)
 
 
@@ -137,3 +152,27 @@ def logs() -> Iterator[LogCapture]:
     configure_logging("DEBUG", service="test", stream=capture.stream)
     yield capture
     configure_logging("INFO", service="test")
+    WATCH.scan("in-process log lines", "in-process log captures", capture.text)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def planted_secrets_appear_nowhere(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """At the end of the run: no planted secret in any log, metric, API response or row."""
+    yield
+    WATCH.scan_files(tmp_path_factory.getbasetemp(), "**/logs/*.log", "service log files")
+    WATCH.scan_files(tmp_path_factory.getbasetemp(), "**/logs/*.metrics", "metrics scrapes")
+    if WATCH.sightings:
+        pytest.fail(
+            f"planted secrets were seen ({WATCH.summary()}):\n" + "\n".join(WATCH.sightings[:50]),
+            pytrace=False,
+        )
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """What in-process code logged or printed during a test (exception messages included)."""
+    for name, text_ in report.sections:
+        WATCH.scan(f"{report.nodeid} ({name})", "captured outputs", text_)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"planted secrets: {WATCH.summary()}; seen {len(WATCH.sightings)}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import secrets
 import ssl
 import threading
 import time
@@ -22,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from tests.harness.planted import planted
 from tests.harness.tls import TestPki
 
 
@@ -137,7 +137,7 @@ def _handler(state: OAuthServerState) -> type[BaseHTTPRequestHandler]:
             if query.get("client_id") not in state.clients:
                 self._json(400, {"error": "unauthorized_client"})
                 return
-            code = secrets.token_urlsafe(24)
+            code = planted("authorization-code")
             with state.lock:
                 state.codes[code] = {
                     "client_id": query["client_id"],
@@ -168,7 +168,7 @@ def _handler(state: OAuthServerState) -> type[BaseHTTPRequestHandler]:
                 self._json(404, {"error": "not_found"})
 
         def _issue(self, grant: _Grant | None, user: str, scope: str) -> dict[str, Any]:
-            access = secrets.token_urlsafe(32)
+            access = planted("access-token")
             state.access[access] = (grant, user, time.time() + state.token_seconds)
             body: dict[str, Any] = {
                 "access_token": access,
@@ -198,7 +198,7 @@ def _handler(state: OAuthServerState) -> type[BaseHTTPRequestHandler]:
                     ):
                         self._json(400, {"error": "invalid_grant"})
                         return
-                    grant = _Grant(code["user"], client, code["scope"], secrets.token_urlsafe(32))
+                    grant = _Grant(code["user"], client, code["scope"], planted("refresh-token"))
                     state.grants[grant.refresh_token] = grant
                     self._json(200, self._issue(grant, grant.user, grant.scope))
                 elif kind == "refresh_token":
@@ -209,7 +209,7 @@ def _handler(state: OAuthServerState) -> type[BaseHTTPRequestHandler]:
                     state.refreshes += 1
                     if state.rotate:  # the old refresh token is spent
                         del state.grants[known.refresh_token]
-                        known.refresh_token = secrets.token_urlsafe(32)
+                        known.refresh_token = planted("refresh-token")
                         state.grants[known.refresh_token] = known
                     self._json(200, self._issue(known, known.user, known.scope))
                 elif kind == "client_credentials":

@@ -79,10 +79,23 @@ class Pipeline:
         self.processes[service].send_signal(signal.SIGCONT)
 
     def stop(self, service: str) -> int:
-        """SIGTERM, SIGKILL after 30 s; the exit code (0: it stopped by itself, in time)."""
+        """SIGTERM, SIGKILL after 30 s; the exit code (0: it stopped by itself, in time).
+        Its metrics are kept beside its log first (searched for planted secrets)."""
+        self._keep_metrics(service)
         process = self.processes.pop(service)
         stop_process(process, timeout_s=30)
         return process.returncode
+
+    def _keep_metrics(self, service: str) -> None:
+        url = f"http://127.0.0.1:{self.ports[service]}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                metrics = response.read()
+        except (OSError, urllib.error.URLError):
+            return  # not answering (stopped, paused): nothing to keep
+        path = self.log_dir / f"{service.replace(':', '-')}.metrics"
+        with path.open("ab") as kept:
+            kept.write(metrics)
 
     def http_get(self, service: str, path: str) -> int:
         """The status code of a service's own HTTP endpoint (``/healthz``, ``/readyz``)."""

@@ -20,11 +20,13 @@ from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.planted import planted
 from tests.integration.conftest import imap_connection_body
 from tests.integration.test_fetcher_pop3 import NoUidlHandler
 from tests.integration.test_pipeline_pop3 import pop3_body
 
 pytestmark = pytest.mark.integration
+WRONG_PASSWORD = planted("wrong-password")
 
 
 def check(api: TestClient, body: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def test_each_failing_step_is_reached_and_named(
     plain_port = plain_only_dovecot.ports.pop3 if pop3 else plain_only_dovecot.ports.imap
     cases: dict[str, dict[str, Any]] = {
         "connection_refused": {**base, "port": free_port()},
-        "authentication": {**base, "password": "wrong-password"},
+        "authentication": {**base, "password": WRONG_PASSWORD},
         "tls": {**base, "tls_ca_pem": None},
         "starttls_unavailable": {
             **base,
@@ -85,7 +87,7 @@ def test_each_failing_step_is_reached_and_named(
     for step, body in cases.items():
         result = check(api, body)
         assert (result["ok"], result["failed_step"]) == (False, step), result
-        assert "wrong-password" not in (result["error"] or "")
+        assert WRONG_PASSWORD not in (result["error"] or "")
     tls = check(api, cases["tls"])
     assert "certificate" in tls["error"]
     assert [s["name"] for s in tls["steps"]] == ["dns", "connect"]

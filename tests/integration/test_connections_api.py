@@ -18,6 +18,8 @@ from mailintake_shared.kafka import read_topic_to_end
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.api import ADMIN, VIEWER, WITHOUT_ESTIMATE, api_client, imap_body
+from tests.harness.planted import WATCH
+from tests.harness.planted import planted as plant
 
 pytestmark = pytest.mark.integration
 
@@ -299,7 +301,9 @@ def test_search_over_each_field_and_stable_pages(client: TestClient) -> None:
 
 
 def test_auth_rules(settings: Settings) -> None:
-    with TestClient(create_app(settings)) as anon:
+    anonymous = TestClient(create_app(settings))
+    WATCH.watch_client(anonymous)
+    with anonymous as anon:
         assert anon.get("/connections").status_code == 401
         assert anon.get("/connections", headers={"Authorization": "Bearer nope"}).status_code == 401
         assert anon.get("/healthz").status_code == 200
@@ -369,7 +373,7 @@ def test_connections_topic_rebuilds_exactly_the_current_connections(
 
 
 def test_planted_password_appears_nowhere(settings: Settings, logs: Any, database_url: str) -> None:
-    planted = f"PLANTED-{uuid.uuid4().hex}"
+    planted = plant("password")
     responses: list[str] = []
     with api_client(settings) as client:
         created = client.post("/connections", json=imap_body(password=planted))
@@ -377,11 +381,15 @@ def test_planted_password_appears_nowhere(settings: Settings, logs: Any, databas
         cid = created.json()["id"]
         responses.append(client.get(f"/connections/{cid}").text)
         responses.append(client.get("/connections").text)
-        responses.append(client.patch(f"/connections/{cid}", json={"password": planted + "2"}).text)
+        responses.append(
+            client.patch(f"/connections/{cid}", json={"password": plant("password")}).text
+        )
         responses.append(client.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).text)
         # A refused request echoes nothing of the secret either.
         responses.append(
-            client.post("/connections", json=imap_body(name="other", password=planted + "é")).text
+            client.post(
+                "/connections", json=imap_body(name="other", password=plant("password") + "é")
+            ).text
         )
         responses.append(client.get("/metrics").text)
         wait_published(client)

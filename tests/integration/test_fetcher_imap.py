@@ -24,6 +24,7 @@ from mailintake_shared.mailbox.selection import Cursor
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
+from tests.harness.planted import planted
 from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import LOOPBACK, connection_view
 from tests.integration.conftest import imap_session
@@ -101,7 +102,7 @@ def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> 
 def test_each_failing_step_is_named(mailbox: Mailbox) -> None:
     cases = {
         ErrorKind.CONNECTION_REFUSED: config(mailbox, port=free_port()),
-        ErrorKind.AUTHENTICATION: config(mailbox, password="wrong-password"),
+        ErrorKind.AUTHENTICATION: config(mailbox, password=planted("wrong-password")),
         ErrorKind.TLS: config(mailbox, ca=False),
         ErrorKind.FOLDER_MISSING: config(mailbox, folder="Nope"),
     }

@@ -21,6 +21,7 @@ from mailintake_shared.mailbox.config import MailboxConfig
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
+from tests.harness.planted import planted
 from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import LOOPBACK, connection_view
 
@@ -165,10 +166,11 @@ def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> 
 
 def test_wrong_password_is_an_authentication_error(mailbox: Mailbox) -> None:
     cfg = pop3_config(mailbox)
-    wrong = MailboxConfig(network=LOOPBACK, view=cfg.view, password=SecretStr("wrong-password"))
+    wrong_password = planted("wrong-password")
+    wrong = MailboxConfig(network=LOOPBACK, view=cfg.view, password=SecretStr(wrong_password))
     result, _ = run(wrong)
     assert result.error_kind is ErrorKind.AUTHENTICATION
-    assert "wrong-password" not in (result.error or "")
+    assert wrong_password not in (result.error or "")
 
 
 class NoUidlHandler(socketserver.StreamRequestHandler):

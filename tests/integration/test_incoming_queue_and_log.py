@@ -29,6 +29,7 @@ from tests.api import api_client
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database
+from tests.harness.planted import planted
 from tests.harness.polls import ListSink, run_poll
 from tests.harness.views import LOOPBACK
 from tests.integration.conftest import imap_connection_body, imap_session
@@ -185,7 +186,8 @@ def test_a_failed_message_is_kept_retried_and_dismissed(steps: Steps, mailbox: M
 
 
 def test_a_failing_poll_is_logged_and_filtered(steps: Steps, mailbox: Mailbox) -> None:
-    body = imap_connection_body(mailbox, password="wrong-password")
+    wrong_password = planted("wrong-password")
+    body = imap_connection_body(mailbox, password=wrong_password)
     cid = steps.api.post("/connections", json=body).json()["id"]
     _, sink = steps.fetch(cid)
     steps.store(sink)
@@ -197,7 +199,7 @@ def test_a_failing_poll_is_logged_and_filtered(steps: Steps, mailbox: Mailbox) -
     assert failed["total"] == 1
     (entry,) = failed["items"]
     assert (entry["connection_id"], entry["error_kind"]) == (cid, "authentication")
-    assert "wrong-password" not in str(entry)
+    assert wrong_password not in str(entry)
     assert steps.api.get("/log/polls", params={"connection_id": good}).json()["total"] == 1
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert steps.api.get("/log/polls", params={"since": later}).json()["total"] == 0

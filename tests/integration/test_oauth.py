@@ -32,11 +32,12 @@ from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.oauth_server import OAuthServer
 from tests.harness.pipeline import BIN, Database, Pipeline, wait_until
+from tests.harness.planted import planted
 from tests.harness.tls import make_pki
 from tests.integration.test_cli import Cli, answers
 
 pytestmark = pytest.mark.integration
-CLIENT_SECRET = f"PLANTED-SECRET-{uuid.uuid4().hex}"
+CLIENT_SECRET = planted("client-secret")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from mailintake_shared.kafka import ReliableProducer, read_topic_to_end
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic, topic_name
 from tests.conftest import Mailbox
-from tests.harness.corpus import MALFORMED
+from tests.harness.corpus import MALFORMED, hostile
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.integration.conftest import create_enabled, drain, imap_session, server_flags
@@ -34,7 +34,7 @@ def test_a_50_mb_message_and_a_malformed_corpus_are_ingested(
 ) -> None:
     huge = make_message(1, size=50 * 1024 * 1024, subject="the big one")
     normal = [make_message(i) for i in range(100, 110)]
-    corpus = list(MALFORMED.values())
+    corpus = [*MALFORMED.values(), *hostile().values()]
     mailbox.server.seed(mailbox.username, [huge, *corpus, *normal])
     pipeline.start("scheduler", "fetcher", "store")
     connection_id = create_enabled(api, mailbox)

@@ -11,6 +11,7 @@ from mailintake_shared.secretbox import SecretBox, SecretDecryptError, generate_
 from mailintake_shared.settings import Settings
 from tests.api import api_client, imap_body
 from tests.harness.pipeline import Database
+from tests.harness.planted import planted
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_every_secret_moves_to_the_new_key(settings: Settings, db: Database) -> None:
     with api_client(settings) as api:
         for i in range(3):
-            body = imap_body(name=f"box {i}", password=f"password-{i}")
+            body = imap_body(name=f"box {i}", password=planted("password"))
             assert api.post("/connections", json=body).status_code == 201
         credential = {"name": "app", "provider": "google", "client_id": "c", "client_secret": "s"}
         assert api.post("/oauth-credentials", json=credential).status_code == 201

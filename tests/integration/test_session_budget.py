@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from kafka.partitioner.default import murmur2
 
 from tests.api import WITHOUT_ESTIMATE
 from tests.harness.dovecot import Dovecot
@@ -34,12 +35,16 @@ def test_no_poll_hits_the_servers_connection_limit(
     # A slow link: every poll lasts seconds, so the fetchers' polls surely overlap.
     slow = FaultProxy(strict_dovecot.ports.imap, default=Fault(delay_per_read_s=0.02)).start()
     pipeline.start("scheduler", "fetcher", "fetcher:2", "fetcher:3", "store")
-    ids = []
-    for i in range(9):
+    # Three connections on each partition of the due topic, so each fetcher gets three and
+    # the three fetchers poll the account at once (connections on two partitions only
+    # would never need the budget, and the test would prove nothing).
+    partitions = pipeline.settings.topic_partitions
+    per_partition: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    while any(len(group) < 3 for group in per_partition.values()):
         created = api.post(
             "/connections",
             json={
-                "name": f"same account {i}",
+                "name": f"same account {uuid.uuid4().hex[:6]}",
                 "protocol": "imap",
                 "host": "127.0.0.1",
                 "port": slow.port,
@@ -49,17 +54,23 @@ def test_no_poll_hits_the_servers_connection_limit(
                 "interval_minutes": 1,
             },
         )
-        ids.append(created.json()["id"])
+        cid = created.json()["id"]
+        partition = (murmur2(cid.encode()) & 0x7FFFFFFF) % partitions
+        if len(per_partition[partition]) < 3:
+            per_partition[partition].append(cid)
+    ids = [cid for group in per_partition.values() for cid in group]
     time.sleep(15)  # the three fetchers have joined their group and split its partitions
     for cid in ids:  # all at once (the tests' scheduler has no jitter)
         assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
     try:
-        wait_until(lambda: db.message_count() >= 900, timeout_s=240, message="100 × 9 stored")
+        wait_until(
+            lambda: db.message_count() >= 100 * len(ids), timeout_s=240, message="all stored"
+        )
     finally:
         slow.stop()
     failed = db.rows("SELECT error FROM poll_log WHERE outcome = 'failed'")
     assert failed == [], failed
     skipped = db.scalar("SELECT count(*) FROM poll_log WHERE outcome = 'skipped'")
     assert skipped > 0  # the budget did make polls wait
-    assert db.message_count() == 900
+    assert db.message_count() == 100 * len(ids)
     pipeline.assert_running()

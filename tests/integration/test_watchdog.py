@@ -1,5 +1,6 @@
-"""The stalled-poll watchdog on the running scheduler: a connection that keeps failing is
-reported stalled (connection.health, the API's status), then recovered."""
+"""The stalled-poll watchdog on the running scheduler: a connection whose mail server is down
+fails and is reported stalled (connection.health, the API's status) while another one goes on,
+then recovers."""
 
 from __future__ import annotations
 
@@ -16,14 +17,15 @@ from tests.api import WITHOUT_ESTIMATE, api_client
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
-from tests.integration.conftest import imap_connection_body
+from tests.integration.conftest import create_enabled, imap_connection_body
 
 pytestmark = pytest.mark.integration
 
 
-def _health(settings: Settings) -> list[ConnectionHealthChanged]:
+def _health(settings: Settings, connection_id: str) -> list[ConnectionHealthChanged]:
     records = read_topic_to_end(settings, Topic.CONNECTION_HEALTH)
-    return [ConnectionHealthChanged.model_validate_json(r.value) for r in records if r.value]
+    events = [ConnectionHealthChanged.model_validate_json(r.value) for r in records if r.value]
+    return [e for e in events if str(e.connection_id) == connection_id]
 
 
 def test_a_failing_connection_is_reported_stalled_then_recovered(
@@ -32,18 +34,29 @@ def test_a_failing_connection_is_reported_stalled_then_recovered(
     settings = pipeline_settings.model_copy(update={"stalled_after_seconds": 4.0})
     pipeline = Pipeline(settings, tmp_path / "logs").start("scheduler", "fetcher", "store")
     mailbox.server.seed(mailbox.username, [make_message(1)])
+    healthy = Mailbox(mailbox.server, *mailbox.server.add_user(password="pw-healthy"))
+    mailbox.server.seed(healthy.username, (make_message(i) for i in range(100, 130)))
     try:
         with api_client(settings) as api:
             body = imap_connection_body(mailbox, port=free_port())  # nothing listens there
             cid = api.post("/connections", json=body).json()["id"]
             api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE)
+            create_enabled(api, healthy)  # the other connection goes on meanwhile
+            wait_until(lambda: db.message_count() == 30, timeout_s=60, message="the other one")
             wait_until(
-                lambda: [h.state for h in _health(settings)] == [HealthState.STALLED],
+                lambda: (
+                    api.get(f"/connections/{cid}").json()["status"]["last_error_kind"]
+                    == "connection_refused"
+                ),
+                timeout_s=30,
+                message="the failing one is marked failing",
+            )
+            wait_until(
+                lambda: [h.state for h in _health(settings, cid)] == [HealthState.STALLED],
                 timeout_s=60,
                 message="reported stalled",
             )
-            (stalled,) = _health(settings)
-            assert str(stalled.connection_id) == cid
+            (stalled,) = _health(settings, cid)
             assert stalled.reason.startswith("no successful poll for")
             assert stalled.last_success_at is None
             assert api.get(f"/connections/{cid}").json()["status"]["stalled"] is True
@@ -51,11 +64,11 @@ def test_a_failing_connection_is_reported_stalled_then_recovered(
             api.patch(f"/connections/{cid}", json={"port": mailbox.server.ports.imaps})
             api.post(f"/connections/{cid}/poll")
             wait_until(
-                lambda: [h.state for h in _health(settings)][-1:] == [HealthState.RECOVERED],
+                lambda: [h.state for h in _health(settings, cid)][-1:] == [HealthState.RECOVERED],
                 timeout_s=60,
                 message="reported recovered",
             )
-            wait_until(lambda: db.message_count() == 1, timeout_s=30, message="then it ingests")
+            wait_until(lambda: db.message_count() == 31, timeout_s=30, message="then it ingests")
             assert api.get(f"/connections/{cid}").json()["status"]["stalled"] is False
         pipeline.assert_running()
     finally:

@@ -7,6 +7,7 @@ used when neither is given. Tables for people, ``--json`` for scripts.
 
 from __future__ import annotations
 
+import base64
 import sys
 import time
 from datetime import date, datetime
@@ -26,7 +27,11 @@ credentials_app = typer.Typer(
     help="OAuth2 credentials: apps registered with Google or Microsoft.", no_args_is_help=True
 )
 app.add_typer(connections_app, name="connections")
+certificates_app = typer.Typer(
+    help="S/MIME certificates with their keys: decrypt a connection's mail.", no_args_is_help=True
+)
 app.add_typer(credentials_app, name="credentials")
+app.add_typer(certificates_app, name="certificates")
 app.add_typer(queue_app, name="queue")
 app.add_typer(log_app, name="log")
 
@@ -559,3 +564,79 @@ def delete_credential(
         typer.confirm(f"Delete OAuth2 credential {credential_id}?", abort=True)
     _call("DELETE", f"/oauth-credentials/{credential_id}")
     console.print(f"deleted {credential_id}")
+
+
+# --- S/MIME certificates -------------------------------------------------------------------
+CERTIFICATE_COLUMNS = ("id", "name", "alias", "subject", "not_after", "expired", "connections")
+
+
+@certificates_app.command("list")
+def list_certificates(
+    search: Annotated[str | None, typer.Option("--search", "-q", help="Name or alias.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The stored certificates (keys are never shown)."""
+    params = {"q": search} if search else {}
+    page = _call("GET", "/certificates", params=params)
+    emit(page, as_json=as_json, columns=CERTIFICATE_COLUMNS, title="certificates")
+
+
+@certificates_app.command("upload")
+def upload_certificate(
+    name: Annotated[str, typer.Option()],
+    file: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="PEM (certificate and key) or .p12")
+    ],
+    alias: Annotated[str | None, typer.Option()] = None,
+    passphrase_stdin: Annotated[
+        bool,
+        typer.Option("--passphrase-stdin", help="Read the key's passphrase from standard input."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Store a certificate with its private key; a PKCS#12 file (.p12, .pfx) asks for its
+    passphrase, a PEM one only with --passphrase-stdin."""
+    data = file.read_bytes()
+    pkcs12 = file.suffix.lower() in (".p12", ".pfx")
+    passphrase = None
+    if passphrase_stdin:
+        passphrase = sys.stdin.readline().rstrip("\n")
+    elif pkcs12:
+        passphrase = str(typer.prompt("Passphrase", hide_input=True))
+    body: dict[str, Any] = {"name": name, "alias": alias, "passphrase": passphrase or None}
+    if pkcs12:
+        body["pkcs12_base64"] = base64.b64encode(data).decode("ascii")
+    else:
+        body["pem"] = data.decode("utf-8", "replace")
+    emit(_call("POST", "/certificates", json=body), as_json=as_json, title="stored")
+
+
+@certificates_app.command("delete")
+def delete_certificate(
+    certificate_id: str, yes: Annotated[bool, typer.Option("--yes", "-y")] = False
+) -> None:
+    """Delete a certificate that no connection uses."""
+    if not yes:
+        typer.confirm(f"Delete certificate {certificate_id}?", abort=True)
+    _call("DELETE", f"/certificates/{certificate_id}")
+    console.print(f"deleted {certificate_id}")
+
+
+@connections_app.command("certificates")
+def connection_certificates(
+    ref: ConnectionRef,
+    use: Annotated[
+        list[str] | None,
+        typer.Option("--use", help="Replace the set with these certificate ids (repeat)."),
+    ] = None,
+    none: Annotated[bool, typer.Option("--none", help="Remove every certificate.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show, or set, the certificates a connection decrypts its mail with."""
+    path = f"/connections/{_id(ref)}/certificates"
+    if use or none:
+        items = _call("PUT", path, json={"certificate_ids": [] if none else use})
+    else:
+        items = _call("GET", path)
+    page = {"items": items, "total": len(items)}
+    emit(page, as_json=as_json, columns=CERTIFICATE_COLUMNS, title="certificates")

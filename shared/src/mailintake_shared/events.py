@@ -178,12 +178,32 @@ class HeaderSummary(BaseModel):
     references: str | None = None
 
 
+class SmimeInfo(BaseModel):
+    """What the store found in an S/MIME message. ``problem`` says why a layer stayed
+    closed (no matching key, an expired certificate, a corrupt envelope …) or what is wrong
+    with a signature; the message is stored either way."""
+
+    model_config = ConfigDict(frozen=True)
+
+    encrypted: bool = Field(False, description="the message was encrypted (enveloped data)")
+    decrypted_with: UUID | None = Field(None, description="the certificate that decrypted it")
+    signature: Literal["valid", "invalid", "unverifiable"] | None = Field(
+        None, description="the signature check's result; null when the message is not signed"
+    )
+    signer: str | None = Field(None, description="the signer's e-mail address, else subject")
+    problem: str | None = None
+
+
 class MailStored(Event):
     """Topic ``mail.stored`` (store → downstream): a message was committed to the database.
 
     ``message_id`` is the database id: the dedup key for downstream consumers. The raw MIME is
     inline (``raw_b64``) up to ``MAILINTAKE_INLINE_MAX_BYTES``; always available from the
     config API at ``raw_path`` (``GET /messages/{id}/raw``, bearer token needed).
+
+    An S/MIME message has ``smime`` set: ``raw_b64`` and ``raw_path`` then carry it with the
+    layers the connection's certificates opened removed (decrypted, unwrapped); ``size`` and
+    ``sha256`` stay those of the message as fetched, which ``raw_path?original=true`` returns.
     """
 
     schema_version: Literal[1] = 1
@@ -199,6 +219,7 @@ class MailStored(Event):
     problems: list[str] = Field(default_factory=list)
     raw_b64: str | None = None
     raw_path: str
+    smime: SmimeInfo | None = None
 
 
 class PollCompleted(Event):

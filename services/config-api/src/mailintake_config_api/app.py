@@ -13,7 +13,15 @@ from mailintake_config_api.audit import AuditLog
 from mailintake_config_api.auth import FailureLimiter
 from mailintake_config_api.hardening import Hardening
 from mailintake_config_api.resources import Resources
-from mailintake_config_api.routes import audit, connections, health, incoming, messages, oauth
+from mailintake_config_api.routes import (
+    audit,
+    certificates,
+    connections,
+    health,
+    incoming,
+    messages,
+    oauth,
+)
 from mailintake_shared.settings import Settings
 
 API_VERSION = "0.1.0"
@@ -59,5 +67,6 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(messages.router)
     app.include_router(incoming.router)
     app.include_router(oauth.router)
+    app.include_router(certificates.router)
     app.include_router(audit.router)
     return app

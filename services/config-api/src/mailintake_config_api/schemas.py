@@ -25,7 +25,7 @@ from mailintake_shared.domain import (
     Protocol,
     Transport,
 )
-from mailintake_shared.events import ErrorKind
+from mailintake_shared.events import ErrorKind, SmimeInfo
 from mailintake_shared.mailbox.estimate import Confidence
 from mailintake_shared.oauth.providers import OAuthProvider
 
@@ -234,6 +234,9 @@ class MessageInfo(BaseModel):
     problems: list[str]
     action_state: str
     raw_path: str
+    smime: SmimeInfo | None = Field(
+        None, description="S/MIME findings; `raw_path` then serves the decrypted form."
+    )
 
 
 class ConnectionPage(BaseModel):
@@ -461,3 +464,58 @@ class AuditLogEntry(BaseModel):
     target: str | None = Field(description="The route's parameters, as JSON.")
     fields: str | None = Field(description="The names of the fields sent, as a JSON list.")
     status: int = Field(description="The HTTP status of the answer.")
+
+
+class CertificateUpload(BaseModel):
+    """A certificate with its private key, for decrypting a connection's S/MIME mail.
+
+    Exactly one of ``pem`` and ``pkcs12_base64``. The key and the passphrase are write-only:
+    the key is kept encrypted at rest, the passphrase only opens the upload.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    alias: str | None = Field(None, max_length=255, description="Another name to search by.")
+    pem: SecretStr | None = Field(
+        None,
+        description="PEM: the certificate and its private key (PKCS#8, PKCS#1 or SEC1, "
+        "encrypted with `passphrase` or not).",
+    )
+    pkcs12_base64: SecretStr | None = Field(
+        None, description="A PKCS#12 (.p12/.pfx) file, base64-encoded."
+    )
+    passphrase: SecretStr | None = Field(None, description="Opens the key or the PKCS#12 file.")
+
+    @field_validator("pem", "pkcs12_base64", "passphrase")
+    @classmethod
+    def _bounded(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not 1 <= len(value.get_secret_value()) <= 200_000:
+            raise ValueError("must be 1 to 200000 characters")
+        return value
+
+
+class CertificateView(BaseModel):
+    """A stored certificate; its private key is never returned."""
+
+    id: UUID
+    name: str
+    alias: str | None
+    subject: str
+    issuer: str
+    serial: str = Field(description="Hexadecimal.")
+    not_before: datetime
+    not_after: datetime
+    expired: bool
+    fingerprint_sha256: str
+    key_type: str = Field(description="`rsa` or `ec`.")
+    connections: list[UUID] = Field(description="The connections that use it.")
+    created_at: datetime
+
+
+class CertificateLinks(BaseModel):
+    """The whole set of certificates a connection decrypts its mail with."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certificate_ids: list[UUID] = Field(max_length=100)

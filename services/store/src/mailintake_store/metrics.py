@@ -20,3 +20,9 @@ LOST_IN_TRANSIT = Counter(
     "mailintake_store_records_lost_in_transit_total",
     "Messages a poll published that never reached the store (downloaded again by the next poll).",
 )
+SMIME = Counter(
+    "mailintake_store_smime_messages_total",
+    "S/MIME messages by what became of them: decrypted, left_encrypted, "
+    "signature_valid, signature_invalid, signature_unverifiable.",
+    ["outcome"],
+)

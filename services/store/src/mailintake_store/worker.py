@@ -28,6 +28,7 @@ from mailintake_shared.kafka import (
 )
 from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxRelay
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from mailintake_store.metrics import BATCH_SECONDS
@@ -52,6 +53,7 @@ class StoreWorker:
             sessions,
             topic_prefix=settings.topic_prefix,
             inline_max_bytes=settings.inline_max_bytes,
+            secrets=SecretBox(settings.encryption_keys) if settings.encryption_keys else None,
         )
         self._relay = OutboxRelay(sessions, self._producer)
         self._loop: CommitAfterWorkLoop | None = None

@@ -41,14 +41,16 @@ from mailintake_shared.events import (
     PollCompleted,
     PollOutcome,
     PollResult,
+    SmimeInfo,
     b64,
 )
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.topics import Topic
-from mailintake_store import staging
-from mailintake_store.metrics import DUPLICATES, LOST_IN_TRANSIT, POLL_RESULTS, STORED
+from mailintake_store import smime, staging
+from mailintake_store.metrics import DUPLICATES, LOST_IN_TRANSIT, POLL_RESULTS, SMIME, STORED
 from mailintake_store.mime import NUL_PROBLEM, summarize
 
 _INSERT_ROWS = 200  # rows per multi-row INSERT (keeps SQLite under its parameter limit)
@@ -76,13 +78,22 @@ class _Complete:
     head: bytes  # what the header summary is made from
     has_nul: bool = False
     downloaded_at: datetime | None = None
+    smime: SmimeInfo | None = None
+    unwrapped: bytes | None = None  # the S/MIME layers opened (decrypted) form
 
     @cached_property
     def summary(self) -> tuple[HeaderSummary, list[str]]:
         headers, problems = summarize(self.head)
         if self.has_nul and NUL_PROBLEM not in problems:
             problems.insert(0, NUL_PROBLEM)
+        if self.smime is not None and self.smime.problem is not None:
+            problems.append(f"S/MIME: {self.smime.problem}")
         return headers, problems
+
+    @property
+    def delivered(self) -> bytes | None:
+        """What downstream gets: the decrypted form when there is one."""
+        return self.unwrapped if self.unwrapped is not None else self.raw
 
 
 @dataclass
@@ -127,11 +138,17 @@ def _insert(session: Session) -> Callable[..., postgresql.Insert | sqlite.Insert
 
 class StoreWriter:
     def __init__(
-        self, sessions: sessionmaker[Session], *, topic_prefix: str, inline_max_bytes: int
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        topic_prefix: str,
+        inline_max_bytes: int,
+        secrets: SecretBox | None = None,
     ) -> None:
         self._sessions = sessions
         self._prefix = topic_prefix
         self._inline_max = inline_max_bytes
+        self._secrets = secrets  # opens the certificates' keys; None: S/MIME left closed
         # The events and log rows of the batch being written, in order; inserted with it.
         self._outbox: list[OutboxEntry] = []
         self._log: list[dict[str, Any]] = []
@@ -301,6 +318,7 @@ class StoreWriter:
             return
         fresh = self._drop_known(session, messages, polls, outcome)
         fresh = self._rekey_after_uidvalidity_change(session, fresh, polls, outcome)
+        self._open_smime(session, fresh)
         inserted = self._insert_rows(session, fresh)
         for message in messages:
             if message.raw is None:  # staged in PostgreSQL: copied there, then dropped
@@ -412,6 +430,38 @@ class StoreWriter:
             )
         return fresh
 
+    def _open_smime(self, session: Session, messages: list[_Complete]) -> None:
+        """Decrypt and verify S/MIME messages with their connection's certificates."""
+        keys: dict[uuid.UUID, tuple[list[smime.KeyPair], list[str]]] = {}
+        for message in messages:
+            if not message.head or not smime.is_smime(message.head):
+                continue
+            chunk = message.first
+            if self._secrets is None:
+                message.smime = SmimeInfo(problem="no encryption key configured to open keys")
+                continue
+            if chunk.connection_id not in keys:
+                keys[chunk.connection_id] = smime.load_keys(
+                    session, self._secrets, chunk.connection_id
+                )
+            usable, unusable = keys[chunk.connection_id]
+            raw = message.raw
+            if raw is None:  # a large message, staged in PostgreSQL
+                raw = staging.join_in_python(session, staging.key_of(chunk), chunk.chunk_index)
+            try:
+                result = smime.unwrap(raw, usable, utcnow())
+            except Exception as exc:  # a bug on hostile input must not block the partition
+                log.exception("S/MIME processing failed", connection_id=str(chunk.connection_id))
+                message.smime = SmimeInfo(
+                    problem=f"S/MIME processing failed ({type(exc).__name__})"
+                )
+                continue
+            info = result.info
+            if info.problem is not None and unusable:
+                info = info.model_copy(update={"problem": f"{info.problem}; {'; '.join(unusable)}"})
+            message.smime, message.unwrapped = info, result.mime
+            SMIME.labels(_smime_outcome(info)).inc()
+
     def _insert_rows(
         self, session: Session, messages: list[_Complete]
     ) -> dict[tuple[uuid.UUID, str, str], int]:
@@ -458,6 +508,8 @@ class StoreWriter:
             "in_reply_to": headers.in_reply_to,
             "references": headers.references,
             "problems": json.dumps(problems) if problems else None,
+            "unwrapped": message.unwrapped,
+            "smime": message.smime.model_dump_json() if message.smime is not None else None,
             "action_state": "pending",
             "action_applied_at": None,
         }
@@ -477,11 +529,12 @@ class StoreWriter:
             headers=headers,
             problems=problems,
             raw_b64=(
-                b64(message.raw)
-                if message.raw is not None and message.size <= self._inline_max
+                b64(message.delivered)
+                if message.delivered is not None and len(message.delivered) <= self._inline_max
                 else None
             ),
             raw_path=f"/messages/{message_id}/raw",
+            smime=message.smime,
         )
         self._outbox.append(
             OutboxEntry(Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes(), message_id)
@@ -676,3 +729,11 @@ class StoreWriter:
             session.add(status)
             session.flush()
         return status
+
+
+def _smime_outcome(info: SmimeInfo) -> str:
+    if info.decrypted_with is not None:
+        return "decrypted"
+    if info.encrypted:
+        return "left_encrypted"
+    return f"signature_{info.signature}" if info.signature else "other"

@@ -205,6 +205,36 @@ class MailboxState(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Certificate(Base):
+    """An S/MIME certificate with its private key (encrypted by the secret box)."""
+
+    __tablename__ = "certificates"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(255))
+    alias: Mapped[str | None] = mapped_column(String(255))
+    certificate_pem: Mapped[str] = mapped_column(Text)
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64))
+    serial: Mapped[str] = mapped_column(String(64))  # hexadecimal
+    private_key_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("fingerprint_sha256", name="uq_certificates_fingerprint"),)
+
+
+class ConnectionCertificate(Base):
+    """Which certificates a connection decrypts its mail with (many to many)."""
+
+    __tablename__ = "connection_certificates"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    certificate_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("certificates.id", ondelete="RESTRICT"), primary_key=True, index=True
+    )
+
+
 class Message(Base):
     """A stored message: raw MIME, identity on the server, header summary, server action."""
 
@@ -233,6 +263,10 @@ class Message(Base):
     in_reply_to: Mapped[str | None] = mapped_column(Text)
     references: Mapped[str | None] = mapped_column(Text)
     problems: Mapped[str | None] = mapped_column(Text)  # JSON list; null when parsed cleanly
+    # S/MIME: the message with the layers its connection's certificates opened removed
+    # (null when none was), and what was found (JSON of events.SmimeInfo).
+    unwrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
+    smime: Mapped[str | None] = mapped_column(Text)
     # The server action after download (\\Seen or delete): "pending" until applied on the
     # server, then "applied"; "stale" when a UIDVALIDITY change made the UID meaningless.
     action_state: Mapped[str] = mapped_column(String(16))

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from mailintake_shared.db.models import Base, Connection, OAuthCredential, OAuthFlow, OAuthGrant
+from mailintake_shared.db.models import (
+    Base,
+    Certificate,
+    Connection,
+    OAuthCredential,
+    OAuthFlow,
+    OAuthGrant,
+)
 from mailintake_shared.secretbox import SecretBox
 
 # Every encrypted column: (model, its key column, its secret columns).
@@ -22,6 +29,7 @@ ENCRYPTED: tuple[tuple[type[Base], InstrumentedAttribute[object], tuple[str, ...
     (OAuthCredential, OAuthCredential.id, ("client_secret_enc",)),
     (OAuthGrant, OAuthGrant.connection_id, ("refresh_token_enc", "access_token_enc")),
     (OAuthFlow, OAuthFlow.state, ("flow_enc",)),
+    (Certificate, Certificate.id, ("private_key_enc",)),
 )
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from mailintake_config_api.auth import Viewer
 from mailintake_config_api.deps import SessionDep
 from mailintake_config_api.schemas import ErrorBody, MessageInfo
 from mailintake_shared.db.models import Message
+from mailintake_shared.events import SmimeInfo
 
 router = APIRouter(
     prefix="/messages",
@@ -43,6 +45,7 @@ def get_message(message_id: int, session: SessionDep, _role: Viewer) -> MessageI
         problems=json.loads(row.problems) if row.problems else [],
         action_state=row.action_state,
         raw_path=f"/messages/{row.id}/raw",
+        smime=SmimeInfo.model_validate_json(row.smime) if row.smime else None,
     )
 
 
@@ -52,10 +55,22 @@ def get_message(message_id: int, session: SessionDep, _role: Viewer) -> MessageI
     responses={200: {"content": {"message/rfc822": {}}}},
     summary="The raw MIME of a stored message (.eml)",
 )
-def get_raw(message_id: int, session: SessionDep, _role: Viewer) -> Response:
+def get_raw(
+    message_id: int,
+    session: SessionDep,
+    _role: Viewer,
+    original: Annotated[
+        bool,
+        Query(
+            description="An S/MIME message as fetched, not decrypted (the default serves it "
+            "with the layers its connection's certificates opened removed)."
+        ),
+    ] = False,
+) -> Response:
     row = _get(session, message_id)
+    content = row.raw if original or row.unwrapped is None else row.unwrapped
     return Response(
-        content=bytes(row.raw),
+        content=bytes(content),
         media_type="message/rfc822",
         headers={"Content-Disposition": f'attachment; filename="message-{row.id}.eml"'},
     )
