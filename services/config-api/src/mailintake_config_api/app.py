@@ -22,6 +22,7 @@ from mailintake_config_api.routes import (
     messages,
     oauth,
 )
+from mailintake_config_api.schemas import ErrorBody
 from mailintake_shared.settings import Settings
 
 API_VERSION = "0.1.0"
@@ -47,6 +48,9 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         description="Manage incoming mail connections. Every endpoint but the health "
         "probes needs a bearer token: `viewer` reads, `admin` also writes.",
         lifespan=lifespan,
+        responses={
+            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."}
+        },
     )
     config = settings or (resources.settings if resources else Settings())
     app.state.auth_failures = FailureLimiter(config.api_auth_failures_per_minute)

@@ -70,7 +70,7 @@ def _from_pem(pem: str, passphrase: str | None) -> KeyPairUpload:
 def _from_pkcs12(encoded: str, passphrase: str | None) -> KeyPairUpload:
     try:
         data = base64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
+    except (binascii.Error, ValueError) as exc:  # non-ASCII text is a ValueError
         raise CertificateError("`pkcs12_base64` is not base64") from exc
     try:
         key, certificate, _chain = pkcs12.load_key_and_certificates(

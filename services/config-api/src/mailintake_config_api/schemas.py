@@ -13,6 +13,7 @@ from datetime import date, datetime
 from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from mailintake_config_api.incoming import EntryKind, QueueState
@@ -33,6 +34,9 @@ _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 
 Name = Annotated[str, Field(description="Unique name (case-insensitive), 1–255 characters.")]
+# Bounded so that the database's BIGINT takes them (a larger one answers 422, not a 500).
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The row's id.")]
+Offset = Annotated[int, Query(ge=0, le=2**63 - 1, description="Items to skip.")]
 
 
 def _strip_or_none(value: object) -> object:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from mailintake_config_api import audit
 from mailintake_config_api.auth import Admin
 from mailintake_config_api.deps import SessionDep
-from mailintake_config_api.schemas import AuditLogEntry, ErrorBody, Page
+from mailintake_config_api.schemas import AuditLogEntry, ErrorBody, Offset, Page
 
 router = APIRouter(
     tags=["audit"], responses={code: {"model": ErrorBody} for code in (401, 403, 422, 429)}
@@ -25,7 +25,7 @@ def audit_log(
     until: Annotated[datetime | None, Query(description="Up to this time (exclusive).")] = None,
     actor: Annotated[str | None, Query(description="Only this actor (`role:fingerprint`).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[AuditLogEntry]:
     rows, total = audit.page(
         session, since=since, until=until, actor=actor, limit=limit, offset=offset

@@ -22,6 +22,7 @@ from mailintake_config_api.schemas import (
     CertificateView,
     ErrorBody,
     FieldError,
+    Offset,
     Page,
 )
 from mailintake_shared.db.models import Certificate, Connection, ConnectionCertificate
@@ -111,7 +112,7 @@ def list_certificates(
         str | None, Query(max_length=255, description="Case-insensitive term: name or alias.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[CertificateView]:
     query = select(Certificate)
     if q and q.strip():

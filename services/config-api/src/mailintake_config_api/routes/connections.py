@@ -24,6 +24,7 @@ from mailintake_config_api.schemas import (
     EnableRequest,
     ErrorBody,
     EstimateFailed,
+    Offset,
     PollAccepted,
 )
 from mailintake_shared.db.models import Connection
@@ -58,7 +59,7 @@ def list_connections(
         ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ConnectionPage:
     query = select(Connection)
     if q and q.strip():

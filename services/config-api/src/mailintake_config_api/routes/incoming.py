@@ -16,10 +16,12 @@ from mailintake_config_api.incoming import EntryKind, QueueState, Window
 from mailintake_config_api.schemas import (
     ErrorBody,
     MessageLogEntry,
+    Offset,
     Page,
     PollLogEntry,
     QueueActionDone,
     QueueEntry,
+    RowId,
 )
 from mailintake_shared.db.models import Connection
 
@@ -31,7 +33,7 @@ def window(
     since: Annotated[datetime | None, Query(description="From this time (inclusive).")] = None,
     until: Annotated[datetime | None, Query(description="Up to this time (exclusive).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Window:
     return Window(connection_id, since, until, limit, offset)
 
@@ -62,7 +64,7 @@ def list_queue(
     tags=["queue"],
     summary="Download a queue entry's raw MIME (.eml)",
 )
-def get_queue_raw(kind: EntryKind, entry_id: int, session: SessionDep, _role: Viewer) -> Response:
+def get_queue_raw(kind: EntryKind, entry_id: RowId, session: SessionDep, _role: Viewer) -> Response:
     try:
         raw = incoming.raw_of(session, kind, entry_id)
     except incoming.EntryNotFoundError:
@@ -83,7 +85,7 @@ def get_queue_raw(kind: EntryKind, entry_id: int, session: SessionDep, _role: Vi
     summary="Retry a queue entry",
 )
 def retry_queue_entry(
-    kind: EntryKind, entry_id: int, session: SessionDep, res: ResourcesDep, _role: Admin
+    kind: EntryKind, entry_id: RowId, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> QueueActionDone:
     """Awaiting publish: publish now. Action pending: poll now. Failed: download it again."""
     try:
@@ -105,7 +107,7 @@ def retry_queue_entry(
     summary="Delete a queue entry",
 )
 def delete_queue_entry(
-    kind: EntryKind, entry_id: int, session: SessionDep, _role: Admin
+    kind: EntryKind, entry_id: RowId, session: SessionDep, _role: Admin
 ) -> Response:
     """A stored message is deleted with its unpublished event; a failed one is dismissed."""
     try:

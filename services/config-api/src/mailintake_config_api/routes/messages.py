@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 
 from mailintake_config_api.auth import Viewer
 from mailintake_config_api.deps import SessionDep
-from mailintake_config_api.schemas import ErrorBody, MessageInfo
+from mailintake_config_api.schemas import ErrorBody, MessageInfo, RowId
 from mailintake_shared.db.models import Message
 from mailintake_shared.events import SmimeInfo
 
@@ -28,7 +28,7 @@ def _get(session: SessionDep, message_id: int) -> Message:
 
 
 @router.get("/{message_id}", response_model=MessageInfo, summary="A stored message's summary")
-def get_message(message_id: int, session: SessionDep, _role: Viewer) -> MessageInfo:
+def get_message(message_id: RowId, session: SessionDep, _role: Viewer) -> MessageInfo:
     row = _get(session, message_id)
     return MessageInfo(
         id=row.id,
@@ -56,7 +56,7 @@ def get_message(message_id: int, session: SessionDep, _role: Viewer) -> MessageI
     summary="The raw MIME of a stored message (.eml)",
 )
 def get_raw(
-    message_id: int,
+    message_id: RowId,
     session: SessionDep,
     _role: Viewer,
     original: Annotated[
