@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench soak bench-readme openapi settings-table migrate keygen rotate-secrets token clean connections test-connection enable disable poll queue log log-messages
+.PHONY: help run test test-fast lint format bench soak bench-readme openapi settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -54,6 +54,29 @@ keygen: ## print a new encryption key for MAILINTAKE_ENCRYPTION_KEYS
 
 rotate-secrets: ## re-encrypt every stored secret with the first of MAILINTAKE_ENCRYPTION_KEYS
 	$(RUN) mailintake-rotate-secrets
+
+topics: ## create the missing topics, then check each one's partitions and configs
+	$(RUN) mailintake-topics
+
+deploy: ## migrate, then roll out to Kubernetes (kubectl's context); OVERLAY=dev|production
+	scripts/deploy.sh $${OVERLAY:-dev}
+
+status: ## each connection's health through the API; exit 1 when one is stalled or failing
+	$(RUN) mailintake status $${PROBLEMS:+--problems}
+
+logs: ## a service's logs; SERVICE=config-api|scheduler|fetcher|store (NAMESPACE= on Kubernetes)
+	@if [ -n "$${NAMESPACE:-}" ]; then \
+		kubectl -n "$$NAMESPACE" logs -l app.kubernetes.io/component=$${SERVICE:?SERVICE=…} --prefix --tail=200 -f; \
+	else tail -n 200 -f .devstack/logs/$${SERVICE:?SERVICE=…}.log; fi
+
+replay: ## announce stored mail again on mail.stored; CONNECTION= SINCE= [UNTIL=]
+	$(RUN) mailintake replay "$${CONNECTION:?CONNECTION=name or id}" --since "$${SINCE:?SINCE=2026-11-01}" $${UNTIL:+--until "$$UNTIL"}
+
+backup: ## write the configuration (connections, credentials, certificates) to FILE=backup.json
+	$(RUN) mailintake-config-api backup $${ONLY:+--only $$ONLY} > $${FILE:-backup.json}
+
+restore: ## restore FILE=backup.json (ONLY=connections,… to choose parts); safe to run twice
+	$(RUN) mailintake-config-api restore $${FILE:-backup.json} $${ONLY:+--only $$ONLY}
 
 token: ## make an API token; ROLE=admin|viewer
 	@$(RUN) mailintake-config-api hash-token --role $${ROLE:-admin}

@@ -26,6 +26,9 @@ from pathlib import Path
 import httpx
 
 PATTERN = re.compile(rb"PLANTED-[a-z-]+-[0-9a-f]{32}")
+# The tests' own requests to the in-process API, as httpx logs them (an OAuth callback's URL
+# carries the authorization code the test's browser brings back): not the product's output.
+TEST_CLIENT_REQUEST = re.compile(rb"^.*HTTP Request: [A-Z]+ http://testserver/.*$", re.MULTILINE)
 
 
 def planted(kind: str) -> str:
@@ -44,6 +47,7 @@ class Watch:
     def scan(self, where: str, kind: str, data: bytes | str) -> None:
         """Look for planted secrets in ``data``; ``kind`` counts what was scanned."""
         raw = data.encode("utf-8", "replace") if isinstance(data, str) else data
+        raw = TEST_CLIENT_REQUEST.sub(b"", raw)
         self.scanned[kind] = self.scanned.get(kind, 0) + 1
         for found in PATTERN.finditer(raw):
             self.sightings.append(f"{where}: {found.group().decode()}")

@@ -42,7 +42,7 @@ def test_a_50_mb_message_and_a_malformed_corpus_are_ingested(
     drain(api, connection_id, db, expected, timeout_s=240)
     assert db.message_count() == expected
 
-    big = db.rows("SELECT id, size, sha256, subject FROM messages WHERE size > 1000000")
+    big = db.rows("SELECT id, size, sha256, subject FROM messages WHERE size > 10000000")
     assert len(big) == 1
     assert big[0].size == len(huge)
     assert big[0].sha256 == hashlib.sha256(huge).hexdigest()
@@ -65,7 +65,7 @@ def test_a_50_mb_message_and_a_malformed_corpus_are_ingested(
     events = [json.loads(r.value) for r in announced]
     assert len(events) == expected
     assert len({e["message_id"] for e in events}) == expected
-    big_event = next(e for e in events if e["size"] > 1_000_000)
+    big_event = next(e for e in events if e["size"] > 10_000_000)
     assert big_event["raw_b64"] is None
     assert big_event["raw_path"] == f"/messages/{big[0].id}/raw"
     small = next(e for e in events if e["headers"]["subject"] == "Request 100")

@@ -12,15 +12,20 @@ from mailintake_shared.settings import Settings
 from tests.api import api_client, imap_body
 from tests.harness.pipeline import Database
 from tests.harness.planted import planted
+from tests.harness.smime import identity
 
 pytestmark = pytest.mark.integration
 
 
 def test_every_secret_moves_to_the_new_key(settings: Settings, db: Database) -> None:
+    passwords = [planted("password") for _ in range(3)]
+    alice = identity("alice")
     with api_client(settings) as api:
-        for i in range(3):
-            body = imap_body(name=f"box {i}", password=planted("password"))
+        for i, password in enumerate(passwords):
+            body = imap_body(name=f"box {i}", password=password)
             assert api.post("/connections", json=body).status_code == 201
+        pem = (alice.certificate_pem + alice.key_pem()).decode()
+        assert api.post("/certificates", json={"name": "a", "pem": pem}).status_code == 201
         credential = {"name": "app", "provider": "google", "client_id": "c", "client_secret": "s"}
         assert api.post("/oauth-credentials", json=credential).status_code == 201
     old, new = settings.encryption_keys[0].get_secret_value(), generate_key()
@@ -29,10 +34,13 @@ def test_every_secret_moves_to_the_new_key(settings: Settings, db: Database) -> 
         sessions = make_session_factory(engine)
         counts = rekey(sessions, SecretBox([new, old]))
         assert (counts["connections"].secrets, counts["oauth_credentials"].secrets) == (3, 1)
+        assert counts["certificates"].secrets == 1
         only_new = SecretBox([new])
-        passwords = db.rows("SELECT name, password_enc FROM connections ORDER BY name")
-        decrypted = [only_new.decrypt(bytes(enc)).get_secret_value() for _, enc in passwords]
-        assert decrypted == ["password-0", "password-1", "password-2"]
+        stored = db.rows("SELECT name, password_enc FROM connections ORDER BY name")
+        decrypted = [only_new.decrypt(bytes(enc)).get_secret_value() for _, enc in stored]
+        assert decrypted == passwords
+        key = db.scalar("SELECT private_key_enc FROM certificates")
+        assert "PRIVATE KEY" in only_new.decrypt(bytes(key)).get_secret_value()
         secret = db.scalar("SELECT client_secret_enc FROM oauth_credentials")
         assert only_new.decrypt(bytes(secret)).get_secret_value() == "s"
         with pytest.raises(SecretDecryptError):

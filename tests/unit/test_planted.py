@@ -32,3 +32,11 @@ def test_other_text_is_not_a_sighting() -> None:
     watch = Watch()
     watch.scan("a log line", "logs", "PLANTED-password-123 and PLANTED-x-" + "g" * 32)
     assert watch.sightings == []
+
+
+def test_the_tests_own_requests_are_not_sightings() -> None:
+    watch = Watch()
+    secret = planted("authorization-code")
+    line = f"INFO httpx HTTP Request: GET http://testserver/oauth/callback?code={secret} 200"
+    watch.scan("captured log", "logs", f"{line}\nproduct says {secret}\n")
+    assert watch.sightings == [f"captured log: {secret}"]  # the product's line only

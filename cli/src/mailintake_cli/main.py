@@ -640,3 +640,57 @@ def connection_certificates(
         items = _call("GET", path)
     page = {"items": items, "total": len(items)}
     emit(page, as_json=as_json, columns=CERTIFICATE_COLUMNS, title="certificates")
+
+
+# --- operations ----------------------------------------------------------------------------
+@app.command("status")
+def status_of_connections(
+    problems_only: Annotated[
+        bool, typer.Option("--problems", help="Only stalled or failing connections.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Each connection's health: last success, failures in a row, last error, stalled.
+    Exit status 1 when an enabled connection is stalled or failing."""
+    rows: list[dict[str, Any]] = []
+    offset = 0
+    while True:
+        page = _call("GET", "/connections", params={"limit": 500, "offset": offset})
+        for item in page["items"]:
+            health = item["status"]
+            failing = item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            if problems_only and not failing:
+                continue
+            rows.append(
+                {
+                    "name": item["name"],
+                    "enabled": item["enabled"],
+                    "stalled": health["stalled"],
+                    "last_success_at": health["last_success_at"],
+                    "failures": health["consecutive_failures"],
+                    "last_error_kind": health["last_error_kind"],
+                    "messages_stored": health["messages_stored"],
+                    "failing": failing,
+                }
+            )
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            break
+    columns = ("name", "enabled", "stalled", "last_success_at", "failures", "last_error_kind")
+    emit({"items": rows, "total": len(rows)}, as_json=as_json, columns=columns, title="status")
+    if any(row["failing"] for row in rows):
+        raise typer.Exit(1)
+
+
+@app.command("replay")
+def replay_messages(
+    ref: ConnectionRef,
+    since: Annotated[datetime, typer.Option(help="Stored at or after (ISO date or time).")],
+    until: Annotated[datetime | None, typer.Option(help="Stored before (default: now).")] = None,
+) -> None:
+    """Announce a connection's stored messages again on mail.stored (same message ids)."""
+    body: dict[str, Any] = {"connection_id": _id(ref), "since": since.isoformat()}
+    if until is not None:
+        body["until"] = until.isoformat()
+    queued = _call("POST", "/messages/replay", json=body)
+    console.print(f"{queued['messages']} messages queued for mail.stored")

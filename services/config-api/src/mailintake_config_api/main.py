@@ -3,6 +3,8 @@
 mailintake-config-api              serve the API (uvicorn) on MAILINTAKE_HTTP_HOST:PORT
 mailintake-config-api hash-token   print a new token and the settings entry for it
 mailintake-config-api openapi      print the OpenAPI document
+mailintake-config-api backup       print the configuration as JSON (secrets stay encrypted)
+mailintake-config-api restore F    restore a backup (upsert by id: safe to run twice)
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 
 from mailintake_config_api.app import create_app
 from mailintake_config_api.auth import hash_token, new_token
+from mailintake_config_api.backup import PARTS, BackupError, backup, restore
 from mailintake_shared.logging import configure_logging
 from mailintake_shared.settings import Settings
 
@@ -27,6 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     hashing.add_argument("--role", choices=["admin", "viewer"], default="admin")
     hashing.add_argument("--token", help="hash this token instead of making a new one")
     commands.add_parser("openapi", help="print the OpenAPI document")
+    parts = ", ".join(PARTS)
+    saving = commands.add_parser("backup", help="print the configuration as JSON")
+    saving.add_argument("--only", help=f"comma-separated parts: {parts} (default: all)")
+    restoring = commands.add_parser("restore", help="restore a backup made by `backup`")
+    restoring.add_argument("file", help="the backup's JSON file, or - for standard input")
+    restoring.add_argument("--only", help=f"comma-separated parts: {parts} (default: all)")
     args = parser.parse_args(argv)
 
     if args.command == "hash-token":
@@ -39,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         json.dump(create_app().openapi(), sys.stdout, indent=2, sort_keys=True)
         print()
         return
+
+    if args.command in ("backup", "restore"):
+        sys.exit(_backup_or_restore(args))
 
     import uvicorn
 
@@ -54,3 +66,37 @@ def main(argv: list[str] | None = None) -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.api_forwarded_allow_ips,
     )
+
+
+def _backup_or_restore(args: argparse.Namespace) -> int:
+    from mailintake_shared.db.engine import make_engine, make_session_factory
+    from mailintake_shared.secretbox import SecretBox
+
+    settings = Settings()
+    configure_logging(settings.log_level, service="config-api", stream=sys.stderr)
+    parts = [p.strip() for p in args.only.split(",")] if args.only else list(PARTS)
+    if unknown := set(parts) - set(PARTS):
+        print(f"unknown part(s): {', '.join(sorted(unknown))}; known: {', '.join(PARTS)}")
+        return 2
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    try:
+        if args.command == "backup":
+            with sessions() as session:
+                json.dump(backup(session, parts), sys.stdout, indent=1)
+            print()
+            return 0
+        text = sys.stdin.read() if args.file == "-" else open(args.file).read()  # noqa: SIM115
+        with sessions() as session, session.begin():
+            try:
+                done = restore(
+                    session, settings, SecretBox(settings.encryption_keys), json.loads(text), parts
+                )
+            except BackupError as exc:
+                print(f"restore refused: {exc}", file=sys.stderr)
+                return 1
+        rows = ", ".join(f"{n} {table}" for table, n in done.rows.items())
+        print(f"restored {rows}; {done.connections_announced} connections announced")
+        return 0
+    finally:
+        engine.dispose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
@@ -523,3 +523,24 @@ class CertificateLinks(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     certificate_ids: list[UUID] = Field(max_length=100)
+
+
+class ReplayRequest(BaseModel):
+    """Stored messages of one connection to announce again on ``mail.stored``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connection_id: UUID
+    since: datetime = Field(description="Stored at or after this time (UTC when no offset).")
+    until: datetime | None = Field(None, description="Stored before this time (default: now).")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class ReplayQueued(BaseModel):
+    messages: int = Field(description="`mail.stored` events queued, one per message.")
