@@ -100,7 +100,7 @@ disable: ## disable a connection: C=<id or name>
 poll: ## poll now and follow it to the end: C=<id or name>
 	@$(CLI) connections poll "$(C)"
 
-queue: ## the Incoming Mail Queue (STATE=awaiting_publish|action_pending|failed)
+queue: ## the Incoming Mail Queue (STATE=awaiting_publish|smime_unopened|action_pending|failed)
 	@$(CLI) queue $${STATE:+--state $$STATE}
 
 log: ## the Incoming Mail Log of polls (C=<connection> narrows it)

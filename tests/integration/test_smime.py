@@ -47,6 +47,7 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
 ) -> None:
     alice, carol, bob = identity("alice"), identity("carol"), identity("bob")
     old, eve = identity("old", expired=True), identity("eve", kind="ec")
+    stranger = identity("stranger")
     passphrase = planted("key-passphrase")
     answers: list[str] = []
 
@@ -86,7 +87,7 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
         "signed then encrypted": smime.sign_then_encrypt(
             INNER, bob, alice, "signed then encrypted"
         ),
-        "to a stranger": smime.encrypt(INNER, identity("stranger"), "to a stranger"),
+        "to a stranger": smime.encrypt(INNER, stranger, "to a stranger"),
         "to the expired": smime.encrypt(INNER, old, "to the expired"),
         "to eve": smime.encrypt(INNER, eve, "to eve"),
         "corrupt": corrupt_envelope(smime.encrypt(INNER, alice, "corrupt")),
@@ -149,6 +150,36 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     assert hashlib.sha256(original.content).hexdigest() == rows["to alice"].sha256
     info = api.get(f"/messages/{message_id}").json()
     assert info["smime"]["decrypted_with"] == alice_cert["id"]
+
+    # What stayed encrypted waits in the queue; with the right certificate attached, a retry
+    # decrypts it and announces it again, decrypted.
+    queued = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]
+    assert sorted(e["subject"] for e in queued) == sorted(
+        ["to a stranger", "to the expired", "to eve", "corrupt"]
+    )
+    stranger_cert = upload_pem(api, stranger)
+    api.put(
+        f"/connections/{connection_id}/certificates",
+        json={"certificate_ids": [*ids, stranger_cert["id"]]},
+    )
+    entry = next(e for e in queued if e["subject"] == "to a stranger")
+    retried = api.post(f"/queue/message/{entry['id']}/retry").json()
+    assert retried["detail"].startswith("decrypted")
+    again = api.post(
+        f"/queue/message/{next(e['id'] for e in queued if e['subject'] == 'to eve')}/retry"
+    )
+    assert again.json()["detail"].startswith("still not decrypted")
+    api.app.state.resources.relay.flush()  # type: ignore[attr-defined]
+    republished = [
+        json.loads(r.value)
+        for r in read_topic_to_end(pipeline_settings, Topic.MAIL_STORED)
+        if json.loads(r.value)["headers"]["subject"] == "to a stranger"
+    ]
+    assert len(republished) == 2
+    assert republished[-1]["smime"]["decrypted_with"] == stranger_cert["id"]
+    assert SECRET_WORDS in base64.b64decode(republished[-1]["raw_b64"])
+    still = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]
+    assert sorted(e["subject"] for e in still) == sorted(["to the expired", "to eve", "corrupt"])
 
     # A certificate in use cannot be deleted; once unlinked it can. Search by name or alias.
     assert api.delete(f"/certificates/{alice_cert['id']}").status_code == 409

@@ -8,7 +8,7 @@ from email import message_from_bytes
 
 import pytest
 
-from mailintake_store.smime import KeyPair, unwrap
+from mailintake_shared.smime import KeyPair, unwrap
 from tests.harness.smime import INNER, Identity, Smime, corrupt_envelope, identity, tamper
 
 NOW = datetime.now(UTC)

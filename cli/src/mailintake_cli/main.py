@@ -395,7 +395,7 @@ def list_queue(
     connection: ConnectionFilter = None,
     state_: Annotated[
         str | None,
-        typer.Option("--state", help="awaiting_publish, action_pending or failed."),
+        typer.Option("--state", help="awaiting_publish, smime_unopened, action_pending or failed."),
     ] = None,
     since: SinceOption = None,
     until: UntilOption = None,
@@ -689,8 +689,8 @@ def replay_messages(
     until: Annotated[datetime | None, typer.Option(help="Stored before (default: now).")] = None,
 ) -> None:
     """Announce a connection's stored messages again on mail.stored (same message ids)."""
-    body: dict[str, Any] = {"connection_id": _id(ref), "since": since.isoformat()}
+    body: dict[str, Any] = {"since": since.isoformat()}
     if until is not None:
         body["until"] = until.isoformat()
-    queued = _call("POST", "/messages/replay", json=body)
+    queued = _call("POST", f"/connections/{_id(ref)}/replay", json=body)
     console.print(f"{queued['messages']} messages queued for mail.stored")

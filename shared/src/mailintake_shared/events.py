@@ -193,6 +193,11 @@ class SmimeInfo(BaseModel):
     signer: str | None = Field(None, description="the signer's e-mail address, else subject")
     problem: str | None = None
 
+    @property
+    def unopened(self) -> bool:
+        """Encrypted, and no certificate of the connection decrypted it."""
+        return self.encrypted and self.decrypted_with is None
+
 
 class MailStored(Event):
     """Topic ``mail.stored`` (store → downstream): a message was committed to the database.

@@ -1,8 +1,10 @@
 """The Incoming Mail Queue and Log: queries, the administrator's actions, and the purge.
 
 Queue: what is not all the way through. A stored message whose ``mail.stored`` event is not
-published yet (``awaiting_publish``) or whose server action is not applied yet
-(``action_pending``), and a downloaded message the store could not take (``failed``).
+published yet (``awaiting_publish``), that is encrypted and was not decrypted
+(``smime_unopened``: no certificate of its connection opened it) or whose server action is
+not applied yet (``action_pending``), and a downloaded message the store could not take
+(``failed``).
 
 Log: one row per poll (``poll_log``) and one per message record the store received
 (``message_log``: stored, duplicate, rejected), with publishing and the server action read
@@ -11,6 +13,7 @@ from the message row.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +23,8 @@ from typing import Any
 from sqlalchemy import Delete, Select, case, delete, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
+from mailintake_config_api.replay import mail_stored_event
+from mailintake_shared import smime
 from mailintake_shared.db.models import (
     FailedMessage,
     MailboxState,
@@ -29,11 +34,15 @@ from mailintake_shared.db.models import (
     PollLog,
 )
 from mailintake_shared.db.types import utcnow
+from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
 
 
 class QueueState(StrEnum):
     AWAITING_PUBLISH = "awaiting_publish"
+    SMIME_UNOPENED = "smime_unopened"
     ACTION_PENDING = "action_pending"
     FAILED = "failed"
 
@@ -69,6 +78,7 @@ def _queue_query() -> Any:
         Message.server_id.label("server_id"),
         case(
             (unpublished, literal(QueueState.AWAITING_PUBLISH.value)),
+            (Message.smime_unopened, literal(QueueState.SMIME_UNOPENED.value)),
             else_=literal(QueueState.ACTION_PENDING.value),
         ).label("state"),
         Message.size.label("size"),
@@ -76,7 +86,7 @@ def _queue_query() -> Any:
         Message.header_from.label("header_from"),
         Message.problems.label("reason"),
         Message.stored_at.label("at"),
-    ).where(unpublished | (Message.action_state == "pending"))
+    ).where(unpublished | (Message.action_state == "pending") | Message.smime_unopened)
     failed = select(
         literal(EntryKind.FAILED.value),
         FailedMessage.id,
@@ -148,10 +158,15 @@ def _failed(session: Session, entry_id: int) -> FailedMessage:
     return failed
 
 
-def retry(session: Session, kind: EntryKind, entry_id: int) -> tuple[uuid.UUID, str]:
-    """Redo the step that is stuck; return the connection (for a poll) and what was done.
+def retry(
+    session: Session, settings: Settings, secrets: SecretBox, kind: EntryKind, entry_id: int
+) -> tuple[uuid.UUID, str, bool]:
+    """Redo the step that is stuck; return the connection, what was done, and whether a poll
+    of the connection finishes it.
 
     - awaiting publish: the event is in the outbox; the caller wakes the relay;
+    - S/MIME unopened: decrypted again with the connection's certificates of now (add the
+      right one first); when it opens, ``mail.stored`` is published again, decrypted;
     - action pending: the next poll applies it; the caller asks for one;
     - failed: the message is downloaded again by the next poll (IMAP: the folder's cursor goes
       back below it, and what lies above is recognised as stored; POP3: its UIDL is no longer
@@ -162,8 +177,10 @@ def retry(session: Session, kind: EntryKind, entry_id: int) -> tuple[uuid.UUID, 
         if message is None:
             raise EntryNotFoundError()
         if message.published_at is None:
-            return message.connection_id, "the event is queued; publishing now"
-        return message.connection_id, "a poll applies the server action"
+            return message.connection_id, "the event is queued; publishing now", False
+        if message.smime_unopened:
+            return message.connection_id, _open_again(session, settings, secrets, message), False
+        return message.connection_id, "a poll applies the server action", True
     failed = _failed(session, entry_id)
     if failed.uid is not None:
         state = session.get(MailboxState, (failed.connection_id, failed.folder))
@@ -171,7 +188,25 @@ def retry(session: Session, kind: EntryKind, entry_id: int) -> tuple[uuid.UUID, 
             state.last_uid = min(state.last_uid, failed.uid - 1)
     connection_id = failed.connection_id
     session.delete(failed)
-    return connection_id, "downloaded again by the next poll"
+    return connection_id, "downloaded again by the next poll", True
+
+
+def _open_again(session: Session, settings: Settings, secrets: SecretBox, message: Message) -> str:
+    keys = smime.load_keys(session, secrets, message.connection_id)
+    result = smime.unwrap_with(bytes(message.raw), keys, utcnow())
+    problems = [p for p in json.loads(message.problems or "[]") if not p.startswith("S/MIME: ")]
+    if result.info.problem is not None:
+        problems.append(f"S/MIME: {result.info.problem}")
+    message.problems = json.dumps(problems) if problems else None
+    message.smime = result.info.model_dump_json()
+    message.unwrapped = result.mime
+    message.smime_unopened = result.info.unopened
+    if result.info.unopened:
+        return f"still not decrypted: {result.info.problem}"
+    event = mail_stored_event(message, settings.inline_max_bytes)
+    entry = OutboxEntry(Topic.MAIL_STORED, str(message.connection_id), event.to_bytes(), message.id)
+    add_many_to_outbox(session, settings.topic_prefix, [entry])
+    return "decrypted; mail.stored is published again with the decrypted message"
 
 
 def remove(session: Session, kind: EntryKind, entry_id: int) -> None:

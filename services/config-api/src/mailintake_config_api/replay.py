@@ -26,7 +26,8 @@ class TooManyError(ValueError):
     """The range holds more than ``MAX_MESSAGES`` messages."""
 
 
-def _event(row: Message, inline_max: int) -> MailStored:
+def mail_stored_event(row: Message, inline_max: int) -> MailStored:
+    """The event the store published for this message (again, or now decrypted)."""
     body = row.unwrapped if row.unwrapped is not None else row.raw
     return MailStored(
         message_id=row.id,
@@ -78,7 +79,7 @@ def replay(
             OutboxEntry(
                 Topic.MAIL_STORED,
                 str(row.connection_id),
-                _event(row, settings.inline_max_bytes).to_bytes(),
+                mail_stored_event(row, settings.inline_max_bytes).to_bytes(),
                 row.id,
             )
             for row in rows

@@ -526,11 +526,10 @@ class CertificateLinks(BaseModel):
 
 
 class ReplayRequest(BaseModel):
-    """Stored messages of one connection to announce again on ``mail.stored``."""
+    """Stored messages of the connection to announce again on ``mail.stored``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    connection_id: UUID
     since: datetime = Field(description="Stored at or after this time (UTC when no offset).")
     until: datetime | None = Field(None, description="Stored before this time (default: now).")
 

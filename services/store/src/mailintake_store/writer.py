@@ -24,6 +24,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailintake_shared import smime
 from mailintake_shared.db import leases
 from mailintake_shared.db.models import (
     ConnectionStatus,
@@ -49,7 +50,7 @@ from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.topics import Topic
-from mailintake_store import smime, staging
+from mailintake_store import staging
 from mailintake_store.metrics import DUPLICATES, LOST_IN_TRANSIT, POLL_RESULTS, SMIME, STORED
 from mailintake_store.mime import NUL_PROBLEM, summarize
 
@@ -444,23 +445,19 @@ class StoreWriter:
                 keys[chunk.connection_id] = smime.load_keys(
                     session, self._secrets, chunk.connection_id
                 )
-            usable, unusable = keys[chunk.connection_id]
             raw = message.raw
             if raw is None:  # a large message, staged in PostgreSQL
                 raw = staging.join_in_python(session, staging.key_of(chunk), chunk.chunk_index)
             try:
-                result = smime.unwrap(raw, usable, utcnow())
+                result = smime.unwrap_with(raw, keys[chunk.connection_id], utcnow())
             except Exception as exc:  # a bug on hostile input must not block the partition
                 log.exception("S/MIME processing failed", connection_id=str(chunk.connection_id))
                 message.smime = SmimeInfo(
                     problem=f"S/MIME processing failed ({type(exc).__name__})"
                 )
                 continue
-            info = result.info
-            if info.problem is not None and unusable:
-                info = info.model_copy(update={"problem": f"{info.problem}; {'; '.join(unusable)}"})
-            message.smime, message.unwrapped = info, result.mime
-            SMIME.labels(_smime_outcome(info)).inc()
+            message.smime, message.unwrapped = result.info, result.mime
+            SMIME.labels(_smime_outcome(result.info)).inc()
 
     def _insert_rows(
         self, session: Session, messages: list[_Complete]
@@ -510,6 +507,7 @@ class StoreWriter:
             "problems": json.dumps(problems) if problems else None,
             "unwrapped": message.unwrapped,
             "smime": message.smime.model_dump_json() if message.smime is not None else None,
+            "smime_unopened": message.smime is not None and message.smime.unopened,
             "action_state": "pending",
             "action_applied_at": None,
         }

@@ -15,6 +15,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -267,6 +268,9 @@ class Message(Base):
     # (null when none was), and what was found (JSON of events.SmimeInfo).
     unwrapped: Mapped[bytes | None] = mapped_column(LargeBinary)
     smime: Mapped[str | None] = mapped_column(Text)
+    # Encrypted and not opened (no certificate matched, or it expired …): in the queue until
+    # an administrator adds the certificate and retries.
+    smime_unopened: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The server action after download (\\Seen or delete): "pending" until applied on the
     # server, then "applied"; "stale" when a UIDVALIDITY change made the UID meaningless.
     action_state: Mapped[str] = mapped_column(String(16))

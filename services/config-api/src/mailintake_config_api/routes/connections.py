@@ -13,6 +13,8 @@ from sqlalchemy.orm import Session
 from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
+from mailintake_config_api.errors import InvalidInputError
+from mailintake_config_api.replay import TooManyError, replay
 from mailintake_config_api.schemas import (
     ConnectionCreate,
     ConnectionPage,
@@ -24,10 +26,14 @@ from mailintake_config_api.schemas import (
     EnableRequest,
     ErrorBody,
     EstimateFailed,
+    FieldError,
     Offset,
     PollAccepted,
+    ReplayQueued,
+    ReplayRequest,
 )
 from mailintake_shared.db.models import Connection
+from mailintake_shared.db.types import utcnow
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
@@ -231,3 +237,28 @@ def poll_connection(
     return PollAccepted(
         connection_id=row.id, requested_at=event.requested_at, detail="poll requested"
     )
+
+
+@router.post(
+    "/{connection_id}/replay",
+    response_model=ReplayQueued,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Announce a connection's stored messages again on mail.stored",
+)
+def replay_messages(
+    connection_id: uuid.UUID,
+    body: ReplayRequest,
+    session: SessionDep,
+    res: ResourcesDep,
+    _role: Admin,
+) -> ReplayQueued:
+    """The events are those of the first time, with the same ``message_id``s."""
+    _get(session, connection_id)
+    until = body.until or utcnow()
+    if until <= body.since:
+        raise InvalidInputError([FieldError(field="until", rule="must be after `since`")])
+    try:
+        count = replay(session, res.settings, connection_id, body.since, until)
+    except TooManyError as exc:
+        raise InvalidInputError([FieldError(field="since", rule=str(exc))]) from exc
+    return ReplayQueued(messages=count)

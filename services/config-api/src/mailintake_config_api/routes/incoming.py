@@ -87,15 +87,18 @@ def get_queue_raw(kind: EntryKind, entry_id: RowId, session: SessionDep, _role: 
 def retry_queue_entry(
     kind: EntryKind, entry_id: RowId, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> QueueActionDone:
-    """Awaiting publish: publish now. Action pending: poll now. Failed: download it again."""
+    """Awaiting publish: publish now. S/MIME unopened: decrypt again with the connection's
+    certificates of now. Action pending: poll now. Failed: download it again."""
     try:
-        connection_id, detail = incoming.retry(session, kind, entry_id)
+        connection_id, detail, by_poll = incoming.retry(
+            session, res.settings, res.secrets, kind, entry_id
+        )
     except incoming.EntryNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no such queue entry") from None
     row = session.get(Connection, connection_id)
-    if row is not None and row.enabled:
+    if by_poll and row is not None and row.enabled:
         connections.request_poll(session, res.settings, row)
-    elif detail != "the event is queued; publishing now":
+    elif by_poll:
         detail += " once the connection is enabled"
     return QueueActionDone(detail=detail)
 

@@ -7,20 +7,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from mailintake_config_api.auth import Admin, Viewer
-from mailintake_config_api.deps import ResourcesDep, SessionDep
-from mailintake_config_api.errors import InvalidInputError
-from mailintake_config_api.replay import TooManyError, replay
+from mailintake_config_api.auth import Viewer
+from mailintake_config_api.deps import SessionDep
 from mailintake_config_api.schemas import (
     ErrorBody,
-    FieldError,
     MessageInfo,
-    ReplayQueued,
-    ReplayRequest,
     RowId,
 )
 from mailintake_shared.db.models import Message
-from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import SmimeInfo
 
 router = APIRouter(
@@ -84,22 +78,3 @@ def get_raw(
         media_type="message/rfc822",
         headers={"Content-Disposition": f'attachment; filename="message-{row.id}.eml"'},
     )
-
-
-@router.post(
-    "/replay",
-    response_model=ReplayQueued,
-    status_code=status.HTTP_202_ACCEPTED,
-    summary="Announce a connection's stored messages again on mail.stored",
-)
-def replay_messages(
-    body: ReplayRequest, session: SessionDep, res: ResourcesDep, _role: Admin
-) -> ReplayQueued:
-    until = body.until or utcnow()
-    if until <= body.since:
-        raise InvalidInputError([FieldError(field="until", rule="must be after `since`")])
-    try:
-        count = replay(session, res.settings, body.connection_id, body.since, until)
-    except TooManyError as exc:
-        raise InvalidInputError([FieldError(field="since", rule=str(exc))]) from exc
-    return ReplayQueued(messages=count)

@@ -47,6 +47,9 @@ def upgrade() -> None:
     with op.batch_alter_table("messages") as batch_op:
         batch_op.add_column(sa.Column("unwrapped", sa.LargeBinary(), nullable=True))
         batch_op.add_column(sa.Column("smime", sa.Text(), nullable=True))
+        batch_op.add_column(
+            sa.Column("smime_unopened", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
     if op.get_bind().dialect.name == "postgresql":
         savepoint = op.get_bind().begin_nested()
         try:
@@ -58,6 +61,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("messages") as batch_op:
+        batch_op.drop_column("smime_unopened")
         batch_op.drop_column("smime")
         batch_op.drop_column("unwrapped")
     op.drop_index("ix_connection_certificates_certificate_id", table_name="connection_certificates")

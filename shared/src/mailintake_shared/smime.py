@@ -30,10 +30,10 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailintake_shared import cms
 from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.events import SmimeInfo
 from mailintake_shared.secretbox import SecretBox, SecretDecryptError
-from mailintake_store import cms
 
 _MAX_HEADER_BLOCK = 256 * 1024
 _LAYERS = 4  # signed inside encrypted inside signed …: deeper is refused
@@ -77,6 +77,16 @@ def is_smime(head: bytes) -> bool:
     if kind == "multipart/signed":
         return (message.get_param("protocol") or "") in _SIGNATURE_TYPES
     return kind in _PKCS7_MIME
+
+
+def unwrap_with(raw: bytes, keys: tuple[list[KeyPair], list[str]], now: datetime) -> Unwrapped:
+    """``unwrap`` with what ``load_keys`` found; unusable certificates join the problem."""
+    usable, unusable = keys
+    result = unwrap(raw, usable, now)
+    if result.info.problem is None or not unusable:
+        return result
+    problem = f"{result.info.problem}; {'; '.join(unusable)}"
+    return Unwrapped(result.info.model_copy(update={"problem": problem}), result.mime)
 
 
 def load_keys(
