@@ -185,3 +185,10 @@ def test_the_dashboard_queries_metrics_that_exist() -> None:
     }
     assert queried
     assert queried - defined == set()
+
+
+def test_the_production_secret_example_names_settings_and_is_valid() -> None:
+    secret = yaml.safe_load((DEPLOY / "overlays/production/secret.example.yaml").read_text())
+    kubernetes_validate.validate(secret, KUBERNETES_VERSION, strict=True)
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    assert set(secret["stringData"]) <= known

@@ -16,6 +16,7 @@ from mailintake_config_api.auth import Admin, Viewer
 from mailintake_config_api.certificates import CertificateError, read_upload
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.errors import InvalidInputError
+from mailintake_config_api.lookups import connection_or_404, like_pattern
 from mailintake_config_api.schemas import (
     CertificateLinks,
     CertificateUpload,
@@ -25,7 +26,7 @@ from mailintake_config_api.schemas import (
     Offset,
     Page,
 )
-from mailintake_shared.db.models import Certificate, Connection, ConnectionCertificate
+from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.db.types import utcnow
 
 ERRORS: dict[int | str, dict[str, object]] = {
@@ -116,8 +117,7 @@ def list_certificates(
 ) -> Page[CertificateView]:
     query = select(Certificate)
     if q and q.strip():
-        term = q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = f"%{term}%"
+        pattern = like_pattern(q)
         query = query.where(
             or_(
                 func.lower(Certificate.name).like(pattern, escape="\\"),
@@ -163,13 +163,6 @@ def delete_certificate(certificate_id: uuid.UUID, session: SessionDep, _role: Ad
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _connection(session: Session, connection_id: uuid.UUID) -> Connection:
-    row = session.get(Connection, connection_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no connection with this id")
-    return row
-
-
 def _linked(session: Session, connection_id: uuid.UUID) -> list[CertificateView]:
     rows = session.scalars(
         select(Certificate)
@@ -188,7 +181,7 @@ def _linked(session: Session, connection_id: uuid.UUID) -> list[CertificateView]
 def connection_certificates(
     connection_id: uuid.UUID, session: SessionDep, _role: Viewer
 ) -> list[CertificateView]:
-    _connection(session, connection_id)
+    connection_or_404(session, connection_id)
     return _linked(session, connection_id)
 
 
@@ -200,7 +193,7 @@ def connection_certificates(
 def set_connection_certificates(
     connection_id: uuid.UUID, body: CertificateLinks, session: SessionDep, _role: Admin
 ) -> list[CertificateView]:
-    _connection(session, connection_id)
+    connection_or_404(session, connection_id)
     wanted = set(body.certificate_ids)
     found = set(session.scalars(select(Certificate.id).where(Certificate.id.in_(wanted))))
     if missing := sorted(str(i) for i in wanted - found):

@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.errors import InvalidInputError
+from mailintake_config_api.lookups import connection_or_404, like_pattern
 from mailintake_config_api.replay import TooManyError, replay
 from mailintake_config_api.schemas import (
     ConnectionCreate,
@@ -41,17 +41,6 @@ ERRORS: dict[int | str, dict[str, object]] = {
 router = APIRouter(prefix="/connections", tags=["connections"], responses=ERRORS)
 
 
-def _get(session: Session, connection_id: uuid.UUID) -> Connection:
-    row = session.get(Connection, connection_id)
-    if row is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail="no connection with this id")
-    return row
-
-
-def _escape_like(term: str) -> str:
-    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 @router.get("", response_model=ConnectionPage, summary="List and search connections")
 def list_connections(
     session: SessionDep,
@@ -69,7 +58,7 @@ def list_connections(
 ) -> ConnectionPage:
     query = select(Connection)
     if q and q.strip():
-        pattern = f"%{_escape_like(q.strip().lower())}%"
+        pattern = like_pattern(q)
         query = query.where(
             or_(
                 *(
@@ -117,7 +106,7 @@ def create_connection(
 def get_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Viewer
 ) -> ConnectionPublic:
-    row = _get(session, connection_id)
+    row = connection_or_404(session, connection_id)
     return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
@@ -129,7 +118,7 @@ def update_connection(
     res: ResourcesDep,
     _role: Admin,
 ) -> ConnectionPublic:
-    row = _get(session, connection_id)
+    row = connection_or_404(session, connection_id)
     try:
         connections.update(session, res.settings, res.secrets, row, body)
     except connections.NameTakenError as exc:
@@ -145,7 +134,7 @@ def update_connection(
 def delete_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> Response:
-    connections.delete(session, res.settings, _get(session, connection_id))
+    connections.delete(session, res.settings, connection_or_404(session, connection_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -169,7 +158,7 @@ def enable_connection(
     server now). Above `MAILINTAKE_ENABLE_ACK_THRESHOLD` (0 by default) the answer is 409 with
     the estimate, and the connection is enabled only when a request acknowledges that number
     (or a larger one) in `acknowledge_messages`."""
-    row = _get(session, connection_id)
+    row = connection_or_404(session, connection_id)
     try:
         probes.enable(session, res, row, body or EnableRequest())
     except probes.EstimateRequiredError as exc:
@@ -209,14 +198,16 @@ def check_unsaved_connection(
 def check_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> ConnectionTestResult:
-    return probes.test(_get(session, connection_id), res)
+    return probes.test(connection_or_404(session, connection_id), res)
 
 
 @router.post("/{connection_id}/disable", response_model=ConnectionPublic, summary="Disable polling")
 def disable_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> ConnectionPublic:
-    row = connections.set_enabled(session, res.settings, _get(session, connection_id), False)
+    row = connections.set_enabled(
+        session, res.settings, connection_or_404(session, connection_id), False
+    )
     return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
 
 
@@ -230,7 +221,7 @@ def poll_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> PollAccepted:
     """Ask the scheduler for a poll at once (right after the current one, if one is running)."""
-    row = _get(session, connection_id)
+    row = connection_or_404(session, connection_id)
     if not row.enabled:
         raise HTTPException(status.HTTP_409_CONFLICT, detail="the connection is disabled")
     event = connections.request_poll(session, res.settings, row)
@@ -253,7 +244,7 @@ def replay_messages(
     _role: Admin,
 ) -> ReplayQueued:
     """The events are those of the first time, with the same ``message_id``s."""
-    _get(session, connection_id)
+    connection_or_404(session, connection_id)
     until = body.until or utcnow()
     if until <= body.since:
         raise InvalidInputError([FieldError(field="until", rule="must be after `since`")])
