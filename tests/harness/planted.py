@@ -26,9 +26,16 @@ from pathlib import Path
 import httpx
 
 PATTERN = re.compile(rb"PLANTED-[a-z-]+-[0-9a-f]{32}")
-# The tests' own requests to the in-process API, as httpx logs them (an OAuth callback's URL
-# carries the authorization code the test's browser brings back): not the product's output.
-TEST_CLIENT_REQUEST = re.compile(rb"^.*HTTP Request: [A-Z]+ http://testserver/.*$", re.MULTILINE)
+# The tests' own requests, as httpx and httpcore log them in the test process: requests to
+# the in-process API, and the test browser's bounce back to the OAuth2 callback (the
+# provider's redirect and the request to the callback carry the authorization code in their
+# URL). Not the product's output.
+TEST_CLIENT_REQUEST = re.compile(
+    rb"^.*(HTTP Request: [A-Z]+ http://testserver/"
+    rb"|HTTP Request: GET \S+/oauth/callback\?"
+    rb"|\(b'Location', b'\S+/oauth/callback\?).*$",
+    re.MULTILINE,
+)
 
 
 def planted(kind: str) -> str:
@@ -50,7 +57,8 @@ class Watch:
         raw = TEST_CLIENT_REQUEST.sub(b"", raw)
         self.scanned[kind] = self.scanned.get(kind, 0) + 1
         for found in PATTERN.finditer(raw):
-            self.sightings.append(f"{where}: {found.group().decode()}")
+            around = raw[max(0, found.start() - 100) : found.end() + 40].decode("utf-8", "replace")
+            self.sightings.append(f"{where}: {found.group().decode()} in …{around}…")
 
     def scan_files(self, root: Path, glob: str, kind: str) -> None:
         for path in sorted(root.glob(glob)):

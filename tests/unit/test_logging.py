@@ -54,3 +54,20 @@ def test_secrets_inside_free_text_and_exceptions_and_stdlib_logs() -> None:
 def test_redact_text_keeps_ordinary_words() -> None:
     assert redact_text("token count is fine") == "token count is fine"
     assert redact_text('{"password": "x1"}') == '{"password": "[REDACTED]"}'
+
+
+def test_msal_token_requests_never_reach_the_log_even_at_debug() -> None:
+    import io
+    import logging
+
+    from mailintake_shared.logging import configure_logging
+
+    stream = io.StringIO()
+    configure_logging("DEBUG", service="test", stream=stream)
+    try:
+        logging.getLogger("msal.oauth2cli.oauth2").debug('{"code": "the-code"}')
+        logging.getLogger("mailintake.anything").debug("still logged")
+    finally:
+        configure_logging("INFO", service="test")
+    assert "the-code" not in stream.getvalue()
+    assert "still logged" in stream.getvalue()

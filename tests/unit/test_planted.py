@@ -38,5 +38,8 @@ def test_the_tests_own_requests_are_not_sightings() -> None:
     watch = Watch()
     secret = planted("authorization-code")
     line = f"INFO httpx HTTP Request: GET http://testserver/oauth/callback?code={secret} 200"
-    watch.scan("captured log", "logs", f"{line}\nproduct says {secret}\n")
-    assert watch.sightings == [f"captured log: {secret}"]  # the product's line only
+    redirect = f"DEBUG httpcore (b'Location', b'http://testserver/oauth/callback?code={secret}')"
+    watch.scan("captured log", "logs", f"{line}\n{redirect}\nproduct says {secret}\n")
+    assert len(watch.sightings) == 1  # the product's line only
+    assert watch.sightings[0].startswith(f"captured log: {secret} in …")
+    assert "product says" in watch.sightings[0]

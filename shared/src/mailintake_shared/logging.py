@@ -96,6 +96,9 @@ def configure_logging(level: str, *, service: str, stream: Any = None) -> None:
     root.setLevel(level)
     # kafka-python is chatty at INFO (every connect and rebalance step).
     logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    # msal logs token requests at DEBUG with their form data: the authorization code and the
+    # PKCE verifier in clear. Never below INFO, whatever MAILINTAKE_LOG_LEVEL says.
+    logging.getLogger("msal").setLevel(max(logging.INFO, logging.getLevelName(level)))
 
 
 def _add_service(service: str) -> Any:
