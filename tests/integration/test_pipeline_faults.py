@@ -79,7 +79,14 @@ def test_broker_restarted_empty_mid_ingestion_loses_nothing(
             pipeline.assert_running()
             broker.start()
             assert db.message_count() < total, "finished before the broker loss"
-            drain(api, connection_id, db, total, timeout_s=240)
+            try:
+                drain(api, connection_id, db, total, timeout_s=240)
+            except AssertionError as stalled:  # say what the services were doing
+                tails = "\n".join(
+                    f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}"
+                    for log in sorted(pipeline.log_dir.glob("*.log"))
+                )
+                raise AssertionError(f"{stalled}\n{tails}") from None
             assert_exactly_once(db, total)
             wait_until(lambda: _inbox_size(mailbox) == 0, timeout_s=60, message="all deleted")
             pipeline.assert_running()
