@@ -85,6 +85,7 @@ class Faults(_Loop):
         settings: Settings,
         every: float,
         rng: random.Random,
+        only: list[str] | None = None,
     ) -> None:
         super().__init__("faults")
         self._env, self._pipeline, self._proxy = env, pipeline, proxy
@@ -101,6 +102,10 @@ class Faults(_Loop):
             "PostgreSQL stopped for 10 s": self._stop_postgres,
             "broker restarted empty": self._restart_broker,
         }
+        if only:  # the kinds whose name holds one of these words
+            self._kinds = {k: f for k, f in self._kinds.items() if any(w in k for w in only)}
+            if not self._kinds:
+                raise SystemExit(f"no fault matches {only}")
 
     def _run(self) -> None:
         while not self.stop.wait(self._every * self._rng.uniform(0.5, 1.5)):
@@ -196,6 +201,11 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=5.0, help="new messages per second")
     parser.add_argument("--fault-every", type=float, default=30.0, help="seconds between faults")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--faults",
+        default="",
+        help="comma-separated words: only the faults whose name holds one (killed,broker,…)",
+    )
     args = parser.parse_args()
     rng = random.Random(args.seed)
     started = time.monotonic()
@@ -229,7 +239,15 @@ def main() -> int:
                     flush=True,
                 )
                 arrivals = Arrivals(env, users, args.rate, rng).start()
-                faults = Faults(env, pipeline, proxy, settings, args.fault_every, rng).start()
+                faults = Faults(
+                    env,
+                    pipeline,
+                    proxy,
+                    settings,
+                    args.fault_every,
+                    rng,
+                    [w.strip() for w in args.faults.split(",") if w.strip()],
+                ).start()
                 time.sleep(args.minutes * 60)
                 arrivals.join()
                 faults.join()

@@ -1,5 +1,5 @@
-"""``make soak`` in miniature: a few mailboxes, half a minute of mail and faults; the run
-reports its figures and finds nothing lost or doubled."""
+"""``make soak`` in miniature: a few mailboxes, half a minute of mail and process faults; the
+run reports its figures and finds nothing lost or doubled."""
 
 from __future__ import annotations
 
@@ -17,7 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_a_short_soak_loses_and_duplicates_nothing() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILINTAKE_")}
+    # Process faults only: PostgreSQL and broker outages have tests of their own, and their
+    # recovery (poll time-outs) would make this one minutes long.
     args = ["--mailboxes", "4", "--minutes", "0.4", "--rate", "4", "--fault-every", "6"]
+    args += ["--faults", "killed,stopped,paused,links"]
     result = subprocess.run(
         [sys.executable, "-m", "bench.soak", *args, "--seed", "3"],
         cwd=REPO,
