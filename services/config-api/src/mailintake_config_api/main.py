@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _backup_or_restore(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import IntegrityError
+
     from mailintake_shared.db.engine import make_engine, make_session_factory
     from mailintake_shared.secretbox import SecretBox
 
@@ -87,14 +89,20 @@ def _backup_or_restore(args: argparse.Namespace) -> int:
             print()
             return 0
         text = sys.stdin.read() if args.file == "-" else open(args.file).read()  # noqa: SIM115
-        with sessions() as session, session.begin():
-            try:
-                done = restore(
-                    session, settings, SecretBox(settings.encryption_keys), json.loads(text), parts
-                )
-            except BackupError as exc:
-                print(f"restore refused: {exc}", file=sys.stderr)
-                return 1
+        box = SecretBox(settings.encryption_keys)
+        try:  # one transaction: a refused restore changes nothing
+            with sessions() as session, session.begin():
+                done = restore(session, settings, box, json.loads(text), parts)
+        except BackupError as exc:
+            print(f"restore refused: {exc}", file=sys.stderr)
+            return 1
+        except IntegrityError as exc:  # e.g. connections without their credentials
+            print(
+                "restore refused: a row refers to one that is neither in the database "
+                f"nor restored (add that part to --only): {exc.orig}",
+                file=sys.stderr,
+            )
+            return 1
         rows = ", ".join(f"{n} {table}" for table, n in done.rows.items())
         print(f"restored {rows}; {done.connections_announced} connections announced")
         return 0
