@@ -92,6 +92,12 @@ def test_status_replay_backup_and_restore(
     problems = json.loads(cli.run("status", "--problems", "--json", ok=False).stdout)
     assert [row["name"] for row in problems["items"]] == ["wrong password"]
 
+    # The audit log, from the command: the certificate upload is there, without its key.
+    audit = cli.json("audit", "--limit", "500")
+    actions = [entry["action"] for entry in audit["items"]]
+    assert "POST /certificates" in actions
+    assert "PRIVATE KEY" not in json.dumps(audit)
+
     # replay: the five messages announced again, with their ids, once more each.
     before = Counter(json.loads(r.value)["message_id"] for r in stored_events(pipeline_settings))
     assert sorted(before.values()) == [1] * 5

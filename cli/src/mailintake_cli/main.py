@@ -694,3 +694,21 @@ def replay_messages(
         body["until"] = until.isoformat()
     queued = _call("POST", f"/connections/{_id(ref)}/replay", json=body)
     console.print(f"{queued['messages']} messages queued for mail.stored")
+
+
+@app.command("audit")
+def audit_log(
+    since: Annotated[datetime | None, typer.Option(help="From this time.")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor (role:fingerprint).")] = None,
+    limit: int = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The audit log: every configuration change, who made it and when (admin token)."""
+    params: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        params["since"] = since.isoformat()
+    if actor:
+        params["actor"] = actor
+    page = _call("GET", "/audit", params=params)
+    columns = ("at", "actor", "action", "target", "fields", "status")
+    emit(page, as_json=as_json, columns=columns, title="audit log")
