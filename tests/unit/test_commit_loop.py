@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from kafka import TopicPartition
 from kafka.errors import CommitFailedError, KafkaConnectionError, RebalanceInProgressError
 
 from mailintake_shared.kafka import CommitAfterWorkLoop
@@ -42,6 +43,9 @@ class FlakyConsumer:
 
     def seek(self, tp: Any, offset: int) -> None:
         self.offset = offset
+
+    def assignment(self) -> set[Any]:
+        return {TopicPartition("t", 0)}
 
 
 def test_commit_and_poll_failures_neither_stop_the_loop_nor_skip_work() -> None:

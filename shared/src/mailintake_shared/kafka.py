@@ -237,6 +237,7 @@ class CommitAfterWorkLoop:
         self._poll_timeout_ms = poll_timeout_ms
         self._backoff_min, self._backoff_max = retry_backoff_s
         self._on_idle = on_idle
+        self._assigned: set[TopicPartition] = set()
         self.healthy = True
 
     def run(self) -> None:
@@ -253,6 +254,7 @@ class CommitAfterWorkLoop:
             batch = [record for records in polled.values() for record in records]
             if self._stop.is_set():
                 break  # uncommitted: the partition's next owner handles the batch
+            self._watch_assignment()
             if not batch:
                 if self._on_idle is not None:
                     self._on_idle()
@@ -269,6 +271,14 @@ class CommitAfterWorkLoop:
             self.healthy = True
             backoff = self._backoff_min
             self._commit(batch)
+
+    def _watch_assignment(self) -> None:
+        """Log the partitions this member holds whenever they change (rebalances)."""
+        assigned = set(self._consumer.assignment())
+        if assigned != self._assigned:
+            self._assigned = assigned
+            names = sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)
+            log.info("partitions assigned", partitions=names)
 
     def _rewind(self, batch: list[ConsumerRecord]) -> None:
         first: dict[TopicPartition, int] = {}
