@@ -8,7 +8,7 @@ from email import message_from_bytes
 
 import pytest
 
-from mailintake_shared.smime import KeyPair, unwrap
+from mailintake_shared.smime import KeyPair, is_smime, unwrap
 from tests.harness.smime import INNER, Identity, Smime, corrupt_envelope, identity, tamper
 
 NOW = datetime.now(UTC)
@@ -168,3 +168,17 @@ def test_plain_mail_is_not_touched(alice: Identity) -> None:
     result = unwrap(b"Subject: hi\r\n\r\nhello\r\n", [pair(alice)], NOW)
     assert result.mime is None
     assert result.info.model_dump(exclude_defaults=True) == {}
+
+
+def test_smime_is_told_from_the_header_alone(
+    smime: Smime, alice: Identity, eve_ec: Identity
+) -> None:
+    for raw in (
+        smime.encrypt(INNER, alice, "x"),
+        smime.encrypt(INNER, eve_ec, "x"),
+        smime.sign(INNER, alice, "x"),
+        smime.sign(INNER, eve_ec, "x", opaque=True),
+    ):
+        assert is_smime(raw)
+    assert not is_smime(b"Subject: hi\r\nContent-Type: multipart/signed; protocol=pgp\r\n\r\n")
+    assert not is_smime(b"Subject: pkcs7 in the subject\r\n\r\nbody\r\n")

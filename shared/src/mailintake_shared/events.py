@@ -181,9 +181,8 @@ class HeaderSummary(BaseModel):
 class SmimeInfo(BaseModel):
     """What the store found in an S/MIME message. ``problem`` says why a layer stayed
     closed (no matching key, an expired certificate, a corrupt envelope …) or what is wrong
-    with a signature; the message is stored either way."""
-
-    model_config = ConfigDict(frozen=True)
+    with a signature; the message is stored either way. Mutable: the store fills it in one
+    S/MIME layer at a time."""
 
     encrypted: bool = Field(False, description="the message was encrypted (enveloped data)")
     decrypted_with: UUID | None = Field(None, description="the certificate that decrypted it")

@@ -20,7 +20,6 @@ from datetime import datetime
 from email import policy
 from email.message import Message as EmailMessage
 from email.parser import BytesParser
-from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -41,6 +40,7 @@ _PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^(?![ \t])", re.MULTILINE)
+_PKCS7 = re.compile(rb"pkcs7", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,6 @@ class KeyPair:
     private_key: PrivateKeyTypes
 
 
-@dataclass
-class _Findings:
-    encrypted: bool = False
-    decrypted_with: uuid.UUID | None = None
-    signature: Literal["valid", "invalid", "unverifiable"] | None = None
-    signer: str | None = None
-    problem: str | None = None
-
-
 @dataclass(frozen=True)
 class Unwrapped:
     info: SmimeInfo
@@ -69,9 +60,13 @@ class Unwrapped:
 
 
 def is_smime(head: bytes) -> bool:
-    """Whether a message's header block says S/MIME (cheap: the header only)."""
+    """Whether a message's header block says S/MIME. Runs for every stored message: a byte
+    search rules out nearly all of them before the header is parsed (every S/MIME type,
+    and the signature protocol of multipart/signed, names pkcs7)."""
     end = _HEADER_END.search(head, 0, _MAX_HEADER_BLOCK)
     block = head[: end.start()] if end else head[:_MAX_HEADER_BLOCK]
+    if not _PKCS7.search(block):
+        return False
     message = BytesParser(policy=policy.compat32).parsebytes(block + b"\r\n\r\n", headersonly=True)
     kind = message.get_content_type()
     if kind == "multipart/signed":
@@ -118,7 +113,7 @@ def load_keys(
 
 def unwrap(raw: bytes, keys: list[KeyPair], now: datetime) -> Unwrapped:
     """Remove the S/MIME layers the keys open; what was found goes in the info."""
-    info = _Findings()
+    info = SmimeInfo()  # filled in layer by layer
     current = raw
     for _ in range(_LAYERS):
         # The header only: the body is split here by its boundary, never parsed as a tree.
@@ -149,7 +144,7 @@ def unwrap(raw: bytes, keys: list[KeyPair], now: datetime) -> Unwrapped:
         current = _with_outer_headers(current, inner)
     else:
         info.problem = f"more than {_LAYERS} S/MIME layers"
-    return Unwrapped(SmimeInfo(**vars(info)), None if current is raw else current)
+    return Unwrapped(info, None if current is raw else current)
 
 
 def _base64_body(message: EmailMessage) -> bytes:
@@ -166,7 +161,7 @@ def _base64_body(message: EmailMessage) -> bytes:
 
 
 def _decrypt(
-    der: bytes, enveloped_der: bytes, keys: list[KeyPair], info: _Findings, now: datetime
+    der: bytes, enveloped_der: bytes, keys: list[KeyPair], info: SmimeInfo, now: datetime
 ) -> bytes | None:
     info.encrypted = True
     try:
@@ -219,7 +214,7 @@ def _valid_at(certificate: x509.Certificate, now: datetime) -> bool:
     return certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc
 
 
-def _verify_opaque(signed_der: bytes, info: _Findings, now: datetime) -> bytes | None:
+def _verify_opaque(signed_der: bytes, info: SmimeInfo, now: datetime) -> bytes | None:
     try:
         signature = cms.verify(signed_der, None, now)
     except cms.CorruptError as exc:
@@ -229,7 +224,7 @@ def _verify_opaque(signed_der: bytes, info: _Findings, now: datetime) -> bytes |
     return signature.content
 
 
-def _verify_detached(raw: bytes, message: EmailMessage, info: _Findings, now: datetime) -> None:
+def _verify_detached(raw: bytes, message: EmailMessage, info: SmimeInfo, now: datetime) -> None:
     boundary = message.get_boundary()
     parts = _multipart_bodies(raw, boundary) if boundary else []
     if len(parts) != 2:
@@ -249,7 +244,7 @@ def _verify_detached(raw: bytes, message: EmailMessage, info: _Findings, now: da
     _record(info, signature)
 
 
-def _record(info: _Findings, signature: cms.Signature) -> None:
+def _record(info: SmimeInfo, signature: cms.Signature) -> None:
     info.signature = signature.status
     info.signer = signature.signer
     if signature.problem is not None:

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+
+_KEY_BLOCK = re.compile(
+    rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.DOTALL
+)
 
 
 class CertificateError(ValueError):
@@ -50,10 +55,8 @@ def _from_pem(pem: str, passphrase: str | None) -> KeyPairUpload:
         certificate = x509.load_pem_x509_certificate(data)
     except ValueError as exc:
         raise CertificateError("no PEM certificate (BEGIN CERTIFICATE) in `pem`") from exc
-    start = data.find(b"-----BEGIN", data.find(b"-----END CERTIFICATE-----") + 1)
-    key_block = data[start:] if start >= 0 else b""
-    if b"PRIVATE KEY" not in key_block:
-        key_block = data  # the key may come before the certificate
+    found = _KEY_BLOCK.search(data)  # before or after the certificate
+    key_block = found.group() if found else b""
     try:
         key = serialization.load_pem_private_key(
             key_block, passphrase.encode() if passphrase else None
