@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from imapclient.exceptions import IMAPClientAbortError, LoginError
+from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.errors import classify
-from mailintake_shared.mailbox.imap import MessageMeta, _parse_bodies, _parse_meta, sequence_set
+from mailintake_shared.mailbox.imap import (
+    MessageMeta,
+    _parse_meta,
+    read_fetch_response,
+    sequence_set,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,14 +46,50 @@ def test_unseen_message_metadata() -> None:
     )
 
 
-def test_bodies_are_matched_to_uids_wherever_the_uid_item_comes() -> None:
-    data = [
-        (b"1 (UID 10 BODY[] {5}", b"hello"),
-        b")",
-        (b"2 (BODY[] {5}", b"world"),
-        b" UID 11)",
-    ]
-    assert _parse_bodies(data) == {10: b"hello", 11: b"world"}
+def _read(response: bytes, wanted: set[int]) -> list[tuple[MessageMeta, bytes]]:
+    stream = io.BytesIO(response)
+    found = list(read_fetch_response(stream.readline, stream.read, b"A7", wanted))
+    assert stream.read() == b"", "the response was not read to its end"
+    return found
+
+
+DATE = b'INTERNALDATE "01-Jan-2026 00:00:00 +0000"'
+WHEN = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_the_bulk_response_is_read_message_by_message_to_the_tagged_reply() -> None:
+    response = (
+        b"* 1 FETCH (UID 10 RFC822.SIZE 5 " + DATE + b" FLAGS (\\Seen) BODY[] {5}\r\nhello)\r\n"
+        b"* 3 EXISTS\r\n"  # mail arriving meanwhile: passed over
+        b"* 2 FETCH (BODY[] {7}\r\nwor)\r\nd FLAGS () " + DATE + b" RFC822.SIZE 7 UID 11)\r\n"
+        b"* 3 FETCH (UID 12 RFC822.SIZE 0 " + DATE + b' FLAGS () BODY[] "")\r\n'
+        b"* 4 FETCH (UID 13 RFC822.SIZE 0 " + DATE + b" FLAGS () BODY[] {0}\r\n)\r\n"
+        b"* 5 FETCH (UID 99 RFC822.SIZE 1 " + DATE + b" FLAGS () BODY[] {1}\r\nx)\r\n"
+        b"A7 OK Fetch completed.\r\n"
+    )
+    assert _read(response, {10, 11, 12, 13, 14}) == [
+        (MessageMeta(10, 5, WHEN, True), b"hello"),
+        (MessageMeta(11, 7, WHEN, False), b"wor)\r\nd"),  # a literal may hold anything
+        (MessageMeta(12, 0, WHEN, False), b""),
+        (MessageMeta(13, 0, WHEN, False), b""),
+    ]  # UID 14 was expunged meanwhile; UID 99 was not asked for
+
+
+@pytest.mark.parametrize(
+    ("response", "error"),
+    [
+        (b"A7 NO [SERVERBUG] Internal error\r\n", IMAPClientError),
+        (b"* BYE Server shutting down.\r\n", IMAPClientAbortError),
+        (b"* 1 FETCH (UID 10 BODY[] {50}\r\ncut short", IMAPClientAbortError),
+        (b"* 1 FETCH (UID 10 BODY[] {5}\r\nhello)\r\n", IMAPClientAbortError),  # no reply
+        (b"* 1 FETCH (BODY[] {5}\r\nhello)\r\nA7 OK\r\n", IMAPClientError),  # no UID
+    ],
+    ids=["refused", "bye", "closed inside a message", "closed before the reply", "no uid"],
+)
+def test_a_broken_bulk_response_raises(response: bytes, error: type[Exception]) -> None:
+    stream = io.BytesIO(response)
+    with pytest.raises(error):
+        list(read_fetch_response(stream.readline, stream.read, b"A7", {10}))
 
 
 def test_sequence_sets_are_compact() -> None:

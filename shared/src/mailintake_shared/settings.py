@@ -212,7 +212,8 @@ class Settings(BaseSettings):
     poll_max_bytes: int = Field(
         100 * 1024 * 1024,
         ge=1,
-        description="Most bytes one poll downloads (a single larger message still goes through).",
+        description="A poll hands over after the message that reaches this many bytes (so a "
+        "single larger message still goes through).",
     )
     poll_max_seconds: float = Field(
         60.0, gt=0, description="Longest a poll keeps downloading before it hands over."

@@ -3,21 +3,20 @@
 1. connect, log in, select the folder;
 2. apply the server action (\\Seen, or delete) to messages the store has committed;
 3. choose the new UIDs (``selection.select_imap``: above the cursor, first-sync mode);
-4. download within the budget (messages, bytes, seconds) with ``BODY.PEEK[]``, publishing each
-   message (large ones in chunks, fetched by byte range so memory stays bounded);
+4. download in UID order within the budget (messages, bytes, seconds) with ``BODY.PEEK[]``:
+   small messages in groups, each published as it arrives; large ones (``LARGER`` than a
+   chunk) alone, fetched by byte range so memory stays bounded;
 5. publish the poll's result (saying whether more is pending) and wait for the broker.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from mailintake_fetcher.poll import Identity, Poll, Progress
+from mailintake_fetcher.poll import Budget, Identity, Poll, Progress
 from mailintake_shared.domain import AfterDownload
 from mailintake_shared.mailbox.imap import ImapMailbox, MessageMeta
 from mailintake_shared.mailbox.selection import select_imap
-
-_BATCH_BYTES = 8 * 1024 * 1024  # most bytes asked for in one FETCH of whole messages
 
 
 class ImapPoll(Poll):
@@ -52,34 +51,36 @@ class ImapPoll(Poll):
     def _download(
         self, mailbox: ImapMailbox, uidvalidity: int, uids: list[int], progress: Progress
     ) -> int:
-        """Download within the budget; return how many of ``uids`` were published."""
+        """Download in UID order within the budget; return how many of ``uids`` are behind
+        the poll (published, or expunged meanwhile)."""
         budget = self._budget
         deadline = self._deadline()
-        candidates = mailbox.metadata(uids[: budget.max_messages])
-        planned: list[MessageMeta] = []
-        planned_bytes = 0
-        for meta in candidates:
-            if planned and planned_bytes + meta.size > budget.max_bytes:
+        uids = uids[: budget.max_messages]
+        large = mailbox.larger_than(uids, budget.chunk_bytes)
+        handled = 0
+        for group in _groups(uids, large, budget.batch_messages):
+            if self._time_is_up(deadline, progress) or self._bytes_spent(progress):
                 break
-            planned.append(meta)
-            planned_bytes += meta.size
-        size = budget.chunk_bytes
-        for group in _groups(planned, budget.batch_messages, size):
-            if self._time_is_up(deadline, progress):
-                break
-            if len(group) == 1 and group[0].size > size:
-                # A large message, fetched by byte range: memory stays at two chunks.
-                meta = group[0]
-                self._publish(
-                    _identity(uidvalidity, meta), _ranges(mailbox, meta.uid, size), progress
-                )
+            if group[0] in large:
+                # Fetched by byte range: memory stays at two chunks.
+                for meta in mailbox.metadata(group):
+                    ranges = _ranges(mailbox, meta.uid, budget.chunk_bytes)
+                    self._publish(_identity(uidvalidity, meta), ranges, progress)
+                handled += 1
                 continue
-            bodies = mailbox.bodies([m.uid for m in group])
-            for meta in group:
-                body = bodies.get(meta.uid, b"")
-                pieces = (body[i : i + size] for i in range(0, len(body), size))
-                self._publish(_identity(uidvalidity, meta), pieces, progress)
-        return progress.messages
+            last_uid: int | None = None
+            for meta, body in mailbox.messages(group):  # read to the end, whatever is kept
+                if last_uid is None:
+                    self._publish(_identity(uidvalidity, meta), _pieces(body, budget), progress)
+                    if self._bytes_spent(progress):  # the rest waits for the next poll
+                        last_uid = meta.uid
+            handled += len(group) if last_uid is None else group.index(last_uid) + 1
+            if last_uid is not None:
+                break
+        return handled
+
+    def _bytes_spent(self, progress: Progress) -> bool:
+        return progress.bytes >= self._budget.max_bytes
 
 
 def _identity(uidvalidity: int, meta: MessageMeta) -> Identity:
@@ -106,23 +107,26 @@ def _ranges(mailbox: ImapMailbox, uid: int, size: int) -> Iterator[bytes]:
         offset += size
 
 
-def _groups(
-    metas: list[MessageMeta], batch_messages: int, chunk_bytes: int
-) -> Iterator[list[MessageMeta]]:
-    """FETCH groups: small messages together (bounded in count and bytes), large ones alone."""
-    group: list[MessageMeta] = []
-    group_bytes = 0
-    for meta in metas:
-        if meta.size > chunk_bytes:
+def _pieces(body: bytes, budget: Budget) -> Iterable[bytes]:
+    size = budget.chunk_bytes
+    if len(body) <= size:
+        return (body,)
+    return (body[i : i + size] for i in range(0, len(body), size))
+
+
+def _groups(uids: list[int], large: set[int], batch_messages: int) -> Iterator[list[int]]:
+    """FETCH groups in UID order: small messages together, each large one alone."""
+    group: list[int] = []
+    for uid in uids:
+        if uid in large:
             if group:
                 yield group
-                group, group_bytes = [], 0
-            yield [meta]
+                group = []
+            yield [uid]
             continue
-        if group and (len(group) >= batch_messages or group_bytes + meta.size > _BATCH_BYTES):
+        group.append(uid)
+        if len(group) >= batch_messages:
             yield group
-            group, group_bytes = [], 0
-        group.append(meta)
-        group_bytes += meta.size
+            group = []
     if group:
         yield group

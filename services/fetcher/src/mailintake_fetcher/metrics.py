@@ -14,5 +14,9 @@ POLL_SECONDS = Histogram(
     "Duration of a poll.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
-FETCHED_MESSAGES = Counter("mailintake_fetcher_messages_total", "Messages downloaded.")
-FETCHED_BYTES = Counter("mailintake_fetcher_bytes_total", "Bytes of mail downloaded.")
+FETCHED_MESSAGES = Counter(
+    "mailintake_fetcher_messages_total", "Messages downloaded (counted as each poll ends)."
+)
+FETCHED_BYTES = Counter(
+    "mailintake_fetcher_bytes_total", "Bytes of mail downloaded (counted as each poll ends)."
+)

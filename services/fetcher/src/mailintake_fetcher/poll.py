@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mailintake_fetcher.metrics import FETCHED_BYTES, FETCHED_MESSAGES, POLL_SECONDS, POLLS
 from mailintake_shared.db.types import utcnow
@@ -68,9 +68,9 @@ class State(Protocol):
     ) -> set[str]: ...
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who a message is on its server, as the envelope carries it."""
+class Identity(NamedTuple):
+    """Who a message is on its server, as the envelope carries it (a tuple: one is made per
+    message on the bulk path)."""
 
     server_id: str
     uidvalidity: int | None
@@ -117,6 +117,21 @@ class Poll:
         self._fence = fence
         self._stopping = stopping
         self._clock = clock
+        self._template = FetchedChunk.model_construct(
+            connection_id=config.view.id,
+            poll_id=due.poll_id,
+            folder=config.folder,
+            server_id="",
+            uidvalidity=None,
+            uid=None,
+            size=0,
+            internal_date=None,
+            seen_before=False,
+            chunk_index=0,
+            final=True,
+            sha256=None,
+            lease_token=lease_token,
+        )
 
     def _check_fence(self) -> None:
         """Before changing anything on the server: this fetcher still owns the connection."""
@@ -163,6 +178,8 @@ class Poll:
             started_at=started_at,
             finished_at=utcnow(),
         )
+        FETCHED_MESSAGES.inc(progress.messages)
+        FETCHED_BYTES.inc(progress.bytes)
         self._sink.result(result)
         self._sink.flush()
         POLLS.labels(result.outcome.value, result.error_kind or "").inc()
@@ -181,22 +198,20 @@ class Poll:
     def _chunk(
         self, identity: Identity, index: int, *, final: bool, sha256: str | None
     ) -> FetchedChunk:
-        # model_construct: every field comes from this code, typed; validating them again
-        # would only cost time on the bulk path.
-        return FetchedChunk.model_construct(
-            connection_id=self._config.view.id,
-            poll_id=self._due.poll_id,
-            folder=self._config.folder,
-            server_id=identity.server_id,
-            uidvalidity=identity.uidvalidity,
-            uid=identity.uid,
-            size=identity.size,
-            internal_date=identity.internal_date,
-            seen_before=identity.seen,
-            chunk_index=index,
-            final=final,
-            sha256=sha256,
-            lease_token=self._lease_token,
+        # A copy of the poll's template: every field comes from this code, typed; validating
+        # them again, or constructing field by field, would only cost time on the bulk path.
+        return self._template.model_copy(
+            update={
+                "server_id": identity.server_id,
+                "uidvalidity": identity.uidvalidity,
+                "uid": identity.uid,
+                "size": identity.size,
+                "internal_date": identity.internal_date,
+                "seen_before": identity.seen,
+                "chunk_index": index,
+                "final": final,
+                "sha256": sha256,
+            }
         )
 
     def _publish(self, identity: Identity, pieces: Iterable[bytes], progress: Progress) -> None:
@@ -204,18 +219,19 @@ class Poll:
         ``final``: at most two chunks in memory. A chunked message's last record also carries
         the SHA-256 of the whole, which the store checks after assembly; a single record needs
         none (the broker's CRC covers it, and the store hashes it for dedup anyway)."""
-        digest = hashlib.sha256()
+        digest = None
         total, index = 0, 0
         held: bytes | None = None
         for piece in pieces:
             if held is not None:
+                digest = digest or hashlib.sha256()
                 digest.update(held)
                 self._sink.message(self._chunk(identity, index, final=False, sha256=None), held)
                 index += 1
             total += len(piece)
             held = piece
         sha256 = None
-        if index:
+        if digest is not None:
             digest.update(held or b"")
             sha256 = digest.hexdigest()
         self._sink.message(self._chunk(identity, index, final=True, sha256=sha256), held or b"")
@@ -223,5 +239,3 @@ class Poll:
         progress.bytes += total
         if identity.uid is not None:
             progress.first_uid = min(progress.first_uid or identity.uid, identity.uid)
-        FETCHED_MESSAGES.inc()
-        FETCHED_BYTES.inc(total)

@@ -7,14 +7,15 @@ exceptions leave this module as ``PollError`` through ``errors.classify``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from ssl import SSLContext
-from typing import Any
+from typing import NamedTuple
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -40,8 +41,7 @@ class FolderInfo:
     uidnext: int | None = None
 
 
-@dataclass(frozen=True)
-class MessageMeta:
+class MessageMeta(NamedTuple):  # one per message on the bulk path: a tuple is cheapest
     uid: int
     size: int
     internal_date: datetime | None
@@ -198,27 +198,50 @@ class ImapMailbox(Session):
         """Size, arrival time and \\Seen of each UID (one ``UID FETCH``, parsed directly)."""
         if not uids:
             return []
-        data = self._uid_fetch(uids, "(UID RFC822.SIZE INTERNALDATE FLAGS)")
-        metas = [_parse_meta(line) for line in data if isinstance(line, bytes) and line]
-        return sorted((m for m in metas if m is not None), key=lambda m: m.uid)
-
-    def _uid_fetch(self, uids: Sequence[int], items: str) -> list[Any]:
         try:
-            status, data = self._client._imap.uid("FETCH", sequence_set(uids), items)
+            status, data = self._client._imap.uid(
+                "FETCH", sequence_set(uids), "(UID RFC822.SIZE INTERNALDATE FLAGS)"
+            )
         except Exception as exc:
             raise classify(exc) from exc
         if status != "OK":
             raise classify(IMAPClientError(f"UID FETCH failed: {data!r}"))
-        return list(data)
+        metas = [_parse_meta(line) for line in data if isinstance(line, bytes) and line]
+        return sorted((m for m in metas if m is not None), key=lambda m: m.uid)
 
-    def bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
-        """Whole messages, without setting \\Seen (``UID FETCH … (BODY.PEEK[])``).
+    def larger_than(self, uids: Sequence[int], size: int) -> set[int]:
+        """Which of ``uids`` are over ``size`` bytes: one ``UID SEARCH … LARGER`` over their
+        span, a short answer where a size per message would take one line each."""
+        if not uids:
+            return set()
+        try:
+            found = self._client.search(["UID", f"{min(uids)}:{max(uids)}", "LARGER", str(size)])
+        except Exception as exc:
+            raise classify(exc) from exc
+        return set(found) & set(uids)
 
-        The bulk path talks to the session's imaplib object directly: imapclient's general
-        response parser costs several times the transfer itself, and this response has one
-        simple shape (``* n FETCH (UID u BODY[] {size}`` + literal + ``)``).
+    def messages(self, uids: Sequence[int]) -> Iterator[tuple[MessageMeta, bytes]]:
+        """Whole messages with their metadata, without setting \\Seen, each yielded as it
+        arrives (``UID FETCH … (UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])``).
+
+        The bulk path reads the response itself, line by line from the session's socket:
+        imaplib's and imapclient's general response handling cost more than the transfer,
+        and this response has one simple shape (``* n FETCH (… BODY[] {size}`` + literal +
+        ``)``). Memory holds one message at a time. A UID the server does not answer for was
+        expunged meanwhile (RFC 3501) and is not yielded. Consume the iterator to the end:
+        the session is in step again only after the tagged reply.
         """
-        return _parse_bodies(self._uid_fetch(uids, "(UID BODY.PEEK[])"))
+        if not uids:
+            return
+        imap = self._client._imap
+        try:
+            tag = imap._command("UID", "FETCH", sequence_set(uids), _BULK_ITEMS)
+            try:
+                yield from read_fetch_response(imap.readline, imap.read, tag, set(uids))
+            finally:
+                imap.tagged_commands.pop(tag, None)
+        except Exception as exc:
+            raise classify(exc) from exc
 
     def body_range(self, uid: int, offset: int, length: int) -> bytes:
         """``length`` bytes of a message from ``offset`` (``BODY.PEEK[]<offset.length>``)."""
@@ -310,8 +333,6 @@ def parse_internaldate(text: bytes) -> datetime | None:
         day, month, rest = text.strip().split(b"-", 2)
         year, clock, zone = rest.split(b" ")
         hour, minute, second = clock.split(b":")
-        sign = -1 if zone[:1] == b"-" else 1
-        offset = timedelta(hours=int(zone[1:3]), minutes=int(zone[3:5])) * sign
         return datetime(
             int(year),
             _MONTHS[month],
@@ -319,10 +340,18 @@ def parse_internaldate(text: bytes) -> datetime | None:
             int(hour),
             int(minute),
             int(second),
-            tzinfo=timezone(offset),
+            tzinfo=_zone(zone),
         )
     except (ValueError, KeyError, IndexError):
         return None
+
+
+@functools.lru_cache(maxsize=64)  # a mailbox has few zones; each made once
+def _zone(text: bytes) -> timezone:
+    if len(text) != 5 or text[:1] not in (b"+", b"-"):
+        raise ValueError(f"not a zone: {text!r}")
+    sign = -1 if text[:1] == b"-" else 1
+    return timezone(timedelta(hours=int(text[1:3]), minutes=int(text[3:5])) * sign)
 
 
 # What Dovecot and most servers answer, in the order asked: one match instead of four.
@@ -353,20 +382,48 @@ def _parse_meta(line: bytes) -> MessageMeta | None:
     )
 
 
-def _parse_bodies(data: list[Any]) -> dict[int, bytes]:
-    """imaplib's FETCH response → {uid: literal}. The UID may come before or after the body."""
-    bodies: dict[int, bytes] = {}
-    for position, item in enumerate(data):
-        if not isinstance(item, tuple):
+_BULK_ITEMS = "(UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])"
+_LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n\Z")
+_EMPTY_BODY = re.compile(rb'BODY\[\] (?:NIL|"")')
+
+
+def read_fetch_response(
+    readline: Callable[[], bytes], read: Callable[[int], bytes], tag: bytes, wanted: set[int]
+) -> Iterator[tuple[MessageMeta, bytes]]:
+    """The messages of one bulk ``UID FETCH`` response, up to its tagged reply.
+
+    Other untagged responses (``EXISTS``, ``EXPUNGE``, flag updates) are passed over. The
+    metadata items may come before or after the literal, in any order.
+    """
+    while True:
+        line = readline()
+        if not line:
+            raise imaplib.IMAP4.abort("the server closed the connection during FETCH")
+        if line.startswith(tag + b" "):
+            if line[len(tag) + 1 :].startswith(b"OK"):
+                return
+            raise IMAPClientError(f"UID FETCH failed: {line.strip()!r}")
+        if line.startswith(b"* BYE"):
+            raise imaplib.IMAP4.abort(line.decode("utf-8", "replace").strip())
+        literal = _LITERAL_AT_END.search(line)
+        if literal is None:
+            if _EMPTY_BODY.search(line):  # an empty message, sent as NIL or ""
+                meta = _parse_meta(line)
+                if meta is not None and meta.uid in wanted:
+                    yield meta, b""
             continue
-        prefix, literal = item
-        found = _UID.search(prefix)
-        if found is None and position + 1 < len(data) and isinstance(data[position + 1], bytes):
-            found = _UID.search(data[position + 1])
-        if found is None:
-            raise classify(IMAPClientError("FETCH response without UID"))
-        bodies[int(found.group(1))] = literal
-    return bodies
+        size = int(literal.group(1))
+        body = read(size)
+        if len(body) < size:
+            raise imaplib.IMAP4.abort("the server closed the connection inside a message")
+        rest = readline()
+        if _LITERAL_AT_END.search(rest):
+            raise IMAPClientError("FETCH response with more than one literal")
+        meta = _parse_meta(line + rest)
+        if meta is None:
+            raise IMAPClientError("FETCH response without UID")
+        if meta.uid in wanted:
+            yield meta, body
 
 
 def _close_quietly(client: IMAPClient) -> None:
