@@ -47,7 +47,7 @@ def summarize(raw: bytes) -> tuple[HeaderSummary, list[str]]:
         head = raw[:_MAX_HEADER_BLOCK]
     else:
         head = raw[: separator.start()]
-    if any(byte > 0x7F for byte in head):
+    if not head.isascii():
         problems.append("8-bit bytes in the header (decoded as UTF-8 with replacement)")
     # compat32 keeps headers as strings: several times faster than the header objects of
     # policy.default; only the eight summary fields are then decoded (RFC 2047).
