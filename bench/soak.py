@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import threading
@@ -30,6 +31,7 @@ from tests.harness.proxy import Fault, FaultProxy
 
 from bench.env import BenchEnv, percentile
 from bench.measure import connection_body
+from mailintake_shared.logging import configure_logging
 from mailintake_shared.settings import Settings
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
@@ -207,6 +209,7 @@ def main() -> int:
         help="comma-separated words: only the faults whose name holds one (killed,broker,…)",
     )
     args = parser.parse_args()
+    configure_logging(os.environ.get("BENCH_LOG_LEVEL", "WARNING"), service="bench")
     rng = random.Random(args.seed)
     started = time.monotonic()
     with BenchEnv() as env:
