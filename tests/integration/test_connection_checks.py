@@ -112,7 +112,10 @@ def test_a_silent_server_times_out_within_ten_percent(
     elapsed = time.monotonic() - started
     listener.close()
     assert result["failed_step"] == "timeout", result
-    assert 2.0 <= elapsed <= 2.2, elapsed
+    # The check's own clock is within 10 % of the time-out; the request as a whole, which a
+    # busy machine can delay further, is still far from any OS default.
+    assert 2000 <= result["latency_ms"] <= 2200, result
+    assert 2.0 <= elapsed <= 3.0, elapsed
 
 
 def test_a_saved_connection_is_tested_with_its_stored_password(
