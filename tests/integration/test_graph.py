@@ -6,19 +6,29 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
+from mailintake_fetcher.graph_poll import GraphPoll
+from mailintake_fetcher.repository import FetcherRepository
+from mailintake_fetcher.worker import budget_from
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.oauth.tokens import TokenStore
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
+from mailintake_store.writer import StoreWriter
 from tests.api import api_client, enable
 from tests.harness.graph_server import GraphServer
 from tests.harness.mail import make_message
 from tests.harness.oauth_server import OAuthServer
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.polls import run_poll
 from tests.harness.tls import make_pki
+from tests.harness.views import LOOPBACK
 from tests.integration.test_oauth import CLIENT_SECRET, _authorize_with
 
 pytestmark = pytest.mark.integration
@@ -168,3 +178,48 @@ def test_shared_mailbox_deleted_after_commit_and_app_only_access(
     assert len(graph.messages(app_box)) == 4  # mark read keeps them
     assert db.message_count() == db.distinct_messages() == 13
     graph_pipeline.assert_running()
+
+
+def test_a_failed_message_is_downloaded_again_after_a_retry(
+    graph_settings: Settings, graph_servers: tuple[OAuthServer, GraphServer, Path]
+) -> None:
+    """The delta has moved past a message the store could not take: a retry drops the
+    folder's delta link, and the next poll lists the folder again and downloads only it."""
+    oauth, graph, ca = graph_servers
+    graph.state.throttle_every = 0
+    user, sent = _mailbox(graph, 3)
+    engine = make_engine(graph_settings)
+    sessions = make_session_factory(engine)
+    box = SecretBox(graph_settings.encryption_keys)
+    repository = FetcherRepository(
+        sessions, box, TokenStore(sessions, box, graph_settings), LOOPBACK
+    )
+    writer = StoreWriter(sessions, topic_prefix=graph_settings.topic_prefix, inline_max_bytes=0)
+    budget = budget_from(graph_settings)
+    try:
+        with api_client(graph_settings) as api:
+            cid = _connection(api, _credential(api, oauth), user)
+            _authorize_with(api, ca, cid)
+            config = repository.connection(uuid.UUID(cid))
+            assert config is not None
+            first, sink = run_poll(GraphPoll, config, repository, budget)
+            assert (first.messages, first.delta_link is not None) == (3, True)
+            last = sink.chunks[-1]  # arrives with a digest its bytes do not add up to
+            tampered = replace(last, chunk=last.chunk.model_copy(update={"sha256": "0" * 64}))
+            writer.write([*sink.chunks[:-1], tampered, *sink.results])
+            queue = api.get("/queue", params={"connection_id": cid, "state": "failed"}).json()
+            (failed,) = queue["items"]
+            assert failed["server_id"] == last.chunk.server_id
+
+            assert api.post(f"/queue/failed/{failed['id']}/retry").status_code == 200
+            again, sink = run_poll(GraphPoll, config, repository, budget)
+            assert [p.chunk.server_id for p in sink.chunks] == [failed["server_id"]]
+            writer.write([*sink.chunks, *sink.results])
+            assert again.delta_link is not None
+    finally:
+        engine.dispose()
+    stored = Database(graph_settings.database_url)
+    try:
+        assert {bytes(r.raw) for r in stored.rows("SELECT raw FROM messages")} == set(sent)
+    finally:
+        stored.close()

@@ -170,7 +170,8 @@ def retry(
     - action pending: the next poll applies it; the caller asks for one;
     - failed: the message is downloaded again by the next poll (IMAP: the folder's cursor goes
       back below it, and what lies above is recognised as stored; POP3: its UIDL is no longer
-      known).
+      known; Graph: the folder's delta link is dropped, so the next poll lists the folder
+      again and downloads what is not stored).
     """
     if kind is EntryKind.MESSAGE:
         message = session.get(Message, entry_id)
@@ -182,10 +183,11 @@ def retry(
             return message.connection_id, _open_again(session, settings, secrets, message), False
         return message.connection_id, "a poll applies the server action", True
     failed = _failed(session, entry_id)
-    if failed.uid is not None:
-        state = session.get(MailboxState, (failed.connection_id, failed.folder))
-        if state is not None and state.uidvalidity == failed.uidvalidity:
-            state.last_uid = min(state.last_uid, failed.uid - 1)
+    state = session.get(MailboxState, (failed.connection_id, failed.folder))
+    if state is not None and failed.uid is not None and state.uidvalidity == failed.uidvalidity:
+        state.last_uid = min(state.last_uid, failed.uid - 1)
+    if state is not None and state.delta_link is not None:
+        state.delta_link = None  # the delta has moved past the message
     connection_id = failed.connection_id
     session.delete(failed)
     return connection_id, "downloaded again by the next poll", True
