@@ -75,6 +75,16 @@ def test_the_bulk_response_is_read_message_by_message_to_the_tagged_reply() -> N
     ]  # UID 14 was expunged meanwhile; UID 99 was not asked for
 
 
+def test_items_of_a_message_split_over_two_fetch_responses_are_joined() -> None:
+    response = (
+        b"* 1 FETCH (FLAGS (\\Seen) " + DATE + b" RFC822.SIZE 5)\r\n"
+        b"* 2 FETCH (FLAGS ())\r\n"  # a flag update of another message
+        b"* 1 FETCH (UID 10 BODY[] {5}\r\nhello)\r\n"
+        b"A7 OK done\r\n"
+    )
+    assert _read(response, {10}) == [(MessageMeta(10, 5, WHEN, True), b"hello")]
+
+
 @pytest.mark.parametrize(
     ("response", "error"),
     [

@@ -385,6 +385,7 @@ def _parse_meta(line: bytes) -> MessageMeta | None:
 _BULK_ITEMS = "(UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])"
 _LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n\Z")
 _EMPTY_BODY = re.compile(rb'BODY\[\] (?:NIL|"")')
+_FETCH_NUMBER = re.compile(rb"\* (\d+) FETCH ")
 
 
 def read_fetch_response(
@@ -392,9 +393,11 @@ def read_fetch_response(
 ) -> Iterator[tuple[MessageMeta, bytes]]:
     """The messages of one bulk ``UID FETCH`` response, up to its tagged reply.
 
-    Other untagged responses (``EXISTS``, ``EXPUNGE``, flag updates) are passed over. The
-    metadata items may come before or after the literal, in any order.
+    Other untagged responses (``EXISTS``, ``EXPUNGE``) are passed over. The metadata items
+    may come before or after the literal, in any order, or in an earlier FETCH response of
+    the same message (servers may split one message's items over several).
     """
+    earlier: dict[bytes, bytes] = {}  # FETCH responses without a body, by sequence number
     while True:
         line = readline()
         if not line:
@@ -405,12 +408,15 @@ def read_fetch_response(
             raise IMAPClientError(f"UID FETCH failed: {line.strip()!r}")
         if line.startswith(b"* BYE"):
             raise imaplib.IMAP4.abort(line.decode("utf-8", "replace").strip())
+        number = _FETCH_NUMBER.match(line)
         literal = _LITERAL_AT_END.search(line)
         if literal is None:
             if _EMPTY_BODY.search(line):  # an empty message, sent as NIL or ""
                 meta = _parse_meta(line)
                 if meta is not None and meta.uid in wanted:
                     yield meta, b""
+            elif number is not None:
+                earlier[number.group(1)] = line
             continue
         size = int(literal.group(1))
         body = read(size)
@@ -419,7 +425,8 @@ def read_fetch_response(
         rest = readline()
         if _LITERAL_AT_END.search(rest):
             raise IMAPClientError("FETCH response with more than one literal")
-        meta = _parse_meta(line + rest)
+        # The message's own items first: the searches take the first match.
+        meta = _parse_meta(line + rest + (earlier.pop(number.group(1), b"") if number else b""))
         if meta is None:
             raise IMAPClientError("FETCH response without UID")
         if meta.uid in wanted:
