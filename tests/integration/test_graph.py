@@ -194,7 +194,7 @@ def test_a_failed_message_is_downloaded_again_after_a_retry(
     repository = FetcherRepository(
         sessions, box, TokenStore(sessions, box, graph_settings), LOOPBACK
     )
-    writer = StoreWriter(sessions, topic_prefix=graph_settings.topic_prefix, inline_max_bytes=0)
+    writer = StoreWriter(sessions, topic_prefix=graph_settings.topic_prefix)
     budget = budget_from(graph_settings)
     try:
         with api_client(graph_settings) as api:

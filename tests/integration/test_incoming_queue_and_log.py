@@ -4,6 +4,8 @@ PostgreSQL and the broker, and read through the API."""
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -20,10 +22,11 @@ from mailintake_fetcher.repository import FetcherRepository
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.events import PollResult
 from mailintake_shared.fetched import FetchedPart
-from mailintake_shared.kafka import ReliableProducer
+from mailintake_shared.kafka import ReliableProducer, read_topic_to_end
 from mailintake_shared.outbox import OutboxRelay
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
 from mailintake_store.writer import StoreWriter
 from tests.api import api_client
 from tests.conftest import Mailbox
@@ -87,8 +90,8 @@ def steps(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Steps
             settings,
             api,
             FetcherRepository(sessions, SecretBox(settings.encryption_keys), network=LOOPBACK),
-            StoreWriter(sessions, topic_prefix=settings.topic_prefix, inline_max_bytes=256 * 1024),
-            OutboxRelay(sessions, producer),
+            StoreWriter(sessions, topic_prefix=settings.topic_prefix),
+            OutboxRelay(sessions, producer, inline_max_bytes=256 * 1024),
         )
     producer.close()
     engine.dispose()
@@ -147,6 +150,33 @@ def test_a_message_through_every_state(steps: Steps, mailbox: Mailbox, database_
         for i in steps.api.get("/log/messages", params={"connection_id": cid}).json()["items"]
     ]
     assert outcomes == ["duplicate", "stored"]
+
+
+def test_an_event_whose_message_is_gone_does_not_stop_the_others(
+    steps: Steps, mailbox: Mailbox, database_url: str
+) -> None:
+    """The outbox holds only message ids; a row deleted behind the API's back (by hand in
+    the database) is skipped with a warning, and the events queued with it go out."""
+    mailbox.server.seed(mailbox.username, [make_message(i) for i in range(3)])
+    cid = _create(steps, mailbox)
+    _, sink = steps.fetch(cid)
+    steps.store(sink)
+    db = Database(database_url)
+    try:
+        ids = [row.id for row in db.rows("SELECT id FROM messages ORDER BY id")]
+        db.execute("DELETE FROM messages WHERE id = :id", id=ids[1])
+    finally:
+        db.close()
+
+    steps.relay.flush()
+    announced = [
+        json.loads(record.value)
+        for record in read_topic_to_end(steps.settings, Topic.MAIL_STORED)
+        if record.key == cid.encode()
+    ]
+    assert [event["message_id"] for event in announced] == [ids[0], ids[2]]
+    assert base64.b64decode(announced[0]["raw_b64"]) == make_message(0)
+    assert steps.queue(connection_id=cid, state="awaiting_publish") == []
 
 
 def test_a_failed_message_is_kept_retried_and_dismissed(steps: Steps, mailbox: Mailbox) -> None:

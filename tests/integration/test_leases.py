@@ -36,9 +36,7 @@ BUDGET = Budget(
 @pytest.fixture
 def writer(settings: Settings) -> Iterator[StoreWriter]:
     engine = make_engine(settings)
-    yield StoreWriter(
-        make_session_factory(engine), topic_prefix=settings.topic_prefix, inline_max_bytes=1024
-    )
+    yield StoreWriter(make_session_factory(engine), topic_prefix=settings.topic_prefix)
     engine.dispose()
 
 

@@ -30,9 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def writer(settings: Settings) -> Iterator[StoreWriter]:
     engine = make_engine(settings)
-    yield StoreWriter(
-        make_session_factory(engine), topic_prefix=settings.topic_prefix, inline_max_bytes=1024
-    )
+    yield StoreWriter(make_session_factory(engine), topic_prefix=settings.topic_prefix)
     engine.dispose()
 
 

@@ -1,11 +1,17 @@
-"""Transactional outbox: events written with the change, published by a relay afterwards."""
+"""Transactional outbox: events written with the change, published by a relay afterwards.
+
+A ``mail.stored`` record is queued as the id of the message it announces (``value`` NULL,
+``message_id`` set): the relay builds the event from the message row when it publishes it.
+"""
 
 from __future__ import annotations
 
 import threading
-from typing import NamedTuple
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple
 
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import Row, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.db.models import Message, OutboxRecord
@@ -13,6 +19,7 @@ from mailintake_shared.db.types import utcnow
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.metrics import OUTBOX_PUBLISHED
+from mailintake_shared.stored_event import load_mail_stored
 from mailintake_shared.topics import Topic, topic_name
 
 log = get_logger(__name__)
@@ -32,8 +39,13 @@ def add_to_outbox(
 class OutboxEntry(NamedTuple):
     topic: Topic
     key: str
-    value: bytes | None
+    value: bytes | None  # None: a tombstone, or a mail.stored record built when published
     message_id: int | None = None  # the stored message a mail.stored record announces
+
+
+def announce_stored(message_id: int, connection_id: uuid.UUID) -> OutboxEntry:
+    """The ``mail.stored`` record of a message, built from its row when it is published."""
+    return OutboxEntry(Topic.MAIL_STORED, str(connection_id), None, message_id)
 
 
 def add_many_to_outbox(session: Session, prefix: str, entries: list[OutboxEntry]) -> None:
@@ -64,11 +76,13 @@ class OutboxRelay:
         session_factory: sessionmaker[Session],
         producer: ReliableProducer,
         *,
+        inline_max_bytes: int,
         batch_size: int = 1000,
         send_timeout_s: float = 30.0,
     ) -> None:
         self._sessions = session_factory
         self._producer = producer
+        self._inline_max = inline_max_bytes
         self._batch_size = batch_size
         self._send_timeout_s = send_timeout_s
         self._lock = threading.Lock()
@@ -105,7 +119,10 @@ class OutboxRelay:
             ).all()
             if not rows:
                 return 0
-            futures = [self._producer.send(row.topic, row.key.encode(), row.value) for row in rows]
+            futures = [
+                self._producer.send(row.topic, row.key.encode(), value)
+                for row, value in self._values(session, rows)
+            ]
             self._producer.settle(futures, self._send_timeout_s)
             session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
             announced = [row.message_id for row in rows if row.message_id is not None]
@@ -115,6 +132,21 @@ class OutboxRelay:
                 )
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
+
+    def _values(
+        self, session: Session, rows: Sequence[Row[*tuple[Any, ...]]]
+    ) -> Iterator[tuple[Row[*tuple[Any, ...]], bytes | None]]:
+        """Each row with the record value to publish: ``mail.stored`` events are built from
+        their message rows (one query for the batch); a message deleted since is skipped."""
+        wanted = [row.message_id for row in rows if row.value is None and row.message_id]
+        events = load_mail_stored(session, wanted, self._inline_max) if wanted else {}
+        for row in rows:
+            if row.value is not None or row.message_id is None:
+                yield row, row.value
+            elif (event := events.get(row.message_id)) is not None:
+                yield row, event.to_bytes()
+            else:
+                log.warning("message deleted before its event was published", id=row.message_id)
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         """Publish until ``stop`` is set: at once when woken, else every ``interval_s``."""

@@ -23,7 +23,6 @@ from typing import Any
 from sqlalchemy import Delete, Select, case, delete, func, literal, select, union_all
 from sqlalchemy.orm import Session
 
-from mailintake_config_api.replay import mail_stored_event
 from mailintake_shared import smime
 from mailintake_shared.db.models import (
     FailedMessage,
@@ -34,10 +33,9 @@ from mailintake_shared.db.models import (
     PollLog,
 )
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
+from mailintake_shared.outbox import add_many_to_outbox, announce_stored
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
-from mailintake_shared.topics import Topic
 
 
 class QueueState(StrEnum):
@@ -205,8 +203,7 @@ def _open_again(session: Session, settings: Settings, secrets: SecretBox, messag
     message.smime_unopened = result.info.unopened
     if result.info.unopened:
         return f"still not decrypted: {result.info.problem}"
-    event = mail_stored_event(message, settings.inline_max_bytes)
-    entry = OutboxEntry(Topic.MAIL_STORED, str(message.connection_id), event.to_bytes(), message.id)
+    entry = announce_stored(message.id, message.connection_id)
     add_many_to_outbox(session, settings.topic_prefix, [entry])
     return "decrypted; mail.stored is published again with the decrypted message"
 

@@ -50,7 +50,7 @@ class Resources:
             sessions=sessions,
             secrets=secrets,
             api_tokens=TokenTable(settings.api_tokens),
-            relay=OutboxRelay(sessions, producer),
+            relay=OutboxRelay(sessions, producer, inline_max_bytes=settings.inline_max_bytes),
             producer=producer,
             tokens=TokenStore(sessions, secrets, settings),
             network=NetworkPolicy.of(settings.outbound_allow_cidrs, settings.outbound_deny_cidrs),

@@ -52,10 +52,11 @@ class StoreWorker:
         self._writer = StoreWriter(
             sessions,
             topic_prefix=settings.topic_prefix,
-            inline_max_bytes=settings.inline_max_bytes,
             secrets=SecretBox(settings.encryption_keys) if settings.encryption_keys else None,
         )
-        self._relay = OutboxRelay(sessions, self._producer)
+        self._relay = OutboxRelay(
+            sessions, self._producer, inline_max_bytes=settings.inline_max_bytes
+        )
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:

@@ -38,16 +38,14 @@ from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import (
     FetchedChunk,
     HeaderSummary,
-    MailStored,
     PollCompleted,
     PollOutcome,
     PollResult,
     SmimeInfo,
-    b64,
 )
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.logging import get_logger
-from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox
+from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox, announce_stored
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.topics import Topic
 from mailintake_store import staging
@@ -90,11 +88,6 @@ class _Complete:
         if self.smime is not None and self.smime.problem is not None:
             problems.append(f"S/MIME: {self.smime.problem}")
         return headers, problems
-
-    @property
-    def delivered(self) -> bytes | None:
-        """What downstream gets: the decrypted form when there is one."""
-        return self.unwrapped if self.unwrapped is not None else self.raw
 
 
 @dataclass
@@ -143,12 +136,10 @@ class StoreWriter:
         sessions: sessionmaker[Session],
         *,
         topic_prefix: str,
-        inline_max_bytes: int,
         secrets: SecretBox | None = None,
     ) -> None:
         self._sessions = sessions
         self._prefix = topic_prefix
-        self._inline_max = inline_max_bytes
         self._secrets = secrets  # opens the certificates' keys; None: S/MIME left closed
         # The events and log rows of the batch being written, in order; inserted with it.
         self._outbox: list[OutboxEntry] = []
@@ -336,7 +327,7 @@ class StoreWriter:
             polls.of(chunk).stored += 1
             outcome.stored += 1
             self._log_message(chunk, "stored", message_id, message.downloaded_at, message.size)
-            self._announce(session, message_id, message)
+            self._outbox.append(announce_stored(message_id, chunk.connection_id))
         self._advance_cursors(session, messages)
         STORED.inc(outcome.stored)
         DUPLICATES.inc(outcome.duplicates)
@@ -511,32 +502,6 @@ class StoreWriter:
             "action_state": "pending",
             "action_applied_at": None,
         }
-
-    def _announce(self, session: Session, message_id: int, message: _Complete) -> None:
-        chunk = message.first
-        headers, problems = message.summary
-        event = MailStored(
-            message_id=message_id,
-            connection_id=chunk.connection_id,
-            folder=chunk.folder,
-            server_id=chunk.server_id,
-            size=message.size,
-            sha256=message.sha256,
-            internal_date=chunk.internal_date,
-            stored_at=utcnow(),
-            headers=headers,
-            problems=problems,
-            raw_b64=(
-                b64(message.delivered)
-                if message.delivered is not None and len(message.delivered) <= self._inline_max
-                else None
-            ),
-            raw_path=f"/messages/{message_id}/raw",
-            smime=message.smime,
-        )
-        self._outbox.append(
-            OutboxEntry(Topic.MAIL_STORED, str(chunk.connection_id), event.to_bytes(), message_id)
-        )
 
     def _advance_cursors(self, session: Session, messages: list[_Complete]) -> None:
         """Per folder: the UIDVALIDITY of the newest record, and the highest UID seen in it."""
