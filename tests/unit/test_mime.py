@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from mailintake_store import mime
 from mailintake_store.mime import clean_text, summarize
 from tests.harness.corpus import MALFORMED
 from tests.harness.mail import make_message
@@ -45,3 +48,82 @@ def test_clean_text() -> None:
     assert clean_text("a\x00b") == "a\ufffdb"
     assert clean_text("x" * 20_000) == "x" * 10_000
     assert clean_text(b"\xff".decode("utf-8", "surrogateescape")) == "\ufffd"
+
+
+def _random_message(rng: random.Random) -> bytes:
+    """A header block of the kinds mail carries, some of them malformed, then a body."""
+    names = [
+        "From",
+        "to",
+        "CC",
+        "Subject",
+        "subject",
+        "Date",
+        "Message-ID",
+        "message-id",
+        "In-Reply-To",
+        "References",
+        "Received",
+        "X-Mailer",
+        "Content-Type",
+    ]
+    values = [
+        "Plain words",
+        "  leading blanks",
+        "trailing blanks \t",
+        "=?utf-8?q?caf=C3=A9?=",
+        "=?iso-8859-1?b?Y2Fm6Q==?= and text",
+        "=?utf-8?q?a?= =?utf-8?q?b?=",
+        "=?bogus?x?zz?=",
+        "=?utf-8?b?not base64!?=",
+        "=?",
+        "a=?b",
+        "<id@example.org>",
+        "",
+        "\x0bvt\x0cff",
+        "Tue, 24 Nov 2026 10:00:00 +0000",
+        "x" * 300,
+    ]
+    breaks = ["\r\n", "\n", "\r"]
+    lines: list[str] = []
+    for _ in range(rng.randint(0, 9)):
+        kind = rng.random()
+        if kind < 0.03:
+            lines.append(
+                rng.choice(["no colon here", ":empty name", "From someone", "Bad Name: x"])
+            )
+        elif kind < 0.05 or (kind < 0.25 and lines):
+            lines.append(rng.choice([" ", "\t"]) + rng.choice(values))
+        else:
+            lines.append(
+                f"{rng.choice(names)}:{rng.choice(['', ' ', '  ', chr(9)])}{rng.choice(values)}"
+            )
+    newline = rng.choice(breaks)
+    head = "".join(line + (rng.choice(breaks) if rng.random() < 0.1 else newline) for line in lines)
+    raw = head.encode("ascii") + newline.encode("ascii") + b"body\r\n"
+    if rng.random() < 0.05:
+        raw = raw.replace(b"a", b"\xe9", 1)
+    return raw
+
+
+def test_the_fast_header_reading_agrees_with_the_email_package(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(20261124)
+    messages = [_random_message(rng) for _ in range(4000)] + list(MALFORMED.values())
+    read = mime._simple_fields
+    read_fast: list[bool] = []
+
+    def counted(head: bytes) -> dict[str, str] | None:
+        fields = read(head)
+        read_fast.append(fields is not None)
+        return fields
+
+    monkeypatch.setattr(mime, "_simple_fields", counted)
+    fast = [summarize(raw) for raw in messages]
+    monkeypatch.setattr(mime, "_simple_fields", lambda head: None)
+    slow = [summarize(raw) for raw in messages]
+    for raw, one, other in zip(messages, fast, slow, strict=True):
+        assert one == other, raw
+    # Both ways were taken often: the fast one, and the email package for the rest.
+    assert 1000 < sum(read_fast) < len(messages) - 1000, sum(read_fast)
