@@ -264,11 +264,21 @@ def end_to_end(
     busiest = max(everything, key=lambda s: everything[s])
     note = ", ".join(f"{s} {v:.1f}s" for s, v in cpu.items())
     note += "".join(f", {name} {v:.1f}s" for name, v in servers.items())
+    cores = os.cpu_count() or 1
+    cpu_total = sum(everything.values())
     results.add(
         "3. CPU seconds of the run (all processes)",
-        sum(cpu.values()) + sum(servers.values()),
+        cpu_total,
         "s",
-        note=f"{note}; busiest: {busiest}; wall {published:.1f}s on {os.cpu_count()} cores",
+        note=f"{note}; busiest: {busiest}; wall {published:.1f}s on {cores} cores",
+    )
+    # The most the same work could reach here: every core busy for the whole run.
+    ceiling = count / (cpu_total / cores) / raw["imapclient_msgs"]
+    results.add(
+        "3. CPU ceiling: that work on every core all the time / imapclient loop",
+        ceiling,
+        "ratio",
+        note=f"the run kept {cpu_total / cores / published:.0%} of the cores busy",
     )
     results.figures["end_to_end"] = {
         "msgs": rate,
