@@ -23,11 +23,24 @@ def tansu_binary() -> Path:
     return binary
 
 
+_HANDED_OUT: set[int] = set()  # ports given to servers that may not have bound them yet
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port free now and not handed out before by this process: the kernel may offer a
+    port again as soon as the probe closes it, before the server it went to binds it."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            reserve_port(port)
+            return port
+
+
+def reserve_port(port: int) -> None:
+    """Keep ``free_port`` from handing out a port chosen elsewhere (a command-line option)."""
+    _HANDED_OUT.add(port)
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> None:

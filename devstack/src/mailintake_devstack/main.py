@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailintake_devstack.broker import LocalBroker, free_port, stop_process
+from mailintake_devstack.broker import LocalBroker, free_port, reserve_port, stop_process
 from mailintake_shared.secretbox import generate_key
 
 
@@ -53,6 +53,7 @@ def _port_or_free(port: int) -> int:
             probe.bind(("127.0.0.1", port))
         except OSError:
             return free_port()
+    reserve_port(port)
     return port
 
 
