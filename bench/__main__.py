@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 from bench import measure
-from bench.env import BenchEnv, Results
-from mailintake_shared.logging import configure_logging
+from bench.env import BenchEnv, Results, configure_bench_logging
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
 
@@ -24,8 +23,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
     parser.add_argument("--only", default="", help="comma-separated measurement numbers")
     args = parser.parse_args()
-    # The in-process API and clients log like the services: at BENCH_LOG_LEVEL.
-    configure_logging(os.environ.get("BENCH_LOG_LEVEL", "WARNING"), service="bench")
+    configure_bench_logging()
     only = {int(n) for n in args.only.split(",") if n}
     tenth = 10 if args.quick else 1
     results = Results()

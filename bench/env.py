@@ -22,10 +22,16 @@ from tests.harness.views import LOOPBACK_CIDRS
 from mailintake_config_api.auth import hash_token
 from mailintake_devstack.broker import LocalBroker
 from mailintake_shared.db.migrate import upgrade
+from mailintake_shared.logging import configure_logging
 from mailintake_shared.secretbox import generate_key
 from mailintake_shared.settings import Settings
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def configure_bench_logging() -> None:
+    """The in-process API and clients log like the services do: at ``BENCH_LOG_LEVEL``."""
+    configure_logging(os.environ.get("BENCH_LOG_LEVEL", "WARNING"), service="bench")
 
 
 def corpus(count: int, start: int = 0) -> Iterator[bytes]:

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.api import api_client, enable
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
-from tests.harness.polls import MemoryState
+from tests.harness.polls import MemoryState, poll_due
 from tests.harness.views import LOOPBACK, connection_view
 
 from bench.env import (
@@ -187,12 +187,7 @@ def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> Non
     def whole_mailbox() -> None:
         state = MemoryState()
         while True:
-            due = PollDue(
-                connection_id=config.view.id,
-                poll_id=uuid.uuid4(),
-                reason=PollReason.CONTINUATION,
-                issued_at=datetime.now(UTC),
-            )
+            due = poll_due(config.view.id, PollReason.CONTINUATION)
             result = ImapPoll(config, due, state, sink, budget).run()
             state.cursor_value = Cursor(result.uidvalidity, _last_uid(state) + result.messages)
             if not result.more_pending:
@@ -397,12 +392,7 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
                 else:
                     server.seed(user, corpus(10, start=10_000_000 + round_ * 10))
                 sink = DiscardSink()
-                due = PollDue(
-                    connection_id=view.id,
-                    poll_id=uuid.uuid4(),
-                    reason=PollReason.SCHEDULED,
-                    issued_at=datetime.now(UTC),
-                )
+                due = poll_due(view.id, PollReason.SCHEDULED)
                 dovecot_before, own_before = dovecot_cpu_seconds(), time.thread_time()
                 started = time.perf_counter()
                 result = ImapPoll(config, due, repository, sink, budget_from(settings)).run()
@@ -487,12 +477,7 @@ def _pop3_incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], p
             for round_ in range(polls):
                 env.dovecot.seed(user, corpus(10, start=20_000_000 + round_ * 10))
                 sink = CollectingSink()
-                due = PollDue(
-                    connection_id=view.id,
-                    poll_id=uuid.uuid4(),
-                    reason=PollReason.SCHEDULED,
-                    issued_at=datetime.now(UTC),
-                )
+                due = poll_due(view.id, PollReason.SCHEDULED)
                 dovecot_before, own_before = dovecot_cpu_seconds(), time.thread_time()
                 started = time.perf_counter()
                 result = Pop3Poll(config, due, repository, sink, budget_from(settings)).run()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import threading
@@ -29,9 +28,8 @@ from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline
 from tests.harness.proxy import Fault, FaultProxy
 
-from bench.env import BenchEnv, percentile
+from bench.env import BenchEnv, configure_bench_logging, percentile
 from bench.measure import connection_body
-from mailintake_shared.logging import configure_logging
 from mailintake_shared.settings import Settings
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
@@ -209,7 +207,7 @@ def main() -> int:
         help="comma-separated words: only the faults whose name holds one (killed,broker,…)",
     )
     args = parser.parse_args()
-    configure_logging(os.environ.get("BENCH_LOG_LEVEL", "WARNING"), service="bench")
+    configure_bench_logging()
     rng = random.Random(args.seed)
     started = time.monotonic()
     with BenchEnv() as env:

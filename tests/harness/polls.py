@@ -38,18 +38,22 @@ class ListSink:
         return whole
 
 
+def poll_due(connection_id: uuid.UUID, reason: PollReason = PollReason.MANUAL) -> PollDue:
+    """A poll's order, as the scheduler (or the API, for "poll now") issues it."""
+    return PollDue(
+        connection_id=connection_id,
+        poll_id=uuid.uuid4(),
+        reason=reason,
+        issued_at=datetime.now(UTC),
+    )
+
+
 def run_poll(
     kind: type[Poll], config: MailboxConfig, state: State, budget: Budget
 ) -> tuple[PollResult, ListSink]:
     """One poll, as the fetcher runs it for a manual "poll now"."""
     sink = ListSink()
-    due = PollDue(
-        connection_id=config.view.id,
-        poll_id=uuid.uuid4(),
-        reason=PollReason.MANUAL,
-        issued_at=datetime.now(UTC),
-    )
-    result = kind(config, due, state, sink, budget).run()
+    result = kind(config, poll_due(config.view.id), state, sink, budget).run()
     assert sink.results == [result]
     return result, sink
 

@@ -7,7 +7,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,7 +15,7 @@ from mailintake_fetcher.imap_poll import ImapPoll
 from mailintake_fetcher.poll import Budget
 from mailintake_fetcher.worker import FetcherWorker
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollReason, PollResult
+from mailintake_shared.events import ErrorKind, PollDue, PollOutcome, PollResult
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.settings import Settings
 from mailintake_store.writer import StoreWriter
@@ -24,7 +23,7 @@ from tests.api import WITHOUT_ESTIMATE
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database
-from tests.harness.polls import ListSink
+from tests.harness.polls import ListSink, poll_due
 from tests.integration.conftest import imap_connection_body, server_flags
 
 pytestmark = pytest.mark.integration
@@ -41,12 +40,7 @@ def writer(settings: Settings) -> Iterator[StoreWriter]:
 
 
 def _due(connection_id: str) -> PollDue:
-    return PollDue(
-        connection_id=uuid.UUID(connection_id),
-        poll_id=uuid.uuid4(),
-        reason=PollReason.MANUAL,
-        issued_at=datetime.now(UTC),
-    )
+    return poll_due(uuid.UUID(connection_id))
 
 
 def _store(writer: StoreWriter, sink: ListSink) -> int:

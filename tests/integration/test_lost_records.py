@@ -8,20 +8,18 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 
 from mailintake_fetcher.worker import FetcherWorker
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.events import PollDue, PollReason
 from mailintake_shared.settings import Settings
 from mailintake_store.writer import StoreWriter
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database
-from tests.harness.polls import ListSink
+from tests.harness.polls import ListSink, poll_due
 from tests.integration.conftest import create_enabled
 
 pytestmark = pytest.mark.integration
@@ -35,12 +33,7 @@ def writer(settings: Settings) -> Iterator[StoreWriter]:
 
 
 def _poll(worker: FetcherWorker, connection_id: str) -> ListSink:
-    due = PollDue(
-        connection_id=uuid.UUID(connection_id),
-        poll_id=uuid.uuid4(),
-        reason=PollReason.MANUAL,
-        issued_at=datetime.now(UTC),
-    )
+    due = poll_due(uuid.UUID(connection_id))
     sink = ListSink()
     worker.poll(due, sink)
     return sink

@@ -6,6 +6,7 @@ the test suite; production runs against Apache Kafka.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 import subprocess
@@ -23,12 +24,14 @@ def tansu_binary() -> Path:
     return binary
 
 
-_HANDED_OUT: set[int] = set()  # ports given to servers that may not have bound them yet
+# The latest ports handed out, to servers that may not have bound them yet. Bounded, so a
+# long test run never runs out: a server binds its port long before 1,000 more are given.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=1000)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free now and not handed out before by this process: the kernel may offer a
-    port again as soon as the probe closes it, before the server it went to binds it."""
+    """A port free now and not among the latest handed out by this process: the kernel may
+    offer a port again as soon as the probe closes it, before the server it went to binds it."""
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind((host, 0))
@@ -40,7 +43,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def reserve_port(port: int) -> None:
     """Keep ``free_port`` from handing out a port chosen elsewhere (a command-line option)."""
-    _HANDED_OUT.add(port)
+    _HANDED_OUT.append(port)
 
 
 def wait_for_port(host: str, port: int, timeout_s: float) -> None:

@@ -138,7 +138,7 @@ class OutboxRelay:
     ) -> Iterator[tuple[Row[*tuple[Any, ...]], bytes | None]]:
         """Each row with the record value to publish: ``mail.stored`` events are built from
         their message rows (one query for the batch); a message deleted since is skipped."""
-        wanted = [row.message_id for row in rows if row.value is None and row.message_id]
+        wanted = [r.message_id for r in rows if r.value is None and r.message_id is not None]
         events = load_mail_stored(session, wanted, self._inline_max) if wanted else {}
         for row in rows:
             if row.value is not None or row.message_id is None:

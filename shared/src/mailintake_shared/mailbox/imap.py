@@ -188,14 +188,9 @@ class ImapMailbox(Session):
         """Size, arrival time and \\Seen of each UID (one ``UID FETCH``, parsed directly)."""
         if not uids:
             return []
-        try:
-            status, data = self._client._imap.uid(
-                "FETCH", sequence_set(uids), "(UID RFC822.SIZE INTERNALDATE FLAGS)"
-            )
-        except Exception as exc:
-            raise classify(exc) from exc
-        if status != "OK":
-            raise classify(IMAPClientError(f"UID FETCH failed: {data!r}"))
+        data = self._uid_command(
+            "FETCH", sequence_set(uids), "(UID RFC822.SIZE INTERNALDATE FLAGS)"
+        )
         metas = [_parse_meta(line) for line in data if isinstance(line, bytes) and line]
         return sorted((m for m in metas if m is not None), key=lambda m: m.uid)
 
@@ -210,13 +205,20 @@ class ImapMailbox(Session):
     def _uid_search(self, *criteria: str) -> list[int]:
         """``UID SEARCH`` of atoms, its one-line answer read directly (imapclient's general
         parser costs milliseconds for the 5,000 UIDs of a first poll)."""
+        data = self._uid_command("SEARCH", *criteria)
+        lines = [line for line in data if isinstance(line, bytes)]
+        return [int(word) for line in lines for word in line.split() if word.isdigit()]
+
+    def _uid_command(self, command: str, *args: str) -> list[bytes | tuple[bytes, bytes]]:
+        """A ``UID`` command through the session's imaplib object, whose raw answer the
+        callers read themselves; a failure leaves as ``PollError``."""
         try:
-            status, data = self._client._imap.uid("SEARCH", *criteria)
+            status, data = self._client._imap.uid(command, *args)
         except Exception as exc:
             raise classify(exc) from exc
         if status != "OK":
-            raise classify(IMAPClientError(f"UID SEARCH failed: {data!r}"))
-        return [int(word) for line in data if line for word in line.split() if word.isdigit()]
+            raise classify(IMAPClientError(f"UID {command} failed: {data!r}"))
+        return list(data)
 
     def messages(self, uids: Sequence[int]) -> Iterator[tuple[MessageMeta, bytes]]:
         """Whole messages with their metadata, without setting \\Seen, each yielded as it
