@@ -81,8 +81,12 @@ def every_message() -> set[str]:
     return {path.stem for path in CORPUS.glob("*.eml")}
 
 
+def certificate_pem(name: str) -> bytes:
+    return (CORPUS / f"{name}.crt").read_bytes()
+
+
 def certificate(name: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate((CORPUS / f"{name}.crt").read_bytes())
+    return x509.load_pem_x509_certificate(certificate_pem(name))
 
 
 def key_pem(name: str) -> bytes:
