@@ -39,6 +39,12 @@ def upload_pem(api: TestClient, who: Identity, passphrase: str | None = None) ->
     return dict(answer.json())
 
 
+def published(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The mail.stored events by subject (the last of each)."""
+    records = read_topic_to_end(settings, Topic.MAIL_STORED)
+    return {e["headers"]["subject"]: e for e in (json.loads(r.value) for r in records)}
+
+
 def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     pipeline: Pipeline,
     api: TestClient,
@@ -134,12 +140,7 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
         assert any(p.startswith("S/MIME: ") for p in json.loads(rows[subject].problems))
 
     # Downstream gets the decrypted form; the API serves both.
-    events = {
-        e["headers"]["subject"]: e
-        for e in (
-            json.loads(r.value) for r in read_topic_to_end(pipeline_settings, Topic.MAIL_STORED)
-        )
-    }
+    events = published(pipeline_settings)
     assert SECRET_WORDS in base64.b64decode(events["to alice"]["raw_b64"])
     assert events["to alice"]["smime"]["decrypted_with"] == alice_cert["id"]
     assert SECRET_WORDS not in base64.b64decode(events["to a stranger"]["raw_b64"])
@@ -258,22 +259,17 @@ def test_mail_as_clients_write_it_is_decrypted_and_verified(
 
     rows = {r.subject: r for r in db.rows("SELECT subject, raw, unwrapped, smime FROM messages")}
     assert set(rows) == set(CORPUS_SET)
-    events = {
-        e["headers"]["subject"]: e
-        for e in (
-            json.loads(r.value) for r in read_topic_to_end(pipeline_settings, Topic.MAIL_STORED)
-        )
-    }
+    events = published(pipeline_settings)
     assert set(events) == set(CORPUS_SET)
     for name in CORPUS_SET:
         row, smime = rows[name], json.loads(rows[name].smime)
         assert smime == events[name]["smime"], name
-        published = base64.b64decode(events[name]["raw_b64"])
+        announced = base64.b64decode(events[name]["raw_b64"])
         if name in corpus.DECRYPTED or name in corpus.NESTED:
             recipient = corpus.DECRYPTED.get(name) or corpus.NESTED[name][0]
             assert smime["decrypted_with"] == certificates[recipient], name
             assert SECRET_WORDS in bytes(row.unwrapped), name
-            assert SECRET_WORDS in published, name
+            assert SECRET_WORDS in announced, name
             assert SECRET_WORDS not in bytes(row.raw), name
         if name in corpus.SIGNED or name in corpus.NESTED:
             signer = corpus.SIGNED.get(name) or corpus.NESTED[name][1]

@@ -193,7 +193,7 @@ def decrypt(content: Content, recipient: Recipient, key: PrivateKeyTypes) -> byt
         elif info.name == "kari":
             cek = _agreed_key(info.chosen, recipient.at[1], key)
         else:
-            raise UnsupportedError(f"a recipient of kind {info.name} is not supported")
+            raise UnsupportedError(f"recipients of kind {info.name}")
         if content._info["content_type"].native == "authenticated_enveloped_data":
             return _open_gcm(enveloped, cek)
         return _open_cbc(enveloped["encrypted_content_info"], cek)
@@ -298,7 +298,7 @@ def _open_gcm(enveloped: Any, key: bytes) -> bytes:
     tag = enveloped["mac"].native
     if len(tag) != parameters["icv_len"].native:
         raise CorruptError("the authentication tag's length differs from the announced one")
-    mode = modes.GCM(parameters["nonce"].native, tag, min_tag_length=4)
+    mode = modes.GCM(parameters["nonce"].native, tag, min_tag_length=12)  # RFC 5084 §3.1
     decryptor = Cipher(_cipher_key(name, _GCM, key), mode).decryptor()
     attributes = enveloped["auth_attrs"]
     if _present(attributes):
