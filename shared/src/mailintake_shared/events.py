@@ -132,8 +132,27 @@ class FetchedChunk(Event):
     )
 
 
+class Unfetched(BaseModel):
+    """A message a poll asked for that the server still holds but did not deliver, with the
+    server's own words (``reason``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    server_id: str
+    uid: int | None = None
+    reason: str
+
+
 class PollResult(Event):
-    """Topic ``mail.fetched``, ``kind: poll_result``: how a poll went; after its messages."""
+    """Topic ``mail.fetched``, ``kind: poll_result``: how a poll went; after its messages.
+
+    The poll's ledger: every message it asked for was published (before this record, on the
+    same partition), confirmed gone from the server, or is listed in ``unfetched``. For IMAP,
+    ``cursor_from`` is the folder's cursor the poll started from (it asked for the UIDs above
+    it) and ``cursor_to`` the UID up to which every message asked for is accounted for; the
+    store moves the cursor there once every message the poll published is committed, and
+    only from ``cursor_from`` (so that a later poll never moves it past an earlier one's gap).
+    """
 
     kind: Literal["poll_result"] = "poll_result"
     schema_version: Literal[1] = 1
@@ -153,10 +172,17 @@ class PollResult(Event):
     )
     messages: int = 0
     bytes: int = 0
-    first_uid: int | None = Field(
-        None,
-        description="IMAP: the lowest UID the poll published; when some of the poll's "
-        "records never reach the store, it moves the cursor back below it",
+    cursor_from: int | None = Field(None, description="IMAP: the cursor the poll started from")
+    cursor_to: int | None = Field(
+        None, description="IMAP: every UID asked for up to this one is accounted for"
+    )
+    retried: list[str] = Field(
+        default_factory=list,
+        description="server ids of messages that earlier polls could not download, tried again",
+    )
+    unfetched: list[Unfetched] = Field(
+        default_factory=list,
+        description="messages asked for that the server holds but did not deliver",
     )
     more_pending: bool = False
     actions_applied: int = 0
