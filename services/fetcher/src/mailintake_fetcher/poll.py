@@ -167,7 +167,8 @@ class Poll:
         try:
             self._session(progress)
         except Exception as exc:
-            error = classify(exc)
+            classified = classify(exc)  # the server's words, without the connection's secret
+            error = PollError(classified.kind, self._config.scrub(str(classified)))
             log.warning(
                 "poll failed",
                 connection_id=str(self._config.view.id),
@@ -190,7 +191,10 @@ class Poll:
             cursor_from=progress.ledger.cursor_from,
             cursor_to=progress.ledger.cursor_to(),
             retried=progress.ledger.retried,
-            unfetched=list(progress.ledger.unfetched.values()),
+            unfetched=[
+                u.model_copy(update={"reason": self._config.scrub(u.reason)})
+                for u in progress.ledger.unfetched.values()
+            ],
             more_pending=progress.more_pending,
             actions_applied=progress.actions,
             lease_token=self._lease_token,

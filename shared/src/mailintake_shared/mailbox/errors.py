@@ -41,6 +41,19 @@ class StartTlsUnavailableError(PollError):
         )
 
 
+def injection_refused(command: str) -> PollError:
+    """An argument of ``command`` holds CR, LF or NUL: sent as it is, it would end the command
+    and start another of its own (IMAP and POP3 alike)."""
+    kind = ErrorKind.INTERNAL
+    if command in ("LOGIN", "AUTHENTICATE", "USER", "PASS", "AUTH"):
+        kind = ErrorKind.AUTHENTICATION
+    return PollError(
+        kind,
+        f"refused to send {command}: an argument holds a line break or NUL, which would let it "
+        "run a command of its own",
+    )
+
+
 # Response codes of a server that refuses for now, not for good: IMAP (RFC 5530) and POP3
 # (RFC 2449 §8.1.2 [IN-USE], RFC 3206 [SYS/TEMP]).
 _THROTTLING = ("[LIMIT]", "[UNAVAILABLE]", "[INUSE]", "[IN-USE]", "[SYS/TEMP]")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import re
 import socket
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from mailintake_shared.mailbox.errors import (
     PollError,
     StartTlsUnavailableError,
     classify,
+    injection_refused,
 )
 from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
 from mailintake_shared.mailbox.network import NetworkPolicy
@@ -46,6 +48,9 @@ _UIDS_PER_COMMAND = 500
 # Literals of a bulk FETCH are bounded: a message far over what the LARGER search said ends
 # the session, and the next poll fetches it by byte range.
 MIN_BULK_LITERAL = 8 * 1024 * 1024
+
+
+_UNSENDABLE = re.compile(rb"[\r\n\x00]")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,20 @@ class _GuardedIMAPClient(IMAPClient):  # type: ignore[misc]
         return _GuardedIMAP4(self.host, self.port, timeout, self._network)
 
 
-class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
+class _NoInjection:
+    """imaplib writes a command's arguments as they are: one holding CR, LF or NUL would end
+    the command and start another of the sender's choosing. RFC 3501 §9 allows none of them in
+    an atom or a quoted string; such an argument is refused before anything is sent."""
+
+    def _command(self, name: str, *args: object) -> object:
+        for arg in args:
+            text = arg.encode("utf-8", "replace") if isinstance(arg, str) else arg
+            if isinstance(text, bytes) and _UNSENDABLE.search(text):
+                raise injection_refused(name)
+        return super()._command(name, *args)  # type: ignore[misc]
+
+
+class _GuardedIMAP4(_NoInjection, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -95,7 +113,7 @@ class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
