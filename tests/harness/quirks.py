@@ -295,7 +295,7 @@ class _ImapSession:
         if (user, password) != (self.server.username, self.server.password):
             said = b" (" + sent + b")" if self.quirks.echo_credentials else b""
             await self.send(
-                tag + b" NO [AUTHENTICATIONFAILED] Authentication failed" + said + b"\r\n"
+                tag + b" NO [AUTHENTICATIONFAILED] Authentication failed." + said + b"\r\n"
             )
             return
         self.authenticated = True
