@@ -807,7 +807,7 @@ def store_alone(env: BenchEnv, results: Results, count: int, logs: Path) -> None
             final=True,
             sha256=hashlib.sha256(raw).hexdigest(),
         )
-        value, headers = encode_part(chunk, raw)
+        value, headers = encode_part(chunk, raw, settings.topic_prefix)
         futures.append(producer.send(topic, str(connection_id).encode(), value, headers))
         if len(futures) >= 5000:
             producer.settle(futures, timeout_s=120)
