@@ -212,6 +212,7 @@ def _open_again(session: Session, settings: Settings, secrets: SecretBox, messag
     message.smime_unopened = result.info.unopened
     if result.info.unopened:
         return f"still not decrypted: {result.info.problem}"
+    message.published_at = None  # a new announcement (its own ce_id), not a replay
     entry = announce_stored(message.id, message.connection_id)
     add_many_to_outbox(session, settings.topic_prefix, [entry])
     return "decrypted; mail.stored is published again with the decrypted message"
