@@ -13,6 +13,7 @@ the extension attribute ``ce_replay: true``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from mailintake_shared.events import (
     ConnectionState,
     DeadLetter,
     Event,
+    FetchedBatch,
     FetchedChunk,
     MailStored,
     PollCompleted,
@@ -70,10 +72,14 @@ class EventKind:
 
 
 def _stored_id(event: MailStored) -> str:
+    decrypted = event.smime is not None and event.smime.decrypted_with is not None
+    return _stored_event_id(event.message_id, decrypted)
+
+
+def _stored_event_id(message_id: int, decrypted: bool) -> str:
     """An S/MIME message announced as fetched is announced again, under another id, when a
     retry decrypts it; a replay repeats the message's current announcement."""
-    decrypted = event.smime is not None and event.smime.decrypted_with is not None
-    return f"{event.message_id}/decrypted" if decrypted else str(event.message_id)
+    return f"{message_id}/decrypted" if decrypted else str(message_id)
 
 
 KINDS: tuple[EventKind, ...] = (
@@ -128,6 +134,17 @@ KINDS: tuple[EventKind, ...] = (
         None,
         content_type=OCTETS,
         id_rule="`{poll_id}/{server_id}/{chunk_index}`",
+    ),
+    EventKind(
+        FetchedBatch,
+        Topic.MAIL_FETCHED,
+        "mail.fetched.batch",
+        ("fetcher",),
+        ("store",),
+        lambda e: f"{e.messages[0].poll_id}/{e.messages[0].server_id}/batch",
+        None,
+        content_type=OCTETS,
+        id_rule="`{poll_id}/{the first message's server_id}/batch`",
     ),
     EventKind(
         PollResult,
@@ -186,10 +203,16 @@ _BY_MODEL = {kind.model: kind for kind in KINDS if kind.model is not None}
 TOMBSTONE = next(kind for kind in KINDS if kind.model is None)
 
 
+def ce_type_of(model: type[Event]) -> str:
+    """The ``ce_type`` of a model's events."""
+    return _BY_MODEL[model].ce_type
+
+
 def kind_of(event: Event) -> EventKind:
     return _BY_MODEL[type(event)]
 
 
+@functools.lru_cache(maxsize=64)
 def source(prefix: str, service: str) -> str:
     """``ce_source``: ``/<deployment>/<service>``, the deployment being the topic prefix
     without its final dot (two deployments sharing a cluster have different prefixes)."""
@@ -202,6 +225,17 @@ def headers(event: Event, prefix: str, *, replay: bool = False) -> Headers:
     kind = kind_of(event)
     service = event.service if isinstance(event, DeadLetter) else kind.producers[0]
     found = _attributes(kind, prefix, service, kind.identity(event), _occurred(kind, event))
+    return [*found, (REPLAY, b"true")] if replay else found
+
+
+def mail_stored_headers(
+    prefix: str, message_id: int, decrypted: bool, stored_at: datetime, *, replay: bool = False
+) -> Headers:
+    """The headers of a ``mail.stored`` event, from its fields (what ``headers`` gives for the
+    event, without building it)."""
+    kind = _BY_MODEL[MailStored]
+    event_id = _stored_event_id(message_id, decrypted)
+    found = _attributes(kind, prefix, kind.producers[0], event_id, stored_at)
     return [*found, (REPLAY, b"true")] if replay else found
 
 

@@ -158,6 +158,31 @@ class FetchedChunk(Event):
     lease_token: int | None = Field(
         None, description="the fetcher's fencing token: the store drops records of a stale one"
     )
+    headers: HeaderSummary | None = None
+    """On the final chunk: the message's header summary as the fetcher read it (the store
+    takes it as it is); null on other chunks."""
+    problems: list[str] = Field(default_factory=list)
+    """On the final chunk: what the fetcher found odd in the message (as `mail.stored`'s
+    `problems`)."""
+    smime: bool = False
+    """On the final chunk: the header says S/MIME (the store opens it)."""
+
+
+class FetchedBatch(Event):
+    """Topic ``mail.fetched``, ``kind: message_batch``: several whole messages in one record
+    (small mail: one record each would cost more in the Kafka clients than the rest of the
+    pipeline's work). The record's value is the messages' bytes one after the other;
+    ``lengths`` splits it. Each envelope is that of a message sent alone (``chunk_index`` 0,
+    ``final``), in the order the fetcher downloaded them."""
+
+    kind: Literal["message_batch"] = "message_batch"
+    """Tells a batch of messages from a message chunk and a poll result."""
+    schema_version: Literal[1] = 1
+    """The batch's version: the store refuses one it does not know."""
+    messages: list[FetchedChunk]
+    """The envelopes, in order."""
+    lengths: list[int]
+    """Bytes of each message in the record's value, in the same order."""
 
 
 class Unfetched(BaseModel):

@@ -31,6 +31,7 @@ from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.selection import Cursor
+from mailintake_shared.mime import Reading
 
 log = get_logger(__name__)
 
@@ -240,25 +241,38 @@ class Poll:
 
     def _publish(self, identity: Identity, pieces: Iterable[bytes], progress: Progress) -> None:
         """Publish a message as its pieces come, held back by one so that the last can carry
-        ``final``: at most two chunks in memory. A chunked message's last record also carries
-        the SHA-256 of the whole, which the store checks after assembly; a single record needs
-        none (the broker's CRC covers it, and the store hashes it for dedup anyway)."""
+        ``final``: at most two chunks in memory. The last record also carries what the
+        fetcher read from the message (header summary, problems, S/MIME), so that the store
+        need not, and for a chunked message the SHA-256 of the whole, which the store checks
+        after assembly; a single record needs none (the broker's CRC covers it, and the store
+        hashes it for dedup anyway)."""
         digest = None
         total, index = 0, 0
         held: bytes | None = None
+        reading: Reading | None = None
         for piece in pieces:
             if held is not None:
                 digest = digest or hashlib.sha256()
                 digest.update(held)
                 self._sink.message(self._chunk(identity, index, final=False, sha256=None), held)
                 index += 1
+            reading = reading.more(piece) if reading else Reading.of(piece)
             total += len(piece)
             held = piece
         sha256 = None
         if digest is not None:
             digest.update(held or b"")
             sha256 = digest.hexdigest()
-        self._sink.message(self._chunk(identity, index, final=True, sha256=sha256), held or b"")
+        last = self._chunk(identity, index, final=True, sha256=sha256)
+        summary = reading or Reading.of(b"")
+        last = last.model_copy(
+            update={
+                "headers": summary.headers,
+                "problems": summary.problems,
+                "smime": summary.smime,
+            }
+        )
+        self._sink.message(last, held or b"")
         progress.messages += 1
         progress.bytes += total
         if identity.uid is not None:
