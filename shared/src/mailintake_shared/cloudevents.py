@@ -118,11 +118,16 @@ KINDS: tuple[EventKind, ...] = (
         PollRequested,
         Topic.POLL_REQUESTED,
         "poll.requested",
-        ("config-api",),
+        ("config-api", "fetcher"),
         ("scheduler",),
-        lambda e: f"{e.connection_id}/{_rfc3339(e.requested_at)}",
+        lambda e: (
+            f"{e.after_poll_id}/next"
+            if e.after_poll_id
+            else f"{e.connection_id}/{_rfc3339(e.requested_at)}"
+        ),
         "requested_at",
-        id_rule="`{connection_id}/{requested_at}`",
+        id_rule="`{connection_id}/{requested_at}` (an operator's); `{after_poll_id}/next` "
+        "(a fetcher's continuation)",
     ),
     EventKind(
         FetchedChunk,
@@ -223,7 +228,12 @@ def source(prefix: str, service: str) -> str:
 def headers(event: Event, prefix: str, *, replay: bool = False) -> Headers:
     """The record headers of ``event``; ``replay`` marks an operator's replay."""
     kind = kind_of(event)
-    service = event.service if isinstance(event, DeadLetter) else kind.producers[0]
+    if isinstance(event, DeadLetter):
+        service = event.service
+    elif isinstance(event, PollRequested) and event.after_poll_id is not None:
+        service = "fetcher"
+    else:
+        service = kind.producers[0]
     found = _attributes(kind, prefix, service, kind.identity(event), _occurred(kind, event))
     return [*found, (REPLAY, b"true")] if replay else found
 

@@ -83,6 +83,20 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"
 
 
+class Resume(BaseModel):
+    """IMAP: where a poll's next slice goes on (the slice's ledger), when the store has not
+    committed the slice yet and the stored cursor is still behind."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    uidvalidity: int
+    """The folder's UIDVALIDITY the slice saw: a resume of another epoch is not used."""
+    last_uid: int
+    """Every UID up to this one is accounted for by the slices before."""
+    baseline_uid: int | None = None
+    """The mailbox's first-sync baseline, when it has one."""
+
+
 class PollDue(Event):
     """Topic ``poll.due`` (scheduler → fetcher): poll this connection now."""
 
@@ -96,17 +110,25 @@ class PollDue(Event):
     """Why the poll is due."""
     issued_at: datetime
     """When the scheduler issued it; a fetcher skips one older than the poll time-out."""
+    resume: Resume | None = None
+    """A continuation: where the previous slice left off (null: from the stored cursor)."""
 
 
 class PollRequested(Event):
-    """Topic ``poll.requested`` (config-api → scheduler): an operator asked for a poll now."""
+    """Topic ``poll.requested`` (config-api, fetcher → scheduler): poll a connection now — an
+    operator asked (config-api), or a poll stopped at its budget with more mail waiting and
+    its next slice is to follow at once, without waiting for the store (fetcher)."""
 
     schema_version: Literal[1] = 1
     """The event's version: a consumer refuses one it does not know."""
     connection_id: UUID
     """The connection to poll (also the record's key)."""
     requested_at: datetime
-    """When the operator asked."""
+    """When the operator (or the fetcher) asked."""
+    after_poll_id: UUID | None = None
+    """A continuation: the poll whose slice ended with more pending (null: an operator)."""
+    resume: Resume | None = None
+    """A continuation of an IMAP poll: where its next slice goes on."""
 
 
 def b64(data: bytes) -> str:

@@ -26,7 +26,14 @@ from mailintake_fetcher.metrics import (
     UNFETCHED,
 )
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollResult
+from mailintake_shared.events import (
+    ErrorKind,
+    FetchedChunk,
+    PollDue,
+    PollOutcome,
+    PollResult,
+    Resume,
+)
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, classify
@@ -107,6 +114,7 @@ class Progress:
     delta_link: str | None = None
     more_pending: bool = False
     ledger: Ledger = field(default_factory=Ledger)
+    resume: Resume | None = None  # IMAP: where the next slice goes on
 
 
 class Poll:
@@ -134,6 +142,7 @@ class Poll:
         self._fence = fence
         self._stopping = stopping
         self._clock = clock
+        self._resume: Resume | None = None
         self._template = FetchedChunk.model_construct(
             connection_id=config.view.id,
             poll_id=due.poll_id,
@@ -160,6 +169,11 @@ class Poll:
 
     def _session(self, progress: Progress) -> None:
         raise NotImplementedError
+
+    @property
+    def resume(self) -> Resume | None:
+        """After ``run``: where the next slice goes on, when more is pending (IMAP)."""
+        return self._resume
 
     def run(self) -> PollResult:
         started_at, started = utcnow(), self._clock()
@@ -207,6 +221,7 @@ class Poll:
         UNFETCHED.inc(len(result.unfetched))
         self._sink.result(result)
         self._sink.flush()
+        self._resume = progress.resume if error is None else None
         POLLS.labels(result.outcome.value, result.error_kind or "").inc()
         POLL_SECONDS.observe(self._clock() - started)
         return result
