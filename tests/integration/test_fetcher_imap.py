@@ -177,7 +177,7 @@ def test_a_stale_cursor_of_another_uidvalidity_starts_over(mailbox: Mailbox) -> 
     assert result.messages == 3
 
 
-@pytest.mark.parametrize("after", [AfterDownload.MARK_SEEN, AfterDownload.DELETE])
+@pytest.mark.parametrize("after", list(AfterDownload))
 def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDownload) -> None:
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(6)))
     state = MemoryState(
@@ -197,6 +197,8 @@ def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDown
         seen = client.search(["SEEN"])
     if after is AfterDownload.DELETE:
         assert (remaining, seen, downloaded) == ([4, 5, 6], [], [4, 5, 6])
+    elif after is AfterDownload.KEEP:  # the server exactly as it was
+        assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [], remaining)
     else:
         assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [1, 2, 3], remaining)
 

@@ -141,7 +141,9 @@ def create_connection(
     port: Annotated[int | None, typer.Option()] = None,
     encryption: Annotated[str | None, typer.Option(help="none, ssl or starttls.")] = None,
     folder: Annotated[str | None, typer.Option()] = None,
-    after_download: Annotated[str | None, typer.Option(help="mark_seen or delete.")] = None,
+    after_download: Annotated[
+        str | None, typer.Option(help="mark_seen, keep (leave the server as it is) or delete.")
+    ] = None,
     interval_minutes: Annotated[int | None, typer.Option()] = None,
     timeout_ms: Annotated[int | None, typer.Option()] = None,
     first_sync: Annotated[str | None, typer.Option(help="all, unseen, since or none.")] = None,

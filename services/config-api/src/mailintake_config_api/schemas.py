@@ -80,7 +80,9 @@ class _ConnectionFields(BaseModel):
         None, description="IMAP and POP3 only; ASCII only; write-only, never returned."
     )
     after_download: AfterDownload | None = Field(
-        None, description="`mark_seen` (default; POP3: keep on server) or `delete`."
+        None,
+        description="`mark_seen` (default; POP3: keep on server), `keep` (the server is left "
+        "exactly as it is: no flag changed, IMAP folders opened read-only) or `delete`.",
     )
     first_sync: FirstSync | None = Field(
         None,
