@@ -153,9 +153,16 @@ def _estimate_then_enable(api: TestClient, cid: str, expected: int) -> None:
     assert refused.status_code == 409, refused.text
     estimate = refused.json()["estimate"]
     assert (estimate["messages"], estimate["confidence"]) == (expected, "exact")
-    assert _enable(api, cid, expected - 1).status_code == 409
+    too_few = _enable(api, cid, expected - 1)
+    assert too_few.status_code == 409
+    assert too_few.json()["detail"] == (  # the number to acknowledge, said
+        f"acknowledge_messages {expected - 1} is fewer than the {expected} messages; "
+        f'repeat with {{"acknowledge_messages": {expected}}} to enable'
+    )
     assert api.get(f"/connections/{cid}").json()["enabled"] is False
-    assert _enable(api, cid, expected + 5).status_code == 200  # a larger number is fine too
+    enabled = _enable(api, cid, expected + 5)  # a larger number is fine too
+    assert enabled.status_code == 200
+    assert enabled.json()["first_poll"] == "at once (requested with the enabling), then every 1 min"
     assert api.get(f"/connections/{cid}").json()["enabled"] is True
 
 
