@@ -137,6 +137,7 @@ def test_a_name_that_does_not_resolve_fails_at_dns(
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     result = check(api, imap_connection_body(mailbox, host="mail.example.invalid"))
     assert result["failed_step"] == "dns"
+    assert result["error"].startswith("mail.example.invalid does not resolve")
 
 
 # --- enabling with an estimate ------------------------------------------------------------

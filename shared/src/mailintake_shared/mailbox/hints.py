@@ -1,5 +1,5 @@
-"""Errors of opening a session, said with what to change: the host and port that refused, and
-the encryption that does not match what the port speaks.
+"""Errors of opening a session, said with what to change: the host that does not resolve, the
+host and port that refused, and the encryption that does not match what the port speaks.
 
 A port that speaks plain text answers a TLS handshake with its greeting, which OpenSSL reads as
 ``WRONG_VERSION_NUMBER``. A port that speaks TLS from the first byte (993, 995) sends nothing to
@@ -11,6 +11,7 @@ time-out.
 
 from __future__ import annotations
 
+import socket
 import ssl
 
 from mailintake_shared.domain import Encryption
@@ -27,6 +28,8 @@ def opening_failed(exc: BaseException, config: MailboxConfig) -> PollError:
     host, port, timeout = config.address
     where = f"{host} port {port}"
     encryption = config.view.encryption
+    if isinstance(exc, socket.gaierror):
+        return PollError(ErrorKind.DNS, f"{host} does not resolve ({exc}); check the host name")
     if isinstance(exc, ConnectionRefusedError):
         return PollError(
             ErrorKind.CONNECTION_REFUSED,
