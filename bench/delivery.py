@@ -8,39 +8,27 @@ import tempfile
 from pathlib import Path
 
 from tests.api import api_client
-from tests.harness.announced import Announced, announced, read_while_stored
+from tests.harness.announced import Announced, announced, on_sqlite, read_while_stored
 from tests.harness.pipeline import Database, Pipeline
 
 from bench.env import BenchEnv, Results
 from bench.measure import connection_body
-from mailintake_shared.db.engine import make_engine
-from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.settings import Settings
 
 
 def exactly_once(env: BenchEnv, results: Results, count: int, logs: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="mi-bench") as scratch:
-        sqlite = env.settings(database_url=f"sqlite:///{Path(scratch) / 'mailintake.db'}")
-        engine = make_engine(sqlite)
-        upgrade(engine)
-        engine.dispose()
+        sqlite = on_sqlite(env.settings(), Path(scratch) / "mailintake.db")
         for name, settings in (("SQLite", sqlite), ("PostgreSQL", env.settings())):
             counted = _ingest(env, settings, count, logs / f"once-{name.lower()}")
-            results.add(
-                f"10. {name}: stored messages without mail.stored, API read meanwhile",
-                counted.lost,
-                "events",
-                target="0",
-                met=counted.lost == 0,
-                note=f"{counted.stored} stored, {counted.records} records on mail.stored",
-            )
-            results.add(
-                f"10. {name}: mail.stored published more than once",
-                counted.duplicates,
-                "events",
-                target="0",
-                met=counted.duplicates == 0,
-            )
+            note = f"{counted.stored} stored, {counted.records} records on mail.stored"
+            for what, events in (
+                ("stored messages without mail.stored, API read meanwhile", counted.lost),
+                ("mail.stored published more than once", counted.duplicates),
+            ):
+                results.add(
+                    f"10. {name}: {what}", events, "events", target="0", met=events == 0, note=note
+                )
 
 
 def _ingest(env: BenchEnv, settings: Settings, count: int, logs: Path) -> Announced:

@@ -8,9 +8,12 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from mailintake_shared.db.engine import make_engine
+from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.kafka import read_topic_to_end
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
@@ -50,3 +53,12 @@ def read_while_stored(api: TestClient, connection_id: str, db: Database, count: 
         time.sleep(0.25)
     assert db.message_count() == count
     wait_until(lambda: outbox_empty(db), timeout_s=600, message="every event relayed")
+
+
+def on_sqlite(settings: Settings, path: Path) -> Settings:
+    """``settings`` on a fresh SQLite database at ``path``, migrated (the embedded default)."""
+    sqlite = settings.model_copy(update={"database_url": f"sqlite:///{path}"})
+    engine = make_engine(sqlite)
+    upgrade(engine)
+    engine.dispose()
+    return sqlite

@@ -8,12 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from mailintake_shared.db.engine import make_engine
-from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.settings import Settings
 from tests.api import api_client
 from tests.conftest import Mailbox
-from tests.harness.announced import announced, read_while_stored
+from tests.harness.announced import announced, on_sqlite, read_while_stored
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline
 from tests.integration.conftest import create_enabled
@@ -29,12 +27,7 @@ def db_settings(
 ) -> Settings:
     if request.param == "postgresql":
         return pipeline_settings
-    url = f"sqlite:///{tmp_path / 'mailintake.db'}"
-    sqlite = pipeline_settings.model_copy(update={"database_url": url})
-    engine = make_engine(sqlite)
-    upgrade(engine)
-    engine.dispose()
-    return sqlite
+    return on_sqlite(pipeline_settings, tmp_path / "mailintake.db")
 
 
 def test_every_stored_message_is_announced_once_while_the_api_is_read(

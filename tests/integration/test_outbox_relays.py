@@ -18,12 +18,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.db.engine import make_engine, make_session_factory, transaction
-from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.db.models import OutboxRecord
 from mailintake_shared.kafka import ReliableProducer, read_topic_to_end
 from mailintake_shared.outbox import OutboxEntry, OutboxRelay, add_many_to_outbox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
+from tests.harness.announced import on_sqlite
 
 pytestmark = pytest.mark.integration
 
@@ -51,12 +51,7 @@ def db_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Settin
     """The settings of a fresh database of each kind, at the latest schema."""
     if request.param == "postgresql":
         return settings
-    url = f"sqlite:///{tmp_path / 'outbox.db'}"
-    sqlite = settings.model_copy(update={"database_url": url})
-    engine = make_engine(sqlite)
-    upgrade(engine)
-    engine.dispose()
-    return sqlite
+    return on_sqlite(settings, tmp_path / "outbox.db")
 
 
 def _write(sessions: sessionmaker[Session], settings: Settings, first: int, count: int) -> None:
