@@ -20,6 +20,7 @@ from mailintake_fetcher.poll import Budget, PendingAction
 from mailintake_shared.domain import AfterDownload, Encryption, FirstSync
 from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.probe import probe
 from mailintake_shared.mailbox.selection import Cursor
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
@@ -114,6 +115,45 @@ def test_each_failing_step_is_named(mailbox: Mailbox) -> None:
     assert "certificate" in (result.error or "")
 
 
+def test_errors_say_what_to_change(mailbox: Mailbox) -> None:
+    """What an operator reads after a test or a failed poll: the host and port, the
+    encryption the port speaks, the folders that exist, the server's words as text."""
+    server, refused_port = mailbox.server, free_port()
+    said = {
+        name: probe(cfg)
+        for name, cfg in {
+            "refused": config(mailbox, port=refused_port),
+            "ssl on plain": config(mailbox, port=server.ports.imap),
+            "plain on ssl": config(
+                mailbox, encryption=Encryption.NONE, port=server.ports.imaps, timeout_ms=3000
+            ),
+            "starttls on ssl": config(
+                mailbox, encryption=Encryption.STARTTLS, port=server.ports.imaps, timeout_ms=3000
+            ),
+            "folder": config(mailbox, folder="Nope"),
+            "password": config(mailbox, password=planted("wrong-password")),
+        }.items()
+    }
+    steps = {name: result.failed_step for name, result in said.items()}
+    assert steps == {
+        "refused": ErrorKind.CONNECTION_REFUSED,
+        "ssl on plain": ErrorKind.TLS,
+        "plain on ssl": ErrorKind.TLS,
+        "starttls on ssl": ErrorKind.TLS,
+        "folder": ErrorKind.FOLDER_MISSING,
+        "password": ErrorKind.AUTHENTICATION,
+    }
+    errors = {name: result.error or "" for name, result in said.items()}
+    assert f"127.0.0.1 port {refused_port} refused the connection" in errors["refused"]
+    assert "answers in plain text" in errors["ssl on plain"]
+    assert "use encryption `starttls` (or `none`)" in errors["ssl on plain"]
+    for name in ("plain on ssl", "starttls on ssl"):
+        assert "speaks TLS from the first byte; use encryption `ssl`" in errors[name]
+    assert errors["folder"] == "folder 'Nope' does not exist; the folders there: 'INBOX'"
+    assert "[AUTHENTICATIONFAILED] Authentication failed." in errors["password"]
+    assert "b'" not in errors["password"]
+
+
 def test_a_silent_server_times_out_within_the_connection_timeout(mailbox: Mailbox) -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -177,7 +217,7 @@ def test_a_stale_cursor_of_another_uidvalidity_starts_over(mailbox: Mailbox) -> 
     assert result.messages == 3
 
 
-@pytest.mark.parametrize("after", [AfterDownload.MARK_SEEN, AfterDownload.DELETE])
+@pytest.mark.parametrize("after", list(AfterDownload))
 def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDownload) -> None:
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(6)))
     state = MemoryState(
@@ -197,6 +237,8 @@ def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDown
         seen = client.search(["SEEN"])
     if after is AfterDownload.DELETE:
         assert (remaining, seen, downloaded) == ([4, 5, 6], [], [4, 5, 6])
+    elif after is AfterDownload.KEEP:  # the server exactly as it was
+        assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [], remaining)
     else:
         assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [1, 2, 3], remaining)
 

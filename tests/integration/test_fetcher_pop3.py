@@ -18,6 +18,7 @@ from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_shared.domain import AfterDownload, Encryption, Protocol, Transport
 from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.probe import probe
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
@@ -203,3 +204,12 @@ def test_a_server_without_uidl_is_refused(mailbox: Mailbox) -> None:
     assert result.error_kind is ErrorKind.UIDL_UNSUPPORTED
     assert "UIDL" in (result.error or "")
     assert sink.chunks == []
+
+
+def test_an_encryption_the_port_does_not_speak_is_named(mailbox: Mailbox) -> None:
+    ports = mailbox.server.ports
+    on_plain = probe(pop3_config(mailbox, port=ports.pop3))
+    on_tls = probe(pop3_config(mailbox, encryption=Encryption.NONE, port=ports.pop3s))
+    assert (on_plain.failed_step, on_tls.failed_step) == (ErrorKind.TLS, ErrorKind.TLS)
+    assert "answers in plain text, not TLS; use encryption `starttls`" in (on_plain.error or "")
+    assert "speaks TLS from the first byte; use encryption `ssl`" in (on_tls.error or "")

@@ -293,3 +293,21 @@ def test_a_stalled_connection_that_is_disabled_leaves_no_alarm_behind() -> None:
     (cleared,) = schedule.health_changes(1801.0)
     assert (cleared.connection_id, cleared.state) == (v.id, HealthState.RECOVERED)
     assert schedule.stalled() == 0
+
+
+def test_a_poll_request_before_its_connection_is_served_when_the_connection_arrives() -> None:
+    """After a restart the scheduler may read "poll now" before the connection's state."""
+    schedule = Schedule(CONFIG)
+    early, disabled, never = view(), view(), view()
+    for v in (early, disabled, never):
+        assert schedule.poll_requested(v.id, 10.0) is False  # not known: it waits
+    assert schedule.due(11.0) == []
+    schedule.connection_changed(early, 20.0)
+    schedule.connection_changed(disabled.model_copy(update={"enabled": False}), 20.0)
+    (due,) = schedule.due(20.0)  # at once, not after the jitter
+    assert (due.connection_id, due.reason) == (early.id, PollReason.MANUAL)
+    schedule.connection_changed(disabled, 21.0)  # enabled later: the request was dropped
+    assert schedule.due(21.0) == []
+    schedule.due(10.0 + CONFIG.poll_timeout_s)  # the third never arrived: forgotten
+    schedule.connection_changed(never, 10.0 + CONFIG.poll_timeout_s)
+    assert schedule.due(10.0 + CONFIG.poll_timeout_s) == []

@@ -4,16 +4,26 @@ A ``mail.stored`` record is queued as the id of the message it announces (``valu
 ``message_id`` set): the relay builds the event from the message row when it publishes it.
 Every record's CloudEvents headers are made from its row when it is relayed, so a row
 relayed again after a crash carries the same ones (``mailintake_shared.cloudevents``).
+
+Every service that writes the outbox also relays it (the config API and the store), so one
+relay at a time publishes: PostgreSQL's advisory lock, or on SQLite a lock on a file beside
+the database (``<database>.outbox-lock``). Without it two relays read the same rows and
+publish them twice. A relay deletes exactly the rows it published: a row written after its
+read — a lower id committed late on PostgreSQL, or an id SQLite reused after the table was
+emptied — waits for the next batch instead of being deleted unpublished.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, delete, insert, select, text, update
+from sqlalchemy import Connection, Row, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.cloudevents import Headers, headers, relayed_headers, split_topic
@@ -91,24 +101,35 @@ class OutboxRelay:
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.healthy = False  # the last attempt to reach the broker succeeded
+        self.busy = False  # the last flush found another relay publishing
 
     def flush(self) -> int:
-        """Publish everything pending; return how many records went out."""
+        """Publish everything pending; return how many records went out (0 as well when
+        another relay holds the lock: ``busy`` then says so)."""
         total = 0
         while True:
             sent = self._flush_batch()
-            total += sent
-            if sent < self._batch_size:
+            self.busy = sent is None
+            total += sent or 0
+            if sent is None or sent < self._batch_size:
                 return total
 
-    def _flush_batch(self) -> int:
-        with self._lock, self._sessions() as session, session.begin():
+    def _flush_batch(self) -> int | None:
+        """One batch; None when another relay holds the lock."""
+        with (
+            self._lock,
+            self._sessions() as session,
+            _sqlite_file_lock(session) as sole,
+            session.begin(),
+        ):
+            if not sole:
+                return None
             if session.get_bind().dialect.name == "postgresql":
                 got = session.execute(
                     text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID}
                 ).scalar()
                 if not got:
-                    return 0
+                    return None
             rows = session.execute(
                 select(
                     OutboxRecord.id,
@@ -128,7 +149,10 @@ class OutboxRelay:
                 for row, value, found in self._records(session, rows)
             ]
             self._producer.settle(futures, self._send_timeout_s)
-            session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
+            published = [row.id for row in rows]
+            for start in range(0, len(published), 500):
+                chunk = published[start : start + 500]
+                session.execute(delete(OutboxRecord).where(OutboxRecord.id.in_(chunk)))
             announced = [row.message_id for row in rows if row.message_id is not None]
             if announced:
                 session.execute(
@@ -165,7 +189,8 @@ class OutboxRelay:
                 self.healthy = False
                 log.warning("outbox relay could not publish; will retry", error=str(exc))
                 stop.wait(min(interval_s * 5, 10))
-            self.wake.wait(interval_s)
+            # Another relay was publishing: try again soon, for what it has not taken.
+            self.wake.wait(min(interval_s, 0.1) if self.busy else interval_s)
             self.wake.clear()
 
 
@@ -177,3 +202,25 @@ def _relayed_headers(row: Row[*tuple[Any, ...]]) -> Headers:
     except ValueError as exc:
         log.warning("outbox record is not its topic's event", topic=row.topic, error=str(exc))
         return []
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(session: Session) -> Iterator[bool]:
+    """On a SQLite database file: whether this relay holds the lock beside it (held until the
+    block ends, after the transaction's commit). Elsewhere: True (PostgreSQL locks inside
+    the transaction; an in-memory database has one process)."""
+    bind = session.get_bind()
+    url = bind.engine.url if isinstance(bind, Connection) else bind.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield True
+        return
+    descriptor = os.open(f"{url.database}.outbox-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released with the descriptor, also when the process dies
+    finally:
+        os.close(descriptor)

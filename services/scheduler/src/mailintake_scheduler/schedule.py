@@ -16,7 +16,9 @@ Rules:
   until it changes (a new authorization bumps its version) or an operator asks for one;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
-- a manual request is served at once, or right after the poll in flight;
+- a manual request is served at once, or right after the poll in flight; one for a connection
+  whose state has not arrived yet (the scheduler, or the broker, has just started) waits for
+  it, up to ``poll_timeout_s``, and is served as soon as the connection arrives enabled;
 - a disabled or deleted connection is dropped; an interval change applies from the next poll;
 - the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
   never completed, which is issued again) is reported stalled once, and recovered once a
@@ -88,6 +90,7 @@ class Schedule:
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
     _health: list[HealthChange] = field(default_factory=list)
+    _waiting: dict[uuid.UUID, float] = field(default_factory=dict)  # requests before the state
     lateness: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -113,8 +116,11 @@ class Schedule:
         if entry is None:
             entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0, added_at=now)
             self._entries[view.id] = entry
-            offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
-            self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
+            if self._waiting.pop(view.id, None) is not None:
+                self._set_due(view.id, entry, now, PollReason.MANUAL)
+            else:
+                offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
+                self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
         elif view.version >= entry.version:
             changed = view.version > entry.version
             entry.interval_s, entry.version = interval_s, view.version
@@ -123,6 +129,7 @@ class Schedule:
                 self._set_due(view.id, entry, now, PollReason.SCHEDULED)
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
+        self._waiting.pop(connection_id, None)
         entry = self._entries.pop(connection_id, None)  # its heap entries are skipped
         self._flying.discard(connection_id)
         if entry is not None and entry.stalled:  # no stale alarm left on the health topic
@@ -180,9 +187,11 @@ class Schedule:
         return min(backoff, entry.interval_s, self.config.retry_max_s)
 
     def poll_requested(self, connection_id: uuid.UUID, now: float) -> bool:
-        """An operator's "poll now"; False if the connection is not enabled here."""
+        """An operator's "poll now"; False if the connection's state has not arrived (yet):
+        the request then waits for it."""
         entry = self._entries.get(connection_id)
         if entry is None:
+            self._waiting[connection_id] = now
             return False
         entry.parked = False
         if entry.in_flight is not None:
@@ -222,6 +231,9 @@ class Schedule:
         issued_at = wall_clock or datetime.now(UTC)
         events: list[PollDue] = []
         self.lateness: list[float] = []
+        for connection_id, asked in list(self._waiting.items()):
+            if now - asked >= self.config.poll_timeout_s:  # its connection never arrived
+                del self._waiting[connection_id]
         for connection_id in list(self._flying):
             flying = self._entries[connection_id]
             if now - flying.issued_at >= self.config.poll_timeout_s:

@@ -149,7 +149,7 @@ class SchedulerWorker:
                 request = decode(PollRequested, record.value or b"")
                 if not self.schedule.poll_requested(request.connection_id, now):
                     log.info(
-                        "poll request for a connection that is not enabled",
+                        "poll request waits for its connection's state",
                         connection_id=str(request.connection_id),
                     )
         except (ValidationError, ValueError, AttributeError) as exc:

@@ -36,6 +36,7 @@ from mailintake_shared.mailbox.errors import (
     classify,
     injection_refused,
 )
+from mailintake_shared.mailbox.hints import opening_failed
 from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
@@ -187,7 +188,7 @@ class ImapMailbox(Session):
         except Exception as exc:
             if client is not None:
                 _close_quietly(client)
-            raise classify(exc) from exc
+            raise opening_failed(exc, config) from exc
 
     @property
     def capabilities(self) -> tuple[bytes, ...]:
@@ -202,7 +203,7 @@ class ImapMailbox(Session):
         change). Raises ``FolderMissingError`` when it does not exist."""
         try:
             if not self._client.folder_exists(folder):
-                raise FolderMissingError(folder)
+                raise FolderMissingError(folder, self._folder_names())
             status = self._client.select_folder(folder, readonly=readonly)
         except Exception as exc:
             raise classify(exc) from exc
@@ -218,6 +219,14 @@ class ImapMailbox(Session):
             uidnext=int(uidnext) if uidnext is not None else None,
         )
         return self._info
+
+    def _folder_names(self) -> list[str]:
+        """The folders the account sees (``LIST "" *``), to say which exist; none if the
+        server will not say."""
+        try:
+            return [str(name) for _, _, name in self._client.list_folders()]
+        except Exception:
+            return []
 
     # --- listing --------------------------------------------------------------------------
     def uids_after(self, last_uid: int) -> list[int]:
