@@ -45,13 +45,17 @@ SERVERS = {
             "courier-authdaemon",
             "courier-authlib",
             "courier-authlib-userdb",
+            "gamin",  # the file-alteration monitor its IMAP server waits for without it
         ),
         (
             "usr/sbin/couriertcpd",
             "usr/sbin/authdaemond",
-            "usr/sbin/imapd",
-            "usr/sbin/pop3d",
+            "usr/bin/imapd",
+            "usr/lib/courier/courier/courierpop3d",
             "usr/lib/courier/courier-authlib/authdaemond",
+            "usr/lib/courier/courier/imaplogin",
+            "usr/lib/courier/courier/courierpop3login",
+            "usr/libexec/gam_server",
         ),
     ),
     "mailutils": Server(
@@ -135,12 +139,16 @@ def _merge_usr(root: Path) -> None:
 
 
 def missing_libraries(name: str) -> set[str]:
-    """Shared libraries the server's binaries cannot find with the root's beside the host's."""
+    """The server's binaries that are missing, and the shared libraries they cannot find with
+    the root's beside the host's."""
     root = root_of(name)
     paths = [str(p) for p in (root / "usr/lib").rglob("*") if p.is_dir() and p.name != "sasl2"]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join([str(root / "usr/lib"), *paths])}
     missing: set[str] = set()
     for binary in SERVERS[name].binaries:
+        if not (root / binary).exists():
+            missing.add(binary)
+            continue
         out = subprocess.run(
             ["ldd", str(root / binary)], capture_output=True, text=True, env=env
         ).stdout
@@ -178,7 +186,7 @@ def fetch(name: str) -> Path:
     _merge_usr(root)
     missing = missing_libraries(name)
     if missing:
-        raise RuntimeError(f"{name}: no package fetched provides {', '.join(sorted(missing))}")
+        raise RuntimeError(f"{name}: the packages fetched lack {', '.join(sorted(missing))}")
     _stamp(name).write_text(" ".join(SERVERS[name].packages))
     return root
 

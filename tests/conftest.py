@@ -19,7 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -34,14 +34,18 @@ from tests.harness.containers import (
     PostgresInContainer,
     docker_unavailable_reason,
 )
+from tests.harness.courier import Courier
 from tests.harness.cyrus import Cyrus
 from tests.harness.dovecot import Dovecot
 from tests.harness.mailserver import MailServer, ServerMailbox
+from tests.harness.mailutils import Mailutils
 from tests.harness.planted import WATCH, planted
 from tests.harness.postgres import PostgresCluster
+from tests.harness.unpacked import UnpackedMailServer
 from tests.harness.views import LOOPBACK_CIDRS
 
 COMPONENTS = os.environ.get("MAILINTAKE_TEST_COMPONENTS", "processes")
+UnpackedServerT = TypeVar("UnpackedServerT", bound=UnpackedMailServer)
 MAIL_SERVERS = os.environ.get("MAILINTAKE_TEST_MAIL_SERVERS", "dovecot,cyrus").split(",")
 ADMIN_TOKEN = "test-admin-token"
 VIEWER_TOKEN = "test-viewer-token"
@@ -108,11 +112,26 @@ def dovecot() -> Iterator[Dovecot]:
     server.destroy()
 
 
+def _running(server: UnpackedServerT) -> Iterator[UnpackedServerT]:
+    try:
+        yield server.start()
+    finally:
+        server.destroy()
+
+
 @pytest.fixture(scope="session")
 def cyrus() -> Iterator[Cyrus]:
-    server = Cyrus().start()
-    yield server
-    server.destroy()
+    yield from _running(Cyrus())
+
+
+@pytest.fixture(scope="session")
+def courier() -> Iterator[Courier]:  # make compat
+    yield from _running(Courier())
+
+
+@pytest.fixture(scope="session")
+def mailutils() -> Iterator[Mailutils]:  # make compat
+    yield from _running(Mailutils())
 
 
 @pytest.fixture(params=MAIL_SERVERS)

@@ -1,48 +1,36 @@
 """A real Cyrus IMAP 3.6 (IMAP, IMAPS, STARTTLS, POP3, POP3S) from Debian 12's packages,
 unpacked, not installed (``scripts/mail_servers.py``; they conflict with Dovecot in apt).
 
-``cyrmaster`` runs in the foreground as the test's own process, in a private mount namespace
-that shows the unpacked packages at their paths (``tests/harness/unpacked.py``); its daemons
-run as ``nobody``; configuration, mail spool and the SASL password database live in a temp
-dir. Users are entries in that sasldb (``saslpasswd2``); an admin creates each user's mailbox
-over IMAP, and mail is put in with APPEND as the user. Cyrus rewrites what it is given: 8-bit
-bytes in a header become ``X`` (``munge8bit``), so compare with what it serves.
+``cyrmaster`` runs in the foreground as the test's own process, with the unpacked packages
+at their paths (``tests/harness/unpacked.py``); its daemons run as ``nobody``;
+configuration, mail spool and the SASL password database live in a temp dir. Users are
+entries in that sasldb (``saslpasswd2``); an admin creates each user's mailbox over IMAP,
+and mail is put in with APPEND as the user. Cyrus rewrites what it is given: 8-bit bytes in
+a header become ``X`` (``munge8bit``), so compare with what it serves.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 import uuid
-from collections.abc import Iterable
-from datetime import datetime
-from pathlib import Path
 
 from imapclient import IMAPClient
 
-from mailintake_devstack.broker import free_port, stop_process, wait_for_port
-from tests.harness.mailserver import Ports, append
-from tests.harness.tls import TestPki, make_pki
-from tests.harness.unpacked import UnpackedServer
+from tests.harness.tls import TestPki
+from tests.harness.unpacked import UnpackedMailServer
 
 ADMIN = "cyrusadmin"
 CONFIG_SUBDIRS = ("db", "socket", "proc", "log", "msg", "ptclient", "quota", "user", "sieve")
 
 
-class Cyrus:
+class Cyrus(UnpackedMailServer):
     name = "cyrus"
 
     def __init__(self, *, pki: TestPki | None = None) -> None:
-        self.unpacked = UnpackedServer("cyrus")
-        self.version = self.unpacked.package_version("cyrus-imapd")
-        # Unix sockets under it (108-byte path limit): keep the root short.
-        self.root = Path(tempfile.mkdtemp(prefix="micy", dir="/tmp"))
-        self.pki = pki or make_pki(self.root / "pki")
-        self.ports = Ports(free_port(), free_port(), free_port(), free_port())
+        super().__init__(pki=pki)
+        self.version = self.package_version("cyrus-imapd")
         self.admin_password = uuid.uuid4().hex
-        self._passwords: dict[str, str] = {}
-        self._process: subprocess.Popen[bytes] | None = None
         self._write_config()
 
     def _write_config(self) -> None:
@@ -97,68 +85,30 @@ class Cyrus:
     def start(self) -> Cyrus:
         self._saslpasswd(ADMIN, self.admin_password)
         subprocess.run(["chown", "-R", "nobody:nogroup", str(self.root)], check=True)
-        self._process = subprocess.Popen(
-            self.unpacked.command(
-                "/usr/sbin/cyrmaster",
-                *("-C", str(self.imapd_conf), "-M", str(self.root / "cyrus.conf"), "-D"),
-            ),
+        self.spawn(
+            "/usr/sbin/cyrmaster",
+            *("-C", str(self.imapd_conf), "-M", str(self.root / "cyrus.conf"), "-D"),
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CYRUS_USER": "nobody"},
-            stdout=(self.root / "master.log").open("wb"),
-            stderr=subprocess.STDOUT,
         )
-        for port in (self.ports.imap, self.ports.imaps, self.ports.pop3, self.ports.pop3s):
-            wait_for_port("127.0.0.1", port, timeout_s=20)
+        self.wait_listening()
         return self
-
-    def stop(self) -> None:
-        if self._process is not None:
-            stop_process(self._process)
-            self._process = None
-
-    def destroy(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    @property
-    def log(self) -> str:
-        return (self.root / "master.log").read_text(errors="replace")
 
     def _saslpasswd(self, user: str, password: str) -> None:
         login, _, realm = user.partition("@")
         realm_args = ("-u", realm) if realm else ()
+        sasldb = str(self.root / "sasldb2")
         subprocess.run(
-            self.unpacked.command(
-                "/usr/sbin/saslpasswd2",
-                *("-f", str(self.root / "sasldb2"), *realm_args, "-c", "-p", login),
-            ),
+            self.command("/usr/sbin/saslpasswd2", "-f", sasldb, *realm_args, "-c", "-p", login),
             input=password.encode(),
             check=True,
             capture_output=True,
         )
 
-    def _session(self, user: str, password: str) -> IMAPClient:
-        client = IMAPClient("127.0.0.1", self.ports.imap, ssl=False)
-        client.login(user, password)
-        return client
-
-    # --- users and mail ------------------------------------------------------------------
     def add_user(self, email: str | None = None, password: str = "secret") -> tuple[str, str]:
         email = email or f"user{uuid.uuid4().hex[:10]}@example.com"
         self._saslpasswd(email, password)
-        with self._session(ADMIN, self.admin_password) as admin:
+        with IMAPClient("127.0.0.1", self.ports.imap, ssl=False) as admin:
+            admin.login(ADMIN, self.admin_password)
             admin.create_folder(f"user/{email}")
-        self._passwords[email] = password
+        self.passwords[email] = password
         return email, password
-
-    def seed(
-        self,
-        email: str,
-        messages: Iterable[bytes],
-        *,
-        folder: str = "INBOX",
-        seen: bool = False,
-        received: datetime | None = None,
-    ) -> int:
-        """APPEND ``messages`` as the user; how many."""
-        with self._session(email, self._passwords[email]) as client:
-            return append(client, folder, messages, seen=seen, received=received)

@@ -11,6 +11,7 @@ test appended.
 from __future__ import annotations
 
 import hashlib
+import socket
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +21,22 @@ from typing import Any, Protocol
 from imapclient import IMAPClient
 
 from tests.harness.tls import TestPki
+
+# Behaviours of real servers that the product does not handle yet. The contract tests they
+# break are strict xfails on that server (``server_quirk``): a fix turns them green, strict
+# xfail then fails, and the marker goes.
+MAILUTILS_UID_SEARCH = (
+    "GNU Mailutils imap4d answers UID SEARCH UID n:* with nothing and UID SEARCH UID * "
+    "with BAD: polls find no mail (issue 15, case 3)"
+)
+COURIER_NO_UIDNEXT = (
+    "Courier-IMAP sends no UIDNEXT on SELECT and answers UID SEARCH UID * with nothing: "
+    "a first sync other than 'all' finds no baseline and takes every message"
+)
+COURIER_POP3_8BIT = (
+    "Courier's pop3d rewrites 8-bit mail into a wrapper of its own unless the client "
+    "enables UTF8 (RFC 6856): the stored bytes are not the message (issue 15, case 10)"
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +134,8 @@ def append(
     if b"MULTIAPPEND" in client.capabilities():
         for start in range(0, len(items), 500):
             client.multiappend(folder, items[start : start + 500])
-    else:
+    else:  # without Nagle's delay: one command line, then its literal, per message
+        client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for item in items:
             client.append(folder, item["msg"], flags, item.get("date"))
     return len(items)
