@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parents[1] / ".tools" / "mail-servers"
+# Preloaded into every server (LD_PRELOAD=libeatmydata.so): fsync() does nothing, which is
+# right for the tests' throwaway spools and makes APPEND several times faster.
+NO_FSYNC = "libeatmydata1"
 
 
 @dataclass(frozen=True)
@@ -28,7 +31,7 @@ class Server:
 
 SERVERS = {
     "cyrus": Server(
-        ("cyrus-common", "cyrus-imapd", "cyrus-pop3d", "cyrus-admin", "sasl2-bin"),
+        ("cyrus-common", "cyrus-imapd", "cyrus-pop3d", "cyrus-admin", "sasl2-bin", NO_FSYNC),
         (
             "usr/sbin/cyrmaster",
             "usr/sbin/saslpasswd2",
@@ -46,6 +49,7 @@ SERVERS = {
             "courier-authlib",
             "courier-authlib-userdb",
             "gamin",  # the file-alteration monitor its IMAP server waits for without it
+            NO_FSYNC,
         ),
         (
             "usr/sbin/couriertcpd",
@@ -59,7 +63,7 @@ SERVERS = {
         ),
     ),
     "mailutils": Server(
-        ("mailutils-imap4d", "mailutils-pop3d", "mailutils-common"),
+        ("mailutils-imap4d", "mailutils-pop3d", "mailutils-common", NO_FSYNC),
         ("usr/sbin/imap4d", "usr/sbin/pop3d"),
     ),
 }

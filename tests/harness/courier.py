@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from tests.harness.tls import TestPki
-from tests.harness.unpacked import UnpackedMailServer
+from tests.harness.unpacked import NO_FSYNC, UnpackedMailServer, crypt_sha512
 
 ETC, RUN = "/etc/courier", "/run/courier"
 LIB = "/usr/lib/courier/courier"
@@ -34,8 +34,7 @@ SETTINGS = {  # appended to both protocols' -ssl files: later assignments win
     "TLS_DHPARAMS": "",
     "TLS_CACHEFILE": "",
     "TLS_TRUSTCERTS": "",
-    "MAXPERIP": "100",
-    "IMAP_USELOCKS": "0",  # dot-locks through the file-alteration monitor, absent here
+    "IMAP_USELOCKS": "0",  # dot-locks are for shared folders; none here
 }
 
 
@@ -82,7 +81,8 @@ class Courier(UnpackedMailServer):
             port = getattr(self.ports, name)
             tcpd = f"{TCPD} {port} {wrapper} {login} {server} Maildir"
             script = START.format(etc=ETC, protocol=protocol, overrides=overrides, tcpd=tcpd)
-            self.spawn("env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "sh", "-c", script)
+            clean = ("env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"LD_PRELOAD={NO_FSYNC}")
+            self.spawn(*clean, "sh", "-c", script)
         self.wait_listening()
         return self
 
@@ -93,13 +93,7 @@ class Courier(UnpackedMailServer):
 
     def add_user(self, email: str | None = None, password: str = "secret") -> tuple[str, str]:
         email = email or f"user{uuid.uuid4().hex[:10]}@example.com"
-        hashed = subprocess.run(
-            ["openssl", "passwd", "-6", "-stdin"],
-            input=password,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        hashed = crypt_sha512(password)
         home = self.root / "mail" / email
         for sub in ("cur", "new", "tmp"):
             (home / "Maildir" / sub).mkdir(parents=True)

@@ -9,11 +9,10 @@ in with APPEND as the user.
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 
 from tests.harness.tls import TestPki
-from tests.harness.unpacked import UnpackedMailServer
+from tests.harness.unpacked import UnpackedMailServer, crypt_sha512
 
 
 class Mailutils(UnpackedMailServer):
@@ -56,13 +55,7 @@ class Mailutils(UnpackedMailServer):
     def add_user(self, email: str | None = None, password: str = "secret") -> tuple[str, str]:
         email = email or f"user{uuid.uuid4().hex[:10]}@example.com"
         login, _, domain = email.partition("@")
-        hashed = subprocess.run(
-            ["openssl", "passwd", "-6", "-stdin"],
-            input=password,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        hashed = crypt_sha512(password)
         for sub in ("cur", "new", "tmp"):  # an empty INBOX (else APPEND says TRYCREATE)
             (self.root / "mail" / login / "INBOX" / sub).mkdir(parents=True)
         with (self.root / "domains" / domain).open("a") as users:

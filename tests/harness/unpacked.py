@@ -30,6 +30,8 @@ from mailintake_devstack.broker import free_port, stop_process, wait_for_port
 from tests.harness.mailserver import Ports, append
 from tests.harness.tls import TestPki, make_pki
 
+NO_FSYNC = "libeatmydata.so"  # scripts/mail_servers.py unpacks it beside each server
+
 
 class UnpackedMailServer:
     """What the unpacked servers share: a temp dir, the tests' CA, four free ports, daemons
@@ -85,8 +87,10 @@ class UnpackedMailServer:
         raise NotImplementedError
 
     def spawn(self, *argv: str, env: dict[str, str] | None = None) -> None:
-        """Start a daemon that stays in the foreground; its output goes to the log."""
+        """Start a daemon that stays in the foreground, its fsync() a no-op; its output goes
+        to the log."""
         log = (self.root / "server.log").open("ab")
+        env = {**(os.environ if env is None else env), "LD_PRELOAD": NO_FSYNC}
         self._processes.append(
             subprocess.Popen(self.command(*argv), env=env, stdout=log, stderr=subprocess.STDOUT)
         )
@@ -122,3 +126,14 @@ class UnpackedMailServer:
         with IMAPClient("127.0.0.1", self.ports.imaps, ssl=True, ssl_context=context) as client:
             client.login(email, self.passwords[email])
             return append(client, folder, messages, seen=seen, received=received)
+
+
+def crypt_sha512(password: str) -> str:
+    """``password`` as crypt(3) stores it (``$6$<salt>$<hash>``), for the servers' user files."""
+    return subprocess.run(
+        ["openssl", "passwd", "-6", "-stdin"],
+        input=password,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
