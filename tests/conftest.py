@@ -221,9 +221,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             continue
         item.add_marker(pytest.mark.contract)
         server = item.callspec.params.get("mail_server")  # type: ignore[attr-defined]
-        for quirk in item.iter_markers("server_quirk"):
-            if quirk.args[0] == server:
-                item.add_marker(pytest.mark.xfail(strict=True, reason=quirk.args[1]))
+        quirks = [q.args[1] for q in item.iter_markers("server_quirk") if q.args[0] == server]
+        if quirks:
+            item.add_marker(pytest.mark.xfail(strict=True, reason="; and ".join(quirks)))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -25,17 +25,9 @@ from tests.harness.tls import TestPki
 # Behaviours of real servers that the product does not handle yet. The contract tests they
 # break are strict xfails on that server (``server_quirk``): a fix turns them green, strict
 # xfail then fails, and the marker goes.
-MAILUTILS_UID_SEARCH = (
-    "GNU Mailutils imap4d answers UID SEARCH UID n:* with nothing and UID SEARCH UID * "
-    "with BAD: polls find no mail (issue 15, case 3)"
-)
-COURIER_NO_UIDNEXT = (
-    "Courier-IMAP sends no UIDNEXT on SELECT and answers UID SEARCH UID * with nothing: "
-    "a first sync other than 'all' finds no baseline and takes every message"
-)
-COURIER_POP3_8BIT = (
-    "Courier's pop3d rewrites 8-bit mail into a wrapper of its own unless the client "
-    "enables UTF8 (RFC 6856): the stored bytes are not the message (issue 15, case 10)"
+MAILUTILS_LOGIN_LF = (
+    "GNU Mailutils imap4d ends the tagged OK of AUTHENTICATE PLAIN with a bare LF: the "
+    "login fails as 'unterminated line'"
 )
 
 

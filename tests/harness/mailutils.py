@@ -4,12 +4,20 @@ Debian 12's packages, unpacked, not installed (``scripts/mail_servers.py``).
 Each daemon runs in the foreground as the test's own process (``tests/harness/unpacked.py``)
 from a config file in a temp dir. Users are virtual-domain entries (``virtdomain``: one
 passwd-style file per domain, the password crypt(3)-hashed); mail is kept in Maildir and put
-in with APPEND as the user.
+in with APPEND as the user. ``imap4d`` ignores APPEND's flags and date (a message's
+INTERNALDATE is its Date header): \\Seen is set with a STORE after, and a test that needs
+another arrival date is skipped here.
 """
 
 from __future__ import annotations
 
+import ssl
 import uuid
+from collections.abc import Iterable
+from datetime import datetime
+
+import pytest
+from imapclient import IMAPClient
 
 from tests.harness.tls import TestPki
 from tests.harness.unpacked import UnpackedMailServer, crypt_sha512
@@ -62,3 +70,23 @@ class Mailutils(UnpackedMailServer):
             users.write(f"{login}:{hashed}:0:0::{self.root}/mail/{login}:/bin/false\n")
         self.passwords[email] = password
         return email, password
+
+    def seed(
+        self,
+        email: str,
+        messages: Iterable[bytes],
+        *,
+        folder: str = "INBOX",
+        seen: bool = False,
+        received: datetime | None = None,
+    ) -> int:
+        if received is not None:
+            pytest.skip("Mailutils' imap4d takes INTERNALDATE from the Date header, not APPEND")
+        count = super().seed(email, messages, folder=folder)
+        if seen and count:
+            context = ssl.create_default_context(cafile=str(self.pki.ca_pem))
+            with IMAPClient("127.0.0.1", self.ports.imaps, ssl=True, ssl_context=context) as c:
+                c.login(email, self.passwords[email])
+                last = c.select_folder(folder)[b"UIDNEXT"] - 1
+                c.add_flags(list(range(last - count + 1, last + 1)), [rb"\Seen"])
+        return count

@@ -26,8 +26,7 @@ from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import EIGHT_BIT, make_message
 from tests.harness.mailserver import (
-    COURIER_NO_UIDNEXT,
-    MAILUTILS_UID_SEARCH,
+    MAILUTILS_LOGIN_LF,
     MailServer,
     ServerMailbox,
     served,
@@ -38,8 +37,7 @@ from tests.harness.views import LOOPBACK, connection_view
 from tests.integration.conftest import imap_session
 
 pytestmark = pytest.mark.integration
-UID_SEARCH_QUIRK = pytest.mark.server_quirk("mailutils", MAILUTILS_UID_SEARCH)
-NO_BASELINE = pytest.mark.server_quirk("courier", COURIER_NO_UIDNEXT)
+LOGIN_LF = pytest.mark.server_quirk("mailutils", MAILUTILS_LOGIN_LF)
 BUDGET = Budget(
     max_messages=500, max_bytes=10**9, max_seconds=60, batch_messages=100, chunk_bytes=64 * 1024
 )
@@ -87,7 +85,7 @@ def sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
-@UID_SEARCH_QUIRK
+@LOGIN_LF
 @pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
 def test_each_encryption_downloads_everything_as_served(
     server_mailbox: ServerMailbox, encryption: Encryption
@@ -119,6 +117,7 @@ def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> 
     assert sink.chunks == []
 
 
+@LOGIN_LF
 def test_each_failing_step_is_named(server_mailbox: ServerMailbox) -> None:
     mailbox = server_mailbox
     cases = {
@@ -154,7 +153,7 @@ def test_a_silent_server_times_out_within_the_connection_timeout(mailbox: Mailbo
     assert 1.4 <= elapsed <= 1.65 + 0.5  # the time-out, not the OS default
 
 
-@UID_SEARCH_QUIRK
+@LOGIN_LF
 def test_budget_cursor_and_large_mail_in_ranged_chunks(server_mailbox: ServerMailbox) -> None:
     mailbox = server_mailbox
     large = make_message(99, size=300_000)
@@ -197,7 +196,7 @@ def test_budget_cursor_and_large_mail_in_ranged_chunks(server_mailbox: ServerMai
     assert min(by_uid(sink)) == limited.messages + 1
 
 
-@UID_SEARCH_QUIRK
+@LOGIN_LF
 def test_a_stale_cursor_of_another_uidvalidity_starts_over(server_mailbox: ServerMailbox) -> None:
     mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(3)))
@@ -205,7 +204,7 @@ def test_a_stale_cursor_of_another_uidvalidity_starts_over(server_mailbox: Serve
     assert result.messages == 3
 
 
-@UID_SEARCH_QUIRK
+@LOGIN_LF
 @pytest.mark.parametrize("after", [AfterDownload.MARK_SEEN, AfterDownload.DELETE])
 def test_actions_apply_only_to_committed_uids(
     server_mailbox: ServerMailbox, after: AfterDownload
@@ -241,14 +240,14 @@ def _first_sync(
     return MailboxConfig(network=LOOPBACK, view=view, password=cfg.password)
 
 
-@UID_SEARCH_QUIRK
+@LOGIN_LF
 @pytest.mark.parametrize(
     ("mode", "expected"),
     [
         (FirstSync.ALL, ["old seen", "old unseen", "recent seen", "recent unseen"]),
-        pytest.param(FirstSync.UNSEEN, ["old unseen", "recent unseen"], marks=NO_BASELINE),
-        pytest.param(FirstSync.SINCE, ["recent seen", "recent unseen"], marks=NO_BASELINE),
-        pytest.param(FirstSync.NONE, [], marks=NO_BASELINE),
+        (FirstSync.UNSEEN, ["old unseen", "recent unseen"]),
+        (FirstSync.SINCE, ["recent seen", "recent unseen"]),
+        (FirstSync.NONE, []),
     ],
 )
 def test_first_sync_modes_choose_what_the_first_poll_takes(

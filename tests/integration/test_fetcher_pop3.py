@@ -21,7 +21,7 @@ from mailintake_shared.mailbox.config import MailboxConfig
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import EIGHT_BIT, make_message
-from tests.harness.mailserver import COURIER_POP3_8BIT, MailServer, ServerMailbox, served
+from tests.harness.mailserver import MailServer, ServerMailbox, served
 from tests.harness.planted import planted
 from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import LOOPBACK, connection_view
@@ -72,7 +72,6 @@ def remember(state: MemoryState, sink: ListSink) -> None:
     state.known |= set(by_uidl(sink))
 
 
-@pytest.mark.server_quirk("courier", COURIER_POP3_8BIT)
 @pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
 def test_each_encryption_downloads_everything_byte_for_byte(
     server_mailbox: ServerMailbox, encryption: Encryption

@@ -117,7 +117,7 @@ KEEPS_8BIT = {
     "dovecot": (True, True),
     "cyrus": (False, True),
     "mailutils": (True, True),
-    "courier": (True, True),  # over IMAP; its POP3 rewrites 8-bit mail (COURIER_POP3_8BIT)
+    "courier": (True, True),  # over IMAP; its POP3 rewrites 8-bit mail unless UTF8 is on
 }
 
 

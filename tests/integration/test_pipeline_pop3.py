@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.harness.mail import EIGHT_BIT, make_message
-from tests.harness.mailserver import COURIER_POP3_8BIT, ServerMailbox, served
+from tests.harness.mailserver import ServerMailbox, served
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.integration.conftest import create_enabled
 
@@ -44,7 +44,6 @@ def stored_after_poll(api: TestClient, db: Database, connection_id: str, expecte
     wait_until(lambda: db.message_count() >= expected, timeout_s=60, message=f"{expected} stored")
 
 
-@pytest.mark.server_quirk("courier", COURIER_POP3_8BIT)
 def test_keep_on_server_stores_each_message_once_over_polls(
     pipeline: Pipeline, api: TestClient, db: Database, server_mailbox: ServerMailbox
 ) -> None:
