@@ -44,7 +44,6 @@ class Courier(UnpackedMailServer):
 
     def __init__(self, *, pki: TestPki | None = None) -> None:
         super().__init__(pki=pki)
-        self.version = self.package_version("courier-imap")
         etc = self.rw(ETC)
         shutil.copytree(self.unpacked_root / ETC.lstrip("/"), etc, dirs_exist_ok=True)
         (etc / "server.pem").write_bytes(

@@ -29,7 +29,6 @@ class Cyrus(UnpackedMailServer):
 
     def __init__(self, *, pki: TestPki | None = None) -> None:
         super().__init__(pki=pki)
-        self.version = self.package_version("cyrus-imapd")
         self.admin_password = uuid.uuid4().hex
         self._write_config()
 

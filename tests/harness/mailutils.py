@@ -28,7 +28,6 @@ class Mailutils(UnpackedMailServer):
 
     def __init__(self, *, pki: TestPki | None = None) -> None:
         super().__init__(pki=pki)
-        self.version = self.package_version("mailutils-imap4d")
         (self.root / "domains").mkdir()
         (self.root / "mail").mkdir()
 

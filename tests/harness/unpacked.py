@@ -77,11 +77,6 @@ class UnpackedMailServer:
         script = " && ".join([*mounts, 'exec "$@"'])
         return ["unshare", "--mount", "--", "sh", "-c", script, "sh", *argv]
 
-    def package_version(self, package: str) -> str:
-        """The Debian version of one of the unpacked packages (from its .deb's file name)."""
-        debs = self.unpacked_root.parent / "debs"
-        return next(debs.glob(f"{package}_*.deb")).name.split("_")[1].replace("%3a", ":")
-
     def start(self) -> Self:
         """Start the daemons; return when every listener accepts connections."""
         raise NotImplementedError
@@ -106,11 +101,6 @@ class UnpackedMailServer:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
-
-    @property
-    def log(self) -> str:
-        path = self.root / "server.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
     def seed(
         self,
