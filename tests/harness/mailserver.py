@@ -22,14 +22,6 @@ from imapclient import IMAPClient
 
 from tests.harness.tls import TestPki
 
-# Behaviours of real servers that the product does not handle yet. The contract tests they
-# break are strict xfails on that server (``server_quirk``): a fix turns them green, strict
-# xfail then fails, and the marker goes.
-MAILUTILS_LOGIN_LF = (
-    "GNU Mailutils imap4d ends the tagged OK of AUTHENTICATE PLAIN with a bare LF: the "
-    "login fails as 'unterminated line'"
-)
-
 
 @dataclass(frozen=True)
 class Ports:

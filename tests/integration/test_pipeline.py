@@ -6,14 +6,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.harness.mail import EIGHT_BIT, make_message
-from tests.harness.mailserver import MAILUTILS_LOGIN_LF, ServerMailbox, served
+from tests.harness.mailserver import ServerMailbox, served
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.integration.conftest import create_enabled, server_flags
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.server_quirk("mailutils", MAILUTILS_LOGIN_LF)
 def test_ingests_a_mailbox_once_then_only_new_mail_and_marks_it_seen(
     pipeline: Pipeline, api: TestClient, db: Database, server_mailbox: ServerMailbox
 ) -> None:

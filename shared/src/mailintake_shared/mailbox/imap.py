@@ -105,7 +105,23 @@ class _NoInjection:
         return super()._command(name, *args)  # type: ignore[misc]
 
 
-class _GuardedIMAP4(_NoInjection, IMAP4WithTimeout):  # type: ignore[misc]
+class _BareLineFeeds:
+    """imaplib refuses a response line that ends with a bare LF ("unterminated line"). GNU
+    Mailutils' imap4d ends its answer to AUTHENTICATE that way; the line is taken as it is,
+    as the response reader of the bulk path (``imap_wire``) takes such lines too."""
+
+    def _get_line(self) -> bytes:
+        line: bytes = self.readline()  # type: ignore[attr-defined]
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        if line.endswith(b"\r\n"):
+            return line[:-2]
+        if line.endswith(b"\n"):
+            return line[:-1]
+        raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
+
+
+class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -114,7 +130,7 @@ class _GuardedIMAP4(_NoInjection, IMAP4WithTimeout):  # type: ignore[misc]
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(_NoInjection, IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
