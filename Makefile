@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
+.PHONY: help run test test-fast compat lint format bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -19,6 +19,10 @@ test: ## install what the tests need, lint, then run the whole suite against rea
 
 test-fast: ## only the tests that need no broker, database or mail server
 	$(RUN) pytest tests/unit
+
+compat: ## the mail-server contract tests on Courier and GNU Mailutils (docs/compatibility.md)
+	@scripts/bootstrap.sh compat
+	MAILINTAKE_TEST_MAIL_SERVERS=courier,mailutils $(RUN) pytest -m contract
 
 lint: ## ruff and mypy (strict)
 	$(RUN) ruff check .

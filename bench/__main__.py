@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import measure
+from bench import delivery, measure
 from bench.env import BenchEnv, Results, configure_bench_logging
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
@@ -64,6 +64,8 @@ def main() -> int:
             )
         if wanted(9):
             measure.store_alone(env, results, 50_000 // tenth, logs)
+        if wanted(10):
+            delivery.exactly_once(env, results, 3000 // tenth, logs)
     path = results.write(OUT, args.quick)
     print(f"\n{results.table()}\n\nwritten to {path} in {time.perf_counter() - started:.0f}s")
     return 0

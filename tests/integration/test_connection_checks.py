@@ -137,6 +137,7 @@ def test_a_name_that_does_not_resolve_fails_at_dns(
     monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
     result = check(api, imap_connection_body(mailbox, host="mail.example.invalid"))
     assert result["failed_step"] == "dns"
+    assert result["error"].startswith("mail.example.invalid does not resolve")
 
 
 # --- enabling with an estimate ------------------------------------------------------------
@@ -153,9 +154,16 @@ def _estimate_then_enable(api: TestClient, cid: str, expected: int) -> None:
     assert refused.status_code == 409, refused.text
     estimate = refused.json()["estimate"]
     assert (estimate["messages"], estimate["confidence"]) == (expected, "exact")
-    assert _enable(api, cid, expected - 1).status_code == 409
+    too_few = _enable(api, cid, expected - 1)
+    assert too_few.status_code == 409
+    assert too_few.json()["detail"] == (  # the number to acknowledge, said
+        f"acknowledge_messages {expected - 1} is fewer than the {expected} messages; "
+        f'repeat with {{"acknowledge_messages": {expected}}} to enable'
+    )
     assert api.get(f"/connections/{cid}").json()["enabled"] is False
-    assert _enable(api, cid, expected + 5).status_code == 200  # a larger number is fine too
+    enabled = _enable(api, cid, expected + 5)  # a larger number is fine too
+    assert enabled.status_code == 200
+    assert enabled.json()["first_poll"] == "at once (requested with the enabling), then every 1 min"
     assert api.get(f"/connections/{cid}").json()["enabled"] is True
 
 

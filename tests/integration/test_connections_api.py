@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from sqlalchemy import create_engine, text
 
 from mailintake_config_api.app import create_app
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.db.models import OAuthCredential
+from mailintake_shared.db.models import OAuthCredential, PollLease
+from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import ConnectionState
 from mailintake_shared.kafka import read_topic_to_end
 from mailintake_shared.settings import Settings
@@ -70,7 +72,7 @@ INVALID = [
     ({"oauth_credential_id": str(uuid.uuid4())}, "oauth_credential_id", "applies to the OAuth2"),
     ({"tls_ca_pem": "not a certificate"}, "tls_ca_pem", "PEM-encoded certificates"),
     ({"folder": "a\x01b"}, "folder", "without control characters"),
-    ({"enabled": True}, "enabled", "unknown field"),
+    ({"enabled": True}, "enabled", "enable with POST /connections/{id}/enable"),
     ({"colour": "blue"}, "colour", "unknown field"),
 ]
 
@@ -446,3 +448,41 @@ def _wait_for(probe: Any, timeout_s: float) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         time.sleep(0.3)
+
+
+def test_enabling_and_polling_say_what_to_do_and_when(client: TestClient) -> None:
+    cid = client.post("/connections", json=imap_body()).json()["id"]
+    patched = errors_of(client.patch(f"/connections/{cid}", json={"enabled": True}))
+    assert f"POST /connections/{cid}/enable" in patched["enabled"]
+    refused = client.post(f"/connections/{cid}/poll")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"the connection is disabled: enable it first (POST /connections/{cid}/enable)"
+    )
+    enabled = client.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).json()
+    assert enabled["first_poll"] == "at once (requested with the enabling), then every 5 min"
+    again = client.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).json()
+    assert again["first_poll"] == "already enabled: polled every 5 min"
+    accepted = client.post(f"/connections/{cid}/poll").json()
+    assert (accepted["detail"], accepted["poll_in_progress"]) == (
+        "poll requested: it runs at once",
+        False,
+    )
+    resources = client.app.state.resources  # type: ignore[attr-defined]
+    with resources.sessions() as session, session.begin():  # a fetcher polls it now
+        session.add(
+            PollLease(
+                connection_id=uuid.UUID(cid),
+                token=1,
+                holder="fetcher",
+                expires_at=utcnow() + timedelta(seconds=30),
+            )
+        )
+    busy = client.post(f"/connections/{cid}/poll").json()
+    assert (busy["detail"], busy["poll_in_progress"]) == (
+        "poll requested: it runs right after the poll under way",
+        True,
+    )
+    resources.relay.flush()
+    requests = read_topic_to_end(resources.settings, Topic.POLL_REQUESTED)
+    assert len(requests) == 3  # the enabling's, and one per poll request

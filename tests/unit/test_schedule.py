@@ -324,3 +324,21 @@ def test_a_continuation_of_a_poll_no_longer_in_flight_is_dropped() -> None:
     resume = Resume(uidvalidity=7, last_uid=5000)
     assert schedule.poll_requested(due.connection_id, t0 + 2, after=due.poll_id, resume=resume)
     assert schedule.due(t0 + 2) == []  # no second poll while the first continuation flies
+
+
+def test_a_poll_request_before_its_connection_is_served_when_the_connection_arrives() -> None:
+    """After a restart the scheduler may read "poll now" before the connection's state."""
+    schedule = Schedule(CONFIG)
+    early, disabled, never = view(), view(), view()
+    for v in (early, disabled, never):
+        assert schedule.poll_requested(v.id, 10.0) is False  # not known: it waits
+    assert schedule.due(11.0) == []
+    schedule.connection_changed(early, 20.0)
+    schedule.connection_changed(disabled.model_copy(update={"enabled": False}), 20.0)
+    (due,) = schedule.due(20.0)  # at once, not after the jitter
+    assert (due.connection_id, due.reason) == (early.id, PollReason.MANUAL)
+    schedule.connection_changed(disabled, 21.0)  # enabled later: the request was dropped
+    assert schedule.due(21.0) == []
+    schedule.due(10.0 + CONFIG.poll_timeout_s)  # the third never arrived: forgotten
+    schedule.connection_changed(never, 10.0 + CONFIG.poll_timeout_s)
+    assert schedule.due(10.0 + CONFIG.poll_timeout_s) == []

@@ -35,7 +35,13 @@ class Encryption(StrEnum):
 
 
 class AfterDownload(StrEnum):
+    """What happens on the server once a message is committed: ``mark_seen`` sets \\Seen
+    (POP3: keeps it on the server), ``keep`` changes nothing at all (IMAP opens the folder
+    read-only with EXAMINE; the UID cursor, not the flag, says what was taken), ``delete``
+    removes it."""
+
     MARK_SEEN = "mark_seen"
+    KEEP = "keep"
     DELETE = "delete"
 
 

@@ -10,16 +10,26 @@ records from memory (``OutboxRelay.publish_prepared``), the same bytes and heade
 would have built from the rows, and marks them sent. The relay publishes what that leaves:
 the records of a crash between the commit and the acknowledgement, of a broker that was
 away, and the config API's.
+
+Every service that writes the outbox also relays it (the config API and the store), so one
+relay at a time publishes: PostgreSQL's advisory lock, or on SQLite a lock on a file beside
+the database (``<database>.outbox-lock``). Without it two relays read the same rows and
+publish them twice. A relay deletes exactly the rows it published: a row written after its
+read — a lower id committed late on PostgreSQL, or an id SQLite reused after the table was
+emptied — waits for the next batch instead of being deleted unpublished.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, delete, insert, select, text, update
+from sqlalchemy import Connection, Row, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.cloudevents import Headers, relayed_headers, split_topic
@@ -109,20 +119,29 @@ class OutboxRelay:
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.healthy = False  # the last attempt to reach the broker succeeded
+        self.busy = False  # the last flush found another relay publishing
 
     def flush(self) -> int:
-        """Publish everything pending; return how many records went out."""
+        """Publish everything pending; return how many records went out (0 as well when
+        another relay holds the lock: ``busy`` then says so)."""
         total = 0
         while True:
             sent = self._flush_batch()
-            total += sent
-            if sent < self._batch_size:
+            self.busy = sent is None
+            total += sent or 0
+            if sent is None or sent < self._batch_size:
                 return total
 
-    def _flush_batch(self) -> int:
-        with self._lock, self._sessions() as session, session.begin():
-            if not _lock_relay(session):
-                return 0
+    def _flush_batch(self) -> int | None:
+        """One batch; None when another relay holds the lock."""
+        with (
+            self._lock,
+            self._sessions() as session,
+            _sqlite_file_lock(session) as sole,
+            session.begin(),
+        ):
+            if not sole or not _lock_relay(session):
+                return None
             rows = session.execute(
                 select(
                     OutboxRecord.id,
@@ -142,8 +161,7 @@ class OutboxRelay:
                 for row, value, found in self._records(session, rows)
             ]
             self._producer.settle(futures, self._send_timeout_s)
-            session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
-            _mark_published(session, [row.message_id for row in rows])
+            _mark_sent(session, [row.id for row in rows], [row.message_id for row in rows])
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
 
@@ -155,11 +173,13 @@ class OutboxRelay:
         if not records:
             return True
         try:
-            with self._lock, self._sessions() as session, session.begin():
-                # On SQLite the relays of two processes do not exclude each other: the relay
-                # alone publishes there.
-                postgresql = session.get_bind().dialect.name == "postgresql"
-                if not postgresql or not _lock_relay(session):
+            with (
+                self._lock,
+                self._sessions() as session,
+                _sqlite_file_lock(session) as sole,
+                session.begin(),
+            ):
+                if not sole or not _lock_relay(session):
                     return self._leave_to_relay()
                 first = min(record.outbox_id for record in records)
                 older = session.scalar(
@@ -169,9 +189,11 @@ class OutboxRelay:
                     return self._leave_to_relay()
                 futures = [self._producer.send(r.topic, r.key, r.value, r.headers) for r in records]
                 self._producer.settle(futures, self._send_timeout_s)
-                ids = [record.outbox_id for record in records]
-                session.execute(delete(OutboxRecord).where(OutboxRecord.id.in_(ids)))
-                _mark_published(session, [record.message_id for record in records])
+                _mark_sent(
+                    session,
+                    [record.outbox_id for record in records],
+                    [record.message_id for record in records],
+                )
         except Exception as exc:
             log.warning("publishing after the commit failed; the relay sends", error=str(exc))
             return self._leave_to_relay()
@@ -212,24 +234,29 @@ class OutboxRelay:
                 self.healthy = False
                 log.warning("outbox relay could not publish; will retry", error=str(exc))
                 stop.wait(min(interval_s * 5, 10))
-            self.wake.wait(interval_s)
+            # Another relay was publishing: try again soon, for what it has not taken.
+            self.wake.wait(min(interval_s, 0.1) if self.busy else interval_s)
             self.wake.clear()
 
 
 def _lock_relay(session: Session) -> bool:
-    """One relay at a time (PostgreSQL: an advisory lock until the transaction ends)."""
+    """One relay at a time on PostgreSQL (an advisory lock until the transaction ends; SQLite
+    has the file lock, ``_sqlite_file_lock``)."""
     if session.get_bind().dialect.name != "postgresql":
         return True
     got = session.execute(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID})
     return bool(got.scalar())
 
 
-def _mark_published(session: Session, message_ids: Sequence[int | None]) -> None:
+def _mark_sent(session: Session, ids: Sequence[int], message_ids: Sequence[int | None]) -> None:
+    """Delete exactly the outbox rows ``ids``, and mark the messages they announced published."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(delete(OutboxRecord).where(OutboxRecord.id.in_(chunk)))
     announced = [message_id for message_id in message_ids if message_id is not None]
-    if announced:
-        session.execute(
-            update(Message).where(Message.id.in_(announced)).values(published_at=utcnow())
-        )
+    for start in range(0, len(announced), 500):
+        chunk = announced[start : start + 500]
+        session.execute(update(Message).where(Message.id.in_(chunk)).values(published_at=utcnow()))
 
 
 def _relayed_headers(row: Row[*tuple[Any, ...]]) -> Headers:
@@ -240,3 +267,25 @@ def _relayed_headers(row: Row[*tuple[Any, ...]]) -> Headers:
     except ValueError as exc:
         log.warning("outbox record is not its topic's event", topic=row.topic, error=str(exc))
         return []
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(session: Session) -> Iterator[bool]:
+    """On a SQLite database file: whether this relay holds the lock beside it (held until the
+    block ends, after the transaction's commit). Elsewhere: True (PostgreSQL locks inside
+    the transaction; an in-memory database has one process)."""
+    bind = session.get_bind()
+    url = bind.engine.url if isinstance(bind, Connection) else bind.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield True
+        return
+    descriptor = os.open(f"{url.database}.outbox-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released with the descriptor, also when the process dies
+    finally:
+        os.close(descriptor)

@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         description="The config API republishes every connection's state this often, so that "
         "the connections topic heals after a broker lost its data (0: never).",
     )
+    connections_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the config API checks that the connections topic is still the "
+        "one it published to; a new one (a broker that came back empty) gets every "
+        "connection's state at once. It also republishes when it starts.",
+    )
     enable_ack_threshold: int = Field(
         0,
         ge=0,

@@ -18,7 +18,13 @@ from mailintake_config_api.schemas import (
     ConnectionUpdate,
     FieldError,
 )
-from mailintake_shared.db.models import Connection, ConnectionStatus, OAuthCredential, OAuthGrant
+from mailintake_shared.db.models import (
+    Connection,
+    ConnectionStatus,
+    OAuthCredential,
+    OAuthGrant,
+    PollLease,
+)
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import (
     DEFAULT_TIMEOUT_MS,
@@ -90,6 +96,12 @@ def request_poll(session: Session, settings: Settings, row: Connection) -> PollR
         session, settings.topic_prefix, Topic.POLL_REQUESTED, str(row.id), event.to_bytes()
     )
     return event
+
+
+def poll_in_progress(session: Session, connection_id: uuid.UUID) -> bool:
+    """A fetcher holds the connection's lease: a poll is under way."""
+    lease = session.get(PollLease, connection_id)
+    return lease is not None and lease.expires_at > utcnow()
 
 
 def _merge(

@@ -18,9 +18,14 @@ class InvalidInputError(Exception):
         self.errors = errors
 
 
-def _rule(error: dict[str, object]) -> str:
+def _rule(error: dict[str, object], connection_id: str = "{id}") -> str:
     kind = error.get("type")
     message = str(error.get("msg", "invalid value"))
+    if kind == "extra_forbidden" and _field(error) == "enabled":
+        return (
+            f"unknown field: enable with POST /connections/{connection_id}/enable (it "
+            f"estimates the first poll), disable with POST /connections/{connection_id}/disable"
+        )
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
@@ -42,8 +47,9 @@ def invalid_response(errors: list[FieldError]) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(field=_field(e), rule=_rule(e)) for e in exc.errors()]
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        connection_id = str(request.path_params.get("connection_id", "{id}"))
+        errors = [FieldError(field=_field(e), rule=_rule(e, connection_id)) for e in exc.errors()]
         return invalid_response(errors)
 
     @app.exception_handler(InvalidInputError)

@@ -30,11 +30,13 @@ log = get_logger(__name__)
 
 
 class EstimateRequiredError(Exception):
-    """The first poll would download messages the request did not acknowledge."""
+    """The first poll would download messages the request did not acknowledge (``acknowledged``:
+    the number it gave, if any)."""
 
-    def __init__(self, estimate: EstimateBody) -> None:
+    def __init__(self, estimate: EstimateBody, acknowledged: int | None) -> None:
         super().__init__(f"{estimate.messages} messages to download")
         self.estimate = estimate
+        self.acknowledged = acknowledged
 
 
 class EstimateFailedError(Exception):
@@ -71,12 +73,15 @@ def enable(session: Session, res: Resources, row: Connection, request: EnableReq
         )
         acknowledged = request.acknowledge_messages or 0
         if found.messages > res.settings.enable_ack_threshold and acknowledged < found.messages:
-            raise EstimateRequiredError(body)
+            raise EstimateRequiredError(body, request.acknowledge_messages)
         _fix_baseline(session, row.id, config.folder, found)
     log.info(
         "connection enabled", connection_id=str(row.id), estimate_skipped=request.skip_estimate
     )
-    return connections.set_enabled(session, res.settings, row, True)
+    connections.set_enabled(session, res.settings, row, True)
+    # The first poll at once rather than after the scheduler's spreading of first polls.
+    connections.request_poll(session, res.settings, row)
+    return row
 
 
 def _estimate(session: Session, row: Connection, config: MailboxConfig, res: Resources) -> Estimate:

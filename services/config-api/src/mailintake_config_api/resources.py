@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailintake_config_api import connections, incoming
+from mailintake_config_api import incoming
 from mailintake_config_api.auth import TokenTable
+from mailintake_config_api.republish import keep_topic_whole
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
@@ -70,16 +71,7 @@ class Resources:
         self.relay.run(self.stop)
 
     def _resync(self) -> None:
-        """Republish every connection's state now and then (see connections_resync_seconds)."""
-        interval = self.settings.connections_resync_seconds
-        while interval and not self.stop.wait(interval):
-            try:
-                with self.sessions() as session, session.begin():
-                    count = connections.republish_all(session, self.settings)
-                self.relay.wake.set()
-                log.info("connection states republished", connections=count)
-            except Exception as exc:
-                log.warning("could not republish connection states", error=str(exc))
+        keep_topic_whole(self.settings, self.sessions, self.relay.wake, self.stop)
 
     def _purge(self) -> None:
         """Purge the Incoming Mail Log and Queue by their retention, now and then."""

@@ -80,7 +80,9 @@ class _ConnectionFields(BaseModel):
         None, description="IMAP and POP3 only; ASCII only; write-only, never returned."
     )
     after_download: AfterDownload | None = Field(
-        None, description="`mark_seen` (default; POP3: keep on server) or `delete`."
+        None,
+        description="`mark_seen` (default; POP3: keep on server), `keep` (the server is left "
+        "exactly as it is: no flag changed, IMAP folders opened read-only) or `delete`.",
     )
     first_sync: FirstSync | None = Field(
         None,
@@ -215,10 +217,21 @@ class ConnectionPublic(ConnectionView):
     status: ConnectionHealth = Field(default_factory=ConnectionHealth)
 
 
+class ConnectionEnabled(ConnectionPublic):
+    """The answer to enabling: the connection, and when it is polled."""
+
+    first_poll: str = Field(
+        description="When the first poll runs: at once when the connection was just enabled."
+    )
+
+
 class PollAccepted(BaseModel):
     connection_id: UUID
     requested_at: datetime
-    detail: str
+    poll_in_progress: bool = Field(
+        False, description="A poll of the connection is under way: this one runs right after it."
+    )
+    detail: str = Field(description="When the poll runs.")
 
 
 class MessageInfo(BaseModel):

@@ -1,7 +1,8 @@
 """One poll of one IMAP folder, within a budget.
 
-1. connect, log in, select the folder;
-2. apply the server action (\\Seen, or delete) to messages the store has committed;
+1. connect, log in, select the folder (``EXAMINE``, read-only, for ``after_download: keep``);
+2. apply the server action (\\Seen, or delete; nothing for ``keep``) to messages the store
+   has committed;
 3. choose the new UIDs (``selection.select_imap``: above the cursor, first-sync mode);
 4. try again the messages earlier polls could not download (the store's pending downloads),
    each alone, by byte range;
@@ -36,7 +37,7 @@ class ImapPoll(Poll):
     def _session(self, progress: Progress) -> None:
         view, folder = self._config.view, self._config.folder
         with ImapMailbox.open(self._config) as mailbox:
-            info = mailbox.select(folder)
+            info = mailbox.select(folder, readonly=view.after_download is AfterDownload.KEEP)
             progress.uidvalidity = info.uidvalidity
             cursor = self._resumed(self._state.cursor(view.id, folder), info.uidvalidity)
             retry = self._retries(info.uidvalidity)
@@ -90,6 +91,9 @@ class ImapPoll(Poll):
         uids = [p.uid for p in pending if p.uid is not None]
         if not uids:
             return 0
+        if view.after_download is AfterDownload.KEEP:  # nothing to do on the server
+            self._state.actions_applied([p.message_id for p in pending])
+            return len(pending)
         self._check_fence()
         if view.after_download is AfterDownload.DELETE:
             last = cursor.last_uid if cursor and cursor.uidvalidity == uidvalidity else 0

@@ -20,7 +20,9 @@ Rules:
   until it changes (a new authorization bumps its version) or an operator asks for one;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
-- a manual request is served at once, or right after the poll in flight;
+- a manual request is served at once, or right after the poll in flight; one for a connection
+  whose state has not arrived yet (the scheduler, or the broker, has just started) waits for
+  it, up to ``poll_timeout_s``, and is served as soon as the connection arrives enabled;
 - a disabled or deleted connection is dropped; an interval change applies from the next poll;
 - the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
   never completed, which is issued again) is reported stalled once, and recovered once a
@@ -94,6 +96,7 @@ class Schedule:
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
     _health: list[HealthChange] = field(default_factory=list)
+    _waiting: dict[uuid.UUID, float] = field(default_factory=dict)  # requests before the state
     lateness: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -124,8 +127,11 @@ class Schedule:
         if entry is None:
             entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0, added_at=now)
             self._entries[view.id] = entry
-            offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
-            self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
+            if self._waiting.pop(view.id, None) is not None:
+                self._set_due(view.id, entry, now, PollReason.MANUAL)
+            else:
+                offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
+                self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
         elif view.version >= entry.version:
             changed = view.version > entry.version
             entry.interval_s, entry.version = interval_s, view.version
@@ -134,6 +140,7 @@ class Schedule:
                 self._set_due(view.id, entry, now, PollReason.SCHEDULED)
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
+        self._waiting.pop(connection_id, None)
         entry = self._entries.pop(connection_id, None)  # its heap entries are skipped
         self._flying.discard(connection_id)
         if entry is not None and entry.stalled:  # no stale alarm left on the health topic
@@ -199,9 +206,12 @@ class Schedule:
         resume: Resume | None = None,
     ) -> bool:
         """An operator's "poll now", or a fetcher's continuation of poll ``after`` (its next
-        slice, from ``resume``); False if the connection is not enabled here."""
+        slice, from ``resume``); False if the connection's state has not arrived (yet): an
+        operator's request then waits for it."""
         entry = self._entries.get(connection_id)
         if entry is None:
+            if after is None:
+                self._waiting[connection_id] = now
             return False
         if after is not None:
             if entry.in_flight == after:  # else the poll was re-issued meanwhile: stale
@@ -247,6 +257,9 @@ class Schedule:
         issued_at = wall_clock or datetime.now(UTC)
         events: list[PollDue] = []
         self.lateness: list[float] = []
+        for connection_id, asked in list(self._waiting.items()):
+            if now - asked >= self.config.poll_timeout_s:  # its connection never arrived
+                del self._waiting[connection_id]
         for connection_id in list(self._flying):
             flying = self._entries[connection_id]
             if now - flying.issued_at >= self.config.poll_timeout_s:

@@ -151,7 +151,7 @@ class SchedulerWorker:
                     request.connection_id, now, after=request.after_poll_id, resume=request.resume
                 ):
                     log.info(
-                        "poll request for a connection that is not enabled",
+                        "poll request waits for its connection's state",
                         connection_id=str(request.connection_id),
                     )
         except (ValidationError, ValueError, AttributeError) as exc:

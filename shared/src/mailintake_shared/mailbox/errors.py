@@ -25,10 +25,16 @@ class PollError(Exception):
 
 
 class FolderMissingError(PollError):
-    """The configured folder does not exist on the server."""
+    """The configured folder does not exist on the server; ``existing``: the folders that do,
+    when the server said (the first 20 are named)."""
 
-    def __init__(self, folder: str) -> None:
-        super().__init__(ErrorKind.FOLDER_MISSING, f"folder {folder!r} does not exist")
+    def __init__(self, folder: str, existing: list[str] | None = None) -> None:
+        message = f"folder {folder!r} does not exist"
+        if existing:
+            names = ", ".join(repr(name) for name in existing[:20])
+            more = f" (the first 20 of {len(existing)})" if len(existing) > 20 else ""
+            message += f"; the folders there: {names}{more}"
+        super().__init__(ErrorKind.FOLDER_MISSING, message)
 
 
 class StartTlsUnavailableError(PollError):

@@ -36,6 +36,7 @@ from mailintake_shared.mailbox.errors import (
     classify,
     injection_refused,
 )
+from mailintake_shared.mailbox.hints import opening_failed
 from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
@@ -104,7 +105,23 @@ class _NoInjection:
         return super()._command(name, *args)  # type: ignore[misc]
 
 
-class _GuardedIMAP4(_NoInjection, IMAP4WithTimeout):  # type: ignore[misc]
+class _BareLineFeeds:
+    """imaplib refuses a response line that ends with a bare LF ("unterminated line"). GNU
+    Mailutils' imap4d ends its answer to AUTHENTICATE that way; the line is taken as it is,
+    as the response reader of the bulk path (``imap_wire``) takes such lines too."""
+
+    def _get_line(self) -> bytes:
+        line: bytes = self.readline()  # type: ignore[attr-defined]
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        if line.endswith(b"\r\n"):
+            return line[:-2]
+        if line.endswith(b"\n"):
+            return line[:-1]
+        raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
+
+
+class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -113,7 +130,7 @@ class _GuardedIMAP4(_NoInjection, IMAP4WithTimeout):  # type: ignore[misc]
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(_NoInjection, IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
@@ -187,7 +204,7 @@ class ImapMailbox(Session):
         except Exception as exc:
             if client is not None:
                 _close_quietly(client)
-            raise classify(exc) from exc
+            raise opening_failed(exc, config) from exc
 
     @property
     def capabilities(self) -> tuple[bytes, ...]:
@@ -202,7 +219,7 @@ class ImapMailbox(Session):
         change). Raises ``FolderMissingError`` when it does not exist."""
         try:
             if not self._client.folder_exists(folder):
-                raise FolderMissingError(folder)
+                raise FolderMissingError(folder, self._folder_names())
             status = self._client.select_folder(folder, readonly=readonly)
         except Exception as exc:
             raise classify(exc) from exc
@@ -218,6 +235,14 @@ class ImapMailbox(Session):
             uidnext=int(uidnext) if uidnext is not None else None,
         )
         return self._info
+
+    def _folder_names(self) -> list[str]:
+        """The folders the account sees (``LIST "" *``), to say which exist; none if the
+        server will not say."""
+        try:
+            return [str(name) for _, _, name in self._client.list_folders()]
+        except Exception:
+            return []
 
     # --- listing --------------------------------------------------------------------------
     def uids_after(self, last_uid: int) -> list[int]:

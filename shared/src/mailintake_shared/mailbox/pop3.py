@@ -26,6 +26,7 @@ from mailintake_shared.mailbox.errors import (
     injection_refused,
     server_words,
 )
+from mailintake_shared.mailbox.hints import opening_failed
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
@@ -174,7 +175,7 @@ class Pop3Mailbox(Session):
         except Exception as exc:
             if client is not None:
                 _close_quietly(client)
-            raise classify(exc) from exc
+            raise opening_failed(exc, config) from exc
 
     def messages(self) -> list[Pop3Message]:
         """Every message on the server with its UIDL and size (``UIDL`` and ``LIST``)."""

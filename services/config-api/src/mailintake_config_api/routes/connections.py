@@ -17,6 +17,7 @@ from mailintake_config_api.lookups import connection_or_404, like_pattern
 from mailintake_config_api.replay import TooManyError, replay
 from mailintake_config_api.schemas import (
     ConnectionCreate,
+    ConnectionEnabled,
     ConnectionPage,
     ConnectionPublic,
     ConnectionTestRequest,
@@ -140,7 +141,7 @@ def delete_connection(
 
 @router.post(
     "/{connection_id}/enable",
-    response_model=ConnectionPublic,
+    response_model=ConnectionEnabled,
     summary="Enable polling (with the estimate acknowledged)",
     responses={
         409: {"model": EnableConflict},
@@ -153,18 +154,25 @@ def enable_connection(
     res: ResourcesDep,
     _role: Admin,
     body: Annotated[EnableRequest | None, Body()] = None,
-) -> ConnectionPublic | JSONResponse:
+) -> ConnectionEnabled | JSONResponse:
     """Estimates the messages the first poll would download (the poll's own rule, on the
     server now). Above `MAILINTAKE_ENABLE_ACK_THRESHOLD` (0 by default) the answer is 409 with
     the estimate, and the connection is enabled only when a request acknowledges that number
-    (or a larger one) in `acknowledge_messages`."""
+    (or a larger one) in `acknowledge_messages`. Once enabled, its first poll is requested at
+    once (`first_poll` says so)."""
     row = connection_or_404(session, connection_id)
+    was_enabled = row.enabled
     try:
         probes.enable(session, res, row, body or EnableRequest())
     except probes.EstimateRequiredError as exc:
+        count = exc.estimate.messages
+        said = (
+            f"acknowledge_messages {exc.acknowledged} is fewer than the {count} messages"
+            if exc.acknowledged is not None
+            else f"the first poll would download {count} messages"
+        )
         conflict = EnableConflict(
-            detail=f"the first poll would download {exc.estimate.messages} messages; "
-            "repeat with acknowledge_messages to enable",
+            detail=f'{said}; repeat with {{"acknowledge_messages": {count}}} to enable',
             estimate=exc.estimate,
         )
         return JSONResponse(conflict.model_dump(mode="json"), status.HTTP_409_CONFLICT)
@@ -174,7 +182,14 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    shown = connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    every = f"then every {row.interval_minutes} min"
+    first_poll = (
+        f"already enabled: polled every {row.interval_minutes} min"
+        if was_enabled
+        else f"at once (requested with the enabling), {every}"
+    )
+    return ConnectionEnabled(**dict(shown), first_poll=first_poll)
 
 
 @router.post(
@@ -220,13 +235,31 @@ def disable_connection(
 def poll_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> PollAccepted:
-    """Ask the scheduler for a poll at once (right after the current one, if one is running)."""
+    """Ask the scheduler for a poll at once (right after the current one, if one is running).
+    409 says why a poll cannot run: the connection is disabled, or not authorized."""
     row = connection_or_404(session, connection_id)
+    shown = connections.public(session, [row], res.settings.stalled_after_seconds)[0]
     if not row.enabled:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail="the connection is disabled")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"the connection is disabled: enable it first (POST /connections/{row.id}"
+            "/enable)",
+        )
+    if shown.authorization not in (None, "authorized", "app_only"):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"the connection is {shown.authorization}: authorize it first "
+            f"(POST /connections/{row.id}/authorize)",
+        )
     event = connections.request_poll(session, res.settings, row)
+    busy = connections.poll_in_progress(session, row.id)
     return PollAccepted(
-        connection_id=row.id, requested_at=event.requested_at, detail="poll requested"
+        connection_id=row.id,
+        requested_at=event.requested_at,
+        poll_in_progress=busy,
+        detail="poll requested: it runs right after the poll under way"
+        if busy
+        else "poll requested: it runs at once",
     )
 
 
