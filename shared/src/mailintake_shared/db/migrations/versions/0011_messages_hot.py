@@ -1,16 +1,16 @@
 """Messages: no index on published_at, and room on each page, so that marking a message
 published rewrites neither its index entries nor a new page (a HOT update)
 
-Revision ID: 0010
-Revises: 0009
+Revision ID: 0011
+Revises: 0010
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0010"
-down_revision = "0009"
+revision = "0011"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
