@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
+import uvicorn
 from fastapi.testclient import TestClient
 
 from mailintake_config_api.app import create_app
+from mailintake_devstack.broker import free_port
 from mailintake_shared.settings import Settings
 from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
+from tests.harness.pipeline import wait_until
 from tests.harness.planted import WATCH, planted
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -49,3 +55,22 @@ def enable(client: TestClient, connection_id: str) -> httpx.Response:
     path = f"/connections/{connection_id}/enable"
     acknowledged: httpx.Response = client.post(path, json={"acknowledge_messages": count})
     return acknowledged
+
+
+@contextmanager
+def served(settings: Settings) -> Iterator[str]:
+    """The API served by uvicorn on a free port of 127.0.0.1, as in production: a client
+    gets its answer when the server sends it (the TestClient waits for the whole request)."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="api", daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=60, message="the API serves")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -49,7 +49,11 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         "probes needs a bearer token: `viewer` reads, `admin` also writes.",
         lifespan=lifespan,
         responses={
-            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."}
+            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."},
+            503: {
+                "model": ErrorBody,
+                "description": "The database refused to commit the request: nothing was saved.",
+            },
         },
     )
     config = settings or (resources.settings if resources else Settings())

@@ -9,6 +9,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailintake_config_api.schemas import ErrorBody, FieldError
 
+NOT_SAVED = (
+    "the change was not saved: the database refused to commit it (see the config API's log); "
+    "nothing of this request is stored, so it is safe to repeat"
+)
+
+
+class CommitFailedError(Exception):
+    """The database refused to commit the request's transaction: nothing of it was saved."""
+
 
 class InvalidInputError(Exception):
     """Input that breaks a rule joining several fields; answered with 422."""
@@ -49,6 +58,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(InvalidInputError)
     async def _invalid(_request: Request, exc: InvalidInputError) -> JSONResponse:
         return invalid_response(exc.errors)
+
+    @app.exception_handler(CommitFailedError)
+    async def _not_saved(_request: Request, _exc: CommitFailedError) -> JSONResponse:
+        body = ErrorBody(detail=NOT_SAVED)
+        return JSONResponse(status_code=503, content=body.model_dump())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
