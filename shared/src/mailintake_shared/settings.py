@@ -100,7 +100,8 @@ class Settings(BaseSettings):
         30,
         ge=1,
         description="Failed authentications a client address may make in a minute; past that "
-        "it is answered 429 until the minute has passed.",
+        "its further failures are answered 429 until the minute has passed. Only failures are "
+        "counted and slowed: a valid token is always served.",
     )
     api_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -109,8 +110,9 @@ class Settings(BaseSettings):
     )
     api_forwarded_allow_ips: str = Field(
         "127.0.0.1",
-        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For the "
-        "config API trusts for the client address (rate limits, audit log); `*` trusts all.",
+        description="Comma-separated addresses or CIDR ranges of reverse proxies (the ingress "
+        "controller) whose X-Forwarded-For the config API trusts for the client address (the "
+        "failed-authentication limit, the audit log); `*` trusts all.",
     )
     connections_resync_seconds: float = Field(
         300.0,
