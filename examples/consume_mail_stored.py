@@ -6,7 +6,7 @@ CRM or automation service would receive it.
 
 Delivery is at least once: keep what you processed keyed by ``message_id`` (here a set; in a
 real handler, a unique key in your own database) so that a re-delivery is harmless. Large
-messages arrive by reference: fetch ``raw_path`` from the config API with a viewer token.
+messages arrive by reference: fetch ``raw_path`` from the config API with a reader token.
 """
 
 from __future__ import annotations

@@ -14,12 +14,13 @@ from fastapi.testclient import TestClient
 from mailintake_config_api.app import create_app
 from mailintake_devstack.broker import free_port
 from mailintake_shared.settings import Settings
-from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
+from tests.conftest import ADMIN_TOKEN, READER_TOKEN, VIEWER_TOKEN
 from tests.harness.pipeline import wait_until
 from tests.harness.planted import WATCH, planted
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 VIEWER = {"Authorization": f"Bearer {VIEWER_TOKEN}"}
+READER = {"Authorization": f"Bearer {READER_TOKEN}"}
 
 
 def imap_body(**overrides: Any) -> dict[str, Any]:

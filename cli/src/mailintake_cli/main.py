@@ -55,7 +55,7 @@ def main(
     ] = "http://127.0.0.1:8000",
     token: Annotated[
         str | None,
-        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin or viewer)."),
+        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin, reader or viewer)."),
     ] = None,
 ) -> None:
     if token is None and DEVSTACK_TOKEN.exists():

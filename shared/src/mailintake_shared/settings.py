@@ -88,7 +88,8 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated `role:sha256hex` entries, one per API bearer token; role is "
-        "`admin` (read and write) or `viewer` (read). Hash a token with "
+        "`viewer` (reads metadata), `reader` (also reads mail content: raw messages) or `admin` "
+        "(reads everything and writes). Hash a token with "
         "`mailintake-config-api hash-token`.",
     )
     api_max_body_bytes: int = Field(
@@ -314,9 +315,10 @@ class Settings(BaseSettings):
     def _token_entries(cls, value: list[str]) -> list[str]:
         for entry in value:
             role, _, digest = entry.partition(":")
-            if role not in ("admin", "viewer") or len(digest) != 64:
+            if role not in ("admin", "reader", "viewer") or len(digest) != 64:
                 raise ValueError(
-                    "each api_tokens entry must be `admin:<sha256 hex>` or `viewer:<sha256 hex>`"
+                    "each api_tokens entry must be `role:<sha256 hex>` with role admin, reader "
+                    "or viewer"
                 )
             int(digest, 16)
         return value

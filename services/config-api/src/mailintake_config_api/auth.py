@@ -1,4 +1,6 @@
-"""Bearer-token authentication with two roles: ``admin`` (read and write) and ``viewer``.
+"""Bearer-token authentication with three roles: ``viewer`` reads the configuration, the
+logs and the queue (metadata only); ``reader`` also reads mail content (the raw messages);
+``admin`` reads everything and writes.
 
 Tokens are configured as SHA-256 digests (``MAILINTAKE_API_TOKENS``), never in clear: the
 tokens are long random strings, so a fast hash suffices and comparison is constant-time.
@@ -27,6 +29,7 @@ log = get_logger(__name__)
 
 class Role(StrEnum):
     VIEWER = "viewer"
+    READER = "reader"
     ADMIN = "admin"
 
 
@@ -129,5 +132,15 @@ def require_admin(role: Annotated[Role, Depends(current_role)]) -> Role:
     return role
 
 
+def require_reader(role: Annotated[Role, Depends(current_role)]) -> Role:
+    """Mail content (the most sensitive thing the product holds): readers and admins."""
+    if role is Role.VIEWER:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="mail content needs the reader or admin role"
+        )
+    return role
+
+
 Viewer = Annotated[Role, Depends(current_role)]
+Reader = Annotated[Role, Depends(require_reader)]
 Admin = Annotated[Role, Depends(require_admin)]

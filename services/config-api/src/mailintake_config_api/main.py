@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="serve the API (the default)")
     hashing = commands.add_parser("hash-token", help="make an API token and its settings entry")
-    hashing.add_argument("--role", choices=["admin", "viewer"], default="admin")
+    hashing.add_argument("--role", choices=["admin", "reader", "viewer"], default="admin")
     hashing.add_argument("--token", help="hash this token instead of making a new one")
     commands.add_parser("openapi", help="print the OpenAPI document")
     parts = ", ".join(PARTS)
