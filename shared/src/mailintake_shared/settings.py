@@ -161,8 +161,8 @@ class Settings(BaseSettings):
     outbound_deny_cidrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated address ranges (CIDR) mail connections may not reach, on "
-        "top of the built-in ones (loopback, link-local with the cloud metadata endpoint, "
-        "multicast); e.g. the cluster's pod and service ranges.",
+        "top of the built-in ones (loopback, link-local, every documented cloud metadata "
+        "endpoint, multicast); e.g. the cluster's pod and service ranges.",
     )
     outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
