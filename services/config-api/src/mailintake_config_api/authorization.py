@@ -20,6 +20,7 @@ from mailintake_config_api.schemas import (
     OAuthCredentialCreate,
     OAuthCredentialPublic,
     OAuthCredentialUpdate,
+    control_character,
 )
 from mailintake_shared.db.models import Connection, OAuthCredential, OAuthFlow
 from mailintake_shared.db.types import utcnow
@@ -154,7 +155,9 @@ def start(session: Session, res: Resources, row: Connection) -> AuthorizationSta
 
 def finish(session: Session, res: Resources, response: dict[str, str]) -> Connection:
     """The provider sent the browser back: exchange the code, keep the grant."""
-    flow_row = session.get(OAuthFlow, response.get("state", ""), with_for_update=True)
+    state = response.get("state", "")
+    known = len(state) <= 128 and control_character(state) is None  # no NUL to the database
+    flow_row = session.get(OAuthFlow, state, with_for_update=True) if known else None
     if flow_row is None or flow_row.expires_at < utcnow():
         raise CallbackError("this authorization link is unknown or has expired; start again")
     session.delete(flow_row)  # single use, whatever happens next

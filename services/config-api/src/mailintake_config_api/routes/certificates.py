@@ -25,6 +25,7 @@ from mailintake_config_api.schemas import (
     FieldError,
     Offset,
     Page,
+    PlainText,
 )
 from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.db.types import utcnow
@@ -110,7 +111,8 @@ def list_certificates(
     session: SessionDep,
     _role: Viewer,
     q: Annotated[
-        str | None, Query(max_length=255, description="Case-insensitive term: name or alias.")
+        PlainText | None,
+        Query(max_length=255, description="Case-insensitive term: name or alias."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,

@@ -28,6 +28,7 @@ from mailintake_config_api.schemas import (
     EstimateFailed,
     FieldError,
     Offset,
+    PlainText,
     PollAccepted,
     ReplayQueued,
     ReplayRequest,
@@ -47,7 +48,7 @@ def list_connections(
     res: ResourcesDep,
     _role: Viewer,
     q: Annotated[
-        str | None,
+        PlainText | None,
         Query(
             max_length=255,
             description="Case-insensitive term over name, description, host and username.",

@@ -18,6 +18,7 @@ from mailintake_config_api.schemas import (
     MessageLogEntry,
     Offset,
     Page,
+    PlainText,
     PollLogEntry,
     QueueActionDone,
     QueueEntry,
@@ -127,7 +128,7 @@ def list_poll_log(
     session: SessionDep,
     _role: Viewer,
     filters: WindowDep,
-    outcome: Annotated[str | None, Query(description="`ok`, `failed` or `skipped`.")] = None,
+    outcome: Annotated[PlainText | None, Query(description="`ok`, `failed` or `skipped`.")] = None,
 ) -> Page[PollLogEntry]:
     rows, total = incoming.poll_page(session, filters, outcome)
     return Page(
@@ -149,7 +150,7 @@ def list_message_log(
     _role: Viewer,
     filters: WindowDep,
     outcome: Annotated[
-        str | None, Query(description="`stored`, `duplicate` or `rejected`.")
+        PlainText | None, Query(description="`stored`, `duplicate` or `rejected`.")
     ] = None,
     poll_id: Annotated[uuid.UUID | None, Query()] = None,
     message_id: Annotated[int | None, Query()] = None,
