@@ -329,7 +329,10 @@ def test_names_are_unique_case_insensitively(client: TestClient) -> None:
 def test_update_merges_and_revalidates(client: TestClient) -> None:
     created = client.post("/connections", json=imap_body()).json()
     url = f"/connections/{created['id']}"
-    moved = client.patch(url, json={"protocol": "pop3", "encryption": "none", "folder": None})
+    moved = client.patch(
+        url,
+        json={"protocol": "pop3", "encryption": "none", "folder": None, "password": "pop3-pw"},
+    )
     assert moved.status_code == 200, moved.text
     assert (moved.json()["port"], moved.json()["folder"], moved.json()["version"]) == (110, None, 2)
     assert moved.json()["has_password"] is True

@@ -124,6 +124,12 @@ PasswordOption = Annotated[
 ]
 
 
+# The options that decide where a password goes: changing one needs the password again.
+DESTINATION_OPTIONS = frozenset(
+    {"host", "port", "encryption", "username", "tls_ca_pem", "tls_verify"}
+)
+
+
 def _password(from_stdin: bool, prompt: bool) -> str | None:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
@@ -200,7 +206,9 @@ def update_connection(
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Change the options given; the others stay."""
+    """Change the options given; the others stay. A change of where the password goes (host,
+    port, encryption, username, TLS settings) asks for the password again."""
+    connection_id = _id(ref)
     body = _body(
         name=name,
         host=host,
@@ -216,9 +224,19 @@ def update_connection(
         tls_ca_file=tls_ca_file,
         tls_verify=tls_verify,
         description=description,
-        password=_password(password_stdin, prompt=False),
     )
-    emit(_call("PATCH", f"/connections/{_id(ref)}", json=body), as_json=as_json, title="updated")
+    moves = not DESTINATION_OPTIONS.isdisjoint(body)
+    asks = (
+        moves
+        and not password_stdin
+        and _call("GET", f"/connections/{connection_id}")["has_password"]
+    )
+    password = _password(password_stdin, prompt=bool(asks))
+    if password is not None:
+        body["password"] = password
+    emit(
+        _call("PATCH", f"/connections/{connection_id}", json=body), as_json=as_json, title="updated"
+    )
 
 
 @connections_app.command("delete")

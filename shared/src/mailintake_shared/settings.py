@@ -36,9 +36,11 @@ class Settings(BaseSettings):
     )
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated Fernet keys that encrypt secrets at rest. The first "
-        "encrypts new secrets; all of them decrypt (add a new key in front to rotate). "
-        "Generate one with `mailintake-keygen`. Required by every service.",
+        description="Comma-separated keys (32 url-safe base64-encoded bytes each) that encrypt "
+        "secrets at rest (AES-256-GCM, each secret bound to its row and destination). The "
+        "first encrypts new secrets; all of them decrypt (add a new key in front to rotate). "
+        "Generate one with `mailintake-keygen`. Required by every service, and by "
+        "`mailintake-migrate` when there are secrets to re-encrypt.",
     )
 
     # --- Kafka ---------------------------------------------------------------------------

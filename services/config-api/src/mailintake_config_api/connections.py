@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -18,6 +20,7 @@ from mailintake_config_api.schemas import (
     ConnectionUpdate,
     FieldError,
 )
+from mailintake_shared.db.bindings import destination_changes, password_binding
 from mailintake_shared.db.models import Connection, ConnectionStatus, OAuthCredential, OAuthGrant
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import (
@@ -182,6 +185,27 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
         row.password_enc = None
 
 
+def _would_be(row: Connection, draft: rules.ConnectionDraft) -> Connection:
+    """A copy of ``row`` with ``draft`` applied, outside the session."""
+    copy = Connection(
+        id=row.id,
+        version=row.version,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+    _apply(copy, draft)
+    return copy
+
+
+def _seal_password(
+    box: SecretBox, row: Connection, body: ConnectionCreate | ConnectionUpdate
+) -> None:
+    """The password sent, bound to the connection's id and destination."""
+    if body.password is not None:
+        row.password_enc = box.encrypt(body.password.get_secret_value(), password_binding(row))
+
+
 def _announce(session: Session, settings: Settings, row: Connection) -> None:
     session.flush()
     event = ConnectionState(connection=row.view())
@@ -197,10 +221,30 @@ def create(
         id=uuid.uuid4(), version=1, enabled=False, created_at=utcnow(), updated_at=utcnow()
     )
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     session.add(row)
     _announce(session, settings, row)
+    return row
+
+
+def from_backup(session: Session, settings: Settings, values: dict[str, Any]) -> Connection:
+    """The connection a backup's row describes, judged by the schemas and rules a create
+    is; its password is the caller's to check. Raises pydantic's ``ValidationError``,
+    ``InvalidInputError`` or ``NameTakenError``."""
+    fields = {k: v for k, v in values.items() if k in _DRAFT_FIELDS and v is not None}
+    if fields.get("protocol") != Protocol.MICROSOFT_OAUTH2:
+        fields.pop("transport", None)  # implied by the protocol, not chosen
+    draft = _merge(None, ConnectionCreate.model_validate(fields))
+    draft.has_password = values.get("password_enc") is not None
+    _validate(session, settings, draft, values["id"])
+    row = Connection(
+        id=values["id"],
+        version=values.get("version") or 1,
+        enabled=bool(values.get("enabled")),
+        created_at=values.get("created_at") or utcnow(),
+        updated_at=values.get("updated_at") or utcnow(),
+    )
+    _apply(row, draft)
     return row
 
 
@@ -214,8 +258,7 @@ def preview(
         id=uuid.uuid4(), version=0, enabled=False, created_at=utcnow(), updated_at=utcnow()
     )
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     return row
 
 
@@ -224,9 +267,22 @@ def update(
 ) -> Connection:
     draft = _merge(row, body)
     _validate(session, settings, draft, row.id)
+    moved = destination_changes(row.view(), _would_be(row, draft).view())
+    if moved and draft.has_password and body.password is None:
+        changed = ", ".join(moved)
+        raise InvalidInputError(
+            [
+                FieldError(
+                    field="password",
+                    rule=f"password is required again because {changed} changed: a stored "
+                    "password goes only to the destination it was given for",
+                )
+            ]
+        )
+    if moved:  # an OAuth2 grant too: authorize the connection again for the new destination
+        session.execute(sa.delete(OAuthGrant).where(OAuthGrant.connection_id == row.id))
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     _touch(row)
     _announce(session, settings, row)
     return row

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -44,6 +47,11 @@ def _field(error: dict[str, object]) -> str:
     return ".".join(location) or "body"
 
 
+def field_errors(errors: Sequence[Any]) -> list[FieldError]:
+    """Pydantic's (or FastAPI's) error dicts as fields and rules in words."""
+    return [FieldError(field=_field(e), rule=_rule(e)) for e in errors]
+
+
 def invalid_response(errors: list[FieldError]) -> JSONResponse:
     body = ErrorBody(detail="invalid input", errors=errors)
     return JSONResponse(status_code=422, content=body.model_dump())
@@ -52,8 +60,7 @@ def invalid_response(errors: list[FieldError]) -> JSONResponse:
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(field=_field(e), rule=_rule(e)) for e in exc.errors()]
-        return invalid_response(errors)
+        return invalid_response(field_errors(exc.errors()))
 
     @app.exception_handler(InvalidInputError)
     async def _invalid(_request: Request, exc: InvalidInputError) -> JSONResponse:

@@ -449,15 +449,14 @@ class MessageLogEntry(BaseModel):
     action_applied_at: datetime | None
 
 
-class OAuthCredentialCreate(BaseModel):
-    """An app registered with Google or Microsoft Entra (client id and secret)."""
+class OAuthCredentialFields(BaseModel):
+    """An OAuth2 credential's attributes but its secret (what a create and a restore judge)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     provider: OAuthProvider
     client_id: PlainText = Field(min_length=1, max_length=512)
-    client_secret: SecretStr = Field(description="Write-only; stored encrypted.")
     tenant: PlainText | None = Field(
         None,
         max_length=255,
@@ -476,14 +475,20 @@ class OAuthCredentialCreate(BaseModel):
         "the app by an administrator): tokens by the client credentials grant, no sign-in.",
     )
 
-    _plain_secret = field_validator("client_secret")(_plain)
-
     @field_validator("tenant", "app_only")
     @classmethod
     def _microsoft_only(cls, value: object, info: ValidationInfo) -> object:
         if value and info.data.get("provider") is OAuthProvider.GOOGLE:
             raise ValueError(f"{info.field_name} applies to Microsoft only")
         return value or (None if info.field_name == "tenant" else False)
+
+
+class OAuthCredentialCreate(OAuthCredentialFields):
+    """An app registered with Google or Microsoft Entra (client id and secret)."""
+
+    client_secret: SecretStr = Field(description="Write-only; stored encrypted.")
+
+    _plain_secret = field_validator("client_secret")(_plain)
 
 
 class OAuthCredentialUpdate(BaseModel):
