@@ -357,3 +357,25 @@ def test_concurrent_refreshes_of_one_connection_spend_the_refresh_token_once(
         assert grant.status == "authorized"
         stored_refresh = box.decrypt(grant.refresh_token_enc or b"", binding).get_secret_value()
     assert stored_refresh in server.state.grants  # the rotated one, not the spent one
+
+
+def test_an_unreachable_identity_provider_is_a_502_naming_it(settings: Settings) -> None:
+    nowhere = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    offline = settings.model_copy(update={"microsoft_authority_host": nowhere})
+    with api_client(offline) as api:
+        credential = api.post(
+            "/oauth-credentials",
+            json={"name": "app", "provider": "microsoft", "client_id": "c", "client_secret": "s"},
+        ).json()["id"]
+        body = {
+            "name": "m365",
+            "protocol": "microsoft_oauth2",
+            "username": "helpdesk@contoso.com",
+            "oauth_credential_id": credential,
+        }
+        cid = api.post("/connections", json=body).json()["id"]
+        answer = api.post(f"/connections/{cid}/authorize")
+    assert answer.status_code == 502, answer.text
+    detail = answer.json()["detail"]
+    assert "identity provider (microsoft)" in detail
+    assert f"Microsoft Entra ({nowhere}/common) did not answer" in detail
