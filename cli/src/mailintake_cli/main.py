@@ -134,7 +134,7 @@ def _password(from_stdin: bool, prompt: bool) -> str | None:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
     if prompt:
-        return str(typer.prompt("Password", hide_input=True))
+        return str(typer.prompt("Password", hide_input=True, err=True))  # stdout stays data
     return None
 
 
