@@ -668,15 +668,19 @@ def status_of_connections(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Each connection's health: last success, failures in a row, last error, stalled.
-    Exit status 1 when an enabled connection is stalled or failing."""
+    """Each connection's health: last success, failures in a row, last error, stalled, and
+    mail downloaded that the store cannot write yet ("downloaded, waiting for the store: …").
+    Exit status 1 when an enabled connection is stalled or failing, or mail waits."""
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = _call("GET", "/connections", params={"limit": 500, "offset": offset})
         for item in page["items"]:
             health = item["status"]
-            failing = item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            waiting = health.get("waiting_for_store")
+            failing = bool(waiting) or (
+                item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            )
             if problems_only and not failing:
                 continue
             rows.append(
@@ -688,13 +692,22 @@ def status_of_connections(
                     "failures": health["consecutive_failures"],
                     "last_error_kind": health["last_error_kind"],
                     "messages_stored": health["messages_stored"],
+                    "waiting_for_store": waiting,
                     "failing": failing,
                 }
             )
         offset += len(page["items"])
         if not page["items"] or offset >= page["total"]:
             break
-    columns = ("name", "enabled", "stalled", "last_success_at", "failures", "last_error_kind")
+    columns = (
+        "name",
+        "enabled",
+        "stalled",
+        "last_success_at",
+        "failures",
+        "last_error_kind",
+        "waiting_for_store",
+    )
     emit({"items": rows, "total": len(rows)}, as_json=as_json, columns=columns, title="status")
     if any(row["failing"] for row in rows):
         raise typer.Exit(1)

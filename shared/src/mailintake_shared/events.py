@@ -275,3 +275,16 @@ class ConnectionHealthChanged(Event):
     reason: str
     last_success_at: datetime | None
     at: datetime
+
+
+class StoreWaiting(Event):
+    """Topic ``store.waiting`` (compacted; store → config API): records downloaded for the
+    connection wait for the store, which cannot write them — the database refuses writes or
+    is out of reach, so it cannot say so itself. Sent again at every retry (``at``); a
+    tombstone when the connection's records are written."""
+
+    schema_version: Literal[1] = 1
+    connection_id: UUID
+    reason: str = Field(max_length=500, description="Why the store cannot write.")
+    since: datetime  # the first failed write of this stretch
+    at: datetime  # this report

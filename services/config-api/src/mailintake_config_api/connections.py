@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -30,7 +31,7 @@ from mailintake_shared.domain import (
     Transport,
     transport_for,
 )
-from mailintake_shared.events import ConnectionState, PollRequested
+from mailintake_shared.events import ConnectionState, PollRequested, StoreWaiting
 from mailintake_shared.outbox import add_to_outbox
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -59,9 +60,13 @@ def to_public(
 
 
 def public(
-    session: Session, rows: list[Connection], stalled_after_s: float
+    session: Session,
+    rows: list[Connection],
+    stalled_after_s: float,
+    waiting: Callable[[uuid.UUID], StoreWaiting | None] = lambda _id: None,
 ) -> list[ConnectionPublic]:
-    """Connections as the API shows them, with their polling status and authorization."""
+    """Connections as the API shows them, with their polling status and authorization, and
+    what the store says it cannot write (``waiting``)."""
     ids = [row.id for row in rows]
     statuses = session.scalars(
         select(ConnectionStatus).where(ConnectionStatus.connection_id.in_(ids))
@@ -84,6 +89,10 @@ def public(
     for item in shown:  # the watchdog's rule, as the scheduler applies it
         last = item.status.last_success_at or item.updated_at
         item.status.stalled = item.enabled and last < cutoff
+        report = waiting(item.id)
+        if report is not None:
+            item.status.waiting_for_store = f"downloaded, waiting for the store: {report.reason}"
+            item.status.waiting_since = report.since
     return shown
 
 

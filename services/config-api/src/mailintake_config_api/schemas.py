@@ -258,6 +258,15 @@ class ConnectionHealth(BaseModel):
         False,
         description="Enabled, and no successful poll for MAILINTAKE_STALLED_AFTER_SECONDS.",
     )
+    waiting_for_store: str | None = Field(
+        None,
+        description="Mail downloaded for this connection that the store cannot write yet: "
+        "`downloaded, waiting for the store: <reason>` (the database refuses writes, is out of "
+        "reach …); null when nothing waits. The mail stays on the server until it is stored.",
+    )
+    waiting_since: datetime | None = Field(
+        None, description="When the store first failed to write it."
+    )
 
 
 class ConnectionPublic(ConnectionView):

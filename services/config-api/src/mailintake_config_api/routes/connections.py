@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
@@ -15,6 +16,7 @@ from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.errors import InvalidInputError
 from mailintake_config_api.lookups import connection_or_404, like_pattern
 from mailintake_config_api.replay import TooManyError, replay
+from mailintake_config_api.resources import Resources
 from mailintake_config_api.schemas import (
     ConnectionCreate,
     ConnectionPage,
@@ -40,6 +42,11 @@ ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
 }
 router = APIRouter(prefix="/connections", tags=["connections"], responses=ERRORS)
+
+
+def _shown(session: Session, res: Resources, rows: list[Connection]) -> list[ConnectionPublic]:
+    stalled_after = res.settings.stalled_after_seconds
+    return connections.public(session, rows, stalled_after, res.store_waiting.get)
 
 
 @router.get("", response_model=ConnectionPage, summary="List and search connections")
@@ -78,7 +85,7 @@ def list_connections(
         query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
     ).all()
     return ConnectionPage(
-        items=connections.public(session, list(rows), res.settings.stalled_after_seconds),
+        items=_shown(session, res, list(rows)),
         total=total,
         limit=limit,
         offset=offset,
@@ -100,7 +107,7 @@ def create_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
@@ -108,7 +115,7 @@ def get_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Viewer
 ) -> ConnectionPublic:
     row = connection_or_404(session, connection_id)
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -126,7 +133,7 @@ def update_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.delete(
@@ -175,7 +182,7 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.post(
@@ -209,7 +216,7 @@ def disable_connection(
     row = connections.set_enabled(
         session, res.settings, connection_or_404(session, connection_id), False
     )
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.post(
