@@ -43,6 +43,20 @@ def api_client(settings: Settings) -> TestClient:
     return client
 
 
+def microsoft_connection(client: TestClient) -> str:
+    """A Microsoft 365 connection over IMAP (not authorized) with a credential of its own;
+    the connection's id."""
+    credential = {"name": "app", "provider": "microsoft", "client_id": "c", "client_secret": "s"}
+    body = {
+        "name": "m365",
+        "protocol": "microsoft_oauth2",
+        "username": "helpdesk@contoso.com",
+        "oauth_credential_id": client.post("/oauth-credentials", json=credential).json()["id"],
+    }
+    connection_id: str = client.post("/connections", json=body).json()["id"]
+    return connection_id
+
+
 # For connections whose server does not exist (imap.example.com): no DNS lookup, no estimate.
 WITHOUT_ESTIMATE = {"skip_estimate": True}
 

@@ -21,7 +21,7 @@ from mailintake_shared.db.models import Connection
 from mailintake_shared.oauth.tokens import save_grant
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
-from tests.api import api_client, imap_body
+from tests.api import api_client, imap_body, microsoft_connection
 from tests.harness.pipeline import Database
 from tests.harness.planted import planted
 from tests.harness.smime import identity
@@ -61,17 +61,7 @@ def saved(settings: Settings, restorer: Restorer) -> Document:
     with api_client(settings) as api:
         for name in ("first", "second"):
             api.post("/connections", json=imap_body(name=name, password=planted("password")))
-        credential = api.post(
-            "/oauth-credentials",
-            json={"name": "app", "provider": "microsoft", "client_id": "c", "client_secret": "s"},
-        ).json()["id"]
-        oauth = {
-            "name": "m365",
-            "protocol": "microsoft_oauth2",
-            "username": "helpdesk@contoso.com",
-            "oauth_credential_id": credential,
-        }
-        cid = api.post("/connections", json=oauth).json()["id"]
+        cid = microsoft_connection(api)
         pem = (alice.certificate_pem + alice.key_pem()).decode()
         assert api.post("/certificates", json={"name": "alice", "pem": pem}).status_code == 201
     with restorer.sessions() as session, session.begin():

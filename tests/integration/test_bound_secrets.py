@@ -29,7 +29,7 @@ from mailintake_shared.db.rekey import rekey
 from mailintake_shared.oauth.tokens import AuthorizationRequiredError, TokenStore, save_grant
 from mailintake_shared.secretbox import SecretBindingError, SecretBox, generate_key, is_unbound
 from mailintake_shared.settings import Settings
-from tests.api import api_client, imap_body
+from tests.api import api_client, imap_body, microsoft_connection
 from tests.harness.pipeline import Database
 from tests.harness.planted import planted
 from tests.harness.tls import make_pki
@@ -145,22 +145,7 @@ def test_an_oauth2_connection_moved_elsewhere_must_be_authorized_again(
     box = SecretBox(settings.encryption_keys)
     try:
         with api_client(settings) as api:
-            credential = api.post(
-                "/oauth-credentials",
-                json={
-                    "name": "app",
-                    "provider": "microsoft",
-                    "client_id": "c",
-                    "client_secret": "s",
-                },
-            ).json()["id"]
-            body = {
-                "name": "m365",
-                "protocol": "microsoft_oauth2",
-                "username": "helpdesk@contoso.com",
-                "oauth_credential_id": credential,
-            }
-            cid = api.post("/connections", json=body).json()["id"]
+            cid = microsoft_connection(api)
             with sessions() as session, session.begin():
                 row = session.get(Connection, uuid.UUID(cid))
                 assert row is not None

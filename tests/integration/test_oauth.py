@@ -28,7 +28,7 @@ from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
-from tests.api import api_client, enable
+from tests.api import api_client, enable, microsoft_connection
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.oauth_server import OAuthServer
@@ -363,18 +363,7 @@ def test_an_unreachable_identity_provider_is_a_502_naming_it(settings: Settings)
     nowhere = f"https://127.0.0.1:{free_port()}"  # nothing listens there
     offline = settings.model_copy(update={"microsoft_authority_host": nowhere})
     with api_client(offline) as api:
-        credential = api.post(
-            "/oauth-credentials",
-            json={"name": "app", "provider": "microsoft", "client_id": "c", "client_secret": "s"},
-        ).json()["id"]
-        body = {
-            "name": "m365",
-            "protocol": "microsoft_oauth2",
-            "username": "helpdesk@contoso.com",
-            "oauth_credential_id": credential,
-        }
-        cid = api.post("/connections", json=body).json()["id"]
-        answer = api.post(f"/connections/{cid}/authorize")
+        answer = api.post(f"/connections/{microsoft_connection(api)}/authorize")
     assert answer.status_code == 502, answer.text
     detail = answer.json()["detail"]
     assert "identity provider (microsoft)" in detail

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -83,17 +83,7 @@ def create_credential(
 ) -> OAuthCredential:
     _name_free(session, body.name, None)
     now = utcnow()
-    row = OAuthCredential(
-        id=uuid.uuid4(),
-        name=body.name,
-        provider=body.provider.value,
-        client_id=body.client_id,
-        tenant=body.tenant,
-        scopes=" ".join(body.scopes) if body.scopes else None,
-        app_only=body.app_only,
-        created_at=now,
-        updated_at=now,
-    )
+    row = _credential_row(body, uuid.uuid4(), now, now)
     secret = body.client_secret.get_secret_value()
     row.client_secret_enc = res.secrets.encrypt(secret, client_secret_binding(row))
     session.add(row)
@@ -117,16 +107,23 @@ def credential_from_backup(session: Session, values: dict[str, Any]) -> OAuthCre
         }
     )
     _name_free(session, fields.name, values["id"])
+    created, updated = values.get("created_at"), values.get("updated_at")
+    return _credential_row(fields, values["id"], created or utcnow(), updated or utcnow())
+
+
+def _credential_row(
+    fields: OAuthCredentialFields, row_id: uuid.UUID, created_at: datetime, updated_at: datetime
+) -> OAuthCredential:
     return OAuthCredential(
-        id=values["id"],
+        id=row_id,
         name=fields.name,
         provider=fields.provider.value,
         client_id=fields.client_id,
         tenant=fields.tenant,
         scopes=" ".join(fields.scopes) if fields.scopes else None,
         app_only=fields.app_only,
-        created_at=values.get("created_at") or utcnow(),
-        updated_at=values.get("updated_at") or utcnow(),
+        created_at=created_at,
+        updated_at=updated_at,
     )
 
 

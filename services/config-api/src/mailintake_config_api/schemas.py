@@ -122,7 +122,9 @@ class _ConnectionFields(BaseModel):
     timeout_ms: int | None = Field(None, description="1–30000 ms; blank or 0: 30000.")
     folder: str | None = Field(None, description="IMAP folder; blank: INBOX.")
     username: str | None = None
-    shared_mailbox: str | None = Field(None, description="Alias of a shared mailbox to open.")
+    shared_mailbox: str | None = Field(
+        None, max_length=512, description="Alias of a shared mailbox to open."
+    )
     password: SecretStr | None = Field(
         None,
         description="IMAP and POP3 only; any Unicode text without control characters (SASL "
@@ -209,13 +211,6 @@ class _ConnectionFields(BaseModel):
     def _folder(cls, value: str | None) -> str | None:
         if value is not None and len(value) > 1024:
             raise ValueError("folder must be at most 1024 characters")
-        return value
-
-    @field_validator("shared_mailbox")
-    @classmethod
-    def _shared_mailbox(cls, value: str | None) -> str | None:
-        if value is not None and len(value) > 512:
-            raise ValueError("shared_mailbox must be at most 512 characters")
         return value
 
     @field_validator("password")
