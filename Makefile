@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench soak bench-readme openapi settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
+.PHONY: help run test test-fast lint format bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ bench-readme: ## copy the last full benchmark table into the README
 
 openapi: ## regenerate services/config-api/openapi.json from the code
 	$(RUN) mailintake-config-api openapi > services/config-api/openapi.json
+
+contracts: ## regenerate docs/schemas/, docs/asyncapi.json and docs/topics.md's tables from the models
+	$(RUN) python scripts/contracts.py --write
 
 settings-table: ## rewrite the README's settings table from the Settings class
 	$(RUN) python scripts/settings_table.py --write

@@ -57,7 +57,7 @@ from mailintake_shared.events import (
     PollResult,
 )
 from mailintake_shared.fetched import encode_part
-from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
+from mailintake_shared.kafka import ReliableProducer, end_offsets, ensure_topics, make_consumer
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox
 from mailintake_shared.mailbox.selection import Cursor
@@ -292,13 +292,15 @@ def _server_cpu() -> dict[str, float]:
 
 
 def _topic_size(settings: Settings, topic: Topic) -> int:
+    """Records in ``topic``: the sum of its partitions' high watermarks (not ListOffsets,
+    which the local broker answers too low)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
     try:
         name = topic_name(settings.topic_prefix, topic)
         tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
         consumer.assign(tps)
-        consumer.seek_to_end(*tps)
-        return sum(consumer.position(tp) for tp in tps)
+        consumer.seek_to_beginning(*tps)
+        return sum(end_offsets(consumer, tps).values())
     finally:
         consumer.close()
 
@@ -807,7 +809,7 @@ def store_alone(env: BenchEnv, results: Results, count: int, logs: Path) -> None
             final=True,
             sha256=hashlib.sha256(raw).hexdigest(),
         )
-        value, headers = encode_part(chunk, raw)
+        value, headers = encode_part(chunk, raw, settings.topic_prefix)
         futures.append(producer.send(topic, str(connection_id).encode(), value, headers))
         if len(futures) >= 5000:
             producer.settle(futures, timeout_s=120)

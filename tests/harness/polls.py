@@ -64,6 +64,8 @@ class MemoryState:
     pending: list[PendingAction] = field(default_factory=list)
     applied: list[int] = field(default_factory=list)
     known: set[str] = field(default_factory=set)
+    retry: dict[str, int | None] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)
 
     def cursor(self, connection_id: uuid.UUID, folder: str) -> Cursor | None:
         return self.cursor_value
@@ -80,3 +82,9 @@ class MemoryState:
         self, connection_id: uuid.UUID, folder: str, among: Collection[str] | None = None
     ) -> set[str]:
         return self.known if among is None else self.known & set(among)
+
+    def pending_downloads(self, connection_id: uuid.UUID, folder: str) -> dict[str, int | None]:
+        return self.retry
+
+    def stored_digests(self, connection_id: uuid.UUID, folder: str, uidl: str) -> dict[str, str]:
+        return {k: v for k, v in self.digests.items() if k == uidl or k.startswith(uidl + " ")}

@@ -198,14 +198,14 @@ VALUES (:connection, 1, 'old', 'imap', 'imap', 'ssl', 'imap.example.com', NULL, 
 
 def test_the_migration_binds_the_secrets_stored_before(postgres: Any) -> None:
     """Secrets stored by the earlier version (Fernet, unbound) are bound by the migration:
-    the database at revision 0008, then upgraded."""
+    the database at revision 0009, then upgraded."""
     url = str(postgres.url(postgres.create_database()))
     engine = create_engine(url)
     key = generate_key()
     fernet = Fernet(key.encode())
     ids = {"credential": uuid.uuid4(), "connection": uuid.uuid4()}
     try:
-        upgrade(engine, "0008")
+        upgrade(engine, "0009")
         with engine.begin() as connection:
             for statement in LEGACY_ROWS.split(";")[:-1]:
                 connection.execute(

@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from mailintake_config_api.auth import hash_token
 from mailintake_devstack.broker import free_port
 
 pytestmark = pytest.mark.integration
@@ -50,10 +52,25 @@ def _healthy(port: int, timeout_s: float) -> bool:
     return False
 
 
+def _status(url: str, token: str, method: str = "GET") -> int:
+    body = b"{}" if method == "POST" else None
+    request = urllib.request.Request(url, method=method, data=body)  # noqa: S310 (loopback)
+    request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def test_run_command_brings_up_the_pipeline_and_readme_example_works(tmp_path: Path) -> None:
     state = tmp_path / "stack"
+    state.mkdir()
+    (state / "api-tokens").write_text(f"# a viewer\nviewer:{hash_token('viewer-from-file')}\n")
     api_port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILINTAKE_")}
+    env["MAILINTAKE_API_TOKENS"] = f"viewer:{hash_token('viewer-from-env')}"
     stack = subprocess.Popen(
         [
             sys.executable,
@@ -97,6 +114,13 @@ def test_run_command_brings_up_the_pipeline_and_readme_example_works(tmp_path: P
         assert created["name"] == "Support inbox"
         assert [c["id"] for c in listed["items"]] == [created["id"]]
         assert "app-password" not in result.stdout
+
+        # Tokens beside the generated admin's: from the environment and from .devstack/.
+        connections = f"http://127.0.0.1:{api_port}/connections"
+        for token in ("viewer-from-file", "viewer-from-env"):
+            assert _status(connections, token) == 200
+            assert _status(connections, token, "POST") == 403
+        assert _status(connections, "not-a-token") == 401
     finally:
         stack.send_signal(signal.SIGINT)
         output, _ = stack.communicate(timeout=60)

@@ -118,3 +118,31 @@ def test_offsets_are_committed_only_after_the_work_and_failures_replay(
 def _batch_starts(seen: list[int]) -> list[int]:
     # Batches are 5 records of one partition, in order: each starts at a multiple of 5.
     return [v for i, v in enumerate(seen) if i % 5 == 0]
+
+
+def test_a_topic_is_read_to_its_end_without_trusting_listoffsets(
+    settings: Settings, broker: Any
+) -> None:
+    """The local broker answers ListOffsets with the last batch's first offset + 1 when a
+    batch holds several records (README, the local broker): the reader does not use it."""
+    from mailintake_devstack.broker import LocalBroker
+    from mailintake_shared.kafka import ensure_topics, read_topic_to_end
+
+    ensure_topics(settings)
+    name = topic_name(settings.topic_prefix, Topic.POLL_DUE)
+    producer = make_producer(settings, "test")
+    for batch in range(5):  # five batches of 100 records on one partition
+        for i in range(100):
+            producer.send(name, key=b"same-key", value=str(batch * 100 + i).encode())
+        producer.flush()
+    producer.close()
+
+    records = read_topic_to_end(settings, Topic.POLL_DUE)
+    assert [int(r.value) for r in records] == list(range(500))
+    if isinstance(broker, LocalBroker):
+        probe = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+        tp = TopicPartition(name, records[0].partition)
+        try:
+            assert probe.end_offsets([tp])[tp] < 500  # the trap: ListOffsets is too low
+        finally:
+            probe.close()

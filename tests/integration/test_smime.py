@@ -17,6 +17,7 @@ from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.api import enable
 from tests.conftest import Mailbox
+from tests.harness import smime_corpus as corpus
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline
 from tests.harness.planted import planted
@@ -36,6 +37,12 @@ def upload_pem(api: TestClient, who: Identity, passphrase: str | None = None) ->
     answer = api.post("/certificates", json=body)
     assert answer.status_code == 201, answer.text
     return dict(answer.json())
+
+
+def published(settings: Settings) -> dict[str, dict[str, Any]]:
+    """The mail.stored events by subject (the last of each)."""
+    records = read_topic_to_end(settings, Topic.MAIL_STORED)
+    return {e["headers"]["subject"]: e for e in (json.loads(r.value) for r in records)}
 
 
 def test_encrypted_and_signed_mail_ends_in_its_documented_state(
@@ -121,27 +128,22 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     assert both["signature"] == "valid"
     assert "matches the message's recipients" in found["to a stranger"]["problem"]
     assert "'old 2026' expired on" in found["to the expired"]["problem"]
-    assert "EC key" in found["to eve"]["problem"]
+    assert found["to eve"]["decrypted_with"] == eve_cert["id"]  # an EC key: ECDH
     assert "corrupt" in found["corrupt"]["problem"]
     assert found["plain"] is None
-    for subject in ("to alice", "to carol", "signed then encrypted"):
+    for subject in ("to alice", "to carol", "signed then encrypted", "to eve"):
         assert SECRET_WORDS in bytes(rows[subject].unwrapped)
         assert SECRET_WORDS not in bytes(rows[subject].raw)  # the original, kept as fetched
-    for subject in ("to a stranger", "to the expired", "to eve", "corrupt"):
+    for subject in ("to a stranger", "to the expired", "corrupt"):
         assert rows[subject].unwrapped is None
         assert bytes(rows[subject].raw) == mail[subject].replace(b"\n", b"\r\n")
         assert any(p.startswith("S/MIME: ") for p in json.loads(rows[subject].problems))
 
     # Downstream gets the decrypted form; the API serves both.
-    events = {
-        e["headers"]["subject"]: e
-        for e in (
-            json.loads(r.value) for r in read_topic_to_end(pipeline_settings, Topic.MAIL_STORED)
-        )
-    }
+    events = published(pipeline_settings)
     assert SECRET_WORDS in base64.b64decode(events["to alice"]["raw_b64"])
     assert events["to alice"]["smime"]["decrypted_with"] == alice_cert["id"]
-    assert SECRET_WORDS not in base64.b64decode(events["to eve"]["raw_b64"])
+    assert SECRET_WORDS not in base64.b64decode(events["to a stranger"]["raw_b64"])
     assert events["plain"]["smime"] is None
     message_id = rows["to alice"].id
     served = api.get(f"/messages/{message_id}/raw")
@@ -155,7 +157,7 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     # decrypts it and announces it again, decrypted.
     queued = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]
     assert sorted(e["subject"] for e in queued) == sorted(
-        ["to a stranger", "to the expired", "to eve", "corrupt"]
+        ["to a stranger", "to the expired", "corrupt"]
     )
     stranger_cert = upload_pem(api, stranger)
     api.put(
@@ -166,20 +168,27 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     retried = api.post(f"/queue/message/{entry['id']}/retry").json()
     assert retried["detail"].startswith("decrypted")
     again = api.post(
-        f"/queue/message/{next(e['id'] for e in queued if e['subject'] == 'to eve')}/retry"
+        f"/queue/message/{next(e['id'] for e in queued if e['subject'] == 'corrupt')}/retry"
     )
     assert again.json()["detail"].startswith("still not decrypted")
     api.app.state.resources.relay.flush()  # type: ignore[attr-defined]
-    republished = [
-        json.loads(r.value)
+    records = [
+        r
         for r in read_topic_to_end(pipeline_settings, Topic.MAIL_STORED)
         if json.loads(r.value)["headers"]["subject"] == "to a stranger"
     ]
+    republished = [json.loads(r.value) for r in records]
     assert len(republished) == 2
+    # a new announcement under its own id, not a replay; the problem is said once, in smime
+    ids = [dict(r.headers)["ce_id"].decode() for r in records]
+    assert ids == [str(entry["id"]), f"{entry['id']}/decrypted"]
+    assert all("ce_replay" not in dict(r.headers) for r in records)
+    assert not [p for e in events.values() for p in e["problems"] if p.startswith("S/MIME")]
+    assert events["to eve"]["smime"]["problem"]
     assert republished[-1]["smime"]["decrypted_with"] == stranger_cert["id"]
     assert SECRET_WORDS in base64.b64decode(republished[-1]["raw_b64"])
     still = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]
-    assert sorted(e["subject"] for e in still) == sorted(["to the expired", "to eve", "corrupt"])
+    assert sorted(e["subject"] for e in still) == sorted(["to the expired", "corrupt"])
 
     # A certificate in use cannot be deleted; once unlinked it can. Search by name or alias.
     assert api.delete(f"/certificates/{alice_cert['id']}").status_code == 409
@@ -205,4 +214,82 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
         assert all(secret.decode() not in text for text in answers)
         assert secret not in pipeline.logs().encode()
         assert secret not in every_record
+    pipeline.assert_running()
+
+
+# A representative set of the corpus (tests/data/smime): each kind of CMS encoding, cipher,
+# key transport and agreement, signature and nesting that mail clients send.
+CORPUS_SET = [
+    "enveloped-3des-ber",
+    "enveloped-aes192-ber",
+    "enveloped-aes256-gcm-ber",
+    "enveloped-oaep-sha256-ber",
+    "enveloped-ecdh-sha256kdf-ber",
+    "enveloped-keyid",
+    "signed-detached-sha1-ber",
+    "signed-detached-sha256-ber",
+    "signed-opaque-sha256-ber",
+    "signed-pss",
+    "signed-ecdsa-opaque-ber",
+    "signed-then-encrypted-ber",
+    "encrypted-then-signed",
+    "tampered-detached-content",
+    "tampered-signature",
+    "enveloped-aria256",
+    "signed-dsa",
+]
+
+
+def test_mail_as_clients_write_it_is_decrypted_and_verified(
+    pipeline: Pipeline,
+    api: TestClient,
+    db: Database,
+    mailbox: Mailbox,
+    pipeline_settings: Settings,
+) -> None:
+    certificates = {}
+    for name in ("alice", "eve"):
+        pem = (corpus.certificate_pem(name) + corpus.key_pem(name)).decode()
+        answer = api.post("/certificates", json={"name": name, "pem": pem})
+        assert answer.status_code == 201, answer.text
+        certificates[name] = answer.json()["id"]
+    mailbox.server.seed(mailbox.username, [corpus.message(name) for name in CORPUS_SET])
+    connection_id = api.post("/connections", json=imap_connection_body(mailbox)).json()["id"]
+    linked = api.put(
+        f"/connections/{connection_id}/certificates",
+        json={"certificate_ids": list(certificates.values())},
+    )
+    assert linked.status_code == 200
+    pipeline.start("scheduler", "fetcher", "store")
+    assert enable(api, connection_id).status_code == 200
+    drain(api, connection_id, db, len(CORPUS_SET), timeout_s=120)
+
+    rows = {r.subject: r for r in db.rows("SELECT subject, raw, unwrapped, smime FROM messages")}
+    assert set(rows) == set(CORPUS_SET)
+    events = published(pipeline_settings)
+    assert set(events) == set(CORPUS_SET)
+    for name in CORPUS_SET:
+        row, smime = rows[name], json.loads(rows[name].smime)
+        assert smime == events[name]["smime"], name
+        announced = base64.b64decode(events[name]["raw_b64"])
+        if name in corpus.DECRYPTED or name in corpus.NESTED:
+            recipient = corpus.DECRYPTED.get(name) or corpus.NESTED[name][0]
+            assert smime["decrypted_with"] == certificates[recipient], name
+            assert SECRET_WORDS in bytes(row.unwrapped), name
+            assert SECRET_WORDS in announced, name
+            assert SECRET_WORDS not in bytes(row.raw), name
+        if name in corpus.SIGNED or name in corpus.NESTED:
+            signer = corpus.SIGNED.get(name) or corpus.NESTED[name][1]
+            assert (smime["signature"], smime["signer"]) == ("valid", f"{signer}@example.test")
+            assert smime["problem"] is None, name
+        if name in corpus.TAMPERED:
+            assert (smime["signature"], smime["problem"]) == ("invalid", corpus.TAMPERED[name])
+        if name in corpus.UNSUPPORTED:
+            assert smime["problem"] == corpus.UNSUPPORTED[name], name
+    assert rows["enveloped-aria256"].unwrapped is None
+    assert json.loads(rows["enveloped-aria256"].smime)["encrypted"] is True
+    # What stays encrypted is in the queue, with the cipher named.
+    queued = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]
+    assert [e["subject"] for e in queued] == ["enveloped-aria256"]
+    assert corpus.UNSUPPORTED["enveloped-aria256"] in queued[0]["reason"]
     pipeline.assert_running()

@@ -4,17 +4,14 @@ PKCS#12 files within a cap on the key-derivation rounds they ask for."""
 from __future__ import annotations
 
 import base64
-from typing import Any
 
 import pytest
+from asn1crypto import cms
+from asn1crypto import pkcs12 as asn1_pkcs12
 from cryptography.hazmat.primitives import hashes, padding, serialization
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 from cryptography.hazmat.primitives.serialization import pkcs12
-from pyasn1.codec.ber import decoder
-from pyasn1.codec.der import encoder
-from pyasn1.type import univ
-from pyasn1_modules import rfc5652, rfc7292, rfc8018
 
 from mailintake_config_api.certificates import CertificateError, read_upload
 from mailintake_config_api.pkcs12_rounds import (
@@ -97,47 +94,35 @@ def test_a_pkcs12_file_asking_for_too_many_rounds_is_refused_before_any_is_spent
 def test_rounds_hidden_inside_an_encrypted_part_are_counted() -> None:
     """A shrouded key asking for many rounds, inside a part encrypted with few: the part is
     opened (its rounds counted) and the key's rounds counted too, before anything is spent."""
-    many = _decode(_pkcs12(identity("alice"), MAX_ROUNDS + 1), rfc7292.PFX())
-    safe = _decode(
-        _decode(many["authSafe"]["content"], univ.OctetString()), rfc7292.AuthenticatedSafe()
+    many = asn1_pkcs12.Pfx.load(_pkcs12(identity("alice"), MAX_ROUNDS + 1))
+    key_part = next(i for i in many.authenticated_safe if i["content_type"].native == "data")
+    hidden: bytes = key_part["content"].native  # the SafeContents that holds the key's bag
+    cheap = asn1_pkcs12.Pfx.load(_pkcs12(identity("bob"), 2048))
+    part = next(i for i in cheap.authenticated_safe if i["content_type"].native != "data")
+    algorithm = part["content"]["encrypted_content_info"]["content_encryption_algorithm"]
+    key = PBKDF2HMAC(hashes.SHA256(), 32, algorithm.kdf_salt, algorithm.kdf_iterations).derive(
+        b"pass"
     )
-    key_part = next(info for info in safe if info["contentType"] == rfc5652.id_data)
-    hidden = bytes(_decode(key_part["content"], univ.OctetString()))  # SafeContents: the key bag
-    cheap = _decode(
-        _decode(_pkcs12(identity("bob"), 2048), rfc7292.PFX())["authSafe"]["content"],
-        univ.OctetString(),
-    )
-    encrypted_part = next(
-        info
-        for info in _decode(cheap, rfc7292.AuthenticatedSafe())
-        if info["contentType"] == rfc5652.id_encryptedData
-    )
-    # Re-encrypt the key's bag into bob's cheap part (same algorithm, passphrase "pass").
-    data = _decode(encrypted_part["content"], rfc5652.EncryptedData())
-    algorithm = data["encryptedContentInfo"]["contentEncryptionAlgorithm"]
-    pbes2 = _decode(algorithm["parameters"], rfc8018.PBES2_params())
-    kdf = _decode(pbes2["keyDerivationFunc"]["parameters"], rfc8018.PBKDF2_params())
-    key = PBKDF2HMAC(
-        hashes.SHA256(), 32, bytes(kdf["salt"]["specified"]), int(kdf["iterationCount"])
-    ).derive(b"pass")
-    iv = bytes(_decode(pbes2["encryptionScheme"]["parameters"], univ.OctetString()))
     padder = padding.PKCS7(128).padder()
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(algorithm.encryption_iv)).encryptor()
     sealed = encryptor.update(padder.update(hidden) + padder.finalize()) + encryptor.finalize()
-    data["encryptedContentInfo"]["encryptedContent"] = sealed
-    encrypted_part["content"] = univ.Any(encoder.encode(data))
-    outer = rfc7292.AuthenticatedSafe()
-    outer.append(encrypted_part)
-    pfx = rfc7292.PFX()
-    pfx["version"] = 3
-    pfx["authSafe"]["contentType"] = rfc5652.id_data
-    pfx["authSafe"]["content"] = univ.Any(encoder.encode(univ.OctetString(encoder.encode(outer))))
+    encrypted = cms.EncryptedData(
+        {
+            "version": "v0",
+            "encrypted_content_info": {
+                "content_type": "data",
+                "content_encryption_algorithm": algorithm,
+                "encrypted_content": sealed,
+            },
+        }
+    )
+    outer = asn1_pkcs12.AuthenticatedSafe(
+        [cms.ContentInfo({"content_type": "encrypted_data", "content": encrypted})]
+    )
+    pfx = asn1_pkcs12.Pfx(
+        {"version": "v3", "auth_safe": {"content_type": "data", "content": outer.dump()}}
+    )
     with pytest.raises(TooManyRoundsError):
-        check_rounds(encoder.encode(pfx), "pass")
+        check_rounds(pfx.dump(), "pass")
     with pytest.raises(UnreadableError):
-        check_rounds(encoder.encode(pfx), "not the passphrase")
-
-
-def _decode(data: object, spec: object) -> Any:
-    value, _ = decoder.decode(bytes(data), asn1Spec=spec)  # type: ignore[call-overload]
-    return value
+        check_rounds(pfx.dump(), "not the passphrase")

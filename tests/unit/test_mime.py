@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import random
+from email import policy
+from email.parser import BytesParser
 
 import pytest
 
@@ -127,3 +129,94 @@ def test_the_fast_header_reading_agrees_with_the_email_package(
         assert one == other, raw
     # Both ways were taken often: the fast one, and the email package for the rest.
     assert 1000 < sum(read_fast) < len(messages) - 1000, sum(read_fast)
+
+
+# Header values as mail clients show them: (field, value as sent, what the summary shows,
+# what the email package's policy.default shows where it differs, else None). The cases are
+# those of issues 15 and 17 and the examples of RFC 2047 §8.
+DEFAULT_AGREES = None
+HEADER_CASES = [
+    # Folded encoded words: unfold first (RFC 5322 §2.2.3), then decode (RFC 2047 §6.2).
+    (
+        "Subject",
+        b"=?UTF-8?Q?=E2=80=A6the_example.?=\r\n =?US-ASCII?Q?.._so,_cool!?=",
+        "…the example... so, cool!",
+        DEFAULT_AGREES,
+    ),
+    (
+        "Subject",
+        b"Nodemailer is unicode friendly =?UTF-8?Q?=E2=9C=94?=\r\n (1476358788189)",
+        "Nodemailer is unicode friendly ✔ (1476358788189)",
+        DEFAULT_AGREES,
+    ),
+    (
+        "Subject",
+        b"=?ISO-8859-1?B?SWYgeW91IGNhbiByZWFkIHRoaXMgeW8=?=\r\n"
+        b"    =?ISO-8859-2?B?dSB1bmRlcnN0YW5kIHRoZSBleGFtcGxlLg==?=",
+        "If you can read this you understand the example.",
+        DEFAULT_AGREES,
+    ),
+    ("Subject", b"(=?ISO-8859-1?Q?a?=)", "(a)", DEFAULT_AGREES),
+    ("Subject", b"(=?ISO-8859-1?Q?a?= b)", "(a b)", DEFAULT_AGREES),
+    ("Subject", b"(=?ISO-8859-1?Q?a?= =?ISO-8859-1?Q?b?=)", "(ab)", DEFAULT_AGREES),
+    ("Subject", b"(=?ISO-8859-1?Q?a?=  =?ISO-8859-1?Q?b?=)", "(ab)", DEFAULT_AGREES),
+    ("Subject", b"(=?ISO-8859-1?Q?a?=\r\n    =?ISO-8859-1?Q?b?=)", "(ab)", DEFAULT_AGREES),
+    ("Subject", b"(=?ISO-8859-1?Q?a_b?=)", "(a b)", DEFAULT_AGREES),
+    ("Subject", b"(=?ISO-8859-1?Q?a?= =?ISO-8859-2?Q?_b?=)", "(a b)", DEFAULT_AGREES),
+    # A character's bytes split over two words; base64 without its padding.
+    ("Subject", b"=?UTF-8?Q?=E2=9C?= =?UTF-8?Q?=94?=", "✔", DEFAULT_AGREES),
+    ("Subject", b"=?utf-8?b?w6k?=", "é", DEFAULT_AGREES),
+    # RFC 2231 §5: a language after the charset.
+    (
+        "From",
+        b"=?US-ASCII*EN?Q?Keith_Moore?= <moore@cs.utk.edu>",
+        "Keith Moore <moore@cs.utk.edu>",
+        DEFAULT_AGREES,
+    ),
+    ("Subject", b"=?UTF-8*de?Q?Gr=C3=BC=C3=9Fe?=", "Grüße", DEFAULT_AGREES),
+    # Undeclared 8-bit bytes: UTF-8 when valid, else Windows-1252 (policy.default: U+FFFD).
+    ("Subject", "Grüße aus Köln".encode(), "Grüße aus Köln", DEFAULT_AGREES),
+    ("Subject", "Grüße aus Köln".encode("latin-1"), "Grüße aus Köln", "Gr��e aus K�ln"),
+    (
+        "From",
+        "Jörg Müller <j@example.org>".encode("latin-1"),
+        "Jörg Müller <j@example.org>",
+        "J�rg M�ller <j@example.org>",
+    ),
+    ("Subject", "„Grüße“ 5 €".encode("cp1252"), "„Grüße“ 5 €", "�Gr��e� 5 �"),
+    (
+        "To",
+        "Jörg <j@example.org>, =?ISO-8859-1?Q?Andr=E9?= <a@example.org>".encode("latin-1"),
+        "Jörg <j@example.org>, André <a@example.org>",
+        "J�rg <j@example.org>, André <a@example.org>",
+    ),
+    # Mail labelled ISO-8859-1 carries Windows-1252 (policy.default: C1 control characters).
+    ("Subject", b"=?iso-8859-1?q?=93quoted=94_=80?=", "“quoted” €", "\x93quoted\x94 \x80"),
+    # A word that cannot be read stays as written, flagged (policy.default guesses).
+    ("Subject", b"=?x-unknown?Q?abc?=", "=?x-unknown?Q?abc?=", "abc"),
+    ("Subject", b"=?utf-8?B?!!!notbase64?=", "=?utf-8?B?!!!notbase64?=", "!!!notbase64"),
+]
+UNREADABLE = {b"=?x-unknown?Q?abc?=", b"=?utf-8?B?!!!notbase64?="}
+
+
+def _with(field: str, value: bytes) -> bytes:
+    return b"Message-ID: <case@x>\r\n" + field.encode() + b": " + value + b"\r\n\r\nbody\r\n"
+
+
+def _shown(field: str, raw: bytes) -> str | None:
+    summary = summarize(raw)[0].model_dump()
+    return summary["from_" if field == "From" else field.lower()]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("field", "value", "shown", "default_shows"), HEADER_CASES)
+def test_headers_are_decoded_as_mail_clients_show_them(
+    field: str, value: bytes, shown: str, default_shows: str | None
+) -> None:
+    raw = _with(field, value)
+    assert _shown(field, raw) == shown
+    problems = summarize(raw)[1]
+    assert (mime.EIGHT_BIT_PROBLEM in problems) == (not value.isascii())
+    assert (f"unreadable {field} header" in problems) == (value in UNREADABLE)
+    # What policy.default makes of it: the same, or the error noted in the case.
+    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    assert str(parsed[field]) == (default_shows or shown)

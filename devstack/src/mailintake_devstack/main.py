@@ -4,6 +4,10 @@
 
 Everything lives in ``.devstack/`` (SQLite database, generated encryption key and admin
 token, one log file per service). The broker keeps its data in memory only.
+
+API tokens: the generated admin token, plus the entries (``role:<sha256>``, as
+``make token`` prints them) of ``MAILINTAKE_API_TOKENS`` and of ``.devstack/api-tokens`` (one a
+line, ``#`` starts a comment).
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ def _secrets(state: Path) -> tuple[str, str]:
     return key_file.read_text().strip(), f"admin:{hash_token(token)}"
 
 
+def _api_tokens(state: Path, admin_entry: str) -> str:
+    """The generated admin token's entry, then those of the environment and of the file."""
+    entries = [admin_entry, *os.environ.get("MAILINTAKE_API_TOKENS", "").split(",")]
+    listed = state / "api-tokens"
+    if listed.exists():
+        entries += [line.split("#", 1)[0] for line in listed.read_text().splitlines()]
+    return ",".join(dict.fromkeys(e.strip() for e in entries if e.strip()))
+
+
 def _port_or_free(port: int) -> int:
     import socket
 
@@ -81,7 +94,7 @@ def up(state: Path, api_port: int, broker_port: int) -> int:
         "MAILINTAKE_DATABASE_URL": f"sqlite:///{(state / 'mailintake.db').resolve()}",
         "MAILINTAKE_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
         "MAILINTAKE_ENCRYPTION_KEYS": key,
-        "MAILINTAKE_API_TOKENS": token_entry,
+        "MAILINTAKE_API_TOKENS": _api_tokens(state, token_entry),
         "MAILINTAKE_HTTP_HOST": "127.0.0.1",
         "MAILINTAKE_TOPIC_PARTITIONS": os.environ.get("MAILINTAKE_TOPIC_PARTITIONS", "3"),
         # On one machine, a mail server on this machine is a fair target (the outbound guard

@@ -4,6 +4,7 @@ Binary content mode (as CloudEvents' Kafka binding defines it): a message chunk'
 the record's value, untouched, and its JSON envelope (``FetchedChunk``) travels in the
 ``mailintake-envelope`` header. No base64 on the bulk path: the bytes go from the IMAP
 socket to the broker and into the database as they are. A poll result is a JSON value.
+Both carry the CloudEvents attributes as headers (``mailintake_shared.cloudevents``).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from mailintake_shared.cloudevents import Headers, headers
 from mailintake_shared.events import FetchedChunk, PollResult, decode
 
 ENVELOPE_HEADER = "mailintake-envelope"
 CONTENT_TYPE_HEADER = "content-type"
-MESSAGE_CONTENT_TYPE = b"application/octet-stream"
 RESULT_CONTENT_TYPE = b"application/json"
-
-Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
@@ -30,15 +29,14 @@ class FetchedPart:
     downloaded_at: datetime | None = None  # when the fetcher published it (the record time)
 
 
-def encode_part(chunk: FetchedChunk, data: bytes) -> tuple[bytes, Headers]:
-    return data, [
-        (CONTENT_TYPE_HEADER, MESSAGE_CONTENT_TYPE),
-        (ENVELOPE_HEADER, chunk.to_bytes()),
-    ]
+def encode_part(chunk: FetchedChunk, data: bytes, prefix: str) -> tuple[bytes, Headers]:
+    """``content-type: application/octet-stream`` and the envelope beside the bytes."""
+    return data, [*headers(chunk, prefix), (ENVELOPE_HEADER, chunk.to_bytes())]
 
 
-def encode_result(result: PollResult) -> tuple[bytes, Headers]:
-    return result.to_bytes(), [(CONTENT_TYPE_HEADER, RESULT_CONTENT_TYPE)]
+def encode_result(result: PollResult, prefix: str) -> tuple[bytes, Headers]:
+    """The JSON value, ``content-type: application/json``."""
+    return result.to_bytes(), headers(result, prefix)
 
 
 def decode_record(

@@ -2,6 +2,8 @@
 
 A ``mail.stored`` record is queued as the id of the message it announces (``value`` NULL,
 ``message_id`` set): the relay builds the event from the message row when it publishes it.
+Every record's CloudEvents headers are made from its row when it is relayed, so a row
+relayed again after a crash carries the same ones (``mailintake_shared.cloudevents``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Row, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailintake_shared.cloudevents import Headers, headers, relayed_headers, split_topic
 from mailintake_shared.db.models import Message, OutboxRecord
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.kafka import ReliableProducer
@@ -113,6 +116,7 @@ class OutboxRelay:
                     OutboxRecord.key,
                     OutboxRecord.value,
                     OutboxRecord.message_id,
+                    OutboxRecord.created_at,
                 )
                 .order_by(OutboxRecord.id)
                 .limit(self._batch_size)
@@ -120,8 +124,8 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                self._producer.send(row.topic, row.key.encode(), value)
-                for row, value in self._values(session, rows)
+                self._producer.send(row.topic, row.key.encode(), value, found)
+                for row, value, found in self._records(session, rows)
             ]
             self._producer.settle(futures, self._send_timeout_s)
             session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
@@ -133,18 +137,20 @@ class OutboxRelay:
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
 
-    def _values(
+    def _records(
         self, session: Session, rows: Sequence[Row[*tuple[Any, ...]]]
-    ) -> Iterator[tuple[Row[*tuple[Any, ...]], bytes | None]]:
-        """Each row with the record value to publish: ``mail.stored`` events are built from
-        their message rows (one query for the batch); a message deleted since is skipped."""
+    ) -> Iterator[tuple[Row[*tuple[Any, ...]], bytes | None, Headers]]:
+        """Each row with the record value and headers to publish: ``mail.stored`` events are
+        built from their message rows (one query for the batch); a message deleted since is
+        skipped."""
         wanted = [r.message_id for r in rows if r.value is None and r.message_id is not None]
         events = load_mail_stored(session, wanted, self._inline_max) if wanted else {}
         for row in rows:
             if row.value is not None or row.message_id is None:
-                yield row, row.value
-            elif (event := events.get(row.message_id)) is not None:
-                yield row, event.to_bytes()
+                yield row, row.value, _relayed_headers(row)
+            elif (found := events.get(row.message_id)) is not None:
+                prefix = split_topic(row.topic)[0]
+                yield row, found.event.to_bytes(), headers(found.event, prefix, replay=found.replay)
             else:
                 log.warning("message deleted before its event was published", id=row.message_id)
 
@@ -161,3 +167,13 @@ class OutboxRelay:
                 stop.wait(min(interval_s * 5, 10))
             self.wake.wait(interval_s)
             self.wake.clear()
+
+
+def _relayed_headers(row: Row[*tuple[Any, ...]]) -> Headers:
+    """A record that is not its topic's event still goes out (without CloudEvents headers):
+    the outbox never blocks on one row."""
+    try:
+        return relayed_headers(row.topic, row.key, row.value, row.created_at)
+    except ValueError as exc:
+        log.warning("outbox record is not its topic's event", topic=row.topic, error=str(exc))
+        return []

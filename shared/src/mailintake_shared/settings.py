@@ -223,6 +223,13 @@ class Settings(BaseSettings):
     poll_max_seconds: float = Field(
         60.0, gt=0, description="Longest a poll keeps downloading before it hands over."
     )
+    download_attempts: int = Field(
+        3,
+        ge=1,
+        description="A message the server holds but does not deliver (BODY[] NIL, no answer, "
+        "-ERR to RETR) is tried again by this many polls in a row, then set aside in the "
+        "Incoming Mail Queue with the server's words, and the folder moves on.",
+    )
     poll_timeout_seconds: float = Field(
         600.0,
         gt=0,

@@ -1,11 +1,11 @@
-"""S/MIME: decrypt enveloped mail with the connection's certificates, verify signatures.
+"""S/MIME (RFC 8551): decrypt enveloped mail with the connection's certificates, verify
+signatures, through any nesting of the two (signed then encrypted is the usual).
 
-Supported: enveloped data (``application/pkcs7-mime`` and ``application/x-pkcs7-mime``,
-``smime-type=enveloped-data``) for RSA recipients, decrypted with ``cryptography``; signed
-mail, detached (``multipart/signed``) or opaque (``smime-type=signed-data``), with RSA
-(PKCS#1 v1.5) or ECDSA signers; any nesting of the two (signed then encrypted is the usual).
-Not supported: EC recipients (key agreement), RSASSA-PSS signatures, compressed data: the
-message is stored as it came, with the reason among its problems.
+Types: ``application/pkcs7-mime`` and ``application/x-pkcs7-mime`` (enveloped, authenticated
+enveloped and signed data) and ``multipart/signed`` with a PKCS#7 signature. The CMS inside,
+BER or DER, and the algorithms supported are ``cms``'s. A layer that cannot be opened (no
+matching key, an expired certificate, a corrupt envelope, an algorithm not supported) leaves
+the message as it came, with the reason in ``SmimeInfo.problem``.
 
 Nothing here raises on hostile input: every failure is a problem noted on the message.
 """
@@ -23,9 +23,7 @@ from email.parser import BytesParser
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -42,6 +40,9 @@ _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signatur
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^(?![ \t])", re.MULTILINE)
 _PKCS7 = re.compile(rb"pkcs7", re.IGNORECASE)
+_ENCRYPTED_TYPES = ("enveloped-data", "authenveloped-data")  # RFC 8551 §3.2.2
+_OTHER_RECIPIENTS = {"kek": "pre-shared key", "password": "password", "other": "other means"}
+_RANK = {"valid": 0, "unverifiable": 1, "invalid": 2}
 
 
 @dataclass(frozen=True)
@@ -122,31 +123,41 @@ def unwrap(raw: bytes, keys: list[KeyPair], now: datetime) -> Unwrapped:
         message = BytesParser(policy=policy.compat32).parsebytes(current, headersonly=True)
         kind = message.get_content_type()
         if kind == "multipart/signed":
-            _verify_detached(current, message, info, now)
-            break
-        if kind not in _PKCS7_MIME:
-            break
-        if (message.get_param("smime-type") or "") == "enveloped-data":
-            info.encrypted = True
-        try:
-            der = _base64_body(message)
-            cms_type, inner_der = cms.content_type(der)
-        except (cms.CorruptError, ValueError) as exc:
-            info.problem = f"corrupt S/MIME body: {exc}"
-            break
-        if cms_type == cms.ENVELOPED_DATA:
-            inner = _decrypt(der, inner_der, keys, info, now)
-        elif cms_type == cms.SIGNED_DATA:
-            inner = _verify_opaque(inner_der, info, now)
+            inner = _verify_detached(current, message, info, now)
+        elif kind in _PKCS7_MIME:
+            inner = _open(message, keys, info, now)
         else:
-            info.problem = f"unsupported S/MIME content type {cms_type}"
             break
         if inner is None:
             break
         current = _with_outer_headers(current, inner)
     else:
-        info.problem = f"more than {_LAYERS} S/MIME layers"
+        _note(info, f"more than {_LAYERS} S/MIME layers")
     return Unwrapped(info, None if current is raw else current)
+
+
+def _note(info: SmimeInfo, problem: str) -> None:
+    info.problem = problem if info.problem is None else f"{info.problem}; {problem}"
+
+
+def _open(
+    message: EmailMessage, keys: list[KeyPair], info: SmimeInfo, now: datetime
+) -> bytes | None:
+    """The content inside an ``application/pkcs7-mime`` layer, or None when it stays shut."""
+    smime_type = message.get_param("smime-type")
+    if isinstance(smime_type, str) and smime_type.lower() in _ENCRYPTED_TYPES:
+        info.encrypted = True
+    try:
+        content = cms.read(_base64_body(message))
+    except ValueError as exc:
+        _note(info, f"corrupt S/MIME body: {exc}")
+        return None
+    if content.kind == "enveloped":
+        return _decrypt(content, keys, info, now)
+    if content.kind == "signed":
+        return _verify(content, None, info, now)
+    _note(info, f"unsupported S/MIME content type {content.kind}")
+    return None
 
 
 def _base64_body(message: EmailMessage) -> bytes:
@@ -163,94 +174,96 @@ def _base64_body(message: EmailMessage) -> bytes:
 
 
 def _decrypt(
-    der: bytes, enveloped_der: bytes, keys: list[KeyPair], info: SmimeInfo, now: datetime
+    content: cms.Content, keys: list[KeyPair], info: SmimeInfo, now: datetime
 ) -> bytes | None:
     info.encrypted = True
     try:
-        recipients = cms.recipients(enveloped_der)
+        recipients = cms.recipients(content)
     except cms.CorruptError as exc:
-        info.problem = f"corrupt envelope: {exc}"
+        _note(info, f"corrupt envelope: {exc}")
         return None
-    matching = [key for key in keys if _addressed_to(key.certificate, recipients)]
+    matching = [(k, r) for k in keys for r in recipients if r.is_for(k.certificate)]
     if not matching:
-        if any(r.kind == "key_agreement" for r in recipients):
-            info.problem = (
-                "encrypted for an EC key (key agreement), which is not supported; "
-                "only RSA recipients can be decrypted"
-            )
-        else:
-            info.problem = "no certificate of this connection matches the message's recipients"
+        problem = "no certificate of this connection matches the message's recipients"
+        others = sorted({r.kind for r in recipients if r.kind in _OTHER_RECIPIENTS})
+        if others:
+            kinds = ", ".join(_OTHER_RECIPIENTS[kind] for kind in others)
+            problem += f"; not supported: recipients by {kinds}"
+        _note(info, problem)
         return None
-    current = [key for key in matching if _valid_at(key.certificate, now)]
+    current = [(k, r) for k, r in matching if _valid_at(k.certificate, now)]
     if not current:
-        key = matching[0]
-        info.problem = (
-            f"the matching certificate {key.name!r} expired on "
-            f"{key.certificate.not_valid_after_utc:%Y-%m-%d}"
-        )
+        key = matching[0][0]
+        expired = key.certificate.not_valid_after_utc
+        _note(info, f"the matching certificate {key.name!r} expired on {expired:%Y-%m-%d}")
         return None
-    for key in current:
-        if not isinstance(key.private_key, rsa.RSAPrivateKey):
-            continue
+    failures: list[str] = []
+    for key, recipient in current:
         try:
-            inner = pkcs7.pkcs7_decrypt_der(der, key.certificate, key.private_key, [])
-        except (ValueError, TypeError) as exc:
-            info.problem = f"corrupt envelope: {exc}"
+            inner = cms.decrypt(content, recipient, key.private_key)
+        except cms.UnsupportedError as exc:
+            failures.append(f"not supported: {exc}")
+            continue
+        except cms.CorruptError as exc:
+            failures.append(f"corrupt envelope: {exc}")
             continue
         info.decrypted_with = key.certificate_id
-        info.problem = None
         return inner
-    if info.problem is None:
-        info.problem = "the matching certificate's key is not an RSA key"
+    _note(info, "; ".join(dict.fromkeys(failures)))
     return None
-
-
-def _addressed_to(certificate: x509.Certificate, recipients: list[cms.Recipient]) -> bool:
-    return any(
-        r.serial == certificate.serial_number and r.issuer_der == certificate.issuer.public_bytes()
-        for r in recipients
-    )
 
 
 def _valid_at(certificate: x509.Certificate, now: datetime) -> bool:
     return certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc
 
 
-def _verify_opaque(signed_der: bytes, info: SmimeInfo, now: datetime) -> bytes | None:
+def _verify(
+    content: cms.Content, detached: bytes | None, info: SmimeInfo, now: datetime
+) -> bytes | None:
+    """Check a signature and record it; an opaque signature's content, else None."""
     try:
-        signature = cms.verify(signed_der, None, now)
+        signature = cms.verify(content, detached, now)
     except cms.CorruptError as exc:
-        info.signature, info.problem = "invalid", f"corrupt signature: {exc}"
-        return None
+        signature = cms.Signature("invalid", problem=f"corrupt signature: {exc}")
     _record(info, signature)
     return signature.content
 
 
-def _verify_detached(raw: bytes, message: EmailMessage, info: SmimeInfo, now: datetime) -> None:
+def _record(info: SmimeInfo, signature: cms.Signature) -> None:
+    """Of nested signatures the worst counts; of equals, the inner one (the content's
+    author's)."""
+    if info.signature is None or _RANK[signature.status] >= _RANK[info.signature]:
+        info.signature, info.signer = signature.status, signature.signer
+    if signature.problem is not None:
+        _note(info, signature.problem)
+
+
+def _verify_detached(
+    raw: bytes, message: EmailMessage, info: SmimeInfo, now: datetime
+) -> bytes | None:
+    """Check a ``multipart/signed``; its signed part when that is S/MIME too, else None."""
     boundary = message.get_boundary()
     parts = _multipart_bodies(raw, boundary) if boundary else []
     if len(parts) != 2:
-        info.signature, info.problem = "invalid", "a multipart/signed must have exactly two parts"
-        return
+        problem = "a multipart/signed must have exactly two parts"
+        _record(info, cms.Signature("invalid", problem=problem))
+        return None
     signature_part = BytesParser(policy=policy.compat32).parsebytes(parts[1], headersonly=True)
     if signature_part.get_content_type() not in _SIGNATURE_TYPES:
-        info.signature = "unverifiable"
-        info.problem = f"unsupported signature type {signature_part.get_content_type()}"
-        return
+        problem = f"unsupported signature type {signature_part.get_content_type()}"
+        _record(info, cms.Signature("unverifiable", problem=problem))
+        return None
     try:
-        signed_der = cms.content_type(_base64_body(signature_part))[1]
-        signature = cms.verify(signed_der, _canonical(parts[0]), now)
-    except (cms.CorruptError, ValueError) as exc:
-        info.signature, info.problem = "invalid", f"corrupt signature: {exc}"
-        return
-    _record(info, signature)
-
-
-def _record(info: SmimeInfo, signature: cms.Signature) -> None:
-    info.signature = signature.status
-    info.signer = signature.signer
-    if signature.problem is not None:
-        info.problem = signature.problem
+        content = cms.read(_base64_body(signature_part))
+    except ValueError as exc:
+        _record(info, cms.Signature("invalid", problem=f"corrupt signature: {exc}"))
+        return None
+    if content.kind != "signed":
+        problem = f"the signature part holds {content.kind}, not signed data"
+        _record(info, cms.Signature("invalid", problem=problem))
+        return None
+    _verify(content, _canonical(parts[0]), info, now)
+    return parts[0] if is_smime(parts[0]) else None
 
 
 def _multipart_bodies(raw: bytes, boundary: str) -> list[bytes]:

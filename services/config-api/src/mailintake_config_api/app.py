@@ -17,6 +17,7 @@ from mailintake_config_api.routes import (
     audit,
     certificates,
     connections,
+    contracts,
     health,
     incoming,
     messages,
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             allow_headers=["Authorization", "Content-Type"],
         )
     app.include_router(health.router)
+    app.include_router(contracts.router)
     app.include_router(connections.router)
     app.include_router(messages.router)
     app.include_router(incoming.router)

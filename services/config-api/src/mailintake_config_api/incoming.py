@@ -24,12 +24,13 @@ from sqlalchemy import Delete, Select, case, delete, func, literal, select, unio
 from sqlalchemy.orm import Session
 
 from mailintake_shared import smime
+from mailintake_shared.db.dialect import insert_for
 from mailintake_shared.db.models import (
     FailedMessage,
-    MailboxState,
     Message,
     MessageLog,
     OutboxRecord,
+    PendingDownload,
     PollLog,
 )
 from mailintake_shared.db.types import utcnow
@@ -166,10 +167,8 @@ def retry(
     - S/MIME unopened: decrypted again with the connection's certificates of now (add the
       right one first); when it opens, ``mail.stored`` is published again, decrypted;
     - action pending: the next poll applies it; the caller asks for one;
-    - failed: the message is downloaded again by the next poll (IMAP: the folder's cursor goes
-      back below it, and what lies above is recognised as stored; POP3: its UIDL is no longer
-      known; Graph: the folder's delta link is dropped, so the next poll lists the folder
-      again and downloads what is not stored).
+    - failed: the message becomes a pending download again, which the next poll tries first
+      (by UID, UIDL or Graph id), with the attempts allowed counted anew.
     """
     if kind is EntryKind.MESSAGE:
         message = session.get(Message, entry_id)
@@ -181,11 +180,21 @@ def retry(
             return message.connection_id, _open_again(session, settings, secrets, message), False
         return message.connection_id, "a poll applies the server action", True
     failed = _failed(session, entry_id)
-    state = session.get(MailboxState, (failed.connection_id, failed.folder))
-    if state is not None and failed.uid is not None and state.uidvalidity == failed.uidvalidity:
-        state.last_uid = min(state.last_uid, failed.uid - 1)
-    if state is not None and state.delta_link is not None:
-        state.delta_link = None  # the delta has moved past the message
+    session.execute(
+        insert_for(session)(PendingDownload)
+        .values(
+            connection_id=failed.connection_id,
+            folder=failed.folder,
+            server_id=failed.server_id,
+            uidvalidity=failed.uidvalidity,
+            uid=failed.uid,
+            attempts=0,
+            reason="asked for again from the Incoming Mail Queue",
+            first_failed_at=utcnow(),
+            last_failed_at=utcnow(),
+        )
+        .on_conflict_do_nothing()
+    )
     connection_id = failed.connection_id
     session.delete(failed)
     return connection_id, "downloaded again by the next poll", True
@@ -203,6 +212,7 @@ def _open_again(session: Session, settings: Settings, secrets: SecretBox, messag
     message.smime_unopened = result.info.unopened
     if result.info.unopened:
         return f"still not decrypted: {result.info.problem}"
+    message.published_at = None  # a new announcement (its own ce_id), not a replay
     entry = announce_stored(message.id, message.connection_id)
     add_many_to_outbox(session, settings.topic_prefix, [entry])
     return "decrypted; mail.stored is published again with the decrypted message"

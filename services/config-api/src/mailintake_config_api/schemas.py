@@ -443,7 +443,10 @@ class MessageLogEntry(BaseModel):
     folder: str
     server_id: str
     message_id: int | None
-    outcome: str = Field(description="`stored`, `duplicate` (skipped) or `rejected`.")
+    outcome: str = Field(
+        description="`stored`, `duplicate` (skipped), `rejected`, or `unfetched` (asked for, "
+        "not delivered by the server; `detail` has the attempt and the server's words)."
+    )
     detail: str | None
     size: int
     downloaded_at: datetime | None

@@ -20,3 +20,8 @@ FETCHED_MESSAGES = Counter(
 FETCHED_BYTES = Counter(
     "mailintake_fetcher_bytes_total", "Bytes of mail downloaded (counted as each poll ends)."
 )
+UNFETCHED = Counter(
+    "mailintake_fetcher_unfetched_total",
+    "Messages a poll asked for that the server holds but did not deliver (tried again by the "
+    "next polls, then set aside in the Incoming Mail Queue).",
+)

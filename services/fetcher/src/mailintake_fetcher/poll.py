@@ -13,11 +13,18 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
 
-from mailintake_fetcher.metrics import FETCHED_BYTES, FETCHED_MESSAGES, POLL_SECONDS, POLLS
+from mailintake_fetcher.ledger import Ledger
+from mailintake_fetcher.metrics import (
+    FETCHED_BYTES,
+    FETCHED_MESSAGES,
+    POLL_SECONDS,
+    POLLS,
+    UNFETCHED,
+)
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollResult
 from mailintake_shared.logging import get_logger
@@ -53,6 +60,8 @@ class PendingAction:
     message_id: int
     server_id: str
     uid: int | None
+    sha256: str | None = None  # what the store committed: POP3 checks it before DELE
+    size: int | None = None
 
 
 class State(Protocol):
@@ -66,6 +75,13 @@ class State(Protocol):
     def known_server_ids(
         self, connection_id: uuid.UUID, folder: str, among: Collection[str] | None = None
     ) -> set[str]: ...
+    def pending_downloads(self, connection_id: uuid.UUID, folder: str) -> dict[str, int | None]:
+        """Messages earlier polls could not download, to try again: server id → UID."""
+        ...
+
+    def stored_digests(self, connection_id: uuid.UUID, folder: str, uidl: str) -> dict[str, str]:
+        """POP3: the SHA-256 of each message stored under ``uidl``, by server id."""
+        ...
 
 
 class Identity(NamedTuple):
@@ -84,12 +100,12 @@ class Identity(NamedTuple):
 class Progress:
     messages: int = 0
     bytes: int = 0
-    first_uid: int | None = None  # the lowest UID published
     actions: int = 0
     uidvalidity: int | None = None
     baseline_uid: int | None = None
     delta_link: str | None = None
     more_pending: bool = False
+    ledger: Ledger = field(default_factory=Ledger)
 
 
 class Poll:
@@ -151,7 +167,8 @@ class Poll:
         try:
             self._session(progress)
         except Exception as exc:
-            error = classify(exc)
+            classified = classify(exc)  # the server's words, without the connection's secret
+            error = PollError(classified.kind, self._config.scrub(str(classified)))
             log.warning(
                 "poll failed",
                 connection_id=str(self._config.view.id),
@@ -171,7 +188,13 @@ class Poll:
             delta_link=progress.delta_link,
             messages=progress.messages,
             bytes=progress.bytes,
-            first_uid=progress.first_uid,
+            cursor_from=progress.ledger.cursor_from,
+            cursor_to=progress.ledger.cursor_to(),
+            retried=progress.ledger.retried,
+            unfetched=[
+                u.model_copy(update={"reason": self._config.scrub(u.reason)})
+                for u in progress.ledger.unfetched.values()
+            ],
             more_pending=progress.more_pending,
             actions_applied=progress.actions,
             lease_token=self._lease_token,
@@ -180,6 +203,7 @@ class Poll:
         )
         FETCHED_MESSAGES.inc(progress.messages)
         FETCHED_BYTES.inc(progress.bytes)
+        UNFETCHED.inc(len(result.unfetched))
         self._sink.result(result)
         self._sink.flush()
         POLLS.labels(result.outcome.value, result.error_kind or "").inc()
@@ -238,4 +262,4 @@ class Poll:
         progress.messages += 1
         progress.bytes += total
         if identity.uid is not None:
-            progress.first_uid = min(progress.first_uid or identity.uid, identity.uid)
+            progress.ledger.published.add(identity.uid)

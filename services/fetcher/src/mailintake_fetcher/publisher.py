@@ -6,8 +6,9 @@ from uuid import UUID
 
 from kafka.producer.future import FutureRecordMetadata
 
+from mailintake_shared.cloudevents import Headers
 from mailintake_shared.events import FetchedChunk, PollResult
-from mailintake_shared.fetched import Headers, encode_part, encode_result
+from mailintake_shared.fetched import encode_part, encode_result
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.topics import Topic, topic_name
 
@@ -15,6 +16,7 @@ from mailintake_shared.topics import Topic, topic_name
 class KafkaSink:
     def __init__(self, producer: ReliableProducer, prefix: str, *, timeout_s: float = 35) -> None:
         self._producer = producer
+        self._prefix = prefix
         self._topic = topic_name(prefix, Topic.MAIL_FETCHED)
         self._timeout_s = timeout_s
         self._pending: list[FutureRecordMetadata] = []
@@ -26,10 +28,10 @@ class KafkaSink:
             self.flush()
 
     def message(self, chunk: FetchedChunk, data: bytes) -> None:
-        self._send(chunk.connection_id, *encode_part(chunk, data))
+        self._send(chunk.connection_id, *encode_part(chunk, data, self._prefix))
 
     def result(self, result: PollResult) -> None:
-        self._send(result.connection_id, *encode_result(result))
+        self._send(result.connection_id, *encode_result(result, self._prefix))
 
     def flush(self) -> None:
         pending, self._pending = self._pending, []

@@ -6,12 +6,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_fetcher.poll import PendingAction
 from mailintake_shared.db import leases
-from mailintake_shared.db.models import Connection, Message
+from mailintake_shared.db.models import Connection, Message, PendingDownload
 from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_config
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.mailbox.config import MailboxConfig
@@ -50,7 +50,9 @@ class FetcherRepository:
     ) -> list[PendingAction]:
         """Committed messages whose server action is still to apply: of this folder epoch
         (IMAP), or of the mailbox (POP3, ``uidvalidity`` None)."""
-        query = select(Message.id, Message.server_id, Message.uid).where(
+        query = select(
+            Message.id, Message.server_id, Message.uid, Message.sha256, Message.size
+        ).where(
             Message.connection_id == connection_id,
             Message.folder == folder,
             Message.action_state == "pending",
@@ -59,13 +61,29 @@ class FetcherRepository:
             query = query.where(Message.uidvalidity == uidvalidity)
         with self._sessions() as session:
             rows = session.execute(query.order_by(Message.uid, Message.id)).all()
-        return [PendingAction(r.id, r.server_id, r.uid) for r in rows]
+        return [PendingAction(r.id, r.server_id, r.uid, r.sha256, r.size) for r in rows]
 
     def known_server_ids(
         self, connection_id: uuid.UUID, folder: str, among: Collection[str] | None = None
     ) -> set[str]:
         with self._sessions() as session:
             return known_server_ids(session, connection_id, folder, among)
+
+    def pending_downloads(self, connection_id: uuid.UUID, folder: str) -> dict[str, int | None]:
+        query = select(PendingDownload.server_id, PendingDownload.uid).where(
+            PendingDownload.connection_id == connection_id, PendingDownload.folder == folder
+        )
+        with self._sessions() as session:
+            return {row.server_id: row.uid for row in session.execute(query)}
+
+    def stored_digests(self, connection_id: uuid.UUID, folder: str, uidl: str) -> dict[str, str]:
+        query = select(Message.server_id, Message.sha256).where(
+            Message.connection_id == connection_id,
+            Message.folder == folder,
+            or_(Message.server_id == uidl, Message.server_id.startswith(uidl + " ")),
+        )
+        with self._sessions() as session:
+            return {row.server_id: row.sha256 for row in session.execute(query)}
 
     def actions_applied(self, message_ids: Sequence[int]) -> None:
         with self._sessions() as session, session.begin():

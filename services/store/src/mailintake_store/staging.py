@@ -12,10 +12,10 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import and_, delete, select, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
+from mailintake_shared.db.dialect import insert_for
 from mailintake_shared.db.models import MessageChunk
 from mailintake_shared.events import FetchedChunk
 
@@ -54,7 +54,7 @@ def in_database(session: Session) -> bool:
 
 
 def stage(session: Session, chunk: FetchedChunk, data: bytes) -> None:
-    insert = postgresql.insert if in_database(session) else sqlite.insert
+    insert = insert_for(session)
     session.execute(
         insert(MessageChunk)
         .values(

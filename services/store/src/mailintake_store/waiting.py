@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
+from mailintake_shared.cloudevents import Headers, headers, written_headers
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import PollResult, StoreWaiting
 from mailintake_shared.fetched import FetchedPart
@@ -36,6 +37,7 @@ def failure_reason(error: BaseException) -> str:
 class WaitingReports:
     def __init__(self, producer: ReliableProducer, topic_prefix: str) -> None:
         self._producer = producer
+        self._prefix = topic_prefix
         self._topic = topic_name(topic_prefix, Topic.STORE_WAITING)
         self._since: dict[uuid.UUID, datetime] = {}  # connections reported waiting
         self._written: set[uuid.UUID] = set()  # connections written by this process
@@ -46,19 +48,22 @@ class WaitingReports:
         for connection_id in _connections(events):
             since = self._since.setdefault(connection_id, now)
             report = StoreWaiting(connection_id=connection_id, reason=reason, since=since, at=now)
-            self._send(connection_id, report.to_bytes())
+            self._send(connection_id, report.to_bytes(), headers(report, self._prefix))
 
     def written(self, events: Iterable[FetchedPart | PollResult]) -> None:
         """The batch was written: clear what was reported (or may have been, by another)."""
+        now = utcnow()
         for connection_id in _connections(events):
             if connection_id in self._since or connection_id not in self._written:
-                self._send(connection_id, None)
+                self._send(
+                    connection_id, None, written_headers(self._prefix, str(connection_id), now)
+                )
                 self._since.pop(connection_id, None)
                 self._written.add(connection_id)
 
-    def _send(self, connection_id: uuid.UUID, value: bytes | None) -> None:
+    def _send(self, connection_id: uuid.UUID, value: bytes | None, found: Headers) -> None:
         try:  # best effort, unacknowledged: the write path does not wait for it
-            self._producer.send(self._topic, str(connection_id).encode(), value)
+            self._producer.send(self._topic, str(connection_id).encode(), value, found)
         except Exception as exc:
             log.warning("store.waiting not sent", connection_id=str(connection_id), error=str(exc))
 

@@ -55,6 +55,7 @@ class StoreWorker:
             sessions,
             topic_prefix=settings.topic_prefix,
             secrets=SecretBox(settings.encryption_keys) if settings.encryption_keys else None,
+            download_attempts=settings.download_attempts,
         )
         self._relay = OutboxRelay(
             sessions, self._producer, inline_max_bytes=settings.inline_max_bytes

@@ -14,18 +14,18 @@ import hashlib
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared import smime
 from mailintake_shared.db import leases
+from mailintake_shared.db.dialect import insert_for
 from mailintake_shared.db.models import (
     ConnectionStatus,
     FailedMessage,
@@ -48,7 +48,7 @@ from mailintake_shared.logging import get_logger
 from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox, announce_stored
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.topics import Topic
-from mailintake_store import staging
+from mailintake_store import cursor, pending, staging
 from mailintake_store.metrics import DUPLICATES, LOST_IN_TRANSIT, POLL_RESULTS, SMIME, STORED
 from mailintake_store.mime import NUL_PROBLEM, summarize
 
@@ -87,6 +87,10 @@ class _Complete:
             problems.insert(0, NUL_PROBLEM)
         if self.smime is not None and self.smime.problem is not None:
             problems.append(f"S/MIME: {self.smime.problem}")
+        announced = self.first.size
+        if self.first.uid is not None and announced > 0 and announced != self.size:
+            # Exchange's RFC822.SIZE is approximate: noted, not refused (the bytes stand).
+            problems.append(f"RFC822.SIZE said {announced} bytes; {self.size} were received")
         return headers, problems
 
 
@@ -123,13 +127,6 @@ def _mismatch(chunk: FetchedChunk, digest: str) -> str:
     return f"SHA-256 mismatch: announced {chunk.sha256}, got {digest}"
 
 
-def _insert(session: Session) -> Callable[..., postgresql.Insert | sqlite.Insert]:
-    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING (PostgreSQL and SQLite)."""
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
-
-
 class StoreWriter:
     def __init__(
         self,
@@ -137,9 +134,11 @@ class StoreWriter:
         *,
         topic_prefix: str,
         secrets: SecretBox | None = None,
+        download_attempts: int = 3,
     ) -> None:
         self._sessions = sessions
         self._prefix = topic_prefix
+        self._attempts = download_attempts
         self._secrets = secrets  # opens the certificates' keys; None: S/MIME left closed
         # The events and log rows of the batch being written, in order; inserted with it.
         self._outbox: list[OutboxEntry] = []
@@ -259,7 +258,7 @@ class StoreWriter:
         chunk = part.chunk
         outcome.rejected.append(Rejected(index, reason))
         session.execute(
-            _insert(session)(FailedMessage)
+            insert_for(session)(FailedMessage)
             .values(
                 connection_id=chunk.connection_id,
                 poll_id=chunk.poll_id,
@@ -328,7 +327,6 @@ class StoreWriter:
             outcome.stored += 1
             self._log_message(chunk, "stored", message_id, message.downloaded_at, message.size)
             self._outbox.append(announce_stored(message_id, chunk.connection_id))
-        self._advance_cursors(session, messages)
         STORED.inc(outcome.stored)
         DUPLICATES.inc(outcome.duplicates)
 
@@ -458,7 +456,7 @@ class StoreWriter:
         for start in range(0, len(messages), _INSERT_ROWS):
             rows = [self._row(m, now) for m in messages[start : start + _INSERT_ROWS]]
             statement = (
-                _insert(session)(Message)
+                insert_for(session)(Message)
                 .on_conflict_do_nothing(
                     index_elements=[Message.connection_id, Message.folder, Message.server_id]
                 )
@@ -503,49 +501,6 @@ class StoreWriter:
             "action_applied_at": None,
         }
 
-    def _advance_cursors(self, session: Session, messages: list[_Complete]) -> None:
-        """Per folder: the UIDVALIDITY of the newest record, and the highest UID seen in it."""
-        latest: dict[tuple[uuid.UUID, str], tuple[int, int]] = {}
-        for message in messages:
-            chunk = message.first
-            if chunk.uidvalidity is None or chunk.uid is None:
-                continue
-            key = (chunk.connection_id, chunk.folder)
-            validity, highest = latest.get(key, (chunk.uidvalidity, 0))
-            if validity != chunk.uidvalidity:
-                highest = 0
-            latest[key] = (chunk.uidvalidity, max(highest, chunk.uid))
-        for (connection_id, folder), (validity, highest) in latest.items():
-            state = session.get(MailboxState, (connection_id, folder), with_for_update=True)
-            if state is None:
-                session.add(
-                    MailboxState(
-                        connection_id=connection_id,
-                        folder=folder,
-                        uidvalidity=validity,
-                        last_uid=highest,
-                        updated_at=utcnow(),
-                    )
-                )
-                continue
-            if state.uidvalidity != validity:
-                # A new epoch: old UIDs mean nothing on the server any more.
-                session.execute(
-                    update(Message)
-                    .where(
-                        Message.connection_id == connection_id,
-                        Message.folder == folder,
-                        Message.uidvalidity != validity,
-                        Message.action_state == "pending",
-                    )
-                    .values(action_state="stale")
-                )
-                state.uidvalidity, state.last_uid = validity, highest
-                state.baseline_uid = None
-            else:
-                state.last_uid = max(state.last_uid, highest)
-            state.updated_at = utcnow()
-
     # --- polls -----------------------------------------------------------------------------
     def _add_poll_counts(
         self, session: Session, poll_id: uuid.UUID, counts: _PollCounts
@@ -578,11 +533,19 @@ class StoreWriter:
         # the next poll downloads again what is missing (the rest is recognised as stored).
         lost = result.messages - (row.stored + row.duplicates + row.rejected)
         if lost > 0:
-            self._rewind(session, result, lost)
-        if result.baseline_uid is not None and result.folder and result.uidvalidity is not None:
-            self._set_baseline(session, result)
+            log.warning(
+                "records of a poll never reached the store; the next poll downloads them again",
+                connection_id=str(result.connection_id),
+                poll_id=str(result.poll_id),
+                lost=lost,
+                published=result.messages,
+            )
+            LOST_IN_TRANSIT.inc(lost)
+        elif result.folder and result.uidvalidity is not None:
+            cursor.advance(session, result)
         if result.delta_link is not None and result.folder and lost <= 0:
             self._set_delta_link(session, result)
+        self._log.extend(pending.record(session, result, self._attempts, forget_retried=lost <= 0))
         row.reason = result.reason.value
         row.started_at, row.finished_at = result.started_at, result.finished_at
         row.outcome = result.outcome.value
@@ -630,45 +593,6 @@ class StoreWriter:
             OutboxEntry(Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes())
         )
         POLL_RESULTS.labels(result.outcome.value).inc()
-
-    @staticmethod
-    def _rewind(session: Session, result: PollResult, lost: int) -> None:
-        log.warning(
-            "records of a poll never reached the store; the next poll downloads them again",
-            connection_id=str(result.connection_id),
-            poll_id=str(result.poll_id),
-            lost=lost,
-            published=result.messages,
-        )
-        LOST_IN_TRANSIT.inc(lost)
-        if result.first_uid is None or result.folder is None:
-            return  # POP3 has no cursor; Graph keeps its previous delta link
-        state = session.get(
-            MailboxState, (result.connection_id, result.folder), with_for_update=True
-        )
-        if state is not None and state.uidvalidity == result.uidvalidity:
-            state.last_uid = min(state.last_uid, result.first_uid - 1)
-
-    @staticmethod
-    def _set_baseline(session: Session, result: PollResult) -> None:
-        """The first poll of a mailbox fixed its first-sync baseline; keep the first one."""
-        assert result.folder is not None
-        state = session.get(
-            MailboxState, (result.connection_id, result.folder), with_for_update=True
-        )
-        if state is None:
-            session.add(
-                MailboxState(
-                    connection_id=result.connection_id,
-                    folder=result.folder,
-                    uidvalidity=result.uidvalidity,
-                    last_uid=0,
-                    baseline_uid=result.baseline_uid,
-                    updated_at=utcnow(),
-                )
-            )
-        elif state.baseline_uid is None and state.uidvalidity == result.uidvalidity:
-            state.baseline_uid = result.baseline_uid
 
     @staticmethod
     def _set_delta_link(session: Session, result: PollResult) -> None:

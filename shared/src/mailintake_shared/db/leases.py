@@ -17,9 +17,9 @@ from collections.abc import Collection
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from mailintake_shared.db.dialect import insert_for
 from mailintake_shared.db.models import PollLease
 from mailintake_shared.db.types import utcnow
 
@@ -27,7 +27,7 @@ from mailintake_shared.db.types import utcnow
 def acquire(session: Session, connection_id: uuid.UUID, holder: str, seconds: float) -> int | None:
     """A new fencing token, or None while another holder's lease is live."""
     now = utcnow()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    insert = insert_for(session)
     session.execute(  # the row exists before it is locked, even for two first-comers at once
         insert(PollLease)
         .values(connection_id=connection_id, token=0, holder="", expires_at=now)

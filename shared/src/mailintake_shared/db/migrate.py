@@ -23,7 +23,7 @@ def alembic_config() -> Config:
 
 def upgrade(engine: Engine, revision: str = "head", secrets: SecretBox | None = None) -> None:
     """Migrate to ``revision``; ``secrets`` re-encrypts stored secrets where a migration
-    needs to (0009 binds them to their destinations)."""
+    needs to (0010 binds them to their destinations)."""
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection

@@ -373,6 +373,26 @@ class FailedMessage(Base):
     )
 
 
+class PendingDownload(Base):
+    """A message a poll asked for that the server holds but did not deliver (``BODY[] NIL``, no
+    answer, ``-ERR`` to RETR, a session that broke during it): tried again by the next polls.
+    After ``MAILINTAKE_DOWNLOAD_ATTEMPTS`` polls in a row it moves to the Incoming Mail Queue
+    (``failed_messages``) with the server's words, and the row goes."""
+
+    __tablename__ = "pending_downloads"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    folder: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    server_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(default=0)
+    reason: Mapped[str] = mapped_column(Text)  # the server's words, last attempt
+    first_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_poll_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+
+
 class PollLease(Base):
     """Who may poll a connection now: one owner at a time, with a fencing token that grows
     with every new owner. A fetcher whose lease is gone (paused, partitioned) cannot apply

@@ -3,7 +3,9 @@ step that failed (``ErrorKind``), wrapped at the protocol boundary."""
 
 from __future__ import annotations
 
+import ast
 import poplib
+import re
 import socket
 import ssl
 
@@ -11,6 +13,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.logging import redact_text
+from mailintake_shared.mailbox.imap_wire import ProtocolViolation, ServerClosed
 
 
 class PollError(Exception):
@@ -38,15 +41,44 @@ class StartTlsUnavailableError(PollError):
         )
 
 
-# IMAP response codes of a server that refuses for now (RFC 5530), not for good.
-_THROTTLING = ("[LIMIT]", "[UNAVAILABLE]", "[INUSE]")
+def injection_refused(command: str) -> PollError:
+    """An argument of ``command`` holds CR, LF or NUL: sent as it is, it would end the command
+    and start another of its own (IMAP and POP3 alike)."""
+    kind = ErrorKind.INTERNAL
+    if command in ("LOGIN", "AUTHENTICATE", "USER", "PASS", "AUTH"):
+        kind = ErrorKind.AUTHENTICATION
+    return PollError(
+        kind,
+        f"refused to send {command}: an argument holds a line break or NUL, which would let it "
+        "run a command of its own",
+    )
+
+
+# Response codes of a server that refuses for now, not for good: IMAP (RFC 5530) and POP3
+# (RFC 2449 §8.1.2 [IN-USE], RFC 3206 [SYS/TEMP]).
+_THROTTLING = ("[LIMIT]", "[UNAVAILABLE]", "[INUSE]", "[IN-USE]", "[SYS/TEMP]")
+_BYTES_LITERAL = re.compile(r"""b(['"])(?:\\.|(?!\1).)*\1""")
+
+
+def server_words(text: str) -> str:
+    """``text`` with each Python bytes literal in it (``b'[AUTHENTICATIONFAILED] …'``, as
+    library exceptions quote server answers) turned back into the server's text."""
+
+    def plain(match: re.Match[str]) -> str:
+        try:
+            value = ast.literal_eval(match.group(0))
+        except (ValueError, SyntaxError):
+            return match.group(0)
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else match.group(0)
+
+    return _BYTES_LITERAL.sub(plain, text)
 
 
 def classify(exc: BaseException) -> PollError:
-    """Map a library or socket exception onto the taxonomy."""
+    """Map a library or socket exception onto the taxonomy, with the server's words as text."""
     if isinstance(exc, PollError):
         return exc
-    text = f"{type(exc).__name__}: {exc}"
+    words = server_words(str(exc))
     if isinstance(exc, socket.gaierror):
         return PollError(ErrorKind.DNS, f"the host name does not resolve ({exc})")
     if isinstance(exc, ConnectionRefusedError):
@@ -57,12 +89,16 @@ def classify(exc: BaseException) -> PollError:
         return PollError(ErrorKind.TLS, f"certificate not trusted: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
         return PollError(ErrorKind.TLS, f"TLS handshake failed: {exc}")
-    if any(code in text for code in _THROTTLING) or (
-        isinstance(exc, IMAPClientAbortError) and "BYE" in text
-    ):
-        return PollError(ErrorKind.THROTTLED, f"the server asks to slow down: {exc}")
+    if any(code in words.upper() for code in _THROTTLING):
+        return PollError(ErrorKind.THROTTLED, f"the server asks to slow down: {words}")
     if isinstance(exc, LoginError):
-        return PollError(ErrorKind.AUTHENTICATION, f"the server refused the login: {exc}")
+        return PollError(ErrorKind.AUTHENTICATION, f"the server refused the login: {words}")
+    if isinstance(exc, ServerClosed) or (
+        isinstance(exc, IMAPClientAbortError) and not words.startswith("socket error")
+    ):
+        return PollError(ErrorKind.SERVER_ERROR, f"the server ended the session: {words}")
+    if isinstance(exc, ProtocolViolation):
+        return PollError(ErrorKind.SERVER_ERROR, f"the server's answer broke the protocol: {words}")
     if isinstance(exc, IMAPClientError | poplib.error_proto | OSError | EOFError):
-        return PollError(ErrorKind.SERVER_ERROR, text)
-    return PollError(ErrorKind.INTERNAL, text)
+        return PollError(ErrorKind.SERVER_ERROR, f"{type(exc).__name__}: {words}")
+    return PollError(ErrorKind.INTERNAL, f"{type(exc).__name__}: {exc}")

@@ -130,7 +130,9 @@ class GraphMailbox(Session):
             url = next_link
 
     def mime(self, message_id: str, piece_size: int) -> Iterator[bytes]:
-        """The message's MIME (``/$value``), streamed in pieces."""
+        """The message's MIME (``/$value``), streamed in pieces. Raises ``PollError`` (kind
+        ``server_error``, "ErrorItemNotFound" in its text when the message is gone) on the
+        first piece when Graph refuses it."""
         response = self._request(
             "GET", f"{self._base}/messages/{quote(message_id)}/$value", stream=True
         )

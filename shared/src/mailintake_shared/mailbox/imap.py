@@ -1,21 +1,25 @@
 """IMAP behind a small, typed interface: open, select, list new UIDs, fetch, apply actions.
 
-imapclient drives the session (login, STARTTLS, SELECT, SEARCH, STORE, EXPUNGE). Library
+imapclient drives the session (login, STARTTLS, SELECT, SEARCH, STORE, EXPUNGE); every
+``UID FETCH`` is read by the project's own reader (``imap_wire``), which follows RFC 3501's
+grammar and reports, per UID, what the server delivered and what it did not. Library
 exceptions leave this module as ``PollError`` through ``errors.classify``.
+
+No server is trusted to answer exactly what was asked (DESIGN.md, promise 9): a listing that
+``UID SEARCH`` leaves empty while ``UIDNEXT`` says there is new mail is made again with
+``UID FETCH``; a UID the server does not deliver is checked for (``present``) rather than
+taken for expunged.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import imaplib
 import re
 import socket
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from ssl import SSLContext
-from typing import NamedTuple
 
 from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientError
@@ -23,29 +27,40 @@ from imapclient.imap4 import IMAP4WithTimeout
 from imapclient.tls import IMAP4_TLS
 
 from mailintake_shared.domain import Encryption
+from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
-from mailintake_shared.mailbox.errors import FolderMissingError, StartTlsUnavailableError, classify
+from mailintake_shared.mailbox.errors import (
+    FolderMissingError,
+    PollError,
+    StartTlsUnavailableError,
+    classify,
+    injection_refused,
+)
+from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
-SEEN = b"\\Seen"
+__all__ = ["DELETED", "SEEN", "BulkFetch", "FolderInfo", "ImapMailbox", "MessageMeta"]
+
 DELETED = b"\\Deleted"
-# UIDs per STORE/EXPUNGE command: keeps command lines short on every server.
+# UIDs per STORE/EXPUNGE/FETCH command: keeps command lines short on every server.
 _UIDS_PER_COMMAND = 500
+# Literals of a bulk FETCH are bounded: a message far over what the LARGER search said ends
+# the session, and the next poll fetches it by byte range.
+MIN_BULK_LITERAL = 8 * 1024 * 1024
+
+
+_UNSENDABLE = re.compile(rb"[\r\n\x00]")
 
 
 @dataclass(frozen=True)
 class FolderInfo:
+    """What ``SELECT``/``EXAMINE`` said (RFC 3501 §6.3.1); ``uidnext`` is None when the
+    server did not send it."""
+
     uidvalidity: int
     exists: int
     uidnext: int | None = None
-
-
-class MessageMeta(NamedTuple):  # one per message on the bulk path: a tuple is cheapest
-    uid: int
-    size: int
-    internal_date: datetime | None
-    seen: bool
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
@@ -76,7 +91,20 @@ class _GuardedIMAPClient(IMAPClient):  # type: ignore[misc]
         return _GuardedIMAP4(self.host, self.port, timeout, self._network)
 
 
-class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
+class _NoInjection:
+    """imaplib writes a command's arguments as they are: one holding CR, LF or NUL would end
+    the command and start another of the sender's choosing. RFC 3501 §9 allows none of them in
+    an atom or a quoted string; such an argument is refused before anything is sent."""
+
+    def _command(self, name: str, *args: object) -> object:
+        for arg in args:
+            text = arg.encode("utf-8", "replace") if isinstance(arg, str) else arg
+            if isinstance(text, bytes) and _UNSENDABLE.search(text):
+                raise injection_refused(name)
+        return super()._command(name, *args)  # type: ignore[misc]
+
+
+class _GuardedIMAP4(_NoInjection, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -85,7 +113,7 @@ class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
@@ -109,9 +137,19 @@ class ImapMailbox(Session):
     def __init__(self, client: IMAPClient) -> None:
         self._client = client
         self._capabilities: tuple[bytes, ...] = ()
+        self._info: FolderInfo | None = None
+        # Set when this server's UID SEARCH was seen to leave out messages that are there:
+        # its answers are not relied on for the rest of the session.
+        self.search_unreliable = False
 
     @classmethod
     def open(cls, config: MailboxConfig) -> ImapMailbox:
+        """Connect, STARTTLS when asked, and log in — unless the greeting is ``PREAUTH``
+        (RFC 3501 §7.1.4: already authenticated), which is taken as it is, except when
+        STARTTLS was asked for (impossible after PREAUTH: refused rather than plain text).
+
+        Raises ``PollError`` with the step that failed.
+        """
         view = config.view
         host, port, timeout = config.address
         client: IMAPClient | None = None
@@ -130,11 +168,19 @@ class ImapMailbox(Session):
             # imapclient turns imaplib's protocol trace on (debug 5) and drops it in a logger;
             # formatting that trace costs more than the transfer itself. Off.
             client._imap.debug = 0
+            preauth = client._imap.state == "AUTH"
             if view.encryption is Encryption.STARTTLS:
+                if preauth:
+                    raise PollError(
+                        ErrorKind.STARTTLS_UNAVAILABLE,
+                        "the server greeted with PREAUTH, after which STARTTLS is not possible; "
+                        "refusing to continue in plain text",
+                    )
                 if not client.has_capability("STARTTLS"):
                     raise StartTlsUnavailableError()
                 client.starttls(ssl_context=context)
-            config.login(client)
+            if not preauth:
+                config.login(client)
             mailbox = cls(client)
             mailbox._capabilities = tuple(client.capabilities())
             return mailbox
@@ -151,27 +197,72 @@ class ImapMailbox(Session):
     def greeting(self) -> str:
         return bytes(self._client.welcome or b"").decode("utf-8", "replace")
 
-    def select(self, folder: str) -> FolderInfo:
+    def select(self, folder: str, *, readonly: bool = False) -> FolderInfo:
+        """``SELECT`` the folder (``EXAMINE`` when ``readonly``: nothing on the server can
+        change). Raises ``FolderMissingError`` when it does not exist."""
         try:
             if not self._client.folder_exists(folder):
                 raise FolderMissingError(folder)
-            status = self._client.select_folder(folder)
+            status = self._client.select_folder(folder, readonly=readonly)
         except Exception as exc:
             raise classify(exc) from exc
+        if b"UIDVALIDITY" not in status:
+            raise PollError(
+                ErrorKind.SERVER_ERROR,
+                f"the server's SELECT of {folder!r} gave no UIDVALIDITY (RFC 3501 requires it)",
+            )
         uidnext = status.get(b"UIDNEXT")
-        return FolderInfo(
+        self._info = FolderInfo(
             uidvalidity=int(status[b"UIDVALIDITY"]),
-            exists=int(status[b"EXISTS"]),
+            exists=int(status.get(b"EXISTS", 0)),
             uidnext=int(uidnext) if uidnext is not None else None,
         )
+        return self._info
 
+    # --- listing --------------------------------------------------------------------------
     def uids_after(self, last_uid: int) -> list[int]:
         """UIDs above ``last_uid``, ascending (``UID SEARCH UID n+1:*``).
 
-        Per RFC 3501 ``n+1:*`` also matches the highest UID when it is below n+1; drop it.
+        Per RFC 3501 ``n+1:*`` also matches the highest UID when it is below n+1: dropped.
+        When the search finds nothing (or is refused) although the folder's ``UIDNEXT`` (or,
+        without it, its message count) says there may be new mail, the listing is made again
+        with ``UID FETCH n+1:* (UID)`` and, if that is empty too, from the tail of the
+        sequence numbers: a server whose SEARCH leaves messages out (GNU Mailutils) is still
+        read whole, and a server that behaves pays nothing more.
         """
-        found = self._uid_search("UID", f"{last_uid + 1}:*")
-        return sorted(uid for uid in found if uid > last_uid)
+        try:
+            found = [u for u in self._uid_search("UID", f"{last_uid + 1}:*") if u > last_uid]
+        except PollError as exc:
+            if exc.kind is not ErrorKind.SERVER_ERROR:
+                raise
+            found = []
+        if found or not self._may_hold_more(last_uid):
+            return sorted(set(found))
+        listed = [uid for uid in self._listing(f"{last_uid + 1}:*") if uid > last_uid]
+        found = listed or self._tail_after(last_uid)
+        if found:
+            self.search_unreliable = True
+        return sorted(set(found))
+
+    def _may_hold_more(self, last_uid: int) -> bool:
+        info = self._info
+        if info is None or info.exists == 0:
+            return False
+        return info.uidnext is None or info.uidnext > last_uid + 1
+
+    def _tail_after(self, last_uid: int) -> list[int]:
+        """The UIDs above ``last_uid`` read from the end of the folder by sequence number, in
+        windows that double until one reaches a UID at or below ``last_uid``."""
+        found: list[int] = []
+        window, end = 64, self._info.exists if self._info else 0
+        while end > 0:
+            start = max(1, end - window + 1)
+            uids = self._listing(f"{start}:{end}", by_uid=False)
+            found.extend(uid for uid in uids if uid > last_uid)
+            if not uids or min(uids) <= last_uid:
+                break
+            end, window = start - 1, window * 2
+        return found
 
     def uids_between(self, first: int, last: int, criteria: Sequence[str]) -> list[int]:
         """UIDs from ``first`` to ``last`` that also match ``criteria`` (``UNSEEN``, …)."""
@@ -181,30 +272,28 @@ class ImapMailbox(Session):
         return sorted(uid for uid in found if first <= uid <= last)
 
     def highest_uid(self) -> int:
-        """The highest UID in the selected folder (0 when it is empty)."""
-        return max(self._uid_search("UID", "*"), default=0)
-
-    def metadata(self, uids: Sequence[int]) -> list[MessageMeta]:
-        """Size, arrival time and \\Seen of each UID (one ``UID FETCH``, parsed directly)."""
-        if not uids:
-            return []
-        data = self._uid_command(
-            "FETCH", sequence_set(uids), "(UID RFC822.SIZE INTERNALDATE FLAGS)"
-        )
-        metas = [_parse_meta(line) for line in data if isinstance(line, bytes) and line]
-        return sorted((m for m in metas if m is not None), key=lambda m: m.uid)
+        """The highest UID in the selected folder (0 when it is empty): the UID of the last
+        message by sequence number (``FETCH n (UID)``), which every server answers (GNU
+        Mailutils refuses ``UID SEARCH UID *``)."""
+        exists = self._info.exists if self._info else 0
+        if exists == 0:
+            return 0
+        return max(self._listing(str(exists), by_uid=False), default=0)
 
     def larger_than(self, uids: Sequence[int], size: int) -> set[int]:
         """Which of ``uids`` are over ``size`` bytes: one ``UID SEARCH … LARGER`` over their
-        span, a short answer where a size per message would take one line each."""
+        span, a short answer where a size per message would take one line each. On a server
+        whose SEARCH left messages out, their ``RFC822.SIZE`` instead."""
         if not uids:
             return set()
+        if self.search_unreliable:
+            return {meta.uid for meta in self.metadata(uids) if meta.size > size}
         found = self._uid_search("UID", f"{min(uids)}:{max(uids)}", "LARGER", str(size))
         return set(found) & set(uids)
 
     def _uid_search(self, *criteria: str) -> list[int]:
-        """``UID SEARCH`` of atoms, its one-line answer read directly (imapclient's general
-        parser costs milliseconds for the 5,000 UIDs of a first poll)."""
+        """``UID SEARCH`` of atoms, its answer read directly (imapclient's general parser
+        costs milliseconds for the 5,000 UIDs of a first poll)."""
         data = self._uid_command("SEARCH", *criteria)
         lines = [line for line in data if isinstance(line, bytes)]
         return [int(word) for line in lines for word in line.split() if word.isdigit()]
@@ -217,41 +306,77 @@ class ImapMailbox(Session):
         except Exception as exc:
             raise classify(exc) from exc
         if status != "OK":
-            raise classify(IMAPClientError(f"UID {command} failed: {data!r}"))
+            raise classify(IMAPClientError(f"UID {command} failed: {server_text(data)}"))
         return list(data)
 
-    def messages(self, uids: Sequence[int]) -> Iterator[tuple[MessageMeta, bytes]]:
-        """Whole messages with their metadata, without setting \\Seen, each yielded as it
-        arrives (``UID FETCH … (UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])``).
+    # --- fetching -------------------------------------------------------------------------
+    def fetch(self, uids: Collection[int], max_literal: int) -> BulkFetch:
+        """Whole messages with their metadata, without setting \\Seen
+        (``UID FETCH … (UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])``), each handed on as
+        it arrives; memory holds one message at a time. Iterate to the end: the session is
+        in step again only after the tagged reply; ``report`` then says what was not
+        delivered and why."""
+        return BulkFetch(
+            self,
+            uids,
+            "(UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])",
+            body_item=b"BODY[]",
+            metadata=True,
+            max_literal=max_literal,
+        )
 
-        The bulk path reads the response itself, line by line from the session's socket:
-        imaplib's and imapclient's general response handling cost more than the transfer,
-        and this response has one simple shape (``* n FETCH (… BODY[] {size}`` + literal +
-        ``)``). Memory holds one message at a time. A UID the server does not answer for was
-        expunged meanwhile (RFC 3501) and is not yielded. Consume the iterator to the end:
-        the session is in step again only after the tagged reply.
-        """
-        if not uids:
-            return
-        imap = self._client._imap
-        try:
-            tag = imap._command("UID", "FETCH", sequence_set(uids), _BULK_ITEMS)
-            try:
-                yield from read_fetch_response(imap.readline, imap.read, tag, set(uids))
-            finally:
-                imap.tagged_commands.pop(tag, None)
-        except Exception as exc:
-            raise classify(exc) from exc
+    def metadata(self, uids: Sequence[int]) -> list[MessageMeta]:
+        """Size, arrival time and \\Seen of each of ``uids`` the server has, by UID."""
+        metas: list[MessageMeta] = []
+        for part in _chunks(sorted(uids), _UIDS_PER_COMMAND):
+            command = BulkFetch(self, part, "(UID RFC822.SIZE INTERNALDATE FLAGS)", metadata=True)
+            metas.extend(found.meta for found in command)
+        return sorted(metas)
 
-    def body_range(self, uid: int, offset: int, length: int) -> bytes:
-        """``length`` bytes of a message from ``offset`` (``BODY.PEEK[]<offset.length>``)."""
-        try:
-            response = self._client.fetch([uid], [f"BODY.PEEK[]<{offset}.{length}>"])
-        except Exception as exc:
-            raise classify(exc) from exc
-        data = response.get(uid, {})
-        return bytes(data.get(f"BODY[]<{offset}>".encode()) or b"")
+    def metadata_between(self, first: int, last: int) -> list[MessageMeta]:
+        """The metadata of every message with a UID from ``first`` to ``last``
+        (``UID FETCH first:last``), without relying on SEARCH."""
+        items = "(UID RFC822.SIZE INTERNALDATE FLAGS)"
+        command = BulkFetch(self, None, items, metadata=True, numbers=f"{first}:{last}")
+        return sorted(item.meta for item in command if first <= item.meta.uid <= last)
 
+    def present(self, uids: Collection[int]) -> set[int]:
+        """Which of ``uids`` the folder still holds (``UID FETCH … (UID)``). Only a clean
+        ``OK`` that leaves a UID out says it is gone: after a ``NO`` or ``BAD`` every UID
+        not answered for counts as present (unknown is never taken for gone)."""
+        found: set[int] = set()
+        for part in _chunks(sorted(uids), _UIDS_PER_COMMAND):
+            command = BulkFetch(self, part, "(UID)")
+            found.update(item.meta.uid for item in command)
+            if command.report.status != "OK":
+                found.update(part)
+        return found
+
+    def _listing(self, numbers: str, *, by_uid: bool = True) -> list[int]:
+        """The UIDs of a UID range (``UID FETCH n:m (UID)``) or of a sequence range."""
+        command = BulkFetch(self, None, "(UID)", numbers=numbers, by_uid=by_uid)
+        return [item.meta.uid for item in command]
+
+    def body_range(self, uid: int, offset: int, length: int) -> tuple[bytes | None, str]:
+        """``length`` bytes of a message from ``offset`` (``BODY.PEEK[]<offset.length>``):
+        the bytes (fewer at the end of the message), or None and what the server answered
+        instead."""
+        command = BulkFetch(
+            self,
+            (uid,),
+            f"(UID BODY.PEEK[]<{offset}.{length}>)",
+            body_item=f"BODY[]<{offset}>".encode(),
+            max_literal=max(2 * length, 64 * 1024 * 1024),
+        )
+        found = [item.body for item in command]
+        if found and found[0] is not None:
+            return found[0], ""
+        report = command.report
+        return None, with_server_words(
+            report.problems.get(uid, "the server did not answer for it"), report
+        )
+
+    # --- actions --------------------------------------------------------------------------
     def mark_seen(self, uids: Sequence[int]) -> None:
         try:
             for part in _chunks(uids, _UIDS_PER_COMMAND):
@@ -259,12 +384,15 @@ class ImapMailbox(Session):
         except Exception as exc:
             raise classify(exc) from exc
 
-    def delete(self, uids: Sequence[int]) -> None:
-        """Flag ``uids`` \\Deleted and expunge exactly them.
+    def delete(self, uids: Sequence[int], may_expunge: Callable[[set[int]], bool]) -> bool:
+        """Flag ``uids`` \\Deleted and expunge exactly them; True when they are gone.
 
-        With UIDPLUS, ``UID EXPUNGE`` removes only these. Without it, a plain EXPUNGE would
-        also remove other \\Deleted messages, possibly ones not yet stored: it runs only when
-        every flagged message is one of ``uids``; otherwise they stay flagged for a later poll.
+        With UIDPLUS, ``UID EXPUNGE`` removes only these (RFC 4315). Without it, ``EXPUNGE``
+        removes every \\Deleted message of the folder, possibly ones another client flagged
+        that are not stored yet: it runs only when ``may_expunge`` says every other flagged
+        UID is accounted for (stored, or left out by the folder's first-sync rule). Otherwise
+        ``uids`` stay flagged and the answer is False; a later poll expunges them once the
+        others are stored (they are new mail above the cursor, which that poll downloads).
         """
         try:
             for part in _chunks(uids, _UIDS_PER_COMMAND):
@@ -272,8 +400,12 @@ class ImapMailbox(Session):
             if b"UIDPLUS" in self._capabilities:
                 for part in _chunks(uids, _UIDS_PER_COMMAND):
                     self._client.uid_expunge(list(part))
-            elif set(self._client.search(["DELETED"])) <= set(uids):
-                self._client.expunge()
+                return True
+            others = set(self._client.search(["DELETED"])) - set(uids)
+            if others and not may_expunge(others):
+                return False
+            self._client.expunge()
+            return True
         except Exception as exc:
             raise classify(exc) from exc
 
@@ -281,10 +413,72 @@ class ImapMailbox(Session):
         _close_quietly(self._client)
 
 
-_UID = re.compile(rb"UID (\d+)")
-_SIZE = re.compile(rb"RFC822\.SIZE (\d+)")
-_DATE = re.compile(rb'INTERNALDATE "([^"]+)"')
-_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+class BulkFetch:
+    """One ``UID FETCH`` (or sequence ``FETCH``) command, read by ``imap_wire.FetchReader``.
+
+    Iterating yields ``imap_wire.Fetched`` items; ``report`` is complete after the last one.
+    Errors leave as ``PollError`` (``errors.classify``).
+    """
+
+    def __init__(
+        self,
+        mailbox: ImapMailbox,
+        uids: Collection[int] | None,
+        items: str,
+        *,
+        body_item: bytes | None = None,
+        metadata: bool = False,
+        max_literal: int = MIN_BULK_LITERAL,
+        numbers: str | None = None,
+        by_uid: bool = True,
+    ) -> None:
+        self._imap = mailbox._client._imap
+        self._wanted = set(uids) if uids is not None else None
+        self._numbers = numbers if numbers is not None else sequence_set(sorted(uids or ()))
+        self._items = items
+        self._body_item = body_item
+        self._metadata = metadata
+        self._max_literal = max_literal
+        self._by_uid = by_uid
+        self.report = FetchReport()
+
+    def __iter__(self) -> Iterator[Fetched]:
+        imap = self._imap
+        try:
+            command = ("UID", "FETCH") if self._by_uid else ("FETCH",)
+            tag = imap._command(*command, self._numbers, self._items)
+            try:
+                reader = FetchReader(
+                    imap.readline,
+                    imap.read,
+                    tag,
+                    self._wanted,
+                    body_item=self._body_item,
+                    metadata=self._metadata,
+                    max_literal=self._max_literal,
+                    max_held=max(8 * self._max_literal, 64 * 1024 * 1024),
+                )
+                self.report = reader.report
+                yield from reader
+            finally:
+                imap.tagged_commands.pop(tag, None)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+
+def with_server_words(text: str, report: FetchReport) -> str:
+    """``text``, and what the server said about the command when it said anything."""
+    said = report.server_said
+    return f"{text}; the server said: {said}" if said else text
+
+
+def server_text(data: object) -> str:
+    """The server's words from an imaplib answer, as text (not a Python bytes literal)."""
+    if isinstance(data, list | tuple):
+        return " ".join(server_text(item) for item in data if item is not None)
+    if isinstance(data, bytes):
+        return data.decode("utf-8", "replace")
+    return str(data)
 
 
 def sequence_set(uids: Sequence[int]) -> str:
@@ -300,137 +494,6 @@ def sequence_set(uids: Sequence[int]) -> str:
         start = previous = uid
     parts.append(f"{start}:{previous}" if previous > start else str(start))
     return ",".join(parts)
-
-
-_MONTHS = {
-    m: i
-    for i, m in enumerate(
-        (
-            b"Jan",
-            b"Feb",
-            b"Mar",
-            b"Apr",
-            b"May",
-            b"Jun",
-            b"Jul",
-            b"Aug",
-            b"Sep",
-            b"Oct",
-            b"Nov",
-            b"Dec",
-        ),
-        start=1,
-    )
-}
-
-
-def parse_internaldate(text: bytes) -> datetime | None:
-    """``24-Nov-2026 07:16:00 +0000`` (RFC 3501 date-time) → an aware datetime.
-
-    Hand-written because ``strptime`` costs more than receiving the message does.
-    """
-    try:
-        day, month, rest = text.strip().split(b"-", 2)
-        year, clock, zone = rest.split(b" ")
-        hour, minute, second = clock.split(b":")
-        return datetime(
-            int(year),
-            _MONTHS[month],
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            tzinfo=_zone(zone),
-        )
-    except (ValueError, KeyError, IndexError):
-        return None
-
-
-@functools.lru_cache(maxsize=64)  # a mailbox has few zones; each made once
-def _zone(text: bytes) -> timezone:
-    if len(text) != 5 or text[:1] not in (b"+", b"-"):
-        raise ValueError(f"not a zone: {text!r}")
-    sign = -1 if text[:1] == b"-" else 1
-    return timezone(timedelta(hours=int(text[1:3]), minutes=int(text[3:5])) * sign)
-
-
-# What Dovecot and most servers answer, in the order asked: one match instead of four.
-_META_IN_ORDER = re.compile(
-    rb'UID (\d+) RFC822\.SIZE (\d+) INTERNALDATE "([^"]+)" FLAGS \(([^)]*)\)'
-)
-
-
-def _parse_meta(line: bytes) -> MessageMeta | None:
-    ordered = _META_IN_ORDER.search(line)
-    if ordered is not None:
-        uid_text, size_text, date_text, flags_text = ordered.groups()
-        return MessageMeta(
-            uid=int(uid_text),
-            size=int(size_text),
-            internal_date=parse_internaldate(date_text),
-            seen=SEEN in flags_text.split(),
-        )
-    uid = _UID.search(line)
-    if uid is None:
-        return None
-    size, date, flags = _SIZE.search(line), _DATE.search(line), _FLAGS.search(line)
-    return MessageMeta(
-        uid=int(uid.group(1)),
-        size=int(size.group(1)) if size else 0,
-        internal_date=parse_internaldate(date.group(1)) if date else None,
-        seen=bool(flags) and SEEN in flags.group(1).split(),  # type: ignore[union-attr]
-    )
-
-
-_BULK_ITEMS = "(UID RFC822.SIZE INTERNALDATE FLAGS BODY.PEEK[])"
-_LITERAL_AT_END = re.compile(rb"\{(\d+)\}\r\n\Z")
-_EMPTY_BODY = re.compile(rb'BODY\[\] (?:NIL|"")')
-_FETCH_NUMBER = re.compile(rb"\* (\d+) FETCH ")
-
-
-def read_fetch_response(
-    readline: Callable[[], bytes], read: Callable[[int], bytes], tag: bytes, wanted: set[int]
-) -> Iterator[tuple[MessageMeta, bytes]]:
-    """The messages of one bulk ``UID FETCH`` response, up to its tagged reply.
-
-    Other untagged responses (``EXISTS``, ``EXPUNGE``) are passed over. The metadata items
-    may come before or after the literal, in any order, or in an earlier FETCH response of
-    the same message (servers may split one message's items over several).
-    """
-    earlier: dict[bytes, bytes] = {}  # FETCH responses without a body, by sequence number
-    while True:
-        line = readline()
-        if not line:
-            raise imaplib.IMAP4.abort("the server closed the connection during FETCH")
-        if line.startswith(tag + b" "):
-            if line[len(tag) + 1 :].startswith(b"OK"):
-                return
-            raise IMAPClientError(f"UID FETCH failed: {line.strip()!r}")
-        if line.startswith(b"* BYE"):
-            raise imaplib.IMAP4.abort(line.decode("utf-8", "replace").strip())
-        number = _FETCH_NUMBER.match(line)
-        literal = _LITERAL_AT_END.search(line)
-        if literal is None:
-            if _EMPTY_BODY.search(line):  # an empty message, sent as NIL or ""
-                meta = _parse_meta(line)
-                if meta is not None and meta.uid in wanted:
-                    yield meta, b""
-            elif number is not None:
-                earlier[number.group(1)] = line
-            continue
-        size = int(literal.group(1))
-        body = read(size)
-        if len(body) < size:
-            raise imaplib.IMAP4.abort("the server closed the connection inside a message")
-        rest = readline()
-        if _LITERAL_AT_END.search(rest):
-            raise IMAPClientError("FETCH response with more than one literal")
-        # The message's own items first: the searches take the first match.
-        meta = _parse_meta(line + rest + (earlier.pop(number.group(1), b"") if number else b""))
-        if meta is None:
-            raise IMAPClientError("FETCH response without UID")
-        if meta.uid in wanted:
-            yield meta, body
 
 
 def _close_quietly(client: IMAPClient) -> None:

@@ -7,6 +7,7 @@ duplicates. Deletions (DELE) take effect only at QUIT: a session that breaks del
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import poplib
 import socket
@@ -18,13 +19,20 @@ from typing import Any
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
-from mailintake_shared.mailbox.errors import PollError, StartTlsUnavailableError, classify
+from mailintake_shared.mailbox.errors import (
+    PollError,
+    StartTlsUnavailableError,
+    classify,
+    injection_refused,
+    server_words,
+)
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
-# Longest line accepted. poplib's own limit (2048) rejects real mail with long lines;
-# RFC 5322 allows 998, hostile mail has more.
+# Longest status or listing line accepted (poplib's own limit, 2048, is too short for some
+# servers' greetings). A message's lines are read in pieces instead and may be any length.
 _MAX_LINE = 1024 * 1024
+_PIECE = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,9 +66,17 @@ class _POP3(poplib.POP3):
             return line[1:-1], octets
         return line[:-1], octets
 
+    def _putcmd(self, line: str) -> None:
+        """poplib sends a command line as it is: one holding CR, LF or NUL would carry a
+        second command (a ``DELE`` in a password). Refused before anything is sent."""
+        if any(c in line for c in "\r\n\0"):
+            raise injection_refused(line.split(" ", 1)[0].upper())
+        super()._putcmd(line)  # type: ignore[misc]
+
     def begin(self, command: str) -> None:
-        """Send a command whose multi-line answer the caller reads with ``_getline``."""
-        self.sock.sendall(command.encode("ascii") + poplib.CRLF)
+        """Send a command and read its status line, raising ``error_proto`` on ``-ERR``; a
+        multi-line answer the caller then reads with ``_getline`` or from ``file``."""
+        self._putcmd(command)
         status, _ = self._getline()
         if not status.startswith(b"+"):
             raise poplib.error_proto(status)
@@ -81,6 +97,25 @@ class _POP3SSL(_POP3):
 
     def stls(self, context: Any = None) -> bytes:
         raise poplib.error_proto("-ERR TLS session already established")
+
+
+class Pop3RetrieveError(PollError):
+    """``RETR`` answered ``-ERR``: this message could not be read; the session goes on."""
+
+    def __init__(self, words: str) -> None:
+        super().__init__(ErrorKind.SERVER_ERROR, f"the server refused RETR: {words}")
+
+
+def login_refused(exc: poplib.error_proto) -> PollError:
+    """A ``-ERR`` to USER/PASS: a refused login, unless its response code says the mailbox is
+    busy or the server is in trouble for now (RFC 2449 ``[IN-USE]``, RFC 3206 ``[SYS/TEMP]``),
+    which is not the password's fault."""
+    error = classify(exc)
+    if error.kind is ErrorKind.THROTTLED:
+        return error
+    return PollError(
+        ErrorKind.AUTHENTICATION, f"the server refused the login: {server_words(str(exc))}"
+    )
 
 
 class Pop3UidlUnsupportedError(PollError):
@@ -120,13 +155,21 @@ class Pop3Mailbox(Session):
                 client.stls(context)
                 capabilities = _capabilities(client)
             mailbox.capabilities = tuple(sorted(capabilities))
+            if "UTF8" in capabilities:
+                # RFC 6856: without it some servers (Courier) rewrite 8-bit mail into a wrapper
+                # of their own; with it, RETR gives the message as stored.
+                with contextlib.suppress(poplib.error_proto):
+                    client.begin("UTF8")
             try:
-                client.user(view.username)
-                client.pass_(config.secret)
+                if "PLAIN" in (m.upper() for m in capabilities.get("SASL", [])):
+                    # RFC 5034 with an initial response (RFC 4616): UTF-8, one round trip.
+                    plain = f"\0{view.username}\0{config.secret}".encode()
+                    client.begin("AUTH PLAIN " + base64.b64encode(plain).decode("ascii"))
+                else:
+                    client.user(view.username)
+                    client.pass_(config.secret)
             except poplib.error_proto as exc:
-                raise PollError(
-                    ErrorKind.AUTHENTICATION, f"the server refused the login: {exc}"
-                ) from exc
+                raise login_refused(exc) from exc
             return mailbox
         except Exception as exc:
             if client is not None:
@@ -156,26 +199,40 @@ class Pop3Mailbox(Session):
             raise classify(exc) from exc
 
     def retrieve(self, number: int, piece_size: int) -> Iterator[bytes]:
-        """The message's bytes as the server sends them (CRLF lines, dot-unstuffed), in
-        pieces of about ``piece_size``: a large message is never whole in memory."""
+        """The message's bytes as the server sends them, dot-unstuffed (RFC 1939 §3), in
+        pieces of about ``piece_size``: a large message is never whole in memory, and a line
+        of any length is read in pieces too (mail with a megabyte-long data: URI).
+
+        Raises ``Pop3RetrieveError`` when the server answers ``-ERR`` (the session goes on),
+        ``PollError`` for anything else.
+        """
         try:
-            self._client.begin(f"RETR {number}")
-            piece: list[bytes] = []
+            try:
+                self._client.begin(f"RETR {number}")
+            except poplib.error_proto as exc:
+                raise Pop3RetrieveError(server_words(str(exc))) from exc
+            file = self._client.file
+            pieces: list[bytes] = []
             held = 0
+            at_line_start = True
             while True:
-                line, _ = self._client._getline()
-                if line == b".":
-                    break
-                if line.startswith(b".."):
-                    line = line[1:]
-                piece.append(line + b"\r\n")
-                held += len(line) + 2
+                piece = file.readline(_PIECE)
+                if not piece:
+                    raise poplib.error_proto("the server closed the connection inside RETR")
+                if at_line_start:
+                    if piece in (b".\r\n", b".\n"):
+                        break
+                    if piece[:2] == b"..":
+                        piece = piece[1:]
+                at_line_start = piece[-1:] == b"\n"
+                pieces.append(piece)
+                held += len(piece)
                 if held >= piece_size:
-                    data = b"".join(piece)
-                    piece, held = [], 0
+                    data = b"".join(pieces)
+                    pieces, held = [], 0
                     yield from _split(data, piece_size)
-            if piece:
-                yield from _split(b"".join(piece), piece_size)
+            if pieces:
+                yield from _split(b"".join(pieces), piece_size)
         except PollError:
             raise
         except Exception as exc:

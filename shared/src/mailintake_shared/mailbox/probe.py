@@ -84,7 +84,7 @@ def probe(config: MailboxConfig) -> ProbeResult:
         result.ok = True
     except Exception as exc:
         error = classify(exc)
-        result.failed_step, result.error = error.kind, str(error)
+        result.failed_step, result.error = error.kind, config.scrub(str(error))
     result.latency_ms = steps.total()
     return result
 

@@ -150,7 +150,7 @@ def list_message_log(
     _role: Viewer,
     filters: WindowDep,
     outcome: Annotated[
-        PlainText | None, Query(description="`stored`, `duplicate` or `rejected`.")
+        PlainText | None, Query(description="`stored`, `duplicate`, `rejected` or `unfetched`.")
     ] = None,
     poll_id: Annotated[uuid.UUID | None, Query()] = None,
     message_id: Annotated[int | None, Query()] = None,

@@ -6,8 +6,8 @@ after its connection's host was edited outside the API. This re-encrypts each on
 there are secrets to bind. The rows are read with the columns they have at this revision
 (reflected), not through the models of later revisions.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from mailintake_shared.db.models import (
 )
 from mailintake_shared.secretbox import SecretBox, is_unbound
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
