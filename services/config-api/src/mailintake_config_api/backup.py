@@ -172,12 +172,10 @@ def restore(
                 except ValidationError as exc:
                     rules = "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc.errors()))
                     raise BackupError(f"{where}: {rules}") from None
-                except InvalidInputError as exc:
+                except (InvalidInputError, _RefusedError) as exc:
                     raise BackupError(f"{where}: {exc}") from None
                 except (NameTakenError, CredentialNameTakenError) as exc:
                     raise BackupError(f"{where}: another row is named {exc}") from None
-                except _RefusedError as exc:
-                    raise BackupError(f"{where}: {exc}") from None
                 session.flush()
             done.rows[table] = len(rows)
     if "connections" in chosen:
