@@ -26,13 +26,6 @@ from mailintake_config_api import rc2
 MAX_ROUNDS = 1_000_000  # summed over the file; exports use 2,048 to 10,000 per part
 _MAX_PARTS = 64  # content infos and bags in one list: what a certificate and its key need
 _MAX_DEPTH = 4  # bags of bags
-_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha1": hashes.SHA1,
-    "sha224": hashes.SHA224,
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
 
 
 class TooManyRoundsError(ValueError):
@@ -65,7 +58,7 @@ def check_rounds(data: bytes, passphrase: str | None) -> int:
                 raise UnreadableError(f"a part this service cannot check ({kind})")
     except TooManyRoundsError:
         raise
-    except (ValueError, KeyError, TypeError) as exc:  # asn1crypto's parse errors among them
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:  # asn1crypto's among them
         raise UnreadableError(str(exc) or type(exc).__name__) from exc
     return counter.total
 
@@ -108,7 +101,8 @@ class _Rounds:
         self.spend(rounds)
         cipher, size, salt = algorithm.encryption_cipher, algorithm.key_length, algorithm.kdf_salt
         if algorithm.kdf == "pbkdf2":
-            kdf = PBKDF2HMAC(_HASHES[algorithm.kdf_hmac](), size, salt, rounds)
+            prf: type[hashes.HashAlgorithm] = getattr(hashes, algorithm.kdf_hmac.upper())
+            kdf = PBKDF2HMAC(prf(), size, salt, rounds)
             key, iv = kdf.derive(self._passphrase.encode("utf-8")), algorithm.encryption_iv
         elif algorithm.kdf == "pkcs12_kdf" and algorithm.kdf_hmac == "sha1":
             password = self._passphrase.encode("utf-16-be") + b"\0\0" if self._passphrase else b""
