@@ -3,7 +3,8 @@
 Chain: ``CommitAfterWorkLoop`` → decode (bad records → dead-letter) → ``StoreWriter.write``
 (one transaction) → dead-letter what the writer rejected → offsets committed → the outbox
 relay publishes ``mail.stored`` and ``poll.completed``. A database outage makes the write
-raise: the loop rewinds to the last commit and retries with back-off, losing nothing.
+raise: the loop rewinds to the last commit and retries with back-off, losing nothing, and
+``store.waiting`` says which connections' mail waits, and why (``waiting.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from mailintake_store.metrics import BATCH_SECONDS
+from mailintake_store.waiting import WaitingReports
 from mailintake_store.writer import StoreWriter
 
 log = get_logger(__name__)
@@ -58,6 +60,7 @@ class StoreWorker:
         self._relay = OutboxRelay(
             sessions, self._producer, inline_max_bytes=settings.inline_max_bytes
         )
+        self._waiting = WaitingReports(self._producer, settings.topic_prefix)
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
@@ -88,7 +91,12 @@ class StoreWorker:
                 sources.append(record)
             except ValueError as exc:  # pydantic's ValidationError among them
                 self._dead_letter(record, f"not a mail.fetched v1 record: {exc}")
-        outcome = self._writer.write(events)
+        try:
+            outcome = self._writer.write(events)
+        except Exception as exc:  # retried from the last commit: say why, where operators look
+            self._waiting.failed(events, exc)
+            raise
+        self._waiting.written(events)
         for rejected in outcome.rejected:
             self._dead_letter(sources[rejected.index], rejected.reason)
         self._relay.wake.set()
