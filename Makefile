@@ -85,7 +85,7 @@ backup: ## write the configuration (connections, credentials, certificates) to F
 restore: ## restore FILE=backup.json (ONLY=connections,… to choose parts); safe to run twice
 	$(RUN) mailintake-config-api restore $${FILE:-backup.json} $${ONLY:+--only $$ONLY}
 
-token: ## make an API token; ROLE=admin|viewer
+token: ## make an API token; ROLE=admin|reader|viewer
 	@$(RUN) mailintake-config-api hash-token --role $${ROLE:-admin}
 
 # --- operating a running deployment (MAILINTAKE_API_URL, MAILINTAKE_API_TOKEN; or `make run`'s)

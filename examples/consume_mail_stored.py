@@ -8,7 +8,7 @@ Records are routed on their ``ce_type`` header (CloudEvents, docs/topics.md): a 
 handler does not know is skipped, not misread. Delivery is at least once: keep what you
 processed keyed by ``message_id`` (here a set; in a real handler, a unique key in your own
 database) so that a re-delivery or an operator's replay is harmless. Large messages arrive by
-reference: fetch ``raw_path`` from the config API with a viewer token.
+reference: fetch ``raw_path`` from the config API with a reader token.
 """
 
 from __future__ import annotations

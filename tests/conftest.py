@@ -49,6 +49,7 @@ UnpackedServerT = TypeVar("UnpackedServerT", bound=UnpackedMailServer)
 MAIL_SERVERS = os.environ.get("MAILINTAKE_TEST_MAIL_SERVERS", "dovecot,cyrus").split(",")
 ADMIN_TOKEN = "test-admin-token"
 VIEWER_TOKEN = "test-viewer-token"
+READER_TOKEN = "test-reader-token"
 
 
 def _containers_or_skip() -> None:
@@ -170,7 +171,14 @@ def settings(broker: Any, database_url: str) -> Settings:
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         topic_partitions=3,
         encryption_keys=generate_key(),
-        api_tokens=f"admin:{hash_token(ADMIN_TOKEN)},viewer:{hash_token(VIEWER_TOKEN)}",
+        api_tokens=",".join(
+            f"{role}:{hash_token(token)}"
+            for role, token in (
+                ("admin", ADMIN_TOKEN),
+                ("viewer", VIEWER_TOKEN),
+                ("reader", READER_TOKEN),
+            )
+        ),
         kafka_max_poll_interval_ms=6000,
         kafka_session_timeout_ms=3000,
         outbound_allow_cidrs=LOOPBACK_CIDRS,  # the components listen on 127.0.0.1

@@ -127,6 +127,12 @@ def test_an_operator_session_from_create_to_delete(
 
     updated = cli.json("connections", "update", "Support", "--interval-minutes", "7")
     assert updated["interval_minutes"] == 7
+    # Moving it (STARTTLS on the plain port) asks for the password again, which then works.
+    plain_port = str(mailbox.server.ports.imap)
+    move = ("connections", "update", "Support", "--encryption", "starttls", "--port", plain_port)
+    moved = cli.json(*move, stdin=mailbox.password + "\n")
+    assert (moved["encryption"], moved["port"]) == ("starttls", mailbox.server.ports.imap)
+    assert "ok" in cli.run("connections", "test", "Support").stdout
     assert "disabled" in cli.run("connections", "disable", "Support").stdout
     cli.run("connections", "delete", "Support", "--yes")
     missing = cli.run("connections", "show", "Support", ok=False)

@@ -254,3 +254,20 @@ def test_a_pop3_server_without_uidl_is_refused_at_test_time(
         server.server_close()
     assert (result["ok"], result["failed_step"]) == (False, "uidl_unsupported")
     assert "UIDL" in result["error"]
+
+
+@pytest.mark.parametrize("protocol", ["imap", "pop3"])
+def test_a_unicode_password_is_accepted_and_signs_in(
+    api: TestClient, dovecot: Dovecot, protocol: str
+) -> None:
+    """Any text without control characters: the API keeps it, and the login carries it as
+    UTF-8 through SASL PLAIN (IMAP AUTHENTICATE, POP3 AUTH)."""
+    username, password = dovecot.add_user(password="Grüße-Kennwort-2026 ✓ 密码")
+    box = Mailbox(dovecot, username, password)
+    extra = pop3_body(box) if protocol == "pop3" else {}
+    result = check(api, imap_connection_body(box, **extra))
+    assert result["ok"] is True, result
+    created = api.post("/connections", json=imap_connection_body(box, **extra))
+    assert created.status_code == 201, created.text
+    saved = api.post(f"/connections/{created.json()['id']}/test").json()
+    assert saved["ok"] is True, saved

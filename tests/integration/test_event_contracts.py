@@ -39,6 +39,13 @@ CREATE FUNCTION crash_before_commit() RETURNS trigger LANGUAGE plpgsql AS
 CREATE TRIGGER crash_before_commit BEFORE DELETE ON outbox
   FOR EACH STATEMENT EXECUTE FUNCTION crash_before_commit();
 """
+# The store's writes of mail refused for a while, so that it says the mail waits for it.
+REFUSE_MAIL = """
+CREATE FUNCTION refuse_mail() RETURNS trigger LANGUAGE plpgsql AS
+  $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$;
+CREATE TRIGGER refuse_mail BEFORE INSERT ON messages
+  FOR EACH STATEMENT EXECUTE FUNCTION refuse_mail();
+"""
 
 
 @pytest.fixture
@@ -102,10 +109,17 @@ def test_every_record_of_a_run_matches_the_contracts_and_a_downstream_consumer_r
 ) -> None:
     settings, prefix = pipeline_settings, pipeline_settings.topic_prefix
     db.execute(CRASH)
+    db.execute(REFUSE_MAIL)
     large = make_message(1, size=200_000)  # several chunks of 64 KiB
     mailbox.server.seed(mailbox.username, [large, *(make_message(i) for i in range(2, 6))])
     pipeline.start("scheduler", "fetcher", "store")
     connection_id = create_enabled(api, mailbox)
+    wait_until(
+        lambda: any(r.value for r in read_topic_to_end(settings, Topic.STORE_WAITING)),
+        timeout_s=120,
+        message="the store says the mail waits for it",
+    )
+    db.execute("DROP TRIGGER refuse_mail ON messages")
     wait_until(lambda: db.message_count() == 5, timeout_s=120, message="mail stored")
     wait_until(
         lambda: len(read_topic_to_end(settings, Topic.MAIL_STORED)) >= 10,

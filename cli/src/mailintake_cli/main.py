@@ -76,7 +76,7 @@ def main(
     ] = None,
     token: Annotated[
         str | None,
-        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin or viewer)."),
+        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin, reader or viewer)."),
     ] = None,
     output: Annotated[
         str,
@@ -165,6 +165,12 @@ PasswordOption = Annotated[
 ]
 
 
+# The options that decide where a password goes: changing one needs the password again.
+DESTINATION_OPTIONS = frozenset(
+    {"host", "port", "encryption", "username", "tls_ca_pem", "tls_verify"}
+)
+
+
 def _password(from_stdin: bool, prompt: bool) -> str | None:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
@@ -181,7 +187,7 @@ def _ask_secret(label: str, flag: str) -> str:
             f"standard input with {flag} (e.g. `printf '%s\\n' \"$SECRET\" | mailintake … {flag}`)"
         )
         raise typer.Exit(1)
-    return str(typer.prompt(label, hide_input=True))
+    return str(typer.prompt(label, hide_input=True, err=True))  # stdout stays data
 
 
 @connections_app.command("create")
@@ -254,7 +260,9 @@ def update_connection(
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Change the options given; the others stay."""
+    """Change the options given; the others stay. A change of where the password goes (host,
+    port, encryption, username, TLS settings) asks for the password again."""
+    connection_id = _id(ref)
     body = _body(
         name=name,
         host=host,
@@ -270,9 +278,19 @@ def update_connection(
         tls_ca_file=tls_ca_file,
         tls_verify=tls_verify,
         description=description,
-        password=_password(password_stdin, prompt=False),
     )
-    emit(_call("PATCH", f"/connections/{_id(ref)}", json=body), as_json=as_json, title="updated")
+    moves = not DESTINATION_OPTIONS.isdisjoint(body)
+    asks = (
+        moves
+        and not password_stdin
+        and _call("GET", f"/connections/{connection_id}")["has_password"]
+    )
+    password = _password(password_stdin, prompt=bool(asks))
+    if password is not None:
+        body["password"] = password
+    emit(
+        _call("PATCH", f"/connections/{connection_id}", json=body), as_json=as_json, title="updated"
+    )
 
 
 @connections_app.command("delete")
@@ -721,15 +739,19 @@ def status_of_connections(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Each connection's health: last success, failures in a row, last error, stalled.
-    Exit status 1 when an enabled connection is stalled or failing."""
+    """Each connection's health: last success, failures in a row, last error, stalled, and
+    mail downloaded that the store cannot write yet ("downloaded, waiting for the store: …").
+    Exit status 1 when an enabled connection is stalled or failing, or mail waits."""
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = _call("GET", "/connections", params={"limit": 500, "offset": offset})
         for item in page["items"]:
             health = item["status"]
-            failing = item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            waiting = health.get("waiting_for_store")
+            failing = bool(waiting) or (
+                item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            )
             if problems_only and not failing:
                 continue
             rows.append(
@@ -741,13 +763,22 @@ def status_of_connections(
                     "failures": health["consecutive_failures"],
                     "last_error_kind": health["last_error_kind"],
                     "messages_stored": health["messages_stored"],
+                    "waiting_for_store": waiting,
                     "failing": failing,
                 }
             )
         offset += len(page["items"])
         if not page["items"] or offset >= page["total"]:
             break
-    columns = ("name", "enabled", "stalled", "last_success_at", "failures", "last_error_kind")
+    columns = (
+        "name",
+        "enabled",
+        "stalled",
+        "last_success_at",
+        "failures",
+        "last_error_kind",
+        "waiting_for_store",
+    )
     emit({"items": rows, "total": len(rows)}, as_json=as_json, columns=columns, title="status")
     if any(row["failing"] for row in rows):
         raise typer.Exit(1)

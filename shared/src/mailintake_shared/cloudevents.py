@@ -32,6 +32,7 @@ from mailintake_shared.events import (
     PollDue,
     PollRequested,
     PollResult,
+    StoreWaiting,
     decode,
 )
 from mailintake_shared.topics import Topic
@@ -58,6 +59,7 @@ class EventKind:
     time_field: str | None  # the field ``ce_time`` is, dotted; None: when it is published
     content_type: str | None = JSON
     id_rule: str = ""  # how ``ce_id`` is made, for the documentation
+    meaning: str = ""  # what a tombstone (no model) says, for the documentation
 
     @property
     def version(self) -> int:
@@ -103,6 +105,7 @@ KINDS: tuple[EventKind, ...] = (
         None,
         content_type=None,
         id_rule="`{connection id}/deleted`",
+        meaning="A tombstone: the connection was deleted.",
     ),
     EventKind(
         PollDue,
@@ -193,6 +196,28 @@ KINDS: tuple[EventKind, ...] = (
         id_rule="`{connection_id}/{state}/{at}`",
     ),
     EventKind(
+        StoreWaiting,
+        Topic.STORE_WAITING,
+        "store.waiting",
+        ("store",),
+        ("config-api", "operators' alerting"),
+        lambda e: f"{e.connection_id}/{_rfc3339(e.at)}",
+        "at",
+        id_rule="`{connection_id}/{at}`",
+    ),
+    EventKind(
+        None,
+        Topic.STORE_WAITING,
+        "store.written",
+        ("store",),
+        ("config-api", "operators' alerting"),
+        lambda ref: f"{ref[0]}/written/{_rfc3339(ref[1])}",
+        None,
+        content_type=None,
+        id_rule="`{connection id}/written/{time}`",
+        meaning="A tombstone: the connection's downloaded records are written.",
+    ),
+    EventKind(
         DeadLetter,
         Topic.DEAD_LETTER,
         "deadletter",
@@ -205,7 +230,8 @@ KINDS: tuple[EventKind, ...] = (
     ),
 )
 _BY_MODEL = {kind.model: kind for kind in KINDS if kind.model is not None}
-TOMBSTONE = next(kind for kind in KINDS if kind.model is None)
+TOMBSTONE = next(kind for kind in KINDS if kind.name == "connection.deleted")
+WRITTEN = next(kind for kind in KINDS if kind.name == "store.written")
 
 
 def ce_type_of(model: type[Event]) -> str:
@@ -253,6 +279,12 @@ def tombstone_headers(prefix: str, connection_id: str, at: datetime) -> Headers:
     """The headers of a deleted connection's tombstone (a null value)."""
     kind = TOMBSTONE
     return _attributes(kind, prefix, kind.producers[0], kind.identity(connection_id), at)
+
+
+def written_headers(prefix: str, connection_id: str, at: datetime) -> Headers:
+    """The headers of the tombstone that clears a connection's ``store.waiting``."""
+    kind = WRITTEN
+    return _attributes(kind, prefix, kind.producers[0], kind.identity((connection_id, at)), at)
 
 
 def _occurred(kind: EventKind, event: Event) -> datetime | None:

@@ -450,3 +450,21 @@ class ConnectionHealthChanged(Event):
     """When a poll of the connection last succeeded; null if none ever did."""
     at: datetime
     """When the scheduler noticed."""
+
+
+class StoreWaiting(Event):
+    """Topic ``store.waiting`` (compacted; store → config API): records downloaded for the
+    connection wait for the store, which cannot write them — the database refuses writes or
+    is out of reach, so it cannot say so itself. Sent again at every retry; a tombstone when
+    the connection's records are written."""
+
+    schema_version: Literal[1] = 1
+    """The event's version: a consumer refuses one it does not know."""
+    connection_id: UUID
+    """The connection (also the record's key)."""
+    reason: str = Field(max_length=500)
+    """Why the store cannot write, in the database's own words."""
+    since: datetime
+    """When the store first failed to write the connection's records."""
+    at: datetime
+    """When the store said it (at every retry)."""

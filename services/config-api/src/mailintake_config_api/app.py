@@ -47,10 +47,15 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         title="mailintake config API",
         version=API_VERSION,
         description="Manage incoming mail connections. Every endpoint but the health "
-        "probes needs a bearer token: `viewer` reads, `admin` also writes.",
+        "probes needs a bearer token: `viewer` reads metadata, `reader` also mail content (the "
+        "raw messages), `admin` also writes.",
         lifespan=lifespan,
         responses={
-            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."}
+            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."},
+            503: {
+                "model": ErrorBody,
+                "description": "The database refused to commit the request: nothing was saved.",
+            },
         },
     )
     config = settings or (resources.settings if resources else Settings())

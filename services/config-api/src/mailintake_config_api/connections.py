@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -18,6 +21,7 @@ from mailintake_config_api.schemas import (
     ConnectionUpdate,
     FieldError,
 )
+from mailintake_shared.db.bindings import destination_changes, password_binding
 from mailintake_shared.db.models import (
     Connection,
     ConnectionStatus,
@@ -33,7 +37,7 @@ from mailintake_shared.domain import (
     Transport,
     transport_for,
 )
-from mailintake_shared.events import ConnectionState, PollRequested
+from mailintake_shared.events import ConnectionState, PollRequested, StoreWaiting
 from mailintake_shared.outbox import add_to_outbox
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -62,9 +66,13 @@ def to_public(
 
 
 def public(
-    session: Session, rows: list[Connection], stalled_after_s: float
+    session: Session,
+    rows: list[Connection],
+    stalled_after_s: float,
+    waiting: Callable[[uuid.UUID], StoreWaiting | None] = lambda _id: None,
 ) -> list[ConnectionPublic]:
-    """Connections as the API shows them, with their polling status and authorization."""
+    """Connections as the API shows them, with their polling status and authorization, and
+    what the store says it cannot write (``waiting``)."""
     ids = [row.id for row in rows]
     statuses = session.scalars(
         select(ConnectionStatus).where(ConnectionStatus.connection_id.in_(ids))
@@ -87,6 +95,10 @@ def public(
     for item in shown:  # the watchdog's rule, as the scheduler applies it
         last = item.status.last_success_at or item.updated_at
         item.status.stalled = item.enabled and last < cutoff
+        report = waiting(item.id)
+        if report is not None:
+            item.status.waiting_for_store = f"downloaded, waiting for the store: {report.reason}"
+            item.status.waiting_since = report.since
     return shown
 
 
@@ -194,6 +206,27 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
         row.password_enc = None
 
 
+def _would_be(row: Connection, draft: rules.ConnectionDraft) -> Connection:
+    """A copy of ``row`` with ``draft`` applied, outside the session."""
+    copy = Connection(
+        id=row.id,
+        version=row.version,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+    _apply(copy, draft)
+    return copy
+
+
+def _seal_password(
+    box: SecretBox, row: Connection, body: ConnectionCreate | ConnectionUpdate
+) -> None:
+    """The password sent, bound to the connection's id and destination."""
+    if body.password is not None:
+        row.password_enc = box.encrypt(body.password.get_secret_value(), password_binding(row))
+
+
 def _announce(session: Session, settings: Settings, row: Connection) -> None:
     session.flush()
     event = ConnectionState(connection=row.view())
@@ -209,10 +242,30 @@ def create(
         id=uuid.uuid4(), version=1, enabled=False, created_at=utcnow(), updated_at=utcnow()
     )
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     session.add(row)
     _announce(session, settings, row)
+    return row
+
+
+def from_backup(session: Session, settings: Settings, values: dict[str, Any]) -> Connection:
+    """The connection a backup's row describes, judged by the schemas and rules a create
+    is; its password is the caller's to check. Raises pydantic's ``ValidationError``,
+    ``InvalidInputError`` or ``NameTakenError``."""
+    fields = {k: v for k, v in values.items() if k in _DRAFT_FIELDS and v is not None}
+    if fields.get("protocol") != Protocol.MICROSOFT_OAUTH2:
+        fields.pop("transport", None)  # implied by the protocol, not chosen
+    draft = _merge(None, ConnectionCreate.model_validate(fields))
+    draft.has_password = values.get("password_enc") is not None
+    _validate(session, settings, draft, values["id"])
+    row = Connection(
+        id=values["id"],
+        version=values.get("version") or 1,
+        enabled=bool(values.get("enabled")),
+        created_at=values.get("created_at") or utcnow(),
+        updated_at=values.get("updated_at") or utcnow(),
+    )
+    _apply(row, draft)
     return row
 
 
@@ -226,8 +279,7 @@ def preview(
         id=uuid.uuid4(), version=0, enabled=False, created_at=utcnow(), updated_at=utcnow()
     )
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     return row
 
 
@@ -236,9 +288,22 @@ def update(
 ) -> Connection:
     draft = _merge(row, body)
     _validate(session, settings, draft, row.id)
+    moved = destination_changes(row.view(), _would_be(row, draft).view())
+    if moved and draft.has_password and body.password is None:
+        changed = ", ".join(moved)
+        raise InvalidInputError(
+            [
+                FieldError(
+                    field="password",
+                    rule=f"password is required again because {changed} changed: a stored "
+                    "password goes only to the destination it was given for",
+                )
+            ]
+        )
+    if moved:  # an OAuth2 grant too: authorize the connection again for the new destination
+        session.execute(sa.delete(OAuthGrant).where(OAuthGrant.connection_id == row.id))
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     _touch(row)
     _announce(session, settings, row)
     return row

@@ -21,6 +21,7 @@ from mailintake_config_api.schemas import (
 from mailintake_shared.db.models import Connection, MailboxState
 from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_config
 from mailintake_shared.db.types import utcnow
+from mailintake_shared.events import ErrorKind
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.estimate import Estimate, estimate
@@ -47,8 +48,19 @@ class EstimateFailedError(Exception):
         self.result = result
 
 
+UNBOUND_DESTINATION = (
+    "the stored password does not belong to this connection as it is now (its destination was "
+    "changed outside the API, or the encryption key is gone): send the password again"
+)
+
+
 def test(row: Connection, res: Resources) -> ConnectionTestResult:
-    result = probe(mailbox_config(row, res.secrets, res.tokens, res.network))
+    config = mailbox_config(row, res.secrets, res.tokens, res.network)
+    if row.password_enc is not None and config.password is None:
+        return ConnectionTestResult(
+            ok=False, failed_step=ErrorKind.AUTHENTICATION, error=UNBOUND_DESTINATION, latency_ms=0
+        )
+    result = probe(config)
     log.info(
         "connection tested",
         connection_id=str(row.id),

@@ -3,8 +3,9 @@
 Chain: ``CommitAfterWorkLoop`` → decode (bad records → dead-letter) → ``StoreWriter.write``
 (one transaction) → dead-letter what the writer rejected → the batch's ``mail.stored`` and
 ``poll.completed`` published from memory (the outbox relay sends them instead after a crash
-or a broker outage) → offsets committed. A database outage makes the write
-raise: the loop rewinds to the last commit and retries with back-off, losing nothing.
+or a broker outage) → offsets committed. A database outage makes the write raise: the loop
+rewinds to the last commit and retries with back-off, losing nothing, and ``store.waiting``
+says which connections' mail waits, and why (``waiting.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from mailintake_store.metrics import BATCH_SECONDS
+from mailintake_store.waiting import WaitingReports
 from mailintake_store.writer import StoreWriter
 
 log = get_logger(__name__)
@@ -60,6 +62,7 @@ class StoreWorker:
         self._relay = OutboxRelay(
             sessions, self._producer, inline_max_bytes=settings.inline_max_bytes
         )
+        self._waiting = WaitingReports(self._producer, settings.topic_prefix)
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
@@ -93,7 +96,12 @@ class StoreWorker:
             found = decoded if isinstance(decoded, list) else [decoded]
             events.extend(found)
             sources.extend([record] * len(found))
-        outcome = self._writer.write(events)
+        try:
+            outcome = self._writer.write(events)
+        except Exception as exc:  # retried from the last commit: say why, where operators look
+            self._waiting.failed(events, exc)
+            raise
+        self._waiting.written(events)
         for rejected in outcome.rejected:
             self._dead_letter(sources[rejected.index], rejected.reason)
         # Committed: its events go out now, from memory (or with the relay, in order).

@@ -139,7 +139,7 @@ def _message(kind: EventKind) -> dict[str, Any]:
 
 def _payload(kind: EventKind) -> dict[str, Any]:
     if kind.model is None:
-        return {"type": "null", "description": "A tombstone: the connection was deleted."}
+        return {"type": "null", "description": kind.meaning}
     if kind.model is FetchedChunk:
         return {
             "type": "string",

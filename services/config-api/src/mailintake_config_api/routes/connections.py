@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
@@ -15,6 +16,7 @@ from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.errors import InvalidInputError
 from mailintake_config_api.lookups import connection_or_404, like_pattern
 from mailintake_config_api.replay import TooManyError, replay
+from mailintake_config_api.resources import Resources
 from mailintake_config_api.schemas import (
     ConnectionCreate,
     ConnectionEnabled,
@@ -29,6 +31,7 @@ from mailintake_config_api.schemas import (
     EstimateFailed,
     FieldError,
     Offset,
+    PlainText,
     PollAccepted,
     ReplayQueued,
     ReplayRequest,
@@ -42,13 +45,18 @@ ERRORS: dict[int | str, dict[str, object]] = {
 router = APIRouter(prefix="/connections", tags=["connections"], responses=ERRORS)
 
 
+def _shown(session: Session, res: Resources, rows: list[Connection]) -> list[ConnectionPublic]:
+    stalled_after = res.settings.stalled_after_seconds
+    return connections.public(session, rows, stalled_after, res.store_waiting.get)
+
+
 @router.get("", response_model=ConnectionPage, summary="List and search connections")
 def list_connections(
     session: SessionDep,
     res: ResourcesDep,
     _role: Viewer,
     q: Annotated[
-        str | None,
+        PlainText | None,
         Query(
             max_length=255,
             description="Case-insensitive term over name, description, host and username.",
@@ -78,7 +86,7 @@ def list_connections(
         query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
     ).all()
     return ConnectionPage(
-        items=connections.public(session, list(rows), res.settings.stalled_after_seconds),
+        items=_shown(session, res, list(rows)),
         total=total,
         limit=limit,
         offset=offset,
@@ -100,7 +108,7 @@ def create_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
@@ -108,7 +116,7 @@ def get_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Viewer
 ) -> ConnectionPublic:
     row = connection_or_404(session, connection_id)
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -126,7 +134,7 @@ def update_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.delete(
@@ -182,7 +190,7 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    shown = connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    shown = _shown(session, res, [row])[0]
     every = f"then every {row.interval_minutes} min"
     first_poll = (
         f"already enabled: polled every {row.interval_minutes} min"
@@ -223,7 +231,7 @@ def disable_connection(
     row = connections.set_enabled(
         session, res.settings, connection_or_404(session, connection_id), False
     )
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.post(
@@ -238,7 +246,7 @@ def poll_connection(
     """Ask the scheduler for a poll at once (right after the current one, if one is running).
     409 says why a poll cannot run: the connection is disabled, or not authorized."""
     row = connection_or_404(session, connection_id)
-    shown = connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    shown = _shown(session, res, [row])[0]
     if not row.enabled:
         raise HTTPException(
             status.HTTP_409_CONFLICT,
