@@ -184,7 +184,7 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     assert ids == [str(entry["id"]), f"{entry['id']}/decrypted"]
     assert all("ce_replay" not in dict(r.headers) for r in records)
     assert not [p for e in events.values() for p in e["problems"] if p.startswith("S/MIME")]
-    assert events["to eve"]["smime"]["problem"]
+    assert events["to the expired"]["smime"]["problem"]
     assert republished[-1]["smime"]["decrypted_with"] == stranger_cert["id"]
     assert SECRET_WORDS in base64.b64decode(republished[-1]["raw_b64"])
     still = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]
