@@ -130,7 +130,7 @@ def test_an_operator_session_from_create_to_delete(
     # Moving it (STARTTLS on the plain port) asks for the password again, which then works.
     plain_port = str(mailbox.server.ports.imap)
     move = ("connections", "update", "Support", "--encryption", "starttls", "--port", plain_port)
-    moved = cli.json(*move, stdin=mailbox.password + "\n")
+    moved = cli.json(*move, "--password-stdin", stdin=mailbox.password + "\n")
     assert (moved["encryption"], moved["port"]) == ("starttls", mailbox.server.ports.imap)
     assert "ok" in cli.run("connections", "test", "Support").stdout
     assert "disabled" in cli.run("connections", "disable", "Support").stdout
