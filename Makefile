@@ -33,8 +33,8 @@ format: ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-bench: ## benchmark against real Dovecot, PostgreSQL and the broker (QUICK=1: a tenth)
-	@scripts/bootstrap.sh test
+bench: ## benchmark against real Dovecot, PostgreSQL and the broker, beside mbsync (QUICK=1: a tenth)
+	@scripts/bootstrap.sh bench
 	$(RUN) python -m bench $${QUICK:+--quick}
 
 soak: ## soak run: mail arriving at 200 mailboxes for 10 min under random faults (ARGS=--minutes 2 …)

@@ -3,6 +3,7 @@
 #   scripts/bootstrap.sh          Python packages (uv, then the locked workspace)
 #   scripts/bootstrap.sh test     also Dovecot and PostgreSQL (apt-get, when root), and Cyrus
 #                                 IMAP unpacked into .tools/mail-servers/ (apt-get download)
+#   scripts/bootstrap.sh bench    as test, and mbsync (isync), which the benchmark compares with
 #   scripts/bootstrap.sh compat   also Courier and GNU Mailutils, unpacked the same way
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,12 @@ fi
 echo "bootstrap: syncing Python packages from uv.lock" >&2
 "$UV" sync --frozen --quiet
 
-if [ "${1:-}" = "test" ] || [ "${1:-}" = "compat" ]; then
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "compat" ] || [ "${1:-}" = "bench" ]; then
   missing=()
   command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-imapd dovecot-pop3d)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  # The benchmark runs mbsync beside the pipeline, on the same mailbox.
+  [ "${1:-}" = "bench" ] && { command -v mbsync >/dev/null 2>&1 || missing+=(isync); }
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
       echo "bootstrap: please install ${missing[*]} (needs root)" >&2

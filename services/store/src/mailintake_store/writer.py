@@ -167,11 +167,11 @@ class StoreWriter:
         with self._sessions() as session, session.begin():
             pending: list[_Complete] = []
             polls = _Polls()
-            current = leases.current_tokens(session, {_envelope(r).connection_id for r in records})
+            fence = leases.fences(session, {_envelope(r).connection_id for r in records})
             for index, record in enumerate(records):
                 token = _envelope(record).lease_token
-                if token is not None and token < current.get(_envelope(record).connection_id, 0):
-                    outcome.stale += 1  # its owner lost the lease: the new owner fetches again
+                if token is not None and token < fence.get(_envelope(record).connection_id, 0):
+                    outcome.stale += 1  # its lease was taken over: the new owner fetches again
                     continue
                 if isinstance(record, PollResult):
                     self._store_messages(session, pending, polls, outcome)

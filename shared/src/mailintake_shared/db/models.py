@@ -403,8 +403,10 @@ class PollLease(Base):
 
     connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     token: Mapped[int] = mapped_column(BigInteger)
-    holder: Mapped[str] = mapped_column(String(255))
+    holder: Mapped[str] = mapped_column(String(255))  # "": given back
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Records of a lease below this token were a taken-over fetcher's: the store drops them.
+    fence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class AuditEntry(Base):
