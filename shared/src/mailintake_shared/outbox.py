@@ -132,15 +132,23 @@ class OutboxRelay:
             if sent is None or sent < self._batch_size:
                 return total
 
-    def _flush_batch(self) -> int | None:
-        """One batch; None when another relay holds the lock."""
+    @contextlib.contextmanager
+    def _sole_relay(self) -> Iterator[Session | None]:
+        """A transaction in which this relay alone publishes (in this process, and across
+        processes: the SQLite file lock, PostgreSQL's advisory lock); None when another
+        relay holds it."""
         with (
             self._lock,
             self._sessions() as session,
             _sqlite_file_lock(session) as sole,
             session.begin(),
         ):
-            if not sole or not _lock_relay(session):
+            yield session if sole and _lock_relay(session) else None
+
+    def _flush_batch(self) -> int | None:
+        """One batch; None when another relay holds the lock."""
+        with self._sole_relay() as session:
+            if session is None:
                 return None
             rows = session.execute(
                 select(
@@ -173,13 +181,8 @@ class OutboxRelay:
         if not records:
             return True
         try:
-            with (
-                self._lock,
-                self._sessions() as session,
-                _sqlite_file_lock(session) as sole,
-                session.begin(),
-            ):
-                if not sole or not _lock_relay(session):
+            with self._sole_relay() as session:
+                if session is None:
                     return self._leave_to_relay()
                 first = min(record.outbox_id for record in records)
                 older = session.scalar(
