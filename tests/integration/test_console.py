@@ -75,6 +75,7 @@ def test_sign_in_gives_a_strict_http_only_cookie_and_pages_a_tight_policy(
     assert "style-src 'self';" in policy
     assert "unsafe-inline" not in policy
     assert "frame-ancestors 'none'" in policy
+    assert dashboard.headers["referrer-policy"] == "same-origin"  # forms then send their Origin
     assert "<script>" not in dashboard.text  # no inline script: only the vendored file
     htmx = console.get("/console/static/htmx.min.js")
     assert hashlib.sha256(htmx.content).hexdigest() == SHA256
@@ -93,6 +94,12 @@ def test_every_change_needs_the_session_csrf_token_from_this_origin(console: Tes
     made = console.post("/console/connections", data=_form(csrf=csrf), follow_redirects=False)
     assert made.status_code == 303, made.text
     assert _connections(console) == 1
+    audited = console.get("/audit", headers=ADMIN).json()["items"][0]
+    assert audited["action"] == "POST /console/connections"
+    assert audited["actor"] == f"admin:{hash_token(ADMIN_TOKEN)[:12]}"
+    assert "password" in audited["fields"]
+    assert "csrf" not in audited["fields"]
+    assert planted("password") not in str(audited)
 
 
 def test_a_viewer_sees_but_cannot_change(console: TestClient) -> None:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 from sqlalchemy import func, select
@@ -93,11 +94,16 @@ def _entry(scope: Scope, actor: str, body: bytes, status: int) -> _Entry:
 
 
 def _field_names(body: bytes) -> str | None:
-    """The top-level names of a JSON object body; nothing of its values."""
+    """The top-level names of a JSON object body, or of a form (the console's, without its
+    CSRF token); nothing of their values."""
     try:
         parsed = json.loads(body) if body else None
     except ValueError:
-        return None
+        try:
+            names = {name for name, _ in parse_qsl(body.decode("utf-8"), max_num_fields=200)}
+        except ValueError:
+            return None
+        return json.dumps(sorted(names - {"csrf"})) if names else None
     return json.dumps(sorted(parsed)) if isinstance(parsed, dict) else None
 
 

@@ -48,11 +48,9 @@ def _words(exc: Exception) -> tuple[int, str]:
 def install(app: FastAPI) -> None:
     """Serve the console under ``/console``; its errors are pages, the API's stay JSON."""
     for pages in (home, connection_pages, incoming_pages, oauth_pages):
-        app.include_router(pages.router, prefix=PATH, include_in_schema=False)
+        app.include_router(pages.router)
 
     async def sign_in(request: Request, _exc: Exception) -> Response:
-        if request.headers.get("hx-request"):  # htmx: a full page load of the sign-in
-            return Response(status_code=204, headers={"HX-Redirect": sign_in_url(request)})
         return redirect(request, sign_in_url(request))
 
     app.add_exception_handler(SignInRequiredError, sign_in)

@@ -44,7 +44,7 @@ from mailintake_config_api.schemas import (
 from mailintake_shared.db.models import Connection, OAuthCredential
 from mailintake_shared.domain import Protocol
 
-router = APIRouter()
+router = APIRouter(prefix=PATH, include_in_schema=False)
 PAGE_SIZE = 50
 
 

@@ -26,7 +26,7 @@ from mailintake_config_api.console.web import (
 )
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 
-router = APIRouter()
+router = APIRouter(prefix=PATH, include_in_schema=False)
 
 STATIC = {
     "console.css": "text/css; charset=utf-8",

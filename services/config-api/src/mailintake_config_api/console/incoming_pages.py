@@ -23,7 +23,7 @@ from mailintake_config_api.routes import messages as messages_api
 from mailintake_config_api.schemas import RowId
 from mailintake_shared.db.models import Connection
 
-router = APIRouter()
+router = APIRouter(prefix=PATH, include_in_schema=False)
 PAGE_SIZE = 50
 POLL_OUTCOMES = ("ok", "failed", "skipped")
 MESSAGE_OUTCOMES = ("stored", "duplicate", "rejected", "unfetched")

@@ -20,7 +20,7 @@ from mailintake_config_api.routes import oauth as api
 from mailintake_config_api.schemas import OAuthCredentialCreate
 from mailintake_shared.db.models import Connection, OAuthCredential
 
-router = APIRouter()
+router = APIRouter(prefix=PATH, include_in_schema=False)
 FIELDS = ("name", "provider", "client_id", "tenant", "scopes", "app_only")
 
 

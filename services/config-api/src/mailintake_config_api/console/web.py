@@ -22,7 +22,6 @@ from mailintake_config_api.console.session import (
     User,
     csrf_matches,
 )
-from mailintake_config_api.deps import ResourcesDep
 from mailintake_config_api.resources import Resources
 from mailintake_shared.secretbox import SecretBox
 
@@ -49,6 +48,20 @@ def _count(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 
+_LABELS = {
+    "oauth_credential_id": "OAuth2 credential",
+    "tls_verify": "Verify the TLS certificate",
+    "timeout_ms": "Timeout (ms)",
+    "interval_minutes": "Interval (minutes)",
+}
+
+
+def _label(name: str) -> str:
+    """A field's name in words; fields added later read well enough without an entry."""
+    return _LABELS.get(name) or name.replace("_", " ").capitalize()
+
+
+templates.filters["label"] = _label
 templates.filters["when"] = _when
 templates.filters["count"] = _count
 
@@ -164,6 +177,13 @@ def content_security_policy(res: Resources) -> str:
     )
 
 
+def _secure(response: Response, res: Resources) -> None:
+    """The page's own policy; and the referrer within this origin only, so that the browser
+    sends the Origin of its forms (``no-referrer``, the API's, makes it ``null``)."""
+    response.headers["content-security-policy"] = content_security_policy(res)
+    response.headers["referrer-policy"] = "same-origin"
+
+
 def render(
     request: Request,
     res: Resources,
@@ -180,15 +200,18 @@ def render(
         request=request, user=user, notice=notice, path=request.url.path, **context
     )
     response = HTMLResponse(html, status_code=status)
-    response.headers["content-security-policy"] = content_security_policy(res)
+    _secure(response, res)
     if notice is not None:
         response.delete_cookie(NOTICE, path=PATH)
     return response
 
 
-def redirect(request: Request, url: str, notice: str | None = None) -> RedirectResponse:
-    """303 to ``url`` (a console path), with a one-time notice shown there."""
-    response = RedirectResponse(url, status_code=303)
+def redirect(request: Request, url: str, notice: str | None = None) -> Response:
+    """303 to ``url``, with a one-time notice shown there; to an htmx request, the same as
+    its ``HX-Redirect`` (it loads the page whole rather than swapping a part of it)."""
+    response: Response = RedirectResponse(url, status_code=303)
+    if request.headers.get("hx-request"):
+        response = Response(status_code=200, headers={"HX-Redirect": url})
     if notice is not None:
         response.set_cookie(
             NOTICE,
@@ -217,8 +240,5 @@ def error_page(request: Request, res: Resources | None, status: int, message: st
     )
     response = HTMLResponse(html, status_code=status)
     if res is not None:
-        response.headers["content-security-policy"] = content_security_policy(res)
+        _secure(response, res)
     return response
-
-
-__all__ = ["ResourcesDep"]
