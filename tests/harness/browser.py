@@ -59,3 +59,17 @@ def reload_until(page: Page, ready: Callable[[], bool], *, timeout_s: float, wha
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(1)
         page.reload()
+
+
+UNLABELLED = """() => [...document.querySelectorAll(
+    'input:not([type=hidden]), select, textarea, button, a[href]')]
+  .filter((el) => el.offsetParent !== null || el.type === 'checkbox')
+  .filter((el) => !((el.labels && el.labels.length) || el.getAttribute('aria-label')
+                    || (el.tagName === 'BUTTON' || el.tagName === 'A') && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
+def unlabelled(page: Page) -> list[str]:
+    """The visible controls and links of the page that have no name a screen reader says."""
+    found: list[str] = page.evaluate(UNLABELLED)
+    return found

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from scripts.vendor_htmx import SHA256
 
 from mailintake_config_api.auth import TokenTable, hash_token
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.db.models import PollLog
 from mailintake_shared.settings import Settings
 from tests.api import ADMIN, api_client, imap_body
 from tests.conftest import ADMIN_TOKEN, READER_TOKEN, VIEWER_TOKEN
@@ -176,3 +180,75 @@ def test_the_list_searches_sorts_and_pages(console: TestClient) -> None:
     assert "18 in all" in found.text
     api = console.get("/connections", params={"q": "imap2.example", "sort": "-name"}, headers=ADMIN)
     assert api.json()["items"][0]["name"] == "box 53"
+
+
+def test_the_form_follows_the_protocol_and_an_edit_keeps_the_password_unseen(
+    console: TestClient,
+) -> None:
+    csrf = sign_in(console, ADMIN_TOKEN)
+    microsoft = console.get("/console/connections/new", params={"protocol": "microsoft_oauth2"})
+    for host in ("outlook.office.de", "partner.outlook.cn"):
+        assert f'<option value="{host}">' in microsoft.text
+    assert 'id="f-transport"' in microsoft.text
+    assert 'id="f-password"' not in microsoft.text
+    graph = console.post(
+        "/console/connections/form",
+        data={"csrf": csrf, "protocol": "microsoft_oauth2", "transport": "graph", "name": "M"},
+    )
+    assert 'id="f-host"' not in graph.text
+    assert 'id="f-folder"' not in graph.text
+    assert 'value="M"' in graph.text  # what was typed stays
+    pop3 = console.post(
+        "/console/connections/form", data={"csrf": csrf, "protocol": "pop3", "encryption": "none"}
+    )
+    assert 'placeholder="110"' in pop3.text
+    assert 'id="f-folder"' not in pop3.text
+
+    made = console.post("/connections", json=imap_body(folder="Archive"), headers=ADMIN).json()
+    edit = console.get(f"/console/connections/{made['id']}/edit")
+    assert "Change password" in edit.text
+    assert planted("password") not in edit.text
+    fields = {**_form(csrf=csrf, protocol="pop3"), "password": ""}
+    refused = console.post(f"/console/connections/{made['id']}", data=fields)
+    assert refused.status_code == 422
+    assert "password is required again because protocol" in refused.text
+    fields["password"] = planted("new-password")
+    saved = console.post(f"/console/connections/{made['id']}", data=fields, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    assert (
+        planted("new-password") not in console.get(f"/console/connections/{made['id']}/edit").text
+    )
+    now = console.get(f"/connections/{made['id']}", headers=ADMIN).json()
+    assert (now["protocol"], now["folder"], now["has_password"]) == ("pop3", None, True)
+
+
+def test_the_log_filters_by_connection_outcome_and_time(
+    console: TestClient, settings: Settings
+) -> None:
+    made = console.post("/connections", json=imap_body(), headers=ADMIN).json()
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session, session.begin():
+        for hour, outcome in ((1, "ok"), (2, "failed"), (3, "failed")):
+            session.add(
+                PollLog(
+                    poll_id=uuid.uuid4(),
+                    connection_id=uuid.UUID(made["id"]),
+                    started_at=datetime(2026, 1, 1, hour, tzinfo=UTC),
+                    outcome=outcome,
+                    error="refused" if outcome == "failed" else None,
+                )
+            )
+    engine.dispose()
+    sign_in(console, VIEWER_TOKEN)
+
+    def rows(**params: str) -> int:
+        page = console.get("/console/log", params={"connection": made["id"], **params})
+        assert page.status_code == 200, page.text
+        return int(page.text.count('<td data-label="Started">'))
+
+    assert rows() == 3
+    assert rows(outcome="failed") == 2
+    assert rows(outcome="failed", since="2026-01-01T02:30") == 1
+    assert rows(until="2026-01-01T02:00") == 1
+    assert rows(connection=str(uuid.uuid4())) == 0
+    assert console.get("/console/log", params={"since": "yesterday"}).status_code == 422

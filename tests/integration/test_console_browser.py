@@ -24,7 +24,7 @@ from mailintake_shared.db.models import FailedMessage, Message
 from mailintake_shared.settings import Settings
 from tests.api import ADMIN, imap_body, served
 from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN, Mailbox
-from tests.harness.browser import Screenshots, chromium, reload_until
+from tests.harness.browser import Screenshots, chromium, reload_until, unlabelled
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Pipeline, wait_until
 from tests.integration.test_cli import answers
@@ -105,7 +105,25 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     page.get_by_role("link", name="Connections", exact=True).click()
     page.get_by_role("link", name="Add connection").click()
     expect(page.get_by_label("Port", exact=True)).to_have_attribute("placeholder", "993")
+    # The form changes with the protocol (and the default port with the encryption).
     page.get_by_label("Name", exact=True).fill("Support inbox")
+    page.get_by_label("Protocol", exact=True).select_option("pop3")
+    expect(page.get_by_label("Port", exact=True)).to_have_attribute("placeholder", "995")
+    expect(page.get_by_label("Folder", exact=True)).to_have_count(0)
+    page.get_by_label("Encryption", exact=True).select_option("none")
+    expect(page.get_by_label("Port", exact=True)).to_have_attribute("placeholder", "110")
+    page.get_by_label("Protocol", exact=True).select_option("microsoft_oauth2")
+    expect(page.get_by_label("Transport", exact=True)).to_be_visible()
+    expect(page.get_by_label("Password", exact=True)).to_have_count(0)
+    page.get_by_label("Transport", exact=True).select_option("graph")
+    expect(page.get_by_label("Host", exact=True)).to_have_count(0)
+    page.get_by_label("Protocol", exact=True).select_option("imap")
+    page.get_by_label("Encryption", exact=True).select_option("ssl")
+    expect(page.get_by_label("Folder", exact=True)).to_be_visible()
+    expect(page.get_by_label("Name", exact=True)).to_have_value("Support inbox")
+    page.get_by_label("Use a shared mailbox", exact=True).check()
+    expect(page.get_by_label("Shared mailbox alias", exact=True)).to_be_visible()
+    page.get_by_label("Use a shared mailbox", exact=True).uncheck()
     page.get_by_label("Host", exact=True).fill("127.0.0.1")
     page.get_by_label("Port", exact=True).fill(str(mailbox.server.ports.imaps))
     page.get_by_text("TLS certificates").click()
@@ -117,6 +135,7 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     rule = page.locator("#f-timeout_ms-error1")
     expect(rule).to_have_text("timeout must be between 1 and 30000 ms (0 or blank for 30000)")
     expect(page.get_by_label("Timeout (ms)", exact=True)).to_have_attribute("aria-invalid", "true")
+    assert unlabelled(page) == []
     shots(page, "add-connection-rule")
 
     # Fix it, test it before saving (the password typed is kept), then save.
@@ -154,6 +173,7 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     # Enable: the estimate first, enabled only on confirmation.
     page.get_by_role("button", name="Enable", exact=True).click()
     expect(page.locator(".estimate")).to_contain_text("The first poll will download 3 messages")
+    assert unlabelled(page) == []
     shots(page, "enable-estimate")
     page.get_by_role("button", name="Enable and download 3 messages").click()
     expect(page.get_by_role("status")).to_contain_text("Enabled: the first poll runs at once")
@@ -162,6 +182,7 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     page.goto(f"{base}/console/log?view=messages&connection={connection_id}")
     stored = page.locator("tr.stored")
     reload_until(page, lambda: stored.count() == 3, timeout_s=90, what="3 messages stored")
+    assert unlabelled(page) == []
     shots(page, "log-messages")
     page.get_by_role("link", name="Polls").click()
     expect(page.locator("tr.ok").first).to_be_visible()
@@ -171,6 +192,7 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     server_id = _fail_one_stored_message(pipeline.settings, connection_id)
     page.get_by_role("link", name="Queue").click()
     expect(page.locator("td", has_text="SHA-256 mismatch")).to_be_visible()
+    assert unlabelled(page) == []
     shots(page, "queue")
     page.get_by_role("button", name=re.compile("^Retry failed")).click()
     expect(page.get_by_role("status")).to_have_text("Retried: downloaded again by the next poll.")
@@ -182,6 +204,7 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     # The dashboard counts it, the list finds it as you type, and a phone shows it too.
     page.get_by_role("link", name="Dashboard").click()
     expect(page.locator(".figure").first).to_contain_text("4")
+    assert unlabelled(page) == []
     shots(page, "dashboard")
     page.get_by_role("link", name="Connections", exact=True).click()
     search = page.get_by_label("Search name, description, host and username", exact=True)
@@ -191,6 +214,7 @@ def test_an_operator_adds_tests_enables_and_follows_a_mailbox(
     search.press_sequentially("support")
     expect(page.get_by_role("link", name="Support inbox")).to_be_visible()
     expect(page.locator("span.badge.ok")).to_have_text("ok")
+    assert unlabelled(page) == []
     shots(page, "connections")
     phone = browser.new_context(viewport=PHONE, storage_state=page.context.storage_state())
     small = phone.new_page()

@@ -279,10 +279,11 @@ def enable_connection(
     else shows the number and enables only when the operator confirms it (the same number,
     sent back as ``acknowledge_messages``)."""
     row = _row(session, connection_id)
-    acknowledged = fields.get("acknowledge_messages", "")
-    request_body = EnableRequest(
-        acknowledge_messages=int(acknowledged) if acknowledged.isdigit() else None
-    )
+    try:
+        asked = {"acknowledge_messages": fields.get("acknowledge_messages") or None}
+        request_body = parsed(EnableRequest, asked)
+    except InvalidFormError as exc:
+        raise ConsoleError(422, "; ".join(e.rule for e in exc.errors)) from None
     try:
         probes.enable(session, res, row, request_body)
     except probes.EstimateRequiredError as exc:

@@ -31,7 +31,7 @@ Offset = Annotated[int, Query(ge=0, le=2**62)]
 
 
 def _names(session: Session) -> dict[uuid.UUID, str]:
-    return dict(session.execute(select(Connection.id, Connection.name)).tuples().all())
+    return {row.id: row.name for row in session.execute(select(Connection.id, Connection.name))}
 
 
 def _time(text: str, field: str) -> datetime | None:

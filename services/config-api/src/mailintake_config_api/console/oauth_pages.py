@@ -39,7 +39,7 @@ def _page(
         select(Connection.oauth_credential_id, Connection.name).where(
             Connection.oauth_credential_id.is_not(None)
         )
-    ).tuples():
+    ).all():
         if credential_id is not None:
             users.setdefault(credential_id, []).append(name)
     return render(
