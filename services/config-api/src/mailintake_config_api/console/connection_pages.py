@@ -9,6 +9,7 @@ before the answer, and every refusal is shown in the API's words.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -160,20 +161,34 @@ def create_connection(
     request: Request, user: AdminDep, session: SessionDep, res: ResourcesDep, fields: FormDep
 ) -> Response:
     form = ConnectionForm.of(fields, res.settings)
-    try:
+
+    def create() -> Connection:
         body = parsed(ConnectionCreate, form.body(fields.get("password", ""), update=False))
-        row = connections.create(session, res.settings, res.secrets, body)
+        return connections.create(session, res.settings, res.secrets, body)
+
+    done = "Connection created (disabled): test it, then enable it."
+    return _saved(request, user, session, res, form, create, done)
+
+
+def _saved(
+    request: Request,
+    user: Any,
+    session: Session,
+    res: Resources,
+    form: ConnectionForm,
+    save: Callable[[], Connection],
+    done: str,
+) -> Response:
+    """The connection's page after ``save``; or the form again with the API's refusals."""
+    try:
+        row = save()
     except (InvalidFormError, InvalidInputError) as exc:
         form.fail(exc.errors)
         return _form_page(request, user, session, res, form, 422)
     except connections.NameTakenError as exc:
         form.fail([FieldError(field="name", rule=f"a connection named {exc} already exists")])
         return _form_page(request, user, session, res, form, 409)
-    return redirect(
-        request,
-        f"{PATH}/connections/{row.id}",
-        "Connection created (disabled): test it, then enable it.",
-    )
+    return redirect(request, f"{PATH}/connections/{row.id}", done)
 
 
 @router.get("/connections/{connection_id}")
@@ -240,16 +255,12 @@ def update_connection(
     row = _row(session, connection_id)
     form = ConnectionForm.of(fields, res.settings, str(row.id))
     form.has_password = row.password_enc is not None
-    try:
+
+    def update() -> Connection:
         body = parsed(ConnectionUpdate, form.body(fields.get("password", ""), update=True))
-        connections.update(session, res.settings, res.secrets, row, body)
-    except (InvalidFormError, InvalidInputError) as exc:
-        form.fail(exc.errors)
-        return _form_page(request, user, session, res, form, 422)
-    except connections.NameTakenError as exc:
-        form.fail([FieldError(field="name", rule=f"a connection named {exc} already exists")])
-        return _form_page(request, user, session, res, form, 409)
-    return redirect(request, f"{PATH}/connections/{row.id}", "Changes saved.")
+        return connections.update(session, res.settings, res.secrets, row, body)
+
+    return _saved(request, user, session, res, form, update, "Changes saved.")
 
 
 @router.post("/connections/{connection_id}/test")
