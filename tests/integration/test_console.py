@@ -252,3 +252,8 @@ def test_the_log_filters_by_connection_outcome_and_time(
     assert rows(until="2026-01-01T02:00") == 1
     assert rows(connection=str(uuid.uuid4())) == 0
     assert console.get("/console/log", params={"since": "yesterday"}).status_code == 422
+    for bad in ({"outcome": "ok\x00"}, {"since": "2026-01-01\x00"}, {"connection": "x\x00"}):
+        assert console.get("/console/log", params=bad).status_code == 422, bad
+    searched = console.get("/console/connections", params={"q": "a\x00b"})
+    assert searched.status_code == 422
+    assert "without control characters" in searched.text

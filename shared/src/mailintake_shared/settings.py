@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     console_session_minutes: float = Field(
         480.0,
         gt=0,
-        description="How long a sign-in to the web console lasts; signing out ends it at once.",
+        description="How long a sign-in to the web console lasts (signing out ends it sooner).",
     )
     connections_resync_seconds: float = Field(
         300.0,

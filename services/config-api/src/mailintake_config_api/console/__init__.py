@@ -26,7 +26,7 @@ from mailintake_config_api.console.web import (
     redirect,
     sign_in_url,
 )
-from mailintake_config_api.errors import NOT_SAVED, CommitFailedError
+from mailintake_config_api.errors import NOT_SAVED, CommitFailedError, field_errors
 
 Handler = Callable[[Request, Any], Response | Awaitable[Response]]
 
@@ -42,7 +42,9 @@ def _words(exc: Exception) -> tuple[int, str]:
         return exc.status_code, str(exc.detail)
     if isinstance(exc, CommitFailedError):
         return 503, NOT_SAVED
-    return 422, "this address is not one of the console's (a malformed id or parameter)"
+    if isinstance(exc, RequestValidationError):  # the API's words for the same parameter
+        return 422, "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc.errors()))
+    return 500, "the console could not answer this request"
 
 
 def install(app: FastAPI) -> None:

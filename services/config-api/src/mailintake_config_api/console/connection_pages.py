@@ -41,6 +41,7 @@ from mailintake_config_api.schemas import (
     ConnectionUpdate,
     EnableRequest,
     FieldError,
+    PlainText,
 )
 from mailintake_shared.db.models import Connection, OAuthCredential
 from mailintake_shared.domain import Protocol
@@ -63,13 +64,20 @@ def _row(session: Session, connection_id: uuid.UUID) -> Connection:
     return row
 
 
+def _connection_id(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text) if text else None
+    except ValueError:
+        raise ConsoleError(422, "connection_id must be a connection's id") from None
+
+
 @router.get("/connections")
 def connection_list(
     request: Request,
     user: UserDep,
     session: SessionDep,
     res: ResourcesDep,
-    q: Annotated[str, Query(max_length=255)] = "",
+    q: Annotated[PlainText, Query(max_length=255)] = "",
     sort: connections.Sort = connections.Sort.NAME,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
 ) -> Response:
@@ -132,7 +140,8 @@ def refresh_form(
     request: Request, user: AdminDep, session: SessionDep, res: ResourcesDep, fields: FormDep
 ) -> Response:
     """The form again with the fields of the protocol (and transport) chosen, values kept."""
-    form = ConnectionForm.of(fields, res.settings, fields.get("connection_id") or None)
+    editing = _connection_id(fields.get("connection_id", ""))
+    form = ConnectionForm.of(fields, res.settings, str(editing) if editing else None)
     return _form_page(request, user, session, res, form)
 
 

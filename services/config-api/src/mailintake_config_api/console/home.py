@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from mailintake_config_api import incoming
@@ -107,14 +106,10 @@ def dashboard(request: Request, user: UserDep, session: SessionDep, res: Resourc
     )
 
 
-def _static_name(name: str) -> str:
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    """The console's stylesheet and htmx (vendored by ``scripts/vendor_htmx.py``)."""
     if name not in STATIC:
         raise ConsoleError(404, "no such file")
-    return name
-
-
-@router.get("/static/{name}")
-def static(name: Annotated[str, Depends(_static_name)]) -> Response:
-    """The console's stylesheet and htmx (vendored by ``scripts/vendor_htmx.py``)."""
     body = (HERE / "static" / name).read_bytes()
     return Response(body, media_type=STATIC[name], headers={"cache-control": "no-cache"})

@@ -20,7 +20,7 @@ from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.incoming import EntryKind, QueueState, Window
 from mailintake_config_api.routes import incoming as api
 from mailintake_config_api.routes import messages as messages_api
-from mailintake_config_api.schemas import RowId
+from mailintake_config_api.schemas import PlainText, RowId
 from mailintake_shared.db.models import Connection
 
 router = APIRouter(prefix=PATH, include_in_schema=False)
@@ -117,7 +117,7 @@ def log_page(
     res: ResourcesDep,
     view: Annotated[str, Query(pattern="^(polls|messages)$")] = "polls",
     connection: str = "",
-    outcome: Annotated[str, Query(max_length=16)] = "",
+    outcome: Annotated[PlainText, Query(max_length=16)] = "",
     since: Annotated[str, Query(max_length=40)] = "",
     until: Annotated[str, Query(max_length=40)] = "",
     offset: Offset = 0,
