@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from scripts.vendor_htmx import committed_is_pinned
 
+from mailintake_config_api.audit import _field_names
 from mailintake_config_api.auth import Role, TokenTable, hash_token
 from mailintake_config_api.console.forms import ConnectionForm, fields_for
 from mailintake_config_api.console.session import Sessions
@@ -193,3 +194,11 @@ def test_health_says_what_is_wrong_first() -> None:
 
 def test_the_committed_htmx_is_the_pinned_release() -> None:
     assert committed_is_pinned()
+
+
+def test_the_audit_log_names_a_forms_fields_and_never_reads_other_bodies_as_forms() -> None:
+    form = _field_names(b"name=Box&password=s3cret&csrf=t&description=", form=True)
+    assert form == '["description", "name", "password"]'
+    assert _field_names(b'{"password": "s3cret"', form=False) is None  # malformed JSON
+    assert _field_names(b"password=s3cret", form=False) is None
+    assert _field_names(b'{"name": "x"}', form=False) == '["name"]'
