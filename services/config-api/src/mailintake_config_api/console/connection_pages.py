@@ -26,6 +26,7 @@ from mailintake_config_api.console.web import (
     ConsoleError,
     FormDep,
     UserDep,
+    id_or_none,
     redirect,
     render,
 )
@@ -62,13 +63,6 @@ def _row(session: Session, connection_id: uuid.UUID) -> Connection:
     if row is None:
         raise ConsoleError(404, "no connection with this id (deleted?)")
     return row
-
-
-def _connection_id(text: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(text) if text else None
-    except ValueError:
-        raise ConsoleError(422, "connection_id must be a connection's id") from None
 
 
 @router.get("/connections")
@@ -140,7 +134,7 @@ def refresh_form(
     request: Request, user: AdminDep, session: SessionDep, res: ResourcesDep, fields: FormDep
 ) -> Response:
     """The form again with the fields of the protocol (and transport) chosen, values kept."""
-    editing = _connection_id(fields.get("connection_id", ""))
+    editing = id_or_none(fields.get("connection_id", ""), "connection_id")
     form = ConnectionForm.of(fields, res.settings, str(editing) if editing else None)
     return _form_page(request, user, session, res, form)
 

@@ -15,7 +15,14 @@ from sqlalchemy.orm import Session
 from mailintake_config_api import incoming
 from mailintake_config_api.auth import require_reader
 from mailintake_config_api.console.session import PATH
-from mailintake_config_api.console.web import AdminDep, ConsoleError, UserDep, redirect, render
+from mailintake_config_api.console.web import (
+    AdminDep,
+    ConsoleError,
+    UserDep,
+    id_or_none,
+    redirect,
+    render,
+)
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.incoming import EntryKind, QueueState, Window
 from mailintake_config_api.routes import incoming as api
@@ -46,13 +53,6 @@ def _time(text: str, field: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _connection(text: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(text) if text else None
-    except ValueError:
-        raise ConsoleError(422, "connection must be one of the list") from None
-
-
 @router.get("/queue")
 def queue_page(
     request: Request,
@@ -63,7 +63,7 @@ def queue_page(
     state: QueueState | None = None,
     offset: Offset = 0,
 ) -> Response:
-    window = Window(_connection(connection), limit=PAGE_SIZE, offset=offset)
+    window = Window(id_or_none(connection, "connection"), limit=PAGE_SIZE, offset=offset)
     rows, total = incoming.queue_page(session, window, state)
     return render(
         request,
@@ -123,7 +123,11 @@ def log_page(
     offset: Offset = 0,
 ) -> Response:
     window = Window(
-        _connection(connection), _time(since, "since"), _time(until, "until"), PAGE_SIZE, offset
+        id_or_none(connection, "connection"),
+        _time(since, "since"),
+        _time(until, "until"),
+        PAGE_SIZE,
+        offset,
     )
     rows: list[Any]
     if view == "polls":

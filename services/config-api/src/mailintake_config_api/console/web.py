@@ -3,6 +3,7 @@ the signed-in user, form bodies with their CSRF check, one-time notices and erro
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,6 +126,14 @@ async def form_fields(request: Request) -> dict[str, str]:
 
 
 FormDep = Annotated[dict[str, str], Depends(form_fields)]
+
+
+def id_or_none(text: str, field: str) -> uuid.UUID | None:
+    """A connection's id sent as text (blank: none); a 422 page for anything else."""
+    try:
+        return uuid.UUID(text) if text else None
+    except ValueError:
+        raise ConsoleError(422, f"{field} must be a connection's id") from None
 
 
 def _same_origin(request: Request) -> bool:
