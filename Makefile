@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast compat lint format bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
+.PHONY: help run test test-fast compat lint format screenshots bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ lint: ## ruff and mypy (strict)
 format: ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
+
+screenshots: ## photograph each page of the web console into docs/console/ (the browser tests)
+	@scripts/bootstrap.sh test
+	MAILINTAKE_SCREENSHOTS=docs/console $(RUN) pytest tests/integration/test_console_browser.py -q
 
 bench: ## benchmark against real Dovecot, PostgreSQL and the broker, beside mbsync (QUICK=1: a tenth)
 	@scripts/bootstrap.sh bench

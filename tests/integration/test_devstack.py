@@ -127,11 +127,14 @@ def test_run_command_brings_up_the_pipeline_and_readme_example_works(tmp_path: P
             assert _status(connections, token) == 200
             assert _status(connections, token, "POST") == 403
         assert _status(connections, "not-a-token") == 401
+        sign_in = f"http://127.0.0.1:{api_port}/console/sign-in"
+        assert _status(sign_in, "") == 200  # the console, out of the box
     finally:
         stack.send_signal(signal.SIGINT)
         output, _ = stack.communicate(timeout=60)
     text = output.decode()
     assert "config-api up" in text, text
+    assert f"Console: http://127.0.0.1:{api_port}/console " in text, text
     assert stack.returncode == 0, text
 
 

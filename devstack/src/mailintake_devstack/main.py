@@ -201,7 +201,8 @@ def up(state: Path, api_port: int, broker_port: int) -> int:
                 f"mailintake: {spec.name:<10} {'up' if ok else 'NOT answering'}  {url}", flush=True
             )
         print(
-            f"\nAPI:    {api_url}/docs\n"
+            f"\nConsole: {api_url}/console   (sign in with the token in {state / 'admin-token'})\n"
+            f"API:    {api_url}/docs\n"
             f"Token:  export TOKEN=$(cat {state / 'admin-token'})\n"
             f"Kafka:  MAILINTAKE_KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}"
             f"   (for consumers; all of it in {state / 'env'})\n"

@@ -117,6 +117,16 @@ class Settings(BaseSettings):
         "controller) whose X-Forwarded-For the config API trusts for the client address (the "
         "failed-authentication limit, the audit log); `*` trusts all.",
     )
+    console_enabled: bool = Field(
+        True,
+        description="Serve the operators' web console at `/console` on the config API (sign-in "
+        "with an API token; the roles apply as in the API).",
+    )
+    console_session_minutes: float = Field(
+        480.0,
+        gt=0,
+        description="How long a sign-in to the web console lasts (signing out ends it sooner).",
+    )
     connections_resync_seconds: float = Field(
         300.0,
         ge=0,

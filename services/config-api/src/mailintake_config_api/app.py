@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from mailintake_config_api import errors
+from mailintake_config_api import console, errors
 from mailintake_config_api.audit import AuditLog
 from mailintake_config_api.auth import FailureLimiter
 from mailintake_config_api.hardening import Hardening
@@ -80,4 +80,6 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(oauth.router)
     app.include_router(certificates.router)
     app.include_router(audit.router)
+    if config.console_enabled:
+        console.install(app)
     return app

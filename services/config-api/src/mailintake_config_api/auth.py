@@ -49,7 +49,10 @@ class TokenTable:
         ]
 
     def role_of(self, token: str) -> Role | None:
-        digest = hash_token(token)
+        return self.role_of_digest(hash_token(token))
+
+    def role_of_digest(self, digest: str) -> Role | None:
+        """The role of the token whose SHA-256 (hex) is ``digest``; compared in constant time."""
         found: Role | None = None
         for role, expected in self._entries:
             if hmac.compare_digest(digest, expected):

@@ -5,15 +5,17 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from mailintake_config_api import rules
 from mailintake_config_api.errors import InvalidInputError
+from mailintake_config_api.lookups import like_pattern
 from mailintake_config_api.schemas import (
     ConnectionCreate,
     ConnectionHealth,
@@ -44,6 +46,64 @@ from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 
 _DRAFT_FIELDS = tuple(name for name in rules.ConnectionDraft.model_fields if name != "has_password")
+
+
+class Sort(StrEnum):
+    """Orders of the connection list: a column, ascending; ``-`` before it, descending."""
+
+    NAME = "name"
+    NAME_DESC = "-name"
+    PROTOCOL = "protocol"
+    PROTOCOL_DESC = "-protocol"
+    HOST = "host"
+    HOST_DESC = "-host"
+    USERNAME = "username"
+    USERNAME_DESC = "-username"
+    ENABLED = "enabled"
+    ENABLED_DESC = "-enabled"
+    LAST_POLL = "last_poll"
+    LAST_POLL_DESC = "-last_poll"
+    LAST_SUCCESS = "last_success"
+    LAST_SUCCESS_DESC = "-last_success"
+    MESSAGES = "messages"
+    MESSAGES_DESC = "-messages"
+    FAILURES = "failures"
+    FAILURES_DESC = "-failures"
+
+
+_SORT_COLUMNS: dict[str, Any] = {
+    "name": func.lower(Connection.name),
+    "protocol": Connection.protocol,
+    "host": func.lower(Connection.host),
+    "username": func.lower(Connection.username),
+    "enabled": Connection.enabled,
+    "last_poll": ConnectionStatus.last_poll_at,
+    "last_success": ConnectionStatus.last_success_at,
+    "messages": ConnectionStatus.messages_stored,
+    "failures": ConnectionStatus.consecutive_failures,
+}
+
+
+def search(
+    session: Session, term: str | None, sort: Sort, limit: int, offset: int
+) -> tuple[list[Connection], int]:
+    """A page of the connections whose name, description, host or username contains ``term``
+    (case-insensitive), in ``sort``'s order (then by name and id), and how many match."""
+    query = select(Connection)
+    if term and term.strip():
+        pattern = like_pattern(term)
+        columns = (Connection.name, Connection.description, Connection.host, Connection.username)
+        query = query.where(or_(*(func.lower(c).like(pattern, escape="\\") for c in columns)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    column = _SORT_COLUMNS[sort.value.removeprefix("-")]
+    order = column.desc() if sort.value.startswith("-") else column.asc()
+    rows = session.scalars(
+        query.outerjoin(ConnectionStatus, ConnectionStatus.connection_id == Connection.id)
+        .order_by(order.nulls_last(), func.lower(Connection.name), Connection.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total
 
 
 class NameTakenError(Exception):

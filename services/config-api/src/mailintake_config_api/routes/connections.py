@@ -7,14 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.errors import InvalidInputError
-from mailintake_config_api.lookups import connection_or_404, like_pattern
+from mailintake_config_api.lookups import connection_or_404
 from mailintake_config_api.replay import TooManyError, replay
 from mailintake_config_api.resources import Resources
 from mailintake_config_api.schemas import (
@@ -64,29 +63,14 @@ def list_connections(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
+    sort: Annotated[
+        connections.Sort,
+        Query(description="Order by this column; a leading `-` reverses it (nulls last)."),
+    ] = connections.Sort.NAME,
 ) -> ConnectionPage:
-    query = select(Connection)
-    if q and q.strip():
-        pattern = like_pattern(q)
-        query = query.where(
-            or_(
-                *(
-                    func.lower(column).like(pattern, escape="\\")
-                    for column in (
-                        Connection.name,
-                        Connection.description,
-                        Connection.host,
-                        Connection.username,
-                    )
-                )
-            )
-        )
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
-    ).all()
+    rows, total = connections.search(session, q, sort, limit, offset)
     return ConnectionPage(
-        items=_shown(session, res, list(rows)),
+        items=_shown(session, res, rows),
         total=total,
         limit=limit,
         offset=offset,

@@ -177,4 +177,9 @@ def oauth_callback(request: Request, session: SessionDep, res: ResourcesDep) -> 
     except authorization.CallbackError as exc:
         return HTMLResponse(_PAGE.format(html.escape(str(exc))), status.HTTP_400_BAD_REQUEST)
     text = f"The connection {row.name} is authorized. You can close this window."
-    return HTMLResponse(_PAGE.format(html.escape(text)))
+    page = _PAGE.format(html.escape(text))
+    if res.settings.console_enabled:  # back to the connection's page in the console
+        back = f"/console/connections/{row.id}"
+        page = page.replace("<p>", f'<meta http-equiv="refresh" content="0; url={back}"><p>', 1)
+        page += f'<p><a href="{back}">Back to the connection</a></p>'
+    return HTMLResponse(page)
