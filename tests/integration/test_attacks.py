@@ -74,3 +74,24 @@ def test_a_time_that_is_no_time_in_utc_is_refused_naming_its_field(api: TestClie
     page = api.get("/console/log", params={"until": "9999-12-31T23:59-14:00"})
     assert page.status_code == 422, page.text
     assert "until must be a time between" in page.text
+
+
+# Promise 7 and the README's "search over name, description, host and username" — on
+# SQLite, whose lower() folds ASCII only, a second "MÜLLER Straße" answered 500 (the unique
+# index refused it at the flush), "ÉCOLE" and "école" were two names, and searching for
+# "müller" (or "MÜLLER" itself) found nothing.
+def test_names_differing_in_non_ascii_case_are_one_name_and_search_finds_them(
+    api: TestClient,
+) -> None:
+    first = api.post("/connections", json=imap_body(name="MÜLLER Straße", username="ÄRGER@x.de"))
+    assert first.status_code == 201, first.text
+    for again in ("MÜLLER Straße", "müller straße", "Müller Straße"):
+        refused = api.post("/connections", json=imap_body(name=again))
+        assert refused.status_code == 409, (again, refused.text)
+    for term in ("MÜLLER", "müller", "Müller straße", "ärger"):
+        found = api.get("/connections", params={"q": term}).json()
+        assert [c["name"] for c in found["items"]] == ["MÜLLER Straße"], term
+    credential = {"name": "ÉCOLE", "provider": "google", "client_id": "c", "client_secret": "s"}
+    assert api.post("/oauth-credentials", json=credential).status_code == 201
+    twin = api.post("/oauth-credentials", json={**credential, "name": "école"})
+    assert twin.status_code == 409, twin.text
