@@ -12,7 +12,6 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,10 +19,9 @@ from sqlalchemy import create_engine
 
 from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.settings import Settings
-from tests.api import ADMIN, READER, VIEWER, WITHOUT_ESTIMATE, api_client, imap_body
-from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
+from tests.api import api_client, imap_body
+from tests.conftest import ADMIN_TOKEN
 from tests.console import csrf_of, sign_in
-from tests.harness.pipeline import Database
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,3 +93,24 @@ def test_names_differing_in_non_ascii_case_are_one_name_and_search_finds_them(
     assert api.post("/oauth-credentials", json=credential).status_code == 201
     twin = api.post("/oauth-credentials", json={**credential, "name": "école"})
     assert twin.status_code == 409, twin.text
+
+
+# SECURITY.md: no 500 for control characters in any field. The sign-in's `next` went into
+# htmx's HX-Redirect header as it came: with a line break or NUL the server dropped the
+# connection without an answer, with U+2028 it answered 500 (the 303 percent-encoded it).
+@pytest.mark.parametrize(
+    "target", ["/console\r\nSet-Cookie: x=1", "/console/\x00", "/console/\u2028"]
+)
+def test_the_sign_in_redirect_encodes_its_target_for_htmx_too(api: TestClient, target: str) -> None:
+    page = api.get("/console/sign-in")
+    signed = api.post(
+        "/console/sign-in",
+        data={"token": ADMIN_TOKEN, "csrf": csrf_of(page.text), "next": target},
+        headers={"HX-Request": "true"},
+        follow_redirects=False,
+    )
+    assert signed.status_code == 200, signed.text
+    location = signed.headers["hx-redirect"]
+    assert location.startswith("/console")
+    assert location.isascii()
+    assert not re.search(r"[\x00-\x20\x7f]", location)
