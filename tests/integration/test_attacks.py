@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine
 
+from mailintake_config_api.console import connection_pages, home, incoming_pages, oauth_pages
 from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.settings import Settings
-from tests.api import api_client, imap_body
-from tests.conftest import ADMIN_TOKEN
+from tests.api import ADMIN, READER, VIEWER, api_client, imap_body
+from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
 from tests.console import csrf_of, sign_in
 
 pytestmark = pytest.mark.integration
@@ -36,7 +39,8 @@ def api(request: pytest.FixtureRequest, settings: Settings, tmp_path: Path) -> I
         engine = create_engine(database)
         upgrade(engine)
         engine.dispose()
-    with api_client(settings.model_copy(update={"database_url": database})) as client:
+    changed = {"database_url": database, "api_auth_failures_per_minute": 1_000_000}
+    with api_client(settings.model_copy(update=changed)) as client:
         yield client
 
 
@@ -114,3 +118,69 @@ def test_the_sign_in_redirect_encodes_its_target_for_htmx_too(api: TestClient, t
     assert location.startswith("/console")
     assert location.isascii()
     assert not re.search(r"[\x00-\x20\x7f]", location)
+
+
+# SECURITY.md's roles, on every operation of the OpenAPI document and every form of the
+# console: a route that forgot its dependency would answer here.
+ADMIN_ONLY_READS = {"/audit"}
+MAIL_CONTENT = {"/messages/{message_id}/raw", "/queue/{kind}/{entry_id}/raw"}
+
+
+def _operations() -> Iterator[tuple[str, str, str]]:
+    """(method, template, a path for it with made-up ids) of each operation that needs a
+    token."""
+    for template, operations in OPENAPI["paths"].items():
+        for method, operation in operations.items():
+            if not operation.get("security"):
+                continue
+            path = template
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] != "path":
+                    continue
+                schema = parameter["schema"]
+                value = {"uuid": str(uuid.uuid4())}.get(schema.get("format"), "1")
+                if "$ref" in schema:  # the queue's entry kinds
+                    value = "failed"
+                path = path.replace("{" + parameter["name"] + "}", value)
+            yield method.upper(), template, path
+
+
+def test_every_operation_answers_each_role_as_security_md_says(api: TestClient) -> None:
+    seen = 0
+    for method, template, path in _operations():
+        seen += 1
+        assert api.request(method, path, headers={"Authorization": ""}).status_code == 401
+        for role, headers in (("viewer", VIEWER), ("reader", READER)):
+            answer = api.request(method, path, headers=headers, json={})
+            refused = (
+                method != "GET"
+                or template in ADMIN_ONLY_READS
+                or (role == "viewer" and template in MAIL_CONTENT)
+            )
+            assert (answer.status_code == 403) is refused, (role, method, path, answer.text)
+    assert seen == 32  # every operation of the document but the probes, documents and callback
+
+
+def test_no_console_form_changes_anything_for_a_viewer(api: TestClient) -> None:
+    created = api.post("/connections", json=imap_body()).json()["id"]
+    forms = [
+        route.path.replace("{connection_id}", created)
+        .replace("{credential_id}", str(uuid.uuid4()))
+        .replace("{kind}", "failed")
+        .replace("{entry_id}", "1")
+        for pages in (connection_pages, home, incoming_pages, oauth_pages)
+        for route in pages.router.routes
+        if isinstance(route, APIRoute)
+        and route.path.startswith("/console/")
+        and "POST" in (route.methods or ())
+        and route.path not in ("/console/sign-in", "/console/sign-out")
+    ]
+    assert len(forms) == 14  # each POST route of the console but signing in and out
+    csrf = sign_in(api, VIEWER_TOKEN)
+    for form in forms:
+        answer = api.post(form, data={"csrf": csrf, **imap_body(name="changed")})
+        assert answer.status_code == 403, (form, answer.text)
+    api.cookies.clear()
+    shown = api.get(f"/connections/{created}", headers=ADMIN).json()
+    assert (shown["name"], shown["enabled"]) == ("Support inbox", False)
+    assert api.get("/connections", headers=ADMIN).json()["total"] == 1
