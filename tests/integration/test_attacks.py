@@ -23,7 +23,7 @@ from mailintake_config_api.console import connection_pages, home, incoming_pages
 from mailintake_shared.db.migrate import upgrade
 from mailintake_shared.settings import Settings
 from tests.api import ADMIN, READER, VIEWER, api_client, imap_body
-from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN
+from tests.conftest import ADMIN_TOKEN, VIEWER_TOKEN, LogCapture
 from tests.console import csrf_of, sign_in
 
 pytestmark = pytest.mark.integration
@@ -184,3 +184,24 @@ def test_no_console_form_changes_anything_for_a_viewer(api: TestClient) -> None:
     shown = api.get(f"/connections/{created}", headers=ADMIN).json()
     assert (shown["name"], shown["enabled"]) == ("Support inbox", False)
     assert api.get("/connections", headers=ADMIN).json()["total"] == 1
+
+
+# SECURITY.md: an anonymous client is answered 401, then 429, and "unauthenticated attempts
+# are in the log, not" the audit log. /oauth/callback needs no token (the provider sends the
+# browser there), and each call with a made-up state wrote an audit entry: 51 in a row from
+# one address, unslowed, burying the administrators' changes.
+def test_made_up_authorization_callbacks_are_slowed_and_not_audited(
+    settings: Settings, logs: LogCapture
+) -> None:
+    limited = settings.model_copy(update={"api_auth_failures_per_minute": 5})
+    with api_client(limited) as api:
+        answers = [
+            api.get("/oauth/callback", params={"state": f"guess-{i}", "code": "x"}).status_code
+            for i in range(8)
+        ]
+        assert answers == [400] * 5 + [429] * 3
+        assert api.get("/audit").json()["total"] == 0
+        assert api.get("/connections").status_code == 200  # a valid token is still served
+    refused = [r for r in logs.records() if r.get("event") == "authorization callback refused"]
+    assert len(refused) == 8
+    assert "unknown or has expired" in refused[0]["reason"]
