@@ -37,8 +37,8 @@ screenshots: ## photograph each page of the web console into docs/console/ (the 
 	@scripts/bootstrap.sh test
 	MAILINTAKE_SCREENSHOTS=docs/console $(RUN) pytest tests/integration/test_console_browser.py -q
 
-bench: ## benchmark against real Dovecot, PostgreSQL and the broker (QUICK=1: a tenth)
-	@scripts/bootstrap.sh test
+bench: ## benchmark against real Dovecot, PostgreSQL and the broker, beside mbsync (QUICK=1: a tenth)
+	@scripts/bootstrap.sh bench
 	$(RUN) python -m bench $${QUICK:+--quick}
 
 soak: ## soak run: mail arriving at 200 mailboxes for 10 min under random faults (ARGS=--minutes 2 …)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import delivery, measure
+from bench import delivery, end_to_end, measure
 from bench.env import BenchEnv, Results, configure_bench_logging
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
@@ -43,7 +43,9 @@ def main() -> int:
         if wanted(2):
             measure.fetcher_alone(env, results, raw)
         if wanted(3):
-            measure.end_to_end(env, results, 10_000 // tenth, raw, logs)
+            rate = end_to_end.end_to_end(env, results, 10_000 // tenth, logs)
+            end_to_end.first_sync_large(env, results, 100_000 // tenth, rate, logs)
+            end_to_end.store_scale_out(env, results, 20, 1000 // tenth, logs)
         if wanted(4):
             measure.many_mailboxes(env, results, 20, 1000 // tenth, logs)
         if wanted(5):

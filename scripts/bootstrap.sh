@@ -4,6 +4,7 @@
 #   scripts/bootstrap.sh test     also Dovecot, PostgreSQL and Chromium (the console's browser
 #                                 tests) with apt-get, when root, and Cyrus IMAP unpacked into
 #                                 .tools/mail-servers/ (apt-get download)
+#   scripts/bootstrap.sh bench    as test, and mbsync (isync), which the benchmark compares with
 #   scripts/bootstrap.sh compat   also Courier and GNU Mailutils, unpacked the same way
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +23,13 @@ fi
 echo "bootstrap: syncing Python packages from uv.lock" >&2
 "$UV" sync --frozen --quiet
 
-if [ "${1:-}" = "test" ] || [ "${1:-}" = "compat" ]; then
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "compat" ] || [ "${1:-}" = "bench" ]; then
   missing=()
   command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-imapd dovecot-pop3d)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
   command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+  # The benchmark runs mbsync beside the pipeline, on the same mailbox.
+  [ "${1:-}" = "bench" ] && { command -v mbsync >/dev/null 2>&1 || missing+=(isync); }
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
       echo "bootstrap: please install ${missing[*]} (needs root)" >&2

@@ -171,6 +171,12 @@ protocol pop3 {{
             "ssl_min_protocol = TLSv1.2"
         )
 
+    @property
+    def pid(self) -> int:
+        """The master process's id (its workers are its children)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
+
     def start(self) -> Dovecot:
         check = subprocess.run(
             ["doveconf", "-c", str(self.config), "-n"], capture_output=True, text=True

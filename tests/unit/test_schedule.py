@@ -14,6 +14,7 @@ from mailintake_shared.events import (
     PollDue,
     PollOutcome,
     PollReason,
+    Resume,
 )
 from tests.harness.views import connection_view
 
@@ -293,6 +294,36 @@ def test_a_stalled_connection_that_is_disabled_leaves_no_alarm_behind() -> None:
     (cleared,) = schedule.health_changes(1801.0)
     assert (cleared.connection_id, cleared.state) == (v.id, HealthState.RECOVERED)
     assert schedule.stalled() == 0
+
+
+def test_a_fetchers_continuation_issues_the_next_slice_before_the_store_commits() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    t0 = stable_fraction(due.connection_id) * 60
+    resume = Resume(uidvalidity=7, last_uid=5000, baseline_uid=None)
+    assert schedule.poll_requested(due.connection_id, t0 + 2, after=due.poll_id, resume=resume)
+    (following,) = schedule.due(t0 + 2)
+    assert (following.reason, following.resume) == (PollReason.CONTINUATION, resume)
+    # The store's poll.completed of the first slice comes later and changes nothing.
+    schedule.poll_completed(completed(due, more_pending=True), t0 + 3)
+    assert schedule.due(t0 + 3) == []
+    assert schedule.in_flight(due.connection_id)
+    # The last slice's completion is the one that counts; the next is a plain poll.
+    schedule.poll_completed(completed(following), t0 + 4)
+    (later,) = schedule.due(t0 + 2 + 300)  # an interval after the last slice was issued
+    assert (later.reason, later.resume) == (PollReason.SCHEDULED, None)
+
+
+def test_a_continuation_of_a_poll_no_longer_in_flight_is_dropped() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    t0 = stable_fraction(due.connection_id) * 60
+    schedule.poll_completed(completed(due, more_pending=True), t0 + 1)  # the store was first
+    (following,) = schedule.due(t0 + 1)
+    assert following.resume is None  # from the stored cursor
+    resume = Resume(uidvalidity=7, last_uid=5000)
+    assert schedule.poll_requested(due.connection_id, t0 + 2, after=due.poll_id, resume=resume)
+    assert schedule.due(t0 + 2) == []  # no second poll while the first continuation flies
 
 
 def test_a_poll_request_before_its_connection_is_served_when_the_connection_arrives() -> None:

@@ -13,6 +13,7 @@ the extension attribute ``ce_replay: true``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from mailintake_shared.events import (
     ConnectionState,
     DeadLetter,
     Event,
+    FetchedBatch,
     FetchedChunk,
     MailStored,
     PollCompleted,
@@ -72,10 +74,14 @@ class EventKind:
 
 
 def _stored_id(event: MailStored) -> str:
+    decrypted = event.smime is not None and event.smime.decrypted_with is not None
+    return _stored_event_id(event.message_id, decrypted)
+
+
+def _stored_event_id(message_id: int, decrypted: bool) -> str:
     """An S/MIME message announced as fetched is announced again, under another id, when a
     retry decrypts it; a replay repeats the message's current announcement."""
-    decrypted = event.smime is not None and event.smime.decrypted_with is not None
-    return f"{event.message_id}/decrypted" if decrypted else str(event.message_id)
+    return f"{message_id}/decrypted" if decrypted else str(message_id)
 
 
 KINDS: tuple[EventKind, ...] = (
@@ -115,11 +121,16 @@ KINDS: tuple[EventKind, ...] = (
         PollRequested,
         Topic.POLL_REQUESTED,
         "poll.requested",
-        ("config-api",),
+        ("config-api", "fetcher"),
         ("scheduler",),
-        lambda e: f"{e.connection_id}/{_rfc3339(e.requested_at)}",
+        lambda e: (
+            f"{e.after_poll_id}/next"
+            if e.after_poll_id
+            else f"{e.connection_id}/{_rfc3339(e.requested_at)}"
+        ),
         "requested_at",
-        id_rule="`{connection_id}/{requested_at}`",
+        id_rule="`{connection_id}/{requested_at}` (an operator's); `{after_poll_id}/next` "
+        "(a fetcher's continuation)",
     ),
     EventKind(
         FetchedChunk,
@@ -131,6 +142,17 @@ KINDS: tuple[EventKind, ...] = (
         None,
         content_type=OCTETS,
         id_rule="`{poll_id}/{server_id}/{chunk_index}`",
+    ),
+    EventKind(
+        FetchedBatch,
+        Topic.MAIL_FETCHED,
+        "mail.fetched.batch",
+        ("fetcher",),
+        ("store",),
+        lambda e: f"{e.messages[0].poll_id}/{e.messages[0].server_id}/batch",
+        None,
+        content_type=OCTETS,
+        id_rule="`{poll_id}/{the first message's server_id}/batch`",
     ),
     EventKind(
         PollResult,
@@ -212,10 +234,16 @@ TOMBSTONE = next(kind for kind in KINDS if kind.name == "connection.deleted")
 WRITTEN = next(kind for kind in KINDS if kind.name == "store.written")
 
 
+def ce_type_of(model: type[Event]) -> str:
+    """The ``ce_type`` of a model's events."""
+    return _BY_MODEL[model].ce_type
+
+
 def kind_of(event: Event) -> EventKind:
     return _BY_MODEL[type(event)]
 
 
+@functools.lru_cache(maxsize=64)
 def source(prefix: str, service: str) -> str:
     """``ce_source``: ``/<deployment>/<service>``, the deployment being the topic prefix
     without its final dot (two deployments sharing a cluster have different prefixes)."""
@@ -226,8 +254,24 @@ def source(prefix: str, service: str) -> str:
 def headers(event: Event, prefix: str, *, replay: bool = False) -> Headers:
     """The record headers of ``event``; ``replay`` marks an operator's replay."""
     kind = kind_of(event)
-    service = event.service if isinstance(event, DeadLetter) else kind.producers[0]
+    if isinstance(event, DeadLetter):
+        service = event.service
+    elif isinstance(event, PollRequested) and event.after_poll_id is not None:
+        service = "fetcher"
+    else:
+        service = kind.producers[0]
     found = _attributes(kind, prefix, service, kind.identity(event), _occurred(kind, event))
+    return [*found, (REPLAY, b"true")] if replay else found
+
+
+def mail_stored_headers(
+    prefix: str, message_id: int, decrypted: bool, stored_at: datetime, *, replay: bool = False
+) -> Headers:
+    """The headers of a ``mail.stored`` event, from its fields (what ``headers`` gives for the
+    event, without building it)."""
+    kind = _BY_MODEL[MailStored]
+    event_id = _stored_event_id(message_id, decrypted)
+    found = _attributes(kind, prefix, kind.producers[0], event_id, stored_at)
     return [*found, (REPLAY, b"true")] if replay else found
 
 

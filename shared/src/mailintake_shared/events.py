@@ -83,6 +83,20 @@ class ErrorKind(StrEnum):
     INTERNAL = "internal"
 
 
+class Resume(BaseModel):
+    """IMAP: where a poll's next slice goes on (the slice's ledger), when the store has not
+    committed the slice yet and the stored cursor is still behind."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    uidvalidity: int
+    """The folder's UIDVALIDITY the slice saw: a resume of another epoch is not used."""
+    last_uid: int
+    """Every UID up to this one is accounted for by the slices before."""
+    baseline_uid: int | None = None
+    """The mailbox's first-sync baseline, when it has one."""
+
+
 class PollDue(Event):
     """Topic ``poll.due`` (scheduler → fetcher): poll this connection now."""
 
@@ -96,17 +110,25 @@ class PollDue(Event):
     """Why the poll is due."""
     issued_at: datetime
     """When the scheduler issued it; a fetcher skips one older than the poll time-out."""
+    resume: Resume | None = None
+    """A continuation: where the previous slice left off (null: from the stored cursor)."""
 
 
 class PollRequested(Event):
-    """Topic ``poll.requested`` (config-api → scheduler): an operator asked for a poll now."""
+    """Topic ``poll.requested`` (config-api, fetcher → scheduler): poll a connection now — an
+    operator asked (config-api), or a poll stopped at its budget with more mail waiting and
+    its next slice is to follow at once, without waiting for the store (fetcher)."""
 
     schema_version: Literal[1] = 1
     """The event's version: a consumer refuses one it does not know."""
     connection_id: UUID
     """The connection to poll (also the record's key)."""
     requested_at: datetime
-    """When the operator asked."""
+    """When the operator (or the fetcher) asked."""
+    after_poll_id: UUID | None = None
+    """A continuation: the poll whose slice ended with more pending (null: an operator)."""
+    resume: Resume | None = None
+    """A continuation of an IMAP poll: where its next slice goes on."""
 
 
 def b64(data: bytes) -> str:
@@ -158,6 +180,31 @@ class FetchedChunk(Event):
     lease_token: int | None = Field(
         None, description="the fetcher's fencing token: the store drops records of a stale one"
     )
+    headers: HeaderSummary | None = None
+    """On the final chunk: the message's header summary as the fetcher read it (the store
+    takes it as it is); null on other chunks."""
+    problems: list[str] = Field(default_factory=list)
+    """On the final chunk: what the fetcher found odd in the message (as `mail.stored`'s
+    `problems`)."""
+    smime: bool = False
+    """On the final chunk: the header says S/MIME (the store opens it)."""
+
+
+class FetchedBatch(Event):
+    """Topic ``mail.fetched``, ``kind: message_batch``: several whole messages in one record
+    (small mail: one record each would cost more in the Kafka clients than the rest of the
+    pipeline's work). The record's value is the messages' bytes one after the other;
+    ``lengths`` splits it. Each envelope is that of a message sent alone (``chunk_index`` 0,
+    ``final``), in the order the fetcher downloaded them."""
+
+    kind: Literal["message_batch"] = "message_batch"
+    """Tells a batch of messages from a message chunk and a poll result."""
+    schema_version: Literal[1] = 1
+    """The batch's version: the store refuses one it does not know."""
+    messages: list[FetchedChunk]
+    """The envelopes, in order."""
+    lengths: list[int]
+    """Bytes of each message in the record's value, in the same order."""
 
 
 class Unfetched(BaseModel):

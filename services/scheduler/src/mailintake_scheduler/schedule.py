@@ -7,7 +7,11 @@ Rules:
 - never a second poll while one is in flight; one that has not completed after
   ``poll_timeout_s`` is issued again (reason ``retry``);
 - a poll that stopped at its budget with more pending, or left committed messages waiting
-  for their server action, is followed at once (``continuation``, ``actions``);
+  for their server action, is followed at once (``continuation``, ``actions``); an IMAP poll's
+  next slice is asked for by the fetcher as soon as the slice is published, with where it
+  left off (``resume``), so that the fetcher downloads the next slice while the store
+  commits the last one — the slice's ``poll.completed`` then finds a newer poll in flight and
+  changes nothing;
 - a failed poll is retried after ``retry_base_s`` doubled per consecutive failure, capped
   by the interval; an authentication failure waits at least the interval and backs off up
   to ``retry_max_s`` (no retry storm against a server that refuses us); a throttled poll
@@ -41,6 +45,7 @@ from mailintake_shared.events import (
     PollDue,
     PollOutcome,
     PollReason,
+    Resume,
 )
 
 
@@ -69,6 +74,7 @@ class _Entry:
     reason: PollReason = PollReason.SCHEDULED
     in_flight: uuid.UUID | None = None
     issued_at: float = 0.0
+    resume: Resume | None = None  # the next poll continues a slice from here
     requested: bool = False
     parked: bool = False  # authorization required: no polls until the connection changes
     added_at: float = 0.0
@@ -101,9 +107,14 @@ class Schedule:
         return entry is not None and entry.in_flight is not None
 
     def _set_due(
-        self, connection_id: uuid.UUID, entry: _Entry, when: float, reason: PollReason
+        self,
+        connection_id: uuid.UUID,
+        entry: _Entry,
+        when: float,
+        reason: PollReason,
+        resume: Resume | None = None,
     ) -> None:
-        entry.next_due, entry.reason = when, reason
+        entry.next_due, entry.reason, entry.resume = when, reason, resume
         heapq.heappush(self._heap, (when, connection_id))
 
     # --- inputs ----------------------------------------------------------------------------
@@ -186,13 +197,28 @@ class Schedule:
             )
         return min(backoff, entry.interval_s, self.config.retry_max_s)
 
-    def poll_requested(self, connection_id: uuid.UUID, now: float) -> bool:
-        """An operator's "poll now"; False if the connection's state has not arrived (yet):
-        the request then waits for it."""
+    def poll_requested(
+        self,
+        connection_id: uuid.UUID,
+        now: float,
+        *,
+        after: uuid.UUID | None = None,
+        resume: Resume | None = None,
+    ) -> bool:
+        """An operator's "poll now", or a fetcher's continuation of poll ``after`` (its next
+        slice, from ``resume``); False if the connection's state has not arrived (yet): an
+        operator's request then waits for it."""
         entry = self._entries.get(connection_id)
         if entry is None:
-            self._waiting[connection_id] = now
+            if after is None:
+                self._waiting[connection_id] = now
             return False
+        if after is not None:
+            if entry.in_flight == after:  # else the poll was re-issued meanwhile: stale
+                entry.in_flight = None
+                self._flying.discard(connection_id)
+                self._set_due(connection_id, entry, now, PollReason.CONTINUATION, resume)
+            return True
         entry.parked = False
         if entry.in_flight is not None:
             entry.requested = True
@@ -255,8 +281,10 @@ class Schedule:
                     poll_id=poll_id,
                     reason=entry.reason,
                     issued_at=issued_at,
+                    resume=entry.resume,
                 )
             )
+            entry.resume = None
         return events
 
     def retract(self, events: list[PollDue], now: float) -> None:
@@ -266,4 +294,4 @@ class Schedule:
             if entry is not None and entry.in_flight == event.poll_id:
                 entry.in_flight = None
                 self._flying.discard(event.connection_id)
-                self._set_due(event.connection_id, entry, now, event.reason)
+                self._set_due(event.connection_id, entry, now, event.reason, event.resume)

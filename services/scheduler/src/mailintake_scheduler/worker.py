@@ -147,7 +147,9 @@ class SchedulerWorker:
                 self.schedule.poll_completed(decode(PollCompleted, record.value or b""), now)
             else:
                 request = decode(PollRequested, record.value or b"")
-                if not self.schedule.poll_requested(request.connection_id, now):
+                if not self.schedule.poll_requested(
+                    request.connection_id, now, after=request.after_poll_id, resume=request.resume
+                ):
                     log.info(
                         "poll request waits for its connection's state",
                         connection_id=str(request.connection_id),

@@ -19,7 +19,7 @@ from mailintake_shared.cloudevents import (
     EventKind,
 )
 from mailintake_shared.contracts.schemas import UTC_TIME, shared_definitions
-from mailintake_shared.events import DeadLetter, FetchedChunk, MailStored
+from mailintake_shared.events import DeadLetter, FetchedBatch, FetchedChunk, MailStored
 from mailintake_shared.fetched import ENVELOPE_HEADER
 from mailintake_shared.topics import TOPIC_SPECS, Topic, TopicSpec
 
@@ -147,6 +147,13 @@ def _payload(kind: EventKind) -> dict[str, Any]:
             "description": "The message's bytes (this chunk of them), untouched; the envelope "
             f"is the `{ENVELOPE_HEADER}` header.",
         }
+    if kind.model is FetchedBatch:
+        return {
+            "type": "string",
+            "format": "binary",
+            "description": "The messages' bytes one after the other, untouched; the envelopes "
+            f"and lengths are the `{ENVELOPE_HEADER}` header.",
+        }
     return {"$ref": _SCHEMAS + kind.model.__name__}
 
 
@@ -182,11 +189,12 @@ def _headers(kind: EventKind) -> dict[str, Any]:
             "const": "true",
             "description": "Only on an operator's replay of an event published before.",
         }
-    if kind.model is FetchedChunk:
+    if kind.model in (FetchedChunk, FetchedBatch):
+        name = kind.model.__name__
         properties[ENVELOPE_HEADER] = {
             "type": "string",
             "contentMediaType": JSON,
-            "description": f"The chunk's envelope: {_SCHEMAS}FetchedChunk, as JSON.",
+            "description": f"The envelope: {_SCHEMAS}{name}, as JSON.",
         }
     optional = {REPLAY}
     return {
