@@ -24,6 +24,7 @@ from mailintake_config_api.schemas import (
     FieldError,
 )
 from mailintake_shared.db.bindings import destination_changes, password_binding
+from mailintake_shared.db.dialect import lower
 from mailintake_shared.db.models import (
     Connection,
     ConnectionStatus,
@@ -93,7 +94,7 @@ def search(
     if term and term.strip():
         pattern = like_pattern(term)
         columns = (Connection.name, Connection.description, Connection.host, Connection.username)
-        query = query.where(or_(*(func.lower(c).like(pattern, escape="\\") for c in columns)))
+        query = query.where(or_(*(lower(session, c).like(pattern, escape="\\") for c in columns)))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     column = _SORT_COLUMNS[sort.value.removeprefix("-")]
     order = column.desc() if sort.value.startswith("-") else column.asc()
@@ -234,7 +235,7 @@ def _validate(
     if not unique_name:
         return
     clash = session.scalar(
-        select(Connection.id).where(func.lower(Connection.name) == draft.name.lower())
+        select(Connection.id).where(lower(session, Connection.name) == draft.name.lower())
     )
     if clash is not None and clash != own_id:
         raise NameTakenError(draft.name)

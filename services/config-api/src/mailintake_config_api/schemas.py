@@ -80,6 +80,24 @@ def _free_text(value: str | None, info: ValidationInfo) -> str | None:
 
 
 PlainText = Annotated[str, AfterValidator(_plain)]
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """A time as UTC: one without an offset is read as UTC (``2026-11-24`` is midnight UTC);
+    one that is no time in UTC (``0001-01-01T00:00+14:00``) is refused."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a time between the years 1 and 9999 in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(utc)]
+SINCE = "From this time (inclusive; UTC when it has no offset)."
+UNTIL = "Up to this time (exclusive; UTC when it has no offset)."
 Name = Annotated[PlainText, Field(description="Unique name (case-insensitive), 1–255 characters.")]
 # Bounded so that the database's BIGINT takes them (a larger one answers 422, not a 500).
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The row's id.")]
@@ -618,15 +636,8 @@ class ReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime = Field(description="Stored at or after this time (UTC when no offset).")
-    until: datetime | None = Field(None, description="Stored before this time (default: now).")
-
-    @field_validator("since", "until")
-    @classmethod
-    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    since: UtcTime = Field(description="Stored at or after this time (UTC when no offset).")
+    until: UtcTime | None = Field(None, description="Stored before this time (default: now).")
 
 
 class ReplayQueued(BaseModel):
