@@ -39,6 +39,14 @@ class AfterDownload(StrEnum):
     DELETE = "delete"
 
 
+class PushMode(StrEnum):
+    """Whether new mail is watched for (IMAP IDLE, Graph change notifications) on top of the
+    interval poll."""
+
+    AUTO = "auto"  # watched when the server offers it; the interval poll stays the safety net
+    OFF = "off"  # interval polls only
+
+
 class FirstSync(StrEnum):
     """What the first poll of a mailbox takes (a mailbox the store has no cursor for)."""
 
@@ -88,6 +96,7 @@ class ConnectionView(BaseModel):
     after_download: AfterDownload
     first_sync: FirstSync = FirstSync.ALL
     first_sync_since: date | None = None
+    push: PushMode = PushMode.AUTO
     enabled: bool
     created_at: datetime
     updated_at: datetime

@@ -50,6 +50,7 @@ class PollReason(StrEnum):
     MANUAL = "manual"  # an operator asked for a poll now
     RETRY = "retry"  # the previous poll failed, or never completed
     ACTIONS = "actions"  # committed messages wait for their server action
+    PUSH = "push"  # the server announced new mail (IMAP IDLE, a Graph change notification)
 
 
 class PollOutcome(StrEnum):
@@ -89,11 +90,13 @@ class PollDue(Event):
 
 
 class PollRequested(Event):
-    """Topic ``poll.requested`` (config-api → scheduler): an operator asked for a poll now."""
+    """Topic ``poll.requested`` (config-api, watcher → scheduler): poll this connection now,
+    because an operator asked (``manual``) or the server announced new mail (``push``)."""
 
     schema_version: Literal[1] = 1
     connection_id: UUID
     requested_at: datetime
+    reason: Literal[PollReason.MANUAL, PollReason.PUSH] = PollReason.MANUAL
 
 
 def b64(data: bytes) -> str:
