@@ -293,3 +293,47 @@ def test_a_stalled_connection_that_is_disabled_leaves_no_alarm_behind() -> None:
     (cleared,) = schedule.health_changes(1801.0)
     assert (cleared.connection_id, cleared.state) == (v.id, HealthState.RECOVERED)
     assert schedule.stalled() == 0
+
+
+def test_push_requests_poll_at_once_or_right_after_the_poll_in_flight() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)  # an hour: a poll within the test can only come from push
+    due = first_poll(schedule, v)
+    assert schedule.poll_requested(v.id, 10.0, PollReason.PUSH)  # in flight: served after it
+    assert schedule.poll_requested(v.id, 11.0, PollReason.PUSH)  # announcements coalesce
+    assert schedule.due(12.0) == []
+    schedule.poll_completed(completed(due), 20.0)
+    (pushed,) = schedule.due(20.0)
+    assert pushed.reason is PollReason.PUSH
+    schedule.poll_completed(completed(pushed), 21.0)
+    assert schedule.due(22.0) == []  # one poll served both announcements
+    assert schedule.poll_requested(v.id, 30.0, PollReason.PUSH)  # idle: at once
+    (again,) = schedule.due(30.0)
+    assert again.reason is PollReason.PUSH
+    schedule.poll_completed(completed(again), 31.0)
+    assert schedule.due(3629.0) == []
+    (scheduled,) = schedule.due(3630.0)  # an hour after the last poll was issued
+    assert scheduled.reason is PollReason.SCHEDULED  # the interval poll stays the safety net
+
+
+def test_an_operators_request_in_flight_is_not_renamed_by_a_push() -> None:
+    schedule = Schedule(CONFIG)
+    v = view()
+    due = first_poll(schedule, v)
+    assert schedule.poll_requested(v.id, 10.0)  # manual, deferred
+    assert schedule.poll_requested(v.id, 11.0, PollReason.PUSH)
+    schedule.poll_completed(completed(due), 12.0)
+    (next_poll,) = schedule.due(12.0)
+    assert next_poll.reason is PollReason.MANUAL
+
+
+def test_a_push_does_not_unpark_a_connection_whose_authorization_is_required() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=1)
+    due = first_poll(schedule, v)
+    refused = completed(
+        due, outcome=PollOutcome.FAILED, error_kind=ErrorKind.AUTHORIZATION_REQUIRED
+    )
+    schedule.poll_completed(refused, 100.0)
+    assert not schedule.poll_requested(v.id, 150.0, PollReason.PUSH)
+    assert schedule.due(86400.0) == []

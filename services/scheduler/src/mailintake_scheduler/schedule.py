@@ -16,7 +16,9 @@ Rules:
   until it changes (a new authorization bumps its version) or an operator asks for one;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
-- a manual request is served at once, or right after the poll in flight;
+- a manual request is served at once, or right after the poll in flight; so is a push
+  request (the server announced new mail), which also counts as its own reason, but does not
+  wake a parked connection (the watcher cannot know the grant is back);
 - a disabled or deleted connection is dropped; an interval change applies from the next poll;
 - the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
   never completed, which is issued again) is reported stalled once, and recovered once a
@@ -67,7 +69,7 @@ class _Entry:
     reason: PollReason = PollReason.SCHEDULED
     in_flight: uuid.UUID | None = None
     issued_at: float = 0.0
-    requested: bool = False
+    requested: PollReason | None = None  # manual or push, served after the poll in flight
     parked: bool = False  # authorization required: no polls until the connection changes
     added_at: float = 0.0
     last_ok: float | None = None  # when a poll last succeeded
@@ -146,10 +148,10 @@ class Schedule:
                 )
             entry.last_ok = now
         if event.error_kind is ErrorKind.AUTHORIZATION_REQUIRED:
-            entry.parked, entry.requested = True, False  # nothing in the heap: it waits
-        elif entry.requested:
-            entry.requested = False
-            self._set_due(event.connection_id, entry, now, PollReason.MANUAL)
+            entry.parked, entry.requested = True, None  # nothing in the heap: it waits
+        elif entry.requested is not None:
+            self._set_due(event.connection_id, entry, now, entry.requested)
+            entry.requested = None
         elif event.outcome is PollOutcome.SKIPPED:  # another fetcher held it: soon, not at once
             when = now + min(self.config.retry_base_s, entry.interval_s)
             self._set_due(event.connection_id, entry, when, PollReason.RETRY)
@@ -179,16 +181,20 @@ class Schedule:
             )
         return min(backoff, entry.interval_s, self.config.retry_max_s)
 
-    def poll_requested(self, connection_id: uuid.UUID, now: float) -> bool:
-        """An operator's "poll now"; False if the connection is not enabled here."""
+    def poll_requested(
+        self, connection_id: uuid.UUID, now: float, reason: PollReason = PollReason.MANUAL
+    ) -> bool:
+        """An operator's "poll now" (``manual``) or the server's news (``push``); False if the
+        connection is not enabled here, or parked and the request is a push."""
         entry = self._entries.get(connection_id)
-        if entry is None:
+        if entry is None or (entry.parked and reason is PollReason.PUSH):
             return False
         entry.parked = False
         if entry.in_flight is not None:
-            entry.requested = True
+            if entry.requested is not PollReason.MANUAL:  # an operator's request names the poll
+                entry.requested = reason
         else:
-            self._set_due(connection_id, entry, now, PollReason.MANUAL)
+            self._set_due(connection_id, entry, now, reason)
         return True
 
     # --- the watchdog ------------------------------------------------------------------------

@@ -144,10 +144,11 @@ class SchedulerWorker:
                 self.schedule.poll_completed(decode(PollCompleted, record.value or b""), now)
             else:
                 request = decode(PollRequested, record.value or b"")
-                if not self.schedule.poll_requested(request.connection_id, now):
+                if not self.schedule.poll_requested(request.connection_id, now, request.reason):
                     log.info(
-                        "poll request for a connection that is not enabled",
+                        "poll request for a connection that is not enabled (or is parked)",
                         connection_id=str(request.connection_id),
+                        reason=request.reason.value,
                     )
         except (ValidationError, ValueError, AttributeError) as exc:
             dead_letter(self._producer, self._settings.topic_prefix, SERVICE, record, str(exc))
