@@ -18,7 +18,7 @@ from mailintake_devstack.broker import free_port
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("config-api", "scheduler", "fetcher", "store")
+SERVICES = ("config-api", "scheduler", "fetcher", "store", "watcher")
 
 
 def readme_curl_example() -> str:

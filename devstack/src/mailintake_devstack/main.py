@@ -1,6 +1,6 @@
 """Console entry point ``mailintake-devstack``: the whole pipeline on one machine.
 
-    mailintake-devstack up     broker + migrations + the four services, until Ctrl-C
+    mailintake-devstack up     broker + migrations + the five services, until Ctrl-C
 
 Everything lives in ``.devstack/`` (SQLite database, generated encryption key and admin
 token, one log file per service). The broker keeps its data in memory only.
@@ -102,6 +102,7 @@ def up(state: Path, api_port: int, broker_port: int) -> int:
         ServiceSpec("scheduler", "mailintake-scheduler", free_port()),
         ServiceSpec("fetcher", "mailintake-fetcher", free_port()),
         ServiceSpec("store", "mailintake-store", free_port()),
+        ServiceSpec("watcher", "mailintake-watcher", free_port()),
     ]
     processes: dict[str, subprocess.Popen[bytes]] = {}
     for spec in specs:
