@@ -122,6 +122,10 @@ PasswordOption = Annotated[
     bool,
     typer.Option("--password-stdin", help="Read the password from standard input."),
 ]
+PushOption = Annotated[
+    str | None,
+    typer.Option(help="auto (watch for new mail: IMAP IDLE, Graph notifications) or off."),
+]
 
 
 def _password(from_stdin: bool, prompt: bool) -> str | None:
@@ -153,6 +157,7 @@ def create_connection(
         str | None, typer.Option(help="OAuth2 protocols: the stored credential's id.")
     ] = None,
     transport: Annotated[str | None, typer.Option(help="Microsoft: imap or graph.")] = None,
+    push: PushOption = None,
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -175,6 +180,7 @@ def create_connection(
         description=description,
         oauth_credential_id=oauth_credential_id,
         transport=transport,
+        push=push,
         password=_password(password_stdin, prompt=protocol in ("imap", "pop3")),
     )
     emit(_call("POST", "/connections", json=body), as_json=as_json, title="created")
@@ -197,6 +203,7 @@ def update_connection(
     tls_ca_file: Annotated[Path | None, typer.Option()] = None,
     tls_verify: Annotated[bool | None, typer.Option("--tls-verify/--no-tls-verify")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    push: PushOption = None,
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -216,6 +223,7 @@ def update_connection(
         tls_ca_file=tls_ca_file,
         tls_verify=tls_verify,
         description=description,
+        push=push,
         password=_password(password_stdin, prompt=False),
     )
     emit(_call("PATCH", f"/connections/{_id(ref)}", json=body), as_json=as_json, title="updated")
@@ -650,14 +658,15 @@ def status_of_connections(
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Each connection's health: last success, failures in a row, last error, stalled.
-    Exit status 1 when an enabled connection is stalled or failing."""
+    """Each connection's health: last success, failures in a row, last error, stalled, and
+    whether it is watched for new mail (since when, or why not). Exit status 1 when an
+    enabled connection is stalled or failing."""
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = _call("GET", "/connections", params={"limit": 500, "offset": offset})
         for item in page["items"]:
-            health = item["status"]
+            health, watch = item["status"], item["watch"]
             failing = item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
             if problems_only and not failing:
                 continue
@@ -671,12 +680,25 @@ def status_of_connections(
                     "last_error_kind": health["last_error_kind"],
                     "messages_stored": health["messages_stored"],
                     "failing": failing,
+                    "watched": watch["watched"],
+                    "watch_since": watch["since"],
+                    "watch": watch["state"] + (f": {watch['reason']}" if watch["reason"] else ""),
                 }
             )
         offset += len(page["items"])
         if not page["items"] or offset >= page["total"]:
             break
-    columns = ("name", "enabled", "stalled", "last_success_at", "failures", "last_error_kind")
+    columns = (
+        "name",
+        "enabled",
+        "stalled",
+        "last_success_at",
+        "failures",
+        "last_error_kind",
+        "watched",
+        "watch_since",
+        "watch",
+    )
     emit({"items": rows, "total": len(rows)}, as_json=as_json, columns=columns, title="status")
     if any(row["failing"] for row in rows):
         raise typer.Exit(1)

@@ -17,6 +17,7 @@ from mailintake_config_api.routes import (
     audit,
     certificates,
     connections,
+    graph,
     health,
     incoming,
     messages,
@@ -73,4 +74,5 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(oauth.router)
     app.include_router(certificates.router)
     app.include_router(audit.router)
+    app.include_router(graph.router)
     return app

@@ -77,7 +77,7 @@ def list_connections(
         query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
     ).all()
     return ConnectionPage(
-        items=connections.public(session, list(rows), res.settings.stalled_after_seconds),
+        items=connections.public(session, list(rows), res.settings),
         total=total,
         limit=limit,
         offset=offset,
@@ -99,7 +99,7 @@ def create_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return connections.public(session, [row], res.settings)[0]
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
@@ -107,7 +107,7 @@ def get_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Viewer
 ) -> ConnectionPublic:
     row = connection_or_404(session, connection_id)
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return connections.public(session, [row], res.settings)[0]
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -125,7 +125,7 @@ def update_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return connections.public(session, [row], res.settings)[0]
 
 
 @router.delete(
@@ -174,7 +174,7 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return connections.public(session, [row], res.settings)[0]
 
 
 @router.post(
@@ -208,7 +208,7 @@ def disable_connection(
     row = connections.set_enabled(
         session, res.settings, connection_or_404(session, connection_id), False
     )
-    return connections.public(session, [row], res.settings.stalled_after_seconds)[0]
+    return connections.public(session, [row], res.settings)[0]
 
 
 @router.post(
