@@ -9,8 +9,9 @@ is the subscription's; the answer must come within 3 seconds, and a 2xx means it
   only once the request is durable. The delta query, not the notification, says what is new.
 - ``reauthorizationRequired``: the watcher renews the subscription (which reauthorizes it);
   ``subscriptionRemoved``: the watcher creates a new one, and polls.
-- An unknown subscription, or a ``clientState`` that does not match, is ignored (counted and
-  logged, never trusted): Graph itself never sends one.
+- An unknown subscription is ignored (one deleted here: answered 2xx all the same, so that
+  Graph stops sending it); a ``clientState`` that does not match is never trusted (counted
+  and logged), and a collection of nothing but such is refused (``Received.forged``).
 """
 
 from __future__ import annotations
@@ -75,8 +76,12 @@ class ChangeNotificationCollection(BaseModel):
 
 @dataclass
 class Received:
-    polls: int = 0
-    ignored: int = 0
+    taken: int = 0  # authentic: acted on
+    forged: int = 0  # with a clientState that is not the subscription's
+
+    @property
+    def only_forged(self) -> bool:
+        return self.forged > 0 and self.taken == 0
 
 
 def receive(
@@ -100,11 +105,13 @@ def receive(
             kind = _KINDS.get(event or "", "created" if event is None else "unknown_event")
         NOTIFICATIONS.labels(kind).inc()
         if subscription is None or kind in ("unknown_subscription", "client_state_mismatch"):
-            received.ignored += 1
+            received.forged += kind == "client_state_mismatch"
             log.warning(
                 "Graph notification ignored", reason=kind, subscription_id=item.subscription_id
             )
-        elif kind in ("created", "missed"):
+            continue
+        received.taken += 1
+        if kind in ("created", "missed"):
             to_poll.add(subscription.connection_id)
         elif item.lifecycle_event in _NEEDS and subscription.needs != "recreate":
             subscription.needs = _NEEDS[item.lifecycle_event]
@@ -112,7 +119,6 @@ def receive(
         row = session.get(Connection, connection_id)
         if row is not None and row.enabled:
             request_poll(session, settings, row, PollReason.PUSH)
-            received.polls += 1
     return received
 
 

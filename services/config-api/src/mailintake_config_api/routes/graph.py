@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
 from mailintake_config_api import graph_notifications
@@ -28,6 +28,7 @@ router = APIRouter(tags=["graph"])
             "content": {"text/plain": {"schema": {"type": "string"}}},
         },
         202: {"description": "Taken: the polls asked for are durable."},
+        403: {"model": ErrorBody, "description": "Every notification had a wrong clientState."},
         422: {"model": ErrorBody},
     },
 )
@@ -47,13 +48,15 @@ def notifications(
     """The notification URL of ``MAILINTAKE_GRAPH_NOTIFICATION_URL`` (it also receives the
     lifecycle notifications). With `validationToken` (a new subscription): the token as
     plain text. Otherwise a `changeNotificationCollection`: a poll of each connection whose
-    mailbox changed, through the outbox; notifications of unknown subscriptions or with the
-    wrong `clientState` are ignored."""
+    mailbox changed, through the outbox; notifications of unknown subscriptions are ignored,
+    and ones with the wrong `clientState` never trusted (403 when nothing else came)."""
     if validation_token is not None:
         return PlainTextResponse(validation_token)
     if collection is None:
         raise InvalidInputError(
             [FieldError(field="value", rule="a change-notification collection is required")]
         )
-    graph_notifications.receive(session, res.settings, collection)
+    received = graph_notifications.receive(session, res.settings, collection)
+    if received.only_forged:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="clientState does not match")
     return Response(status_code=status.HTTP_202_ACCEPTED)
