@@ -54,7 +54,7 @@ class ChangeNotification(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    subscription_id: str = Field(alias="subscriptionId", max_length=255)
+    subscription_id: str = Field(alias="subscriptionId", max_length=255, pattern=r"^[^\x00]*$")
     client_state: str | None = Field(None, alias="clientState", max_length=255)
     change_type: str | None = Field(None, alias="changeType", max_length=64)
     lifecycle_event: str | None = Field(
