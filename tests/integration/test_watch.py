@@ -198,8 +198,9 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
 ) -> None:
     """Only watchers run (no fetcher), so every session a proxy sees is a watch. Through
     a second replica joining, the first one paused past its group membership (its sockets
-    and its database session stay open), then resumed, then the second one killed, no
-    connection ever has two sessions open, and in the end each is watched exactly once."""
+    and its database session stay open: the second one waits for them), then resumed (the
+    group splits again), then the second one killed, no connection ever has two sessions
+    open, and in the end each is watched exactly once."""
     first = Pipeline(pipeline_settings, tmp_path / "a").start("watcher")
     second = Pipeline(pipeline_settings, tmp_path / "b")
     ids = []
@@ -247,8 +248,14 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
             timeout_s=30,
             message="the second replica waits for what the paused one holds",
         )
-        first.resume("watcher")  # it learns it lost its partitions and lets go
-        wait_until(watched_once, timeout_s=90, message="all watched by the second replica")
+        first.resume("watcher")  # it rejoins, and lets go of what it did not get back
+        wait_until(
+            lambda: _assigned(first) | _assigned(second) == {0, 1, 2}
+            and not _assigned(first) & _assigned(second),
+            timeout_s=90,
+            message="the group split again",
+        )
+        wait_until(watched_once, timeout_s=60, message="all watched after the pause")
         second.kill("watcher")  # its locks die with its database session
         wait_until(
             lambda: _assigned(first) == {0, 1, 2}, timeout_s=90, message="first took all back"
@@ -258,7 +265,7 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
         first.stop_all()
         second.stop_all()
     assert [p.most_live for p in proxies] == [1] * len(proxies)
-    assert all(p.sessions >= 2 for p in proxies)  # each was handed over at least once
+    assert any(p.sessions >= 2 for p in proxies)  # connections did change hands
 
 
 def test_the_session_budget_holds_with_watching_on(

@@ -36,9 +36,11 @@ _UNLOCK = text("SELECT pg_advisory_unlock(:key, :slot)")
 
 @dataclass(frozen=True)
 class Refused:
-    """A claim not granted, and why (shown as the watch's reason)."""
+    """A claim not granted, and why (shown as the watch's reason); ``elsewhere``: another
+    watcher holds the connection (its report of it stands)."""
 
     reason: str
+    elsewhere: bool = False
 
 
 class Claims:
@@ -84,7 +86,7 @@ class Claims:
                 raise
             if lock is None:
                 self._unlock(held)
-                return Refused(refusal)
+                return Refused(refusal, elsewhere=not held)
             held.append(lock)
         self._held[connection_id] = held
         return None

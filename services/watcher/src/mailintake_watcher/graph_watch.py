@@ -45,7 +45,7 @@ class GraphWatch(Watch):
         while True:
             refused = await self.context.claim(self.connection_id, None)
             if refused is not None:
-                await self.report(WatchState.WAITING, refused.reason)
+                await self.refused(refused)
                 await asyncio.sleep(self.backoff.next())
                 continue
             delay = 0.0

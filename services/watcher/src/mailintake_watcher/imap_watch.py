@@ -40,7 +40,7 @@ class ImapWatch(Watch):
         view, settings = self.view, self.context.settings
         refused = await self.context.claim(view.id, (view.host or "", view.username))
         if refused is not None:
-            await self.report(WatchState.WAITING, refused.reason)
+            await self.refused(refused)
             return self.backoff.next()
         up_since: float | None = None
 
@@ -51,10 +51,11 @@ class ImapWatch(Watch):
                 await self.report(WatchState.WATCHING)
 
         try:
-            config = await self.context.run(self.context.repository.config, view.id)
-            if config is None:  # deleted meanwhile: the supervisor stops this watch
-                return settings.watch_reconnect_max_seconds
-            session = await IdleSession.open(config)
+            async with self.context.setting_up:
+                config = await self.context.run(self.context.repository.config, view.id)
+                if config is None:  # deleted meanwhile: the supervisor stops this watch
+                    return settings.watch_reconnect_max_seconds
+                session = await IdleSession.open(config)
             try:
                 info = await session.examine(config.folder)
                 await self._catch_up(config, info)

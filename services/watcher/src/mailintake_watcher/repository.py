@@ -6,9 +6,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared.db.dialect import insert_for
@@ -38,12 +38,14 @@ class WatchRepository:
         tokens: TokenStore,
         network: NetworkPolicy,
         holder: str,
+        stale_after_s: float,
     ) -> None:
         self._sessions = sessions
         self._secrets = secrets
         self._tokens = tokens
         self._network = network
         self.holder = holder
+        self._stale_after = timedelta(seconds=stale_after_s)
 
     def config(self, connection_id: uuid.UUID) -> MailboxConfig | None:
         with self._sessions() as session:
@@ -64,7 +66,11 @@ class WatchRepository:
         method: WatchMethod,
         reason: str | None,
         since: datetime,
+        *,
+        yield_to_holder: bool = False,
     ) -> None:
+        """This watcher's word on the connection. ``yield_to_holder``: it does not hold the
+        connection (another watcher does), so a fresh report of another watcher stands."""
         now = utcnow()
         values = {
             "state": state.value,
@@ -74,27 +80,41 @@ class WatchRepository:
             "holder": self.holder,
             "confirmed_at": now,
         }
+        mine_or_stale = None
+        if yield_to_holder:
+            mine_or_stale = or_(
+                ConnectionWatch.holder == self.holder,
+                ConnectionWatch.confirmed_at < now - self._stale_after,
+            )
         with self._sessions() as session, session.begin():
             insert = insert_for(session)
             session.execute(
                 insert(ConnectionWatch)
                 .values(connection_id=connection_id, **values)
-                .on_conflict_do_update(index_elements=["connection_id"], set_=values)
+                .on_conflict_do_update(
+                    index_elements=["connection_id"], set_=values, where=mine_or_stale
+                )
             )
 
-    def confirm(self, connection_ids: Collection[uuid.UUID]) -> None:
-        """This watcher still stands by what it reported for these connections."""
+    def confirm(self, connection_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """This watcher still stands by what it reported for these connections; the ones
+        whose report is not (or no longer) its own."""
         ids = list(connection_ids)
+        confirmed: set[uuid.UUID] = set()
         with self._sessions() as session, session.begin():
             for start in range(0, len(ids), 1000):
-                session.execute(
-                    update(ConnectionWatch)
-                    .where(
-                        ConnectionWatch.holder == self.holder,
-                        ConnectionWatch.connection_id.in_(ids[start : start + 1000]),
+                confirmed.update(
+                    session.scalars(
+                        update(ConnectionWatch)
+                        .where(
+                            ConnectionWatch.holder == self.holder,
+                            ConnectionWatch.connection_id.in_(ids[start : start + 1000]),
+                        )
+                        .values(confirmed_at=utcnow())
+                        .returning(ConnectionWatch.connection_id)
                     )
-                    .values(confirmed_at=utcnow())
                 )
+        return set(ids) - confirmed
 
     def forget(self, connection_ids: Collection[uuid.UUID] | None = None) -> None:
         """Withdraw this watcher's reports (of these connections; of all when None). Another

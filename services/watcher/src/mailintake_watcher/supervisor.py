@@ -161,9 +161,13 @@ class Supervisor:
                 await watch.write_report()
         reported = [watch.connection_id for watch in watches if watch.reported]
         try:
-            await context.run(context.repository.confirm, reported)
+            unconfirmed = await context.run(context.repository.confirm, reported)
         except Exception as exc:
             log.warning("watch states not confirmed", error=str(exc))
+            unconfirmed = set()
+        for watch in watches:  # a report another watcher replaced, or one deleted: again
+            if watch.connection_id in unconfirmed:
+                watch.reported = False
         self.update_metrics()
 
     def update_metrics(self) -> None:

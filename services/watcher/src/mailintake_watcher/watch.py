@@ -8,7 +8,7 @@ import random
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from mailintake_shared.db.types import utcnow
@@ -25,6 +25,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+# Sessions being set up at once: a thousand watches starting together (a restart, a
+# rebalance) neither flood one mail server with logins nor starve the process of CPU.
+SETTING_UP = 16
+
+
 @dataclass
 class WatchContext:
     """Shared by every watch of the process. Database and HTTP calls block: they run in
@@ -36,6 +41,7 @@ class WatchContext:
     requester: PollRequester
     blocking: ThreadPoolExecutor
     claiming: ThreadPoolExecutor
+    setting_up: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(SETTING_UP))
 
     async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
@@ -88,6 +94,7 @@ class Watch:
         self.reason: str | None = None
         self.since = utcnow()
         self.reported = False  # the database has the current state
+        self.elsewhere = False  # another watcher holds the connection: its report stands
         self._writing = asyncio.Lock()  # one write at a time, each of the state then current
         settings = context.settings
         self.backoff = Backoff(
@@ -105,7 +112,13 @@ class Watch:
         """The server announced new mail: a poll, through the scheduler."""
         self.context.requester.request(self.connection_id, self.method)
 
+    async def refused(self, refused: Refused) -> None:
+        self.elsewhere = refused.elsewhere
+        await self.report(WatchState.WAITING, refused.reason)
+
     async def report(self, state: WatchState, reason: str | None = None) -> None:
+        if state is not WatchState.WAITING:
+            self.elsewhere = False
         if (state, reason) == (self.state, self.reason) and self.reported:
             return
         if state is not self.state:
@@ -132,6 +145,7 @@ class Watch:
                     self.method,
                     reason,
                     since,
+                    yield_to_holder=self.elsewhere,
                 )
             except Exception as exc:
                 self.reported = False
