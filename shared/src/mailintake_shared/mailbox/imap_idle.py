@@ -187,7 +187,7 @@ class IdleSession:
             elif code[:1] == [b"UIDNEXT"] and len(code) > 1:
                 uidnext = int(code[1])
             self._untagged(reply, None)
-        if reply.text.split(b" ", 2)[1:2] != [b"OK"]:
+        if not _ok(reply):
             raise FolderMissingError(folder)
         if uidvalidity is None:
             raise PollError(
@@ -268,10 +268,12 @@ class IdleSession:
         (``TimeoutError``; nothing is lost, the line stays in the buffer); the rest of a
         response must come within the connection's time-out."""
         try:
-            line = await asyncio.wait_for(self._reader.readline(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # no task of its own, unlike wait_for
+                line = await self._reader.readline()
         except ValueError as exc:  # asyncio.LimitOverrunError is one
             raise ProtocolViolation(f"a response line over {_LINE_LIMIT} bytes") from exc
-        return await asyncio.wait_for(self._rest(line), self._timeout)
+        async with asyncio.timeout(self._timeout):
+            return await self._rest(line)
 
     async def _rest(self, line: bytes) -> Response:
         text, literals = b"", list[bytes]()
@@ -288,8 +290,7 @@ class IdleSession:
             line = await self._reader.readline()
 
     def _check(self, reply: Response, *, login: bool = False) -> None:
-        status = reply.text.split(b" ", 2)[1:2]
-        if status != [b"OK"]:
+        if not _ok(reply):
             words = _words(reply)
             raise LoginError(words) if login else IMAPClientError(words)
 
@@ -351,6 +352,12 @@ def _response_code(reply: Response) -> list[bytes]:
     except ProtocolViolation:
         return []
     return [bytes(word).upper() for word in words if isinstance(word, bytes)]
+
+
+def _ok(reply: Response) -> bool:
+    """A tagged ``OK`` (status words are case-insensitive, RFC 3501 §9)."""
+    words = reply.text.split(b" ", 2)
+    return len(words) > 1 and words[1].upper() == b"OK"
 
 
 def _words(reply: Response) -> str:
