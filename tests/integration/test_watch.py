@@ -9,7 +9,6 @@ the session budget holds with watching on.
 
 from __future__ import annotations
 
-import json
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -171,15 +170,6 @@ def test_a_server_without_idle_is_polled_as_before(
     pipeline.assert_running()
 
 
-def _assigned(replica: Pipeline) -> set[int]:
-    """The partitions of the replica's latest assignment, from its log."""
-    latest: set[int] = set()
-    for line in replica.logs().splitlines():
-        if '"partitions assigned"' in line:
-            latest = set(json.loads(line)["partitions"])
-    return latest
-
-
 @pytest.fixture
 def proxies(dovecot: Dovecot) -> Iterator[list[FaultProxy]]:
     """One proxy per connection: the sessions open through it are that connection's."""
@@ -232,17 +222,17 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
         second.start("watcher")
         wait_until(
             lambda: (
-                _assigned(first) | _assigned(second) == {0, 1, 2}
-                and not _assigned(first) & _assigned(second)
-                and bool(_assigned(first))
-                and bool(_assigned(second))
+                first.assigned() | second.assigned() == {0, 1, 2}
+                and not first.assigned() & second.assigned()
+                and bool(first.assigned())
+                and bool(second.assigned())
             ),
             timeout_s=90,
             message="the group split between both replicas",
         )
         wait_until(watched_once, timeout_s=60, message="all watched after the rebalance")
         first.pause("watcher")  # its membership lapses; its locks and sockets stay
-        wait_until(lambda: _assigned(second) == {0, 1, 2}, timeout_s=90, message="second took all")
+        wait_until(lambda: second.assigned() == {0, 1, 2}, timeout_s=90, message="second took all")
         wait_until(
             lambda: any(watch_of(api, cid)["state"] == "waiting" for cid in ids),
             timeout_s=30,
@@ -250,15 +240,17 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
         )
         first.resume("watcher")  # it rejoins, and lets go of what it did not get back
         wait_until(
-            lambda: _assigned(first) | _assigned(second) == {0, 1, 2}
-            and not _assigned(first) & _assigned(second),
+            lambda: (
+                first.assigned() | second.assigned() == {0, 1, 2}
+                and not first.assigned() & second.assigned()
+            ),
             timeout_s=90,
             message="the group split again",
         )
         wait_until(watched_once, timeout_s=60, message="all watched after the pause")
         second.kill("watcher")  # its locks die with its database session
         wait_until(
-            lambda: _assigned(first) == {0, 1, 2}, timeout_s=90, message="first took all back"
+            lambda: first.assigned() == {0, 1, 2}, timeout_s=90, message="first took all back"
         )
         wait_until(watched_once, timeout_s=60, message="all watched by the first again")
     finally:

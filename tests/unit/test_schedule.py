@@ -185,7 +185,7 @@ def test_authorization_required_parks_the_connection_until_it_changes() -> None:
     assert again.connection_id == v.id
 
 
-def test_a_manual_poll_unparks_a_connection() -> None:
+def test_a_manual_poll_unparks_a_connection_and_a_push_does_not() -> None:
     schedule = Schedule(CONFIG)
     v = view(interval=1)
     due = first_poll(schedule, v)
@@ -193,6 +193,8 @@ def test_a_manual_poll_unparks_a_connection() -> None:
         due, outcome=PollOutcome.FAILED, error_kind=ErrorKind.AUTHORIZATION_REQUIRED
     )
     schedule.poll_completed(refused, 100.0)
+    assert not schedule.poll_requested(v.id, 120.0, PollReason.PUSH)
+    assert schedule.due(140.0) == []
     assert schedule.poll_requested(v.id, 150.0)
     (manual,) = schedule.due(150.0)
     assert manual.reason is PollReason.MANUAL
@@ -325,15 +327,3 @@ def test_an_operators_request_in_flight_is_not_renamed_by_a_push() -> None:
     schedule.poll_completed(completed(due), 12.0)
     (next_poll,) = schedule.due(12.0)
     assert next_poll.reason is PollReason.MANUAL
-
-
-def test_a_push_does_not_unpark_a_connection_whose_authorization_is_required() -> None:
-    schedule = Schedule(CONFIG)
-    v = view(interval=1)
-    due = first_poll(schedule, v)
-    refused = completed(
-        due, outcome=PollOutcome.FAILED, error_kind=ErrorKind.AUTHORIZATION_REQUIRED
-    )
-    schedule.poll_completed(refused, 100.0)
-    assert not schedule.poll_requested(v.id, 150.0, PollReason.PUSH)
-    assert schedule.due(86400.0) == []
