@@ -33,9 +33,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def pipeline_settings(pipeline_settings: Settings) -> Settings:
-    """Watches set up, confirmed and retried in about a second."""
+    """Watches set up, confirmed and retried in about a second; IDLE renewed every few
+    seconds (DONE, then IDLE again), so every test here also goes through renewals."""
     return pipeline_settings.model_copy(
         update={
+            "watch_idle_renew_seconds": 3.0,
             "watch_heartbeat_seconds": 1.0,
             "watch_reconnect_base_seconds": 0.5,
             "watch_reconnect_max_seconds": 2.0,

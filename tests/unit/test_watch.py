@@ -16,8 +16,9 @@ from mailintake_shared.domain import Protocol, PushMode, Transport
 from mailintake_shared.mailbox.errors import PollError
 from mailintake_shared.mailbox.imap_idle import IdleSession, IdleUnsupportedError
 from mailintake_shared.watch import WatchState
-from mailintake_watcher.graph_watch import GraphWatch
+from mailintake_watcher.graph_watch import GraphWatch, _due
 from mailintake_watcher.imap_watch import ImapWatch
+from mailintake_watcher.repository import Subscription
 from mailintake_watcher.supervisor import watch_kind
 from mailintake_watcher.watch import Backoff
 from tests.harness.views import connection_view
@@ -158,3 +159,18 @@ def test_the_api_states_a_watch_by_choice_report_or_silence() -> None:
         shown = watch_status(connection_view(**off), _report("watching", 1), stale_before)
         assert (shown.watched, shown.state) == (False, WatchState.OFF)
         assert shown.reason
+
+
+def test_a_graph_subscription_is_renewed_at_half_its_life_and_created_when_gone() -> None:
+    now, life = datetime.now(UTC), timedelta(minutes=60)
+
+    def due(expires_in_min: float, needs: str | None = None) -> str | None:
+        current = Subscription("s1", now + timedelta(minutes=expires_in_min), needs)
+        return _due(current, now, life)
+
+    assert _due(None, now, life) == "create"
+    assert due(45) is None
+    assert due(30) == "renew"  # half its lifetime has passed
+    assert due(45, "reauthorize") == "renew"  # Graph asked
+    assert due(45, "recreate") == "create"  # Graph removed it
+    assert due(0) == "create"  # expired

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import ErrorKind
@@ -25,6 +25,7 @@ from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.graph import GraphMailbox
 from mailintake_shared.watch import WatchMethod, WatchState
 from mailintake_watcher.metrics import RECONNECTS
+from mailintake_watcher.repository import Subscription
 from mailintake_watcher.watch import Watch
 
 NOT_CONFIGURED = (
@@ -71,16 +72,17 @@ class GraphWatch(Watch):
         """Create, renew or recreate the subscription as due (blocking: HTTP and the
         database); True when a new one was created."""
         repository, settings = self.context.repository, self.context.settings
+        lifetime = timedelta(minutes=settings.graph_subscription_minutes)
+        current = repository.subscription(self.connection_id)
+        now = utcnow()
+        due = _due(current, now, lifetime)
+        if due is None:
+            return False  # nothing due: no token asked for, no request to Graph
         config = repository.config(self.connection_id)
         if config is None:
             return False  # deleted meanwhile: the supervisor stops this watch
         graph = GraphMailbox.open(config)
-        lifetime = timedelta(minutes=settings.graph_subscription_minutes)
-        current = repository.subscription(self.connection_id)
-        now = utcnow()
-        if current is not None and current.needs != "recreate" and current.expires_at > now:
-            if current.needs is None and current.expires_at - now > lifetime / 2:
-                return False
+        if due == "renew" and current is not None:
             try:
                 expires = graph.renew(current.subscription_id, now + lifetime)
             except PollError as exc:
@@ -117,3 +119,13 @@ class GraphWatch(Watch):
                 GraphMailbox.open(config).unsubscribe(current.subscription_id)
         finally:
             repository.drop_subscription(self.connection_id)
+
+
+def _due(current: Subscription | None, now: datetime, lifetime: timedelta) -> str | None:
+    """What the subscription needs now: ``create`` (none, expired, or removed by Graph),
+    ``renew`` (half its lifetime gone, or Graph asked to reauthorize it), or nothing."""
+    if current is None or current.needs == "recreate" or current.expires_at <= now:
+        return "create"
+    if current.needs is not None or current.expires_at - now <= lifetime / 2:
+        return "renew"
+    return None

@@ -48,8 +48,8 @@ _HANDOVER_S = 30.0
 # asyncio's TLS transport gives every connection a receive buffer of 256 KiB (Python 3.11):
 # a quarter of a gigabyte for a thousand idle sessions. What an idle session receives is a
 # few short lines, and the SSL object reassembles TLS records from pieces of any size, so
-# 4 KiB does: about 40 KB per watched mailbox instead of 300 (``make bench``, row 11).
-TLS_READ_BYTES = 4 * 1024
+# 2 KiB does: under 50 KB per watched mailbox instead of 300 (``make bench``, row 11).
+TLS_READ_BYTES = 2 * 1024
 
 
 class _Handover(ConsumerRebalanceListener):  # type: ignore[misc]
