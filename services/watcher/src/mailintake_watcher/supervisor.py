@@ -54,12 +54,6 @@ class Supervisor:
         self._running: dict[uuid.UUID, _Running] = {}
         self._stopping: dict[uuid.UUID, asyncio.Task[None]] = {}
 
-    def __len__(self) -> int:
-        return len(self._running)
-
-    def states(self) -> dict[uuid.UUID, WatchState]:
-        return {cid: running.watch.state for cid, running in self._running.items()}
-
     # --- changes (on the loop; the Kafka thread hands them over) ------------------------------
     def apply(self, views: Iterable[ConnectionView], removed: Iterable[uuid.UUID]) -> None:
         """Connections changed (their latest versions) or were deleted."""
