@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
 
-.PHONY: help run test test-fast lint format bench soak bench-readme openapi settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
+.PHONY: help run test test-fast compat lint format screenshots bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -20,6 +20,10 @@ test: ## install what the tests need, lint, then run the whole suite against rea
 test-fast: ## only the tests that need no broker, database or mail server
 	$(RUN) pytest tests/unit
 
+compat: ## the mail-server contract tests on Courier and GNU Mailutils (docs/compatibility.md)
+	@scripts/bootstrap.sh compat
+	MAILINTAKE_TEST_MAIL_SERVERS=courier,mailutils $(RUN) pytest -m contract
+
 lint: ## ruff and mypy (strict)
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
@@ -29,8 +33,12 @@ format: ## apply ruff's formatting and safe fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-bench: ## benchmark against real Dovecot, PostgreSQL and the broker (QUICK=1: a tenth)
+screenshots: ## photograph each page of the web console into docs/console/ (the browser tests)
 	@scripts/bootstrap.sh test
+	MAILINTAKE_SCREENSHOTS=docs/console $(RUN) pytest tests/integration/test_console_browser.py -q
+
+bench: ## benchmark against real Dovecot, PostgreSQL and the broker, beside mbsync (QUICK=1: a tenth)
+	@scripts/bootstrap.sh bench
 	$(RUN) python -m bench $${QUICK:+--quick}
 
 soak: ## soak run: mail arriving at 200 mailboxes for 10 min under random faults (ARGS=--minutes 2 …)
@@ -42,6 +50,9 @@ bench-readme: ## copy the last full benchmark table into the README
 
 openapi: ## regenerate services/config-api/openapi.json from the code
 	$(RUN) mailintake-config-api openapi > services/config-api/openapi.json
+
+contracts: ## regenerate docs/schemas/, docs/asyncapi.json and docs/topics.md's tables from the models
+	$(RUN) python scripts/contracts.py --write
 
 settings-table: ## rewrite the README's settings table from the Settings class
 	$(RUN) python scripts/settings_table.py --write
@@ -78,7 +89,7 @@ backup: ## write the configuration (connections, credentials, certificates) to F
 restore: ## restore FILE=backup.json (ONLY=connections,… to choose parts); safe to run twice
 	$(RUN) mailintake-config-api restore $${FILE:-backup.json} $${ONLY:+--only $$ONLY}
 
-token: ## make an API token; ROLE=admin|viewer
+token: ## make an API token; ROLE=admin|reader|viewer
 	@$(RUN) mailintake-config-api hash-token --role $${ROLE:-admin}
 
 # --- operating a running deployment (MAILINTAKE_API_URL, MAILINTAKE_API_TOKEN; or `make run`'s)

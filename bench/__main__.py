@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import measure, push
+from bench import delivery, end_to_end, measure, push
 from bench.env import BenchEnv, Results, configure_bench_logging
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
@@ -39,12 +39,14 @@ def main() -> int:
         def wanted(number: int) -> bool:
             return not only or number in only
 
-        raw = measure.raw_limits(env, results, 10_000 // tenth) if wanted(2) or wanted(3) else {}
+        raw = measure.raw_limits(env, results, 10_000 // tenth) if wanted(1) or wanted(2) else {}
 
         if wanted(2):
             measure.fetcher_alone(env, results, raw)
         if wanted(3):
-            measure.end_to_end(env, results, 10_000 // tenth, raw, logs)
+            rate = end_to_end.end_to_end(env, results, 10_000 // tenth, logs)
+            end_to_end.first_sync_large(env, results, 100_000 // tenth, rate, logs)
+            end_to_end.store_scale_out(env, results, 20, 1000 // tenth, logs)
         if wanted(4):
             measure.many_mailboxes(env, results, 20, 1000 // tenth, logs)
         if wanted(5):
@@ -66,6 +68,8 @@ def main() -> int:
         if wanted(9):
             measure.store_alone(env, results, 50_000 // tenth, logs)
         if wanted(10):
+            delivery.exactly_once(env, results, 3000 // tenth, logs)
+        if wanted(11):
             push.push_latency(
                 env,
                 results,
@@ -74,7 +78,7 @@ def main() -> int:
                 seconds=80 // (4 if args.quick else 1),
                 logs=logs,
             )
-        if wanted(11):
+        if wanted(12):
             push.watch_scale(
                 env, results, 1000 // tenth, seconds=30 if args.quick else 120, logs=logs
             )

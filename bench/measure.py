@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import imaplib
-import os
 import random
 import threading
 import time
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from imapclient import IMAPClient
-from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,15 +27,13 @@ from bench.env import (
     BenchEnv,
     Results,
     StoredClock,
-    broker_cpu_seconds,
     corpus,
     cpu_seconds,
-    dovecot_cpu_seconds,
     median,
     peak_rss_mb,
     percentile,
-    postgres_cpu_seconds,
     rss_mb,
+    tree_cpu_seconds,
 )
 from mailintake_fetcher.imap_poll import ImapPoll
 from mailintake_fetcher.pop3_poll import Pop3Poll
@@ -62,7 +58,6 @@ from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.secretbox import SecretBox
-from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic, topic_name
 
 BATCH = 500
@@ -205,104 +200,6 @@ def _last_uid(state: MemoryState) -> int:
     return state.cursor_value.last_uid if state.cursor_value else 0
 
 
-# --- 3. end to end ---------------------------------------------------------------------------
-def end_to_end(
-    env: BenchEnv, results: Results, count: int, raw: dict[str, float], logs: Path
-) -> None:
-    user, password = env.mailbox(count)
-    total_bytes = sum(len(m) for m in corpus(count))
-    settings = env.settings()
-    pipeline = Pipeline(settings, logs / "e2e").start("scheduler", "fetcher", "store")
-    db = Database(settings.database_url)
-    try:
-        with api_client(settings) as api:
-            time.sleep(4)  # the consumer groups settle
-            cid = api.post("/connections", json=connection_body(env, user, password)).json()["id"]
-            pids = {s: p.pid for s, p in pipeline.processes.items()}
-            cpu_before = {s: cpu_seconds(pid) for s, pid in pids.items()}
-            servers_before = _server_cpu()
-            started = time.perf_counter()
-            # Enabling includes the estimate (one UID SEARCH), acknowledged in the same call.
-            enabled = api.post(f"/connections/{cid}/enable", json={"acknowledge_messages": count})
-            assert enabled.status_code == 200, enabled.text
-            wait_until(
-                lambda: db.message_count() >= count,
-                timeout_s=1800,
-                interval_s=0.05,
-                message="end-to-end ingestion",
-            )
-            committed = time.perf_counter() - started
-            wait_until(
-                lambda: _topic_size(settings, Topic.MAIL_STORED) >= count,
-                timeout_s=600,
-                interval_s=0.1,
-                message="every mail.stored published",
-            )
-            published = time.perf_counter() - started
-            cpu = {s: cpu_seconds(pid) - cpu_before[s] for s, pid in pids.items()}
-            servers = {k: v - servers_before[k] for k, v in _server_cpu().items()}
-    finally:
-        pipeline.stop_all()
-        db.close()
-    rate = count / published
-    ratio = rate / raw["imapclient_msgs"]
-    results.add(
-        "3. end to end: enable → last mail.stored",
-        rate,
-        "msg/s",
-        note=f"{total_bytes / published / 1e6:.1f} MB/s; last row committed at "
-        f"{committed:.1f}s, last event at {published:.1f}s",
-    )
-    results.add("3. end to end / imapclient loop", ratio, "ratio", target="≥ 0.5", met=ratio >= 0.5)
-    results.add("3. end to end / imaplib loop", rate / raw["imaplib_msgs"], "ratio")
-    everything = {**cpu, **servers}
-    busiest = max(everything, key=lambda s: everything[s])
-    note = ", ".join(f"{s} {v:.1f}s" for s, v in cpu.items())
-    note += "".join(f", {name} {v:.1f}s" for name, v in servers.items())
-    cores = os.cpu_count() or 1
-    cpu_total = sum(everything.values())
-    results.add(
-        "3. CPU seconds of the run (all processes)",
-        cpu_total,
-        "s",
-        note=f"{note}; busiest: {busiest}; wall {published:.1f}s on {cores} cores",
-    )
-    # The most the same work could reach here: every core busy for the whole run.
-    ceiling = count / (cpu_total / cores) / raw["imapclient_msgs"]
-    results.add(
-        "3. CPU ceiling: that work on every core all the time / imapclient loop",
-        ceiling,
-        "ratio",
-        note=f"the run kept {cpu_total / cores / published:.0%} of the cores busy",
-    )
-    results.figures["end_to_end"] = {
-        "msgs": rate,
-        "seconds": published,
-        "cpu": cpu,
-        "server_cpu": servers,
-    }
-
-
-def _server_cpu() -> dict[str, float]:
-    return {
-        "dovecot": dovecot_cpu_seconds(),
-        "postgresql": postgres_cpu_seconds(),
-        "broker": broker_cpu_seconds(),
-    }
-
-
-def _topic_size(settings: Settings, topic: Topic) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
-    try:
-        name = topic_name(settings.topic_prefix, topic)
-        tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
-        consumer.assign(tps)
-        consumer.seek_to_end(*tps)
-        return sum(consumer.position(tp) for tp in tps)
-    finally:
-        consumer.close()
-
-
 # --- 4. many mailboxes ------------------------------------------------------------------------
 def many_mailboxes(env: BenchEnv, results: Results, mailboxes: int, each: int, logs: Path) -> None:
     boxes = [env.mailbox(each) for _ in range(mailboxes)]
@@ -393,12 +290,12 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
                     server.seed(user, corpus(10, start=10_000_000 + round_ * 10))
                 sink = DiscardSink()
                 due = poll_due(view.id, PollReason.SCHEDULED)
-                dovecot_before, own_before = dovecot_cpu_seconds(), time.thread_time()
+                dovecot_before, own_before = tree_cpu_seconds(server.pid), time.thread_time()
                 started = time.perf_counter()
                 result = ImapPoll(config, due, repository, sink, budget_from(settings)).run()
                 walls.append(time.perf_counter() - started)
                 own.append(time.thread_time() - own_before)
-                server_cpu.append(dovecot_cpu_seconds() - dovecot_before)
+                server_cpu.append(tree_cpu_seconds(server.pid) - dovecot_before)
                 assert result.messages == 10, result
                 next_uid += 10
                 with sessions() as session, session.begin():
@@ -478,12 +375,12 @@ def _pop3_incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], p
                 env.dovecot.seed(user, corpus(10, start=20_000_000 + round_ * 10))
                 sink = CollectingSink()
                 due = poll_due(view.id, PollReason.SCHEDULED)
-                dovecot_before, own_before = dovecot_cpu_seconds(), time.thread_time()
+                dovecot_before, own_before = tree_cpu_seconds(env.dovecot.pid), time.thread_time()
                 started = time.perf_counter()
                 result = Pop3Poll(config, due, repository, sink, budget_from(settings)).run()
                 wall.append(time.perf_counter() - started)
                 own.append(time.thread_time() - own_before)
-                server_cpu.append(dovecot_cpu_seconds() - dovecot_before)
+                server_cpu.append(tree_cpu_seconds(env.dovecot.pid) - dovecot_before)
                 assert result.messages == 10, result
                 _store_uidls(sessions, view.id, sink.server_ids)
             walls[size] = median(wall)
@@ -793,7 +690,7 @@ def store_alone(env: BenchEnv, results: Results, count: int, logs: Path) -> None
             final=True,
             sha256=hashlib.sha256(raw).hexdigest(),
         )
-        value, headers = encode_part(chunk, raw)
+        value, headers = encode_part(chunk, raw, settings.topic_prefix)
         futures.append(producer.send(topic, str(connection_id).encode(), value, headers))
         if len(futures) >= 5000:
             producer.settle(futures, timeout_s=120)

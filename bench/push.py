@@ -1,5 +1,5 @@
-"""Push: measurements 10 (arrival → ``mail.stored`` with the watcher, on many mailboxes) and
-11 (what a watched mailbox costs the watcher while idle, with a thousand of them)."""
+"""Push: measurements 11 (arrival → ``mail.stored`` with the watcher, on many mailboxes) and
+12 (what a watched mailbox costs the watcher while idle, with a thousand of them)."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _watched_connections(
     raise AssertionError(f"{len(ids)} connections not all watched")
 
 
-# --- 10. latency with push -------------------------------------------------------------------
+# --- 11. latency with push -------------------------------------------------------------------
 def push_latency(
     env: BenchEnv, results: Results, mailboxes: int, rate: float, seconds: float, logs: Path
 ) -> None:
@@ -123,7 +123,7 @@ def push_latency(
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     note = f"{count} messages at {rate:g}/s; {push_polls} push-triggered polls"
     results.add(
-        f"10. latency with push, {mailboxes} mailboxes, p50",
+        f"11. latency with push, {mailboxes} mailboxes, p50",
         p50,
         "s",
         target="≤ 2 s",
@@ -131,7 +131,7 @@ def push_latency(
         note=note,
     )
     results.add(
-        f"10. latency with push, {mailboxes} mailboxes, p99",
+        f"11. latency with push, {mailboxes} mailboxes, p99",
         p99,
         "s",
         target="≤ 5 s",
@@ -141,7 +141,7 @@ def push_latency(
     results.figures["push_latency"] = latencies
 
 
-# --- 11. watcher scale ------------------------------------------------------------------------
+# --- 12. watcher scale ------------------------------------------------------------------------
 def watch_scale(
     env: BenchEnv, results: Results, connections: int, seconds: float, logs: Path
 ) -> None:
@@ -186,7 +186,7 @@ def watch_scale(
     per_kb = (after - some) * 1024 / (connections - first)
     per_core = 100 * cpu / seconds / connections
     results.add(
-        f"11. {connections} watched connections (TLS): watcher memory per mailbox",
+        f"12. {connections} watched connections (TLS): watcher memory per mailbox",
         per_kb,
         "KB",
         target="≤ 50 KB",
@@ -194,7 +194,7 @@ def watch_scale(
         note=f"RSS {empty:.0f} MB with none, {some:.0f} MB with {first}, {after:.0f} MB with all",
     )
     results.add(
-        f"11. {connections} watched connections: watcher CPU per mailbox, idle",
+        f"12. {connections} watched connections: watcher CPU per mailbox, idle",
         per_core,
         "% core",
         target="≤ 0.1 %",

@@ -4,9 +4,11 @@ CRM or automation service would receive it.
     MAILINTAKE_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 \\
     python examples/consume_mail_stored.py --group my-handler [--max-messages N]
 
-Delivery is at least once: keep what you processed keyed by ``message_id`` (here a set; in a
-real handler, a unique key in your own database) so that a re-delivery is harmless. Large
-messages arrive by reference: fetch ``raw_path`` from the config API with a viewer token.
+Records are routed on their ``ce_type`` header (CloudEvents, docs/topics.md): a version this
+handler does not know is skipped, not misread. Delivery is at least once: keep what you
+processed keyed by ``message_id`` (here a set; in a real handler, a unique key in your own
+database) so that a re-delivery or an operator's replay is harmless. Large messages arrive by
+reference: fetch ``raw_path`` from the config API with a reader token.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from mailintake_shared.events import MailStored
 from mailintake_shared.kafka import make_consumer
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
+
+HANDLED_TYPE = b"mailintake.mail.stored.v1"
 
 
 def main() -> None:
@@ -38,6 +42,8 @@ def main() -> None:
         while not args.max_messages or len(handled) < args.max_messages:
             for records in consumer.poll(timeout_ms=1000).values():
                 for record in records:
+                    if dict(record.headers).get("ce_type") != HANDLED_TYPE:
+                        continue  # another version or kind of event: not this handler's
                     event = MailStored.model_validate_json(record.value)
                     if event.message_id in handled:
                         continue  # a re-delivery: already handled

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what mailintake needs on a fresh machine, then leaves the environment in .venv.
 #   scripts/bootstrap.sh          Python packages (uv, then the locked workspace)
-#   scripts/bootstrap.sh test     also Dovecot and PostgreSQL (apt-get, when root)
+#   scripts/bootstrap.sh test     also Dovecot, PostgreSQL and Chromium (the console's browser
+#                                 tests) with apt-get, when root, and Cyrus IMAP unpacked into
+#                                 .tools/mail-servers/ (apt-get download)
+#   scripts/bootstrap.sh bench    as test, and mbsync (isync), which the benchmark compares with
+#   scripts/bootstrap.sh compat   also Courier and GNU Mailutils, unpacked the same way
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +23,13 @@ fi
 echo "bootstrap: syncing Python packages from uv.lock" >&2
 "$UV" sync --frozen --quiet
 
-if [ "${1:-}" = "test" ]; then
+if [ "${1:-}" = "test" ] || [ "${1:-}" = "compat" ] || [ "${1:-}" = "bench" ]; then
   missing=()
   command -v dovecot >/dev/null 2>&1 || missing+=(dovecot-imapd dovecot-pop3d)
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium fonts-dejavu-core)
+  # The benchmark runs mbsync beside the pipeline, on the same mailbox.
+  [ "${1:-}" = "bench" ] && { command -v mbsync >/dev/null 2>&1 || missing+=(isync); }
   if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
       echo "bootstrap: please install ${missing[*]} (needs root)" >&2
@@ -33,4 +40,10 @@ if [ "${1:-}" = "test" ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # Cyrus, Courier and Mailutils conflict with Dovecot in apt: unpacked, never installed.
+  # Without them the tests that need them fail, naming what to do.
+  servers=cyrus
+  [ "${1:-}" = "compat" ] && servers="courier mailutils"
+  .venv/bin/python scripts/mail_servers.py $servers ||
+    echo "bootstrap: continuing without $servers: their tests will fail" >&2
 fi

@@ -3,7 +3,10 @@
 - ``broker``: Tansu (the default) or Apache Kafka in a container
   (``MAILINTAKE_TEST_COMPONENTS=containers``, skipped with its reason without Docker);
 - ``postgres``: a throwaway cluster; ``database_url`` is a fresh, migrated database per test;
-- ``dovecot``: IMAP, IMAPS, STARTTLS, POP3 and POP3S with a test CA; ``mailbox`` a new user.
+- ``dovecot``: IMAP, IMAPS, STARTTLS, POP3 and POP3S with a test CA; ``mailbox`` a new user;
+- ``cyrus``: the same on Cyrus IMAP; ``mail_server`` is each real server in turn (Dovecot and
+  Cyrus, or ``MAILINTAKE_TEST_MAIL_SERVERS``), ``server_mailbox`` a new user on it: the tests
+  that use them are the contract every server must pass (marked ``contract``).
 
 Tests are isolated on the shared broker by a topic prefix of their own.
 """
@@ -16,7 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -31,14 +34,22 @@ from tests.harness.containers import (
     PostgresInContainer,
     docker_unavailable_reason,
 )
+from tests.harness.courier import Courier
+from tests.harness.cyrus import Cyrus
 from tests.harness.dovecot import Dovecot
+from tests.harness.mailserver import MailServer, ServerMailbox
+from tests.harness.mailutils import Mailutils
 from tests.harness.planted import WATCH, planted
 from tests.harness.postgres import PostgresCluster
+from tests.harness.unpacked import UnpackedMailServer
 from tests.harness.views import LOOPBACK_CIDRS
 
 COMPONENTS = os.environ.get("MAILINTAKE_TEST_COMPONENTS", "processes")
+UnpackedServerT = TypeVar("UnpackedServerT", bound=UnpackedMailServer)
+MAIL_SERVERS = os.environ.get("MAILINTAKE_TEST_MAIL_SERVERS", "dovecot,cyrus").split(",")
 ADMIN_TOKEN = "test-admin-token"
 VIEWER_TOKEN = "test-viewer-token"
+READER_TOKEN = "test-reader-token"
 
 
 def _containers_or_skip() -> None:
@@ -102,11 +113,46 @@ def dovecot() -> Iterator[Dovecot]:
     server.destroy()
 
 
+def _running(server: UnpackedServerT) -> Iterator[UnpackedServerT]:
+    try:
+        yield server.start()
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def cyrus() -> Iterator[Cyrus]:
+    yield from _running(Cyrus())
+
+
+@pytest.fixture(scope="session")
+def courier() -> Iterator[Courier]:  # make compat
+    yield from _running(Courier())
+
+
+@pytest.fixture(scope="session")
+def mailutils() -> Iterator[Mailutils]:  # make compat
+    yield from _running(Mailutils())
+
+
+@pytest.fixture(params=MAIL_SERVERS)
+def mail_server(request: pytest.FixtureRequest) -> MailServer:
+    """Each real mail server in turn, by the name of its session fixture."""
+    server: MailServer = request.getfixturevalue(request.param)
+    return server
+
+
+@pytest.fixture
+def server_mailbox(mail_server: MailServer) -> ServerMailbox:
+    username, password = mail_server.add_user(password=planted("mailbox-password"))
+    return ServerMailbox(mail_server, username, password)
+
+
 @dataclass(frozen=True)
-class Mailbox:
+class Mailbox(ServerMailbox):
+    """A user on the Dovecot of the run, with what only Dovecot offers."""
+
     server: Dovecot
-    username: str
-    password: str
 
 
 @pytest.fixture
@@ -125,7 +171,14 @@ def settings(broker: Any, database_url: str) -> Settings:
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         topic_partitions=3,
         encryption_keys=generate_key(),
-        api_tokens=f"admin:{hash_token(ADMIN_TOKEN)},viewer:{hash_token(VIEWER_TOKEN)}",
+        api_tokens=",".join(
+            f"{role}:{hash_token(token)}"
+            for role, token in (
+                ("admin", ADMIN_TOKEN),
+                ("viewer", VIEWER_TOKEN),
+                ("reader", READER_TOKEN),
+            )
+        ),
         kafka_max_poll_interval_ms=6000,
         kafka_session_timeout_ms=3000,
         outbound_allow_cidrs=LOOPBACK_CIDRS,  # the components listen on 127.0.0.1
@@ -166,6 +219,19 @@ def planted_secrets_appear_nowhere(tmp_path_factory: pytest.TempPathFactory) -> 
             f"planted secrets were seen ({WATCH.summary()}):\n" + "\n".join(WATCH.sightings[:50]),
             pytrace=False,
         )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests on ``mail_server`` are contract tests; ``server_quirk(name, reason)`` on one
+    marks it a strict xfail on that server (a fix then fails it, and the marker goes)."""
+    for item in items:
+        if "mail_server" not in getattr(item, "fixturenames", ()):
+            continue
+        item.add_marker(pytest.mark.contract)
+        server = item.callspec.params.get("mail_server")  # type: ignore[attr-defined]
+        quirks = [q.args[1] for q in item.iter_markers("server_quirk") if q.args[0] == server]
+        if quirks:
+            item.add_marker(pytest.mark.xfail(strict=True, reason="; and ".join(quirks)))
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

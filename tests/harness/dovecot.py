@@ -15,23 +15,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from mailintake_devstack.broker import free_port, stop_process, wait_for_port
+from tests.harness.mailserver import Ports
 from tests.harness.tls import TestPki, make_pki
 
 
-@dataclass(frozen=True)
-class DovecotPorts:
-    imap: int
-    imaps: int
-    pop3: int
-    pop3s: int
-
-
 class Dovecot:
+    name = "dovecot"
+
     def __init__(
         self,
         *,
@@ -55,7 +49,7 @@ class Dovecot:
         self.pki = pki or make_pki(self.root / "pki")
         self.connections_per_user = connections_per_user
         self.tls = tls  # False: a server without TLS at all (no STARTTLS, no IMAPS/POP3S)
-        self.ports = DovecotPorts(
+        self.ports = Ports(
             free_port(), free_port() if tls else 0, free_port(), free_port() if tls else 0
         )
         self.master_password = master_password
@@ -177,6 +171,12 @@ protocol pop3 {{
             f"ssl = yes\nssl_cert = <{self.pki.cert_pem}\nssl_key = <{self.pki.key_pem}\n"
             "ssl_min_protocol = TLSv1.2"
         )
+
+    @property
+    def pid(self) -> int:
+        """The master process's id (its workers are its children)."""
+        assert self._process is not None, "not started"
+        return self._process.pid
 
     def start(self) -> Dovecot:
         check = subprocess.run(

@@ -8,6 +8,15 @@ import uuid
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+# Undeclared 8-bit bytes in headers (RFC 6532 style) and an 8-bit body: servers keep them
+# (Dovecot), replace them at APPEND (Cyrus: ``X``), or rewrite them when serving (Courier's
+# POP3 without UTF8).
+EIGHT_BIT = (
+    b"From: J\xc3\xbcrgen <j@example.org>\r\nSubject: Gr\xc3\xbc\xc3\x9fe\r\n"
+    b"Message-ID: <8bit@example.org>\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Transfer-Encoding: 8bit\r\n\r\nK\xc3\xa4se und \xe9clair\r\n"
+)
+
 
 def make_message(
     index: int = 0,

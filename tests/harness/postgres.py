@@ -31,7 +31,12 @@ def postgres_bindir() -> Path:
 
 
 class PostgresCluster:
-    def __init__(self) -> None:
+    """A throwaway cluster. ``durable``: PostgreSQL's default durability (fsync, synchronous
+    commit, full-page writes); else all three off, as tests need no crash safety of the
+    machine."""
+
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bindir = postgres_bindir()
         self.port = free_port()
         # Unix socket paths are limited to 108 bytes: keep the directory short.
@@ -65,10 +70,10 @@ class PostgresCluster:
 
     def start_server(self) -> None:
         """Start the server on this cluster's data and port (again, after ``stop``)."""
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-        )
+        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 "
+        options += "-c max_connections=200"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -80,6 +85,27 @@ class PostgresCluster:
             options,
             "start",
         )
+
+    @property
+    def pid(self) -> int:
+        """The postmaster's process id (its workers are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def set_durable(self, durable: bool) -> None:
+        """Switch fsync and synchronous commit on or off without a restart (both are reloaded
+        settings)."""
+        value = "on" if durable else "off"
+        connection = psycopg2.connect(
+            dbname="postgres", host="127.0.0.1", port=self.port, user="postgres"
+        )
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"ALTER SYSTEM SET fsync = {value}")
+                cursor.execute(f"ALTER SYSTEM SET synchronous_commit = {value}")
+                cursor.execute("SELECT pg_reload_conf()")
+        finally:
+            connection.close()
 
     def stop(self, mode: str = "fast") -> None:
         if self.data.exists():

@@ -96,6 +96,8 @@ class ImapQuirks:
     size_off: int = 0  # RFC822.SIZE is this much off the real size
     partial_whole: bool = False  # BODY[]<o.l> answered with the whole BODY[]
     no_idle: bool = False  # IDLE not in the capabilities (the server cannot announce mail)
+    no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
+    echo_credentials: bool = False  # a refused login quotes what the client sent
 
 
 @dataclass
@@ -106,6 +108,8 @@ class Pop3Quirks:
     in_use: bool = False  # PASS answers -ERR [IN-USE]
     no_uidl: bool = False
     close_in_retr: int | None = None  # UID whose RETR is cut in the middle
+    no_sasl: bool = False  # no SASL PLAIN: USER and PASS only
+    echo_credentials: bool = False  # a refused login quotes what the client sent
 
 
 class QuirkServer:
@@ -117,6 +121,7 @@ class QuirkServer:
         self.imap = ImapQuirks()
         self.pop3 = Pop3Quirks()
         self.commands: list[str] = []  # every command line received, in order
+        self.received = bytearray()  # every byte received, IMAP and POP3
         self.imap_port, self.pop3_port = free_port(), free_port()
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.AbstractServer] = []
@@ -205,9 +210,11 @@ class _ImapSession:
         await self.writer.drain()
 
     def capabilities(self) -> bytes:
-        words = ["IMAP4rev1", "LITERAL+", "AUTH=PLAIN", "ENABLE", "ID"]
+        words = ["IMAP4rev1", "LITERAL+", "ENABLE", "ID"]
         if not self.quirks.no_idle:
             words.append("IDLE")
+        if not self.quirks.no_auth_plain:
+            words.append("AUTH=PLAIN")
         if not self.quirks.no_uidplus:
             words.append("UIDPLUS")
         return " ".join(words).encode()
@@ -245,6 +252,7 @@ class _ImapSession:
         text, literals = b"", list[bytes]()
         while True:
             line = await self.reader.readline()
+            self.server.received += line
             if not line:
                 return None
             marker = _LITERAL.search(line)
@@ -254,6 +262,7 @@ class _ImapSession:
                 await self.send(b"+ go ahead\r\n")
             text += line[: marker.start()] + b"{%s}" % marker.group(1)
             literals.append(await self.reader.readexactly(int(marker.group(1))))
+            self.server.received += literals[-1]
 
     # --- commands ----------------------------------------------------------------------------
     async def capability(self, tag: bytes, _: list[Value]) -> None:
@@ -264,7 +273,7 @@ class _ImapSession:
 
     async def login(self, tag: bytes, arguments: list[Value]) -> None:
         user, password = (_word(a).decode() for a in arguments[:2])
-        await self._authenticated(tag, user, password)
+        await self._authenticated(tag, user, password, self.server.commands[-1].encode())
 
     async def authenticate(self, tag: bytes, arguments: list[Value]) -> None:
         if _word(arguments[0]).upper() != b"PLAIN":
@@ -274,18 +283,23 @@ class _ImapSession:
             response = _word(arguments[1])
         else:
             await self.send(b"+ \r\n")
-            response = (await self.reader.readline()).strip()
+            line = await self.reader.readline()
+            self.server.received += line
+            response = line.strip()
         self.server.commands.append("AUTHENTICATE PLAIN <response>")
         try:
             _, user, password = base64.b64decode(response).decode().split("\0")
         except ValueError:
             await self.send(tag + b" BAD malformed\r\n")
             return
-        await self._authenticated(tag, user, password)
+        await self._authenticated(tag, user, password, response)
 
-    async def _authenticated(self, tag: bytes, user: str, password: str) -> None:
+    async def _authenticated(self, tag: bytes, user: str, password: str, sent: bytes) -> None:
         if (user, password) != (self.server.username, self.server.password):
-            await self.send(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+            said = b" (" + sent + b")" if self.quirks.echo_credentials else b""
+            await self.send(
+                tag + b" NO [AUTHENTICATIONFAILED] Authentication failed." + said + b"\r\n"
+            )
             return
         self.authenticated = True
         await self.send(tag + b" OK [CAPABILITY " + self.capabilities() + b"] Logged in\r\n")
@@ -564,6 +578,7 @@ class _Pop3Session:
         await self.send(b"+OK quirk POP3 server ready\r\n")
         while True:
             line = await self.reader.readline()
+            self.server.received += line
             if not line:
                 return
             text = line.rstrip(b"\r\n").decode("utf-8", "replace")
@@ -579,7 +594,9 @@ class _Pop3Session:
         return self.quirks.same_uidl.get(message.uid, message.uidl)
 
     async def cmd_capa(self, _: str) -> None:
-        words = ["USER", "SASL PLAIN", "RESP-CODES", "AUTH-RESP-CODE", "UTF8 USER", "TOP"]
+        words = ["USER", "RESP-CODES", "AUTH-RESP-CODE", "UTF8 USER", "TOP"]
+        if not self.quirks.no_sasl:
+            words.append("SASL PLAIN")
         if not self.quirks.no_uidl:
             words.append("UIDL")
         await self.send(b"+OK\r\n" + "".join(w + "\r\n" for w in words).encode() + b".\r\n")
@@ -593,7 +610,7 @@ class _Pop3Session:
         await self.send(b"+OK\r\n")
 
     async def cmd_pass(self, rest: str) -> None:
-        await self._login(self.user or "", rest)
+        await self._login(self.user or "", rest, f"PASS {rest}")
 
     async def cmd_auth(self, rest: str) -> None:
         mechanism, _, initial = rest.partition(" ")
@@ -602,17 +619,20 @@ class _Pop3Session:
             return
         if not initial:
             await self.send(b"+ \r\n")
-            initial = (await self.reader.readline()).decode().strip()
+            line = await self.reader.readline()
+            self.server.received += line
+            initial = line.decode().strip()
         try:
             _, user, password = base64.b64decode(initial).decode().split("\0")
         except ValueError:
             await self.send(b"-ERR malformed\r\n")
             return
-        await self._login(user, password)
+        await self._login(user, password, initial)
 
-    async def _login(self, user: str, password: str) -> None:
+    async def _login(self, user: str, password: str, sent: str) -> None:
         if (user, password) != (self.server.username, self.server.password):
-            await self.send(b"-ERR [AUTH] Authentication failed.\r\n")
+            said = f" ({sent})" if self.quirks.echo_credentials else ""
+            await self.send(f"-ERR [AUTH] Authentication failed.{said}\r\n".encode())
             return
         if self.quirks.in_use:
             await self.send(b"-ERR [IN-USE] Mailbox is locked by another POP3 session\r\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,11 +10,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from imapclient import IMAPClient
 
 from mailintake_shared.settings import Settings
 from tests.api import api_client, enable
-from tests.conftest import Mailbox
+from tests.harness.mailserver import ServerMailbox
+from tests.harness.mailserver import imap_session as imap_session  # re-exported
 from tests.harness.pipeline import Database, Pipeline
 
 
@@ -53,7 +52,7 @@ def db(database_url: str) -> Iterator[Database]:
     database.close()
 
 
-def imap_connection_body(mailbox: Mailbox, **overrides: Any) -> dict[str, Any]:
+def imap_connection_body(mailbox: ServerMailbox, **overrides: Any) -> dict[str, Any]:
     server = mailbox.server
     body: dict[str, Any] = {
         "name": f"mailbox {uuid.uuid4().hex[:6]}",
@@ -70,15 +69,7 @@ def imap_connection_body(mailbox: Mailbox, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def imap_session(mailbox: Mailbox) -> IMAPClient:
-    server = mailbox.server
-    context = ssl.create_default_context(cafile=str(server.pki.ca_pem))
-    client = IMAPClient("127.0.0.1", server.ports.imaps, ssl=True, ssl_context=context)
-    client.login(mailbox.username, mailbox.password)
-    return client
-
-
-def create_enabled(api: TestClient, mailbox: Mailbox, **overrides: Any) -> str:
+def create_enabled(api: TestClient, mailbox: ServerMailbox, **overrides: Any) -> str:
     created = api.post("/connections", json=imap_connection_body(mailbox, **overrides))
     assert created.status_code == 201, created.text
     connection_id: str = created.json()["id"]
@@ -87,7 +78,7 @@ def create_enabled(api: TestClient, mailbox: Mailbox, **overrides: Any) -> str:
     return connection_id
 
 
-def server_flags(mailbox: Mailbox) -> tuple[int, int]:
+def server_flags(mailbox: ServerMailbox) -> tuple[int, int]:
     """(messages in INBOX, of which \\Seen)."""
     with imap_session(mailbox) as client:
         total = client.select_folder("INBOX", readonly=True)[b"EXISTS"]

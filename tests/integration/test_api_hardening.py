@@ -1,16 +1,20 @@
 """The config API's hardening: security headers, the body limit, CORS off by default, the
-limit on failed authentications, and the audit log of configuration changes (no values)."""
+limit on failed authentications, the audit log of configuration changes (no values), and
+mail content for the reader role only."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from mailintake_config_api.auth import hash_token
+from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.db.models import FailedMessage, Message
 from mailintake_shared.settings import Settings
-from tests.api import VIEWER, api_client, imap_body
+from tests.api import ADMIN, READER, VIEWER, api_client, imap_body
 from tests.conftest import ADMIN_TOKEN
 from tests.harness.pipeline import Database
 
@@ -72,17 +76,23 @@ def test_cors_is_off_unless_origins_are_configured(settings: Settings) -> None:
         assert "access-control-allow-origin" not in other.headers
 
 
-def test_repeated_authentication_failures_are_answered_429(settings: Settings) -> None:
+def test_only_failures_are_counted_and_slowed(settings: Settings) -> None:
+    """Every client here shares one address (as behind an ingress that is not a trusted
+    proxy): an anonymous client's failures never lock out a valid token."""
     strict = settings.model_copy(update={"api_auth_failures_per_minute": 3})
     with api_client(strict) as api:
         wrong = {"Authorization": "Bearer not-a-token"}
         assert [api.get("/connections", headers=wrong).status_code for _ in range(3)] == [401] * 3
-        limited = api.get("/connections", headers=wrong)
-        assert limited.status_code == 429
-        assert 1 <= int(limited.headers["retry-after"]) <= 60
-        assert api.get("/connections").status_code == 429  # a good token waits too
+        for _ in range(5):
+            limited = api.get("/connections", headers=wrong)
+            assert limited.status_code == 429
+            assert 1 <= int(limited.headers["retry-after"]) <= 60
+            assert api.get("/connections").status_code == 200  # a valid token: never refused
+            assert api.get("/connections", headers=VIEWER).status_code == 200
+        assert api.get("/connections", headers={"Authorization": ""}).status_code == 429
+        assert api.post("/connections", json=imap_body()).status_code == 201
     with api_client(strict) as api:  # another process (a restart) starts afresh
-        assert api.get("/connections").status_code == 200
+        assert api.get("/connections", headers=wrong).status_code == 401
 
 
 def test_configuration_changes_are_audited_without_values(settings: Settings, db: Database) -> None:
@@ -112,3 +122,59 @@ def test_configuration_changes_are_audited_without_values(settings: Settings, db
     stored = db.rows("SELECT actor, action, target, fields FROM audit_log")
     assert len(stored) == 4
     assert password not in repr(stored)
+
+
+def test_mail_content_needs_the_reader_role(settings: Settings) -> None:
+    """Viewers see metadata (summaries, the queue, the logs); the bytes of mail — decrypted
+    S/MIME included — need the reader role or admin."""
+    raw = b"From: a@example.com\r\nSubject: salary review\r\n\r\nconfidential body\r\n"
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session, session.begin():
+        message = Message(
+            connection_id=uuid.uuid4(),
+            folder="INBOX",
+            server_id="1:1",
+            sha256="0" * 64,
+            size=len(raw),
+            raw=raw,
+            unwrapped=raw,
+            subject="salary review",
+            action_state="applied",
+        )
+        failed = FailedMessage(
+            connection_id=message.connection_id,
+            folder="INBOX",
+            server_id="1:2",
+            reason="chunks did not add up",
+            raw=raw,
+        )
+        session.add_all([message, failed])
+        session.flush()
+        content = [
+            f"/messages/{message.id}/raw",
+            f"/messages/{message.id}/raw?original=true",
+            f"/queue/message/{message.id}/raw",
+            f"/queue/failed/{failed.id}/raw",
+        ]
+        metadata = [f"/messages/{message.id}", "/queue", "/log/messages"]
+    engine.dispose()
+    with api_client(settings) as api:
+        for path in content:
+            refused = api.get(path, headers=VIEWER)
+            assert refused.status_code == 403, path
+            assert "reader" in refused.json()["detail"]
+            for role in (READER, ADMIN):
+                answer = api.get(path, headers=role)
+                assert answer.status_code == 200, (path, answer.text)
+                assert answer.content == raw
+        for path in metadata:
+            for role in (VIEWER, READER):
+                answer = api.get(path, headers=role)
+                assert answer.status_code == 200, path
+                assert b"confidential body" not in answer.content
+        assert api.get(f"/messages/{message.id}", headers=VIEWER).json()["subject"] == (
+            "salary review"
+        )
+        # A reader reads; it does not write.
+        assert api.post("/connections", json=imap_body(), headers=READER).status_code == 403
+        assert api.delete(f"/queue/failed/{failed.id}", headers=READER).status_code == 403

@@ -29,7 +29,9 @@ class Cli:
             "COLUMNS": "250",
         }
 
-    def run(self, *args: str, stdin: str = "", ok: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, stdin: str = "", ok: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
             [str(BIN / "mailintake"), *args],
             input=stdin,
@@ -37,6 +39,7 @@ class Cli:
             text=True,
             env=self.env,
             timeout=120,
+            cwd=cwd,
         )
         if ok:
             assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
@@ -96,7 +99,7 @@ def test_an_operator_session_from_create_to_delete(
     assert "would download 5 messages" in refused.stdout
     assert cli.json("connections", "show", "Support")["enabled"] is False
     enabled = cli.run("connections", "enable", "Support", stdin="y\n")
-    assert "enabled Support" in enabled.stdout
+    assert "enabled Support; first poll: at once" in enabled.stdout
 
     # Poll now, followed to the end; then the log and the queue tell the same story.
     wait_until(
@@ -106,6 +109,7 @@ def test_an_operator_session_from_create_to_delete(
     )
     mailbox.server.seed(mailbox.username, [make_message(7)])
     polled = cli.run("connections", "poll", "Support")
+    assert polled.stdout.startswith("poll requested: it runs")
     assert "ok:" in polled.stdout
     wait_until(
         lambda: cli.json("connections", "show", "Support")["status"]["messages_stored"] == 6,
@@ -123,6 +127,12 @@ def test_an_operator_session_from_create_to_delete(
 
     updated = cli.json("connections", "update", "Support", "--interval-minutes", "7")
     assert updated["interval_minutes"] == 7
+    # Moving it (STARTTLS on the plain port) asks for the password again, which then works.
+    plain_port = str(mailbox.server.ports.imap)
+    move = ("connections", "update", "Support", "--encryption", "starttls", "--port", plain_port)
+    moved = cli.json(*move, "--password-stdin", stdin=mailbox.password + "\n")
+    assert (moved["encryption"], moved["port"]) == ("starttls", mailbox.server.ports.imap)
+    assert "ok" in cli.run("connections", "test", "Support").stdout
     assert "disabled" in cli.run("connections", "disable", "Support").stdout
     cli.run("connections", "delete", "Support", "--yes")
     missing = cli.run("connections", "show", "Support", ok=False)
@@ -140,3 +150,48 @@ def test_errors_are_said_plainly(cli: Cli) -> None:
     cli.env["MAILINTAKE_API_TOKEN"] = "not-a-token"
     denied = cli.run("connections", "list", ok=False)
     assert "401" in denied.stderr
+
+
+@pytest.fixture
+def api_only(pipeline: Pipeline) -> Cli:
+    """The API alone: what these commands say needs no poll."""
+    pipeline.start("config-api")
+    url = f"http://127.0.0.1:{pipeline.ports['config-api']}"
+    wait_until(lambda: answers(f"{url}/readyz"), timeout_s=60, message="the API answers")
+    cli = Cli(url)
+    del cli.env["COLUMNS"]  # as in a pipe or a script: no width given
+    return cli
+
+
+def test_pipes_scripts_and_missing_terminals_are_served(api_only: Cli, tmp_path: Path) -> None:
+    cli = api_only
+    long_name = "Support inbox of the north-western regional customer service centre"
+    cli.run(
+        "connections", "create", "--name", long_name, "--protocol", "imap",
+        "--host", "imap.example.com", "--username", "support@example.com", "--password-stdin",
+        stdin="app-password\n",
+    )  # fmt: skip
+    created = cli.json("connections", "show", long_name)
+    # Piped: the whole table, each row on one line, however wide.
+    rows = [line for line in cli.run("connections", "list").stdout.splitlines() if "│" in line]
+    assert any(created["id"] in row and long_name in row for row in rows), rows
+    listed = json.loads(cli.run("--output", "json", "connections", "list").stdout)
+    assert [item["name"] for item in listed["items"]] == [long_name]
+
+    # No terminal to ask for the password on: say how to give it instead.
+    asked = cli.run(
+        "connections", "create", "--name", "other", "--protocol", "imap",
+        "--host", "imap.example.com", "--username", "u@example.com", ok=False,
+    )  # fmt: skip
+    assert asked.returncode == 1
+    assert "--password-stdin" in asked.stderr
+    assert "Aborted" not in asked.stderr
+    assert "GetPassWarning" not in asked.stderr
+
+    # Outside the checkout, without a token: where one comes from.
+    del cli.env["MAILINTAKE_API_TOKEN"]
+    denied = cli.run("connections", "list", ok=False, cwd=tmp_path)
+    assert denied.returncode == 1
+    assert "no token was given" in denied.stderr
+    assert "MAILINTAKE_API_TOKEN" in denied.stderr
+    assert "--token" in denied.stderr

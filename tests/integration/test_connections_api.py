@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -12,9 +14,12 @@ from sqlalchemy import create_engine, text
 
 from mailintake_config_api.app import create_app
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.db.models import OAuthCredential
+from mailintake_shared.db.models import Connection, OAuthCredential, PollLease
+from mailintake_shared.db.queries import mailbox_config
+from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import ConnectionState
 from mailintake_shared.kafka import read_topic_to_end
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.api import ADMIN, VIEWER, WITHOUT_ESTIMATE, api_client, imap_body
@@ -63,14 +68,27 @@ INVALID = [
     ({"timeout_ms": 30001}, "timeout_ms", "timeout must be between 1 and 30000 ms"),
     ({"timeout_ms": -5}, "timeout_ms", "timeout must be between 1 and 30000 ms"),
     ({"username": ""}, "username", "username must be 1 to 512 characters"),
-    ({"password": "pässword"}, "password", "password must contain only ASCII characters"),
+    ({"password": "pw\r\nX1 CREATE INJECTED"}, "password", "without control characters"),
     ({"password": None}, "password", "password is required for IMAP and POP3"),
     ({"after_download": "archive"}, "after_download", "mark_seen"),
     ({"transport": "graph"}, "transport", "transport applies to microsoft_oauth2 only"),
     ({"oauth_credential_id": str(uuid.uuid4())}, "oauth_credential_id", "applies to the OAuth2"),
     ({"tls_ca_pem": "not a certificate"}, "tls_ca_pem", "PEM-encoded certificates"),
     ({"folder": "a\x01b"}, "folder", "without control characters"),
-    ({"enabled": True}, "enabled", "unknown field"),
+    # Nothing that reaches a mail server may end or split its command line (IMAP LOGIN, POP3
+    # USER/PASS: a CR LF there sent a second command of the attacker's).
+    ({"username": "support\r\nX1 CREATE INJECTED"}, "username", "(CR, LF, NUL"),
+    ({"username": "u\nDELE 1"}, "username", "found U+000A"),
+    ({"password": "pw\rDELE 1"}, "password", "found U+000D"),
+    ({"password": "pw\x00"}, "password", "found U+0000"),
+    ({"shared_mailbox": "s@example.com\r\nX2 LOGOUT"}, "shared_mailbox", "control characters"),
+    ({"folder": "INBOX\r\nX3 DELETE INBOX"}, "folder", "control characters"),
+    ({"folder": "IN\u0085BOX"}, "folder", "found U+0085"),  # C1 controls too
+    # NUL anywhere is refused (PostgreSQL has no NUL in text: it was a 500).
+    ({"name": "a\x00b"}, "name", "found U+0000"),
+    ({"description": "line one\x00"}, "description", "found U+0000"),
+    ({"tls_ca_pem": "-----BEGIN\x00"}, "tls_ca_pem", "found U+0000"),
+    ({"enabled": True}, "enabled", "enable with POST /connections/{id}/enable"),
     ({"colour": "blue"}, "colour", "unknown field"),
 ]
 
@@ -82,6 +100,63 @@ def test_invalid_attribute_is_refused_naming_field_and_rule(
     errors = errors_of(client.post("/connections", json=imap_body(**change)))
     assert field in errors
     assert rule in errors[field]
+
+
+def test_any_unicode_password_without_control_characters_is_kept(
+    client: TestClient, settings: Settings
+) -> None:
+    """SASL PLAIN carries UTF-8 (RFC 4616), so the password is any text a mail server takes;
+    free text keeps its tabs and line breaks."""
+    password = "Grüße-Kennwort-2026 ✓ 密码"
+    created = client.post(
+        "/connections", json=imap_body(password=password, description="two\r\nlines\tand a tab")
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["description"] == "two\r\nlines\tand a tab"
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session:
+        row = session.get(Connection, uuid.UUID(created.json()["id"]))
+        assert row is not None
+        config = mailbox_config(row, SecretBox(settings.encryption_keys))
+    engine.dispose()
+    assert config.password is not None
+    assert config.password.get_secret_value() == password
+    cid = created.json()["id"]
+    assert "username" in errors_of(client.patch(f"/connections/{cid}", json={"username": "a\r\nb"}))
+
+
+def test_nul_and_control_characters_are_a_422_everywhere(client: TestClient) -> None:
+    """Search terms and filters, OAuth2 credentials, certificates and the OAuth2 callback:
+    never a 500 (PostgreSQL refuses NUL in text; SQLite's LIKE stopped at it)."""
+    client.post("/connections", json=imap_body())
+    for path, param in [
+        ("/connections", "q"),
+        ("/certificates", "q"),
+        ("/audit", "actor"),
+        ("/log/polls", "outcome"),
+        ("/log/messages", "outcome"),
+    ]:
+        for value in ("\x00", "a\x00", "\r\n"):
+            refused = client.get(path, params={param: value})
+            assert refused.status_code == 422, (path, value, refused.text)
+            assert refused.json()["errors"][0]["field"] == param
+    credential = {"name": "app", "provider": "microsoft", "client_id": "c", "client_secret": "s"}
+    for field, value in [
+        ("name", "a\x00"),
+        ("client_id", "c\r\n"),
+        ("tenant", "t\x00"),
+        ("client_secret", "s\x00"),
+    ]:
+        assert field in errors_of(
+            client.post("/oauth-credentials", json={**credential, field: value})
+        )
+    assert "scopes.0" in errors_of(
+        client.post("/oauth-credentials", json={**credential, "scopes": ["a\x00"]})
+    )
+    certificate = {"name": "c\x00", "pem": "x"}
+    assert "name" in errors_of(client.post("/certificates", json=certificate))
+    callback = client.get("/oauth/callback", params={"state": "\x00", "code": "x"})
+    assert callback.status_code == 400
 
 
 def test_missing_required_fields_are_named(client: TestClient) -> None:
@@ -278,7 +353,10 @@ def test_names_are_unique_case_insensitively(client: TestClient) -> None:
 def test_update_merges_and_revalidates(client: TestClient) -> None:
     created = client.post("/connections", json=imap_body()).json()
     url = f"/connections/{created['id']}"
-    moved = client.patch(url, json={"protocol": "pop3", "encryption": "none", "folder": None})
+    moved = client.patch(
+        url,
+        json={"protocol": "pop3", "encryption": "none", "folder": None, "password": "pop3-pw"},
+    )
     assert moved.status_code == 200, moved.text
     assert (moved.json()["port"], moved.json()["folder"], moved.json()["version"]) == (110, None, 2)
     assert moved.json()["has_password"] is True
@@ -409,14 +487,16 @@ def test_planted_password_appears_nowhere(settings: Settings, logs: Any, databas
         # A refused request echoes nothing of the secret either.
         responses.append(
             client.post(
-                "/connections", json=imap_body(name="other", password=plant("password") + "é")
+                "/connections", json=imap_body(name="other", password=plant("password") + "\n")
             ).text
         )
         responses.append(client.get("/metrics").text)
         wait_published(client)
 
     records = read_topic_to_end(settings, Topic.CONNECTIONS)
-    assert len(records) == 3
+    # create, change, enable (a republish repeats a version): every one searched below
+    versions = {json.loads(r.value)["connection"]["version"] for r in records if r.value}
+    assert versions == {1, 2, 3}
     topic_bytes = b"".join((r.value or b"") + (r.key or b"") for r in records)
     engine = create_engine(database_url)
     with engine.connect() as connection:
@@ -467,3 +547,41 @@ def _wait_for(probe: Any, timeout_s: float) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         time.sleep(0.3)
+
+
+def test_enabling_and_polling_say_what_to_do_and_when(client: TestClient) -> None:
+    cid = client.post("/connections", json=imap_body()).json()["id"]
+    patched = errors_of(client.patch(f"/connections/{cid}", json={"enabled": True}))
+    assert f"POST /connections/{cid}/enable" in patched["enabled"]
+    refused = client.post(f"/connections/{cid}/poll")
+    assert refused.status_code == 409
+    assert refused.json()["detail"] == (
+        f"the connection is disabled: enable it first (POST /connections/{cid}/enable)"
+    )
+    enabled = client.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).json()
+    assert enabled["first_poll"] == "at once (requested with the enabling), then every 5 min"
+    again = client.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).json()
+    assert again["first_poll"] == "already enabled: polled every 5 min"
+    accepted = client.post(f"/connections/{cid}/poll").json()
+    assert (accepted["detail"], accepted["poll_in_progress"]) == (
+        "poll requested: it runs at once",
+        False,
+    )
+    resources = client.app.state.resources  # type: ignore[attr-defined]
+    with resources.sessions() as session, session.begin():  # a fetcher polls it now
+        session.add(
+            PollLease(
+                connection_id=uuid.UUID(cid),
+                token=1,
+                holder="fetcher",
+                expires_at=utcnow() + timedelta(seconds=30),
+            )
+        )
+    busy = client.post(f"/connections/{cid}/poll").json()
+    assert (busy["detail"], busy["poll_in_progress"]) == (
+        "poll requested: it runs right after the poll under way",
+        True,
+    )
+    resources.relay.flush()
+    requests = read_topic_to_end(resources.settings, Topic.POLL_REQUESTED)
+    assert len(requests) == 3  # the enabling's, and one per poll request

@@ -1,4 +1,4 @@
-"""The documented downstream example really consumes mail.stored."""
+"""The documented downstream example really consumes mail.stored, routing on ``ce_type``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mailintake_shared.cloudevents import headers
 from mailintake_shared.events import HeaderSummary, MailStored, b64
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.settings import Settings
@@ -26,7 +27,7 @@ def test_example_consumer_prints_each_message_once(settings: Settings) -> None:
     topic = topic_name(settings.topic_prefix, Topic.MAIL_STORED)
     connection_id = uuid.uuid4()
     futures = []
-    for message_id in (1, 2, 1):  # the third is a re-delivery
+    for message_id, replay in ((1, False), (2, False), (1, True)):  # the third: a replay
         raw = make_message(message_id)
         event = MailStored(
             message_id=message_id,
@@ -41,7 +42,12 @@ def test_example_consumer_prints_each_message_once(settings: Settings) -> None:
             raw_b64=b64(raw),
             raw_path=f"/messages/{message_id}/raw",
         )
-        futures.append(producer.send(topic, str(connection_id).encode(), event.to_bytes()))
+        found = headers(event, settings.topic_prefix, replay=replay)
+        key, value = str(connection_id).encode(), event.to_bytes()
+        futures.append(producer.send(topic, key, value, found))
+        if message_id == 1 and not replay:  # a later version this handler does not know
+            newer = [(k, b"mailintake.mail.stored.v2" if k == "ce_type" else v) for k, v in found]
+            futures.append(producer.send(topic, key, b'{"schema_version": 2}', newer))
     producer.settle(futures)
     producer.close()
 

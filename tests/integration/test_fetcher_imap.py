@@ -1,5 +1,6 @@
-"""The fetcher's IMAP poll against real Dovecot, without Kafka: encryption modes, the error
-taxonomy step by step, budgets, large mail in ranged chunks, and server actions."""
+"""The fetcher's IMAP poll against real servers, without Kafka: encryption modes, the error
+taxonomy step by step, budgets, large mail in ranged chunks, and server actions. The tests on
+``server_mailbox`` run on every real server (Dovecot, Cyrus; ``make compat``: the others)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,16 @@ from mailintake_fetcher.poll import Budget, PendingAction
 from mailintake_shared.domain import AfterDownload, Encryption, FirstSync
 from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.probe import probe
 from mailintake_shared.mailbox.selection import Cursor
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
-from tests.harness.mail import make_message
+from tests.harness.mail import EIGHT_BIT, make_message
+from tests.harness.mailserver import (
+    MailServer,
+    ServerMailbox,
+    served,
+)
 from tests.harness.planted import planted
 from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import LOOPBACK, connection_view
@@ -36,7 +43,7 @@ BUDGET = Budget(
 
 
 def config(
-    mailbox: Mailbox,
+    mailbox: ServerMailbox,
     *,
     encryption: Encryption = Encryption.SSL,
     port: int | None = None,
@@ -45,7 +52,7 @@ def config(
     folder: str = "INBOX",
     after: AfterDownload = AfterDownload.MARK_SEEN,
     timeout_ms: int = 5000,
-    server: Dovecot | None = None,
+    server: MailServer | None = None,
 ) -> MailboxConfig:
     server = server or mailbox.server
     default_port = server.ports.imaps if encryption is Encryption.SSL else server.ports.imap
@@ -73,14 +80,23 @@ def by_uid(sink: ListSink) -> dict[int, bytes]:
     return {int(key.split(":")[1]): raw for key, raw in sink.by_server_id().items()}
 
 
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
 @pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
-def test_each_encryption_downloads_everything(mailbox: Mailbox, encryption: Encryption) -> None:
-    sent = [make_message(i) for i in range(12)]
-    mailbox.server.seed(mailbox.username, sent)
+def test_each_encryption_downloads_everything_as_served(
+    server_mailbox: ServerMailbox, encryption: Encryption
+) -> None:
+    mailbox = server_mailbox
+    mailbox.server.seed(mailbox.username, [*(make_message(i) for i in range(11)), EIGHT_BIT])
     result, sink = run(config(mailbox, encryption=encryption))
     assert result.outcome is PollOutcome.OK
     assert result.messages == 12
-    assert sorted(by_uid(sink).values()) == sorted(sent)
+    on_server = served(mailbox)
+    assert {uid: sha256(raw) for uid, raw in by_uid(sink).items()} == {
+        uid: message.sha256 for uid, message in on_server.items()
+    }
     assert all(p.chunk.final and p.chunk.sha256 is None for p in sink.chunks)
 
 
@@ -99,10 +115,14 @@ def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> 
     assert sink.chunks == []
 
 
-def test_each_failing_step_is_named(mailbox: Mailbox) -> None:
+def test_each_failing_step_is_named(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     cases = {
         ErrorKind.CONNECTION_REFUSED: config(mailbox, port=free_port()),
-        ErrorKind.AUTHENTICATION: config(mailbox, password=planted("wrong-password")),
+        # Courier answers a wrong password after 5 s.
+        ErrorKind.AUTHENTICATION: config(
+            mailbox, password=planted("wrong-password"), timeout_ms=10_000
+        ),
         ErrorKind.TLS: config(mailbox, ca=False),
         ErrorKind.FOLDER_MISSING: config(mailbox, folder="Nope"),
     }
@@ -112,6 +132,45 @@ def test_each_failing_step_is_named(mailbox: Mailbox) -> None:
         assert mailbox.password not in (result.error or "")
     result, _ = run(cases[ErrorKind.TLS])
     assert "certificate" in (result.error or "")
+
+
+def test_errors_say_what_to_change(mailbox: Mailbox) -> None:
+    """What an operator reads after a test or a failed poll: the host and port, the
+    encryption the port speaks, the folders that exist, the server's words as text."""
+    server, refused_port = mailbox.server, free_port()
+    said = {
+        name: probe(cfg)
+        for name, cfg in {
+            "refused": config(mailbox, port=refused_port),
+            "ssl on plain": config(mailbox, port=server.ports.imap),
+            "plain on ssl": config(
+                mailbox, encryption=Encryption.NONE, port=server.ports.imaps, timeout_ms=3000
+            ),
+            "starttls on ssl": config(
+                mailbox, encryption=Encryption.STARTTLS, port=server.ports.imaps, timeout_ms=3000
+            ),
+            "folder": config(mailbox, folder="Nope"),
+            "password": config(mailbox, password=planted("wrong-password")),
+        }.items()
+    }
+    steps = {name: result.failed_step for name, result in said.items()}
+    assert steps == {
+        "refused": ErrorKind.CONNECTION_REFUSED,
+        "ssl on plain": ErrorKind.TLS,
+        "plain on ssl": ErrorKind.TLS,
+        "starttls on ssl": ErrorKind.TLS,
+        "folder": ErrorKind.FOLDER_MISSING,
+        "password": ErrorKind.AUTHENTICATION,
+    }
+    errors = {name: result.error or "" for name, result in said.items()}
+    assert f"127.0.0.1 port {refused_port} refused the connection" in errors["refused"]
+    assert "answers in plain text" in errors["ssl on plain"]
+    assert "use encryption `starttls` (or `none`)" in errors["ssl on plain"]
+    for name in ("plain on ssl", "starttls on ssl"):
+        assert "speaks TLS from the first byte; use encryption `ssl`" in errors[name]
+    assert errors["folder"] == "folder 'Nope' does not exist; the folders there: 'INBOX'"
+    assert "[AUTHENTICATIONFAILED] Authentication failed." in errors["password"]
+    assert "b'" not in errors["password"]
 
 
 def test_a_silent_server_times_out_within_the_connection_timeout(mailbox: Mailbox) -> None:
@@ -130,7 +189,8 @@ def test_a_silent_server_times_out_within_the_connection_timeout(mailbox: Mailbo
     assert 1.4 <= elapsed <= 1.65 + 0.5  # the time-out, not the OS default
 
 
-def test_budget_cursor_and_large_mail_in_ranged_chunks(mailbox: Mailbox) -> None:
+def test_budget_cursor_and_large_mail_in_ranged_chunks(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     large = make_message(99, size=300_000)
     mailbox.server.seed(mailbox.username, [*(make_message(i) for i in range(24)), large])
     cfg = config(mailbox)
@@ -171,14 +231,34 @@ def test_budget_cursor_and_large_mail_in_ranged_chunks(mailbox: Mailbox) -> None
     assert min(by_uid(sink)) == limited.messages + 1
 
 
-def test_a_stale_cursor_of_another_uidvalidity_starts_over(mailbox: Mailbox) -> None:
+def test_a_stale_cursor_of_another_uidvalidity_starts_over(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(3)))
     result, _ = run(config(mailbox), MemoryState(cursor_value=Cursor(uidvalidity=1, last_uid=3)))
     assert result.messages == 3
 
 
-@pytest.mark.parametrize("after", [AfterDownload.MARK_SEEN, AfterDownload.DELETE])
-def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDownload) -> None:
+MAILUTILS_READONLY_UIDS = (
+    "GNU Mailutils imap4d does not keep the UIDs it gives messages in a read-only session "
+    "(EXAMINE): a later session gives one of them another UID"
+)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        AfterDownload.MARK_SEEN,
+        AfterDownload.DELETE,
+        pytest.param(
+            AfterDownload.KEEP,
+            marks=pytest.mark.server_quirk("mailutils", MAILUTILS_READONLY_UIDS),
+        ),
+    ],
+)
+def test_actions_apply_only_to_committed_uids(
+    server_mailbox: ServerMailbox, after: AfterDownload
+) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(6)))
     state = MemoryState(
         pending=[
@@ -197,11 +277,15 @@ def test_actions_apply_only_to_committed_uids(mailbox: Mailbox, after: AfterDown
         seen = client.search(["SEEN"])
     if after is AfterDownload.DELETE:
         assert (remaining, seen, downloaded) == ([4, 5, 6], [], [4, 5, 6])
+    elif after is AfterDownload.KEEP:  # the server exactly as it was
+        assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [], remaining)
     else:
         assert (remaining, seen, downloaded) == ([1, 2, 3, 4, 5, 6], [1, 2, 3], remaining)
 
 
-def _first_sync(mailbox: Mailbox, mode: FirstSync, since: date | None = None) -> MailboxConfig:
+def _first_sync(
+    mailbox: ServerMailbox, mode: FirstSync, since: date | None = None
+) -> MailboxConfig:
     cfg = config(mailbox)
     view = cfg.view.model_copy(update={"first_sync": mode, "first_sync_since": since})
     return MailboxConfig(network=LOOPBACK, view=view, password=cfg.password)
@@ -217,8 +301,9 @@ def _first_sync(mailbox: Mailbox, mode: FirstSync, since: date | None = None) ->
     ],
 )
 def test_first_sync_modes_choose_what_the_first_poll_takes(
-    mailbox: Mailbox, mode: FirstSync, expected: list[str]
+    server_mailbox: ServerMailbox, mode: FirstSync, expected: list[str]
 ) -> None:
+    mailbox = server_mailbox
     old, recent = datetime(2025, 3, 1, 12, tzinfo=UTC), datetime(2026, 6, 1, 12, tzinfo=UTC)
     for name, seen, received in (
         ("old seen", True, old),

@@ -1,10 +1,10 @@
-"""The fetcher's POP3 poll against real Dovecot, without Kafka: encryption modes, UIDL as
+"""The fetcher's POP3 poll against real servers, without Kafka: encryption modes, UIDL as
 identity, keep-on-server, DELE only for committed messages (applied at QUIT), large mail in
-chunks, and a server without UIDL refused."""
+chunks, and a server without UIDL refused. The tests on ``server_mailbox`` run on every real
+server (Dovecot, Cyrus; ``make compat``: the others)."""
 
 from __future__ import annotations
 
-import hashlib
 import socketserver
 import threading
 from collections.abc import Iterator
@@ -18,9 +18,11 @@ from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_shared.domain import AfterDownload, Encryption, Protocol, Transport
 from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.probe import probe
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
-from tests.harness.mail import make_message
+from tests.harness.mail import EIGHT_BIT, make_message
+from tests.harness.mailserver import MailServer, ServerMailbox, served
 from tests.harness.planted import planted
 from tests.harness.polls import ListSink, MemoryState, run_poll
 from tests.harness.views import LOOPBACK, connection_view
@@ -32,11 +34,11 @@ BUDGET = Budget(
 
 
 def pop3_config(
-    mailbox: Mailbox,
+    mailbox: ServerMailbox,
     *,
     encryption: Encryption = Encryption.SSL,
     after: AfterDownload = AfterDownload.MARK_SEEN,
-    server: Dovecot | None = None,
+    server: MailServer | None = None,
     port: int | None = None,
     timeout_ms: int = 5000,
 ) -> MailboxConfig:
@@ -73,20 +75,22 @@ def remember(state: MemoryState, sink: ListSink) -> None:
 
 @pytest.mark.parametrize("encryption", [Encryption.NONE, Encryption.SSL, Encryption.STARTTLS])
 def test_each_encryption_downloads_everything_byte_for_byte(
-    mailbox: Mailbox, encryption: Encryption
+    server_mailbox: ServerMailbox, encryption: Encryption
 ) -> None:
+    mailbox = server_mailbox
     # Lines that start with a dot (dot-stuffed on the wire) and a long line survive.
     tricky = make_message(100).replace(b"\r\n\r\n", b"\r\n\r\n.hidden\r\n..double\r\n", 1)
     tricky += b"x" * 5000 + b"\r\n"
-    sent = [*(make_message(i) for i in range(5)), tricky]
-    mailbox.server.seed(mailbox.username, sent)
+    mailbox.server.seed(mailbox.username, [*(make_message(i) for i in range(5)), tricky, EIGHT_BIT])
     result, sink = run(pop3_config(mailbox, encryption=encryption))
-    assert (result.outcome, result.messages, result.error) == (PollOutcome.OK, 6, None)
-    assert sorted(by_uidl(sink).values()) == sorted(sent)
+    assert (result.outcome, result.messages, result.error) == (PollOutcome.OK, 7, None)
+    # What the server serves over IMAP is what it holds (it may have rewritten 8-bit bytes).
+    assert sorted(by_uidl(sink).values()) == sorted(m.raw for m in served(mailbox).values())
     assert all(p.chunk.uid is None and p.chunk.uidvalidity is None for p in sink.chunks)
 
 
-def test_keep_on_server_downloads_only_unknown_uidls(mailbox: Mailbox) -> None:
+def test_keep_on_server_downloads_only_unknown_uidls(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(3)))
     state = MemoryState()
     first, sink = run(pop3_config(mailbox), state)
@@ -100,7 +104,8 @@ def test_keep_on_server_downloads_only_unknown_uidls(mailbox: Mailbox) -> None:
     assert not set(by_uidl(sink)) & state.known
 
 
-def test_delete_removes_only_committed_messages_at_quit(mailbox: Mailbox) -> None:
+def test_delete_removes_only_committed_messages_at_quit(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(4)))
     cfg = pop3_config(mailbox, after=AfterDownload.DELETE)
     state = MemoryState()
@@ -118,20 +123,23 @@ def test_delete_removes_only_committed_messages_at_quit(mailbox: Mailbox) -> Non
     assert sorted(by_uidl(sink)) == uidls[2:]
 
 
-def test_large_mail_is_streamed_in_chunks(mailbox: Mailbox) -> None:
+def test_large_mail_is_streamed_in_chunks(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     large = make_message(7, size=300_000)
     mailbox.server.seed(mailbox.username, [large])
     result, sink = run(pop3_config(mailbox))
     assert result.messages == 1
     assert len(sink.chunks) >= 4
     assert all(len(p.data) <= BUDGET.chunk_bytes for p in sink.chunks)
-    assert next(iter(by_uidl(sink).values())) == large
+    (on_server,) = served(mailbox).values()  # Mailutils' pop3d adds X-UIDL to what it holds
+    assert next(iter(by_uidl(sink).values())) == on_server.raw
     last = sink.chunks[-1].chunk
     assert last.final
-    assert last.sha256 == hashlib.sha256(large).hexdigest()
+    assert last.sha256 == on_server.sha256
 
 
-def test_budget_leaves_the_rest_for_the_next_poll(mailbox: Mailbox) -> None:
+def test_budget_leaves_the_rest_for_the_next_poll(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(7)))
     budget = Budget(
         max_messages=3, max_bytes=10**9, max_seconds=60, batch_messages=3, chunk_bytes=64 * 1024
@@ -164,8 +172,9 @@ def test_starttls_fails_closed_when_not_offered(plain_only_dovecot: Dovecot) -> 
     assert sink.chunks == []
 
 
-def test_wrong_password_is_an_authentication_error(mailbox: Mailbox) -> None:
-    cfg = pop3_config(mailbox)
+def test_wrong_password_is_an_authentication_error(server_mailbox: ServerMailbox) -> None:
+    mailbox = server_mailbox
+    cfg = pop3_config(mailbox, timeout_ms=10_000)  # Courier answers a wrong password after 5 s
     wrong_password = planted("wrong-password")
     wrong = MailboxConfig(network=LOOPBACK, view=cfg.view, password=SecretStr(wrong_password))
     result, _ = run(wrong)
@@ -203,3 +212,12 @@ def test_a_server_without_uidl_is_refused(mailbox: Mailbox) -> None:
     assert result.error_kind is ErrorKind.UIDL_UNSUPPORTED
     assert "UIDL" in (result.error or "")
     assert sink.chunks == []
+
+
+def test_an_encryption_the_port_does_not_speak_is_named(mailbox: Mailbox) -> None:
+    ports = mailbox.server.ports
+    on_plain = probe(pop3_config(mailbox, port=ports.pop3))
+    on_tls = probe(pop3_config(mailbox, encryption=Encryption.NONE, port=ports.pop3s))
+    assert (on_plain.failed_step, on_tls.failed_step) == (ErrorKind.TLS, ErrorKind.TLS)
+    assert "answers in plain text, not TLS; use encryption `starttls`" in (on_plain.error or "")
+    assert "speaks TLS from the first byte; use encryption `ssl`" in (on_tls.error or "")

@@ -20,14 +20,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mailintake_devstack.broker import free_port
+from mailintake_shared.db.bindings import grant_binding
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.db.models import OAuthGrant
+from mailintake_shared.db.models import Connection, OAuthGrant
 from mailintake_shared.kafka import read_topic_to_end
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
-from tests.api import api_client, enable
+from tests.api import api_client, enable, microsoft_connection
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.oauth_server import OAuthServer
@@ -243,7 +244,14 @@ def test_credentials_are_write_only_and_kept_while_in_use(
         refused = api.delete(f"/oauth-credentials/{credential_id}")
         assert refused.status_code == 409
         assert name in refused.json()["detail"]
-        renamed = api.patch(f"/oauth-credentials/{credential_id}", json={"tenant": "fabrikam"})
+        moved = api.patch(f"/oauth-credentials/{credential_id}", json={"tenant": "fabrikam"})
+        assert moved.status_code == 422  # the secret would go to another tenant's endpoint
+        assert moved.json()["errors"][0]["field"] == "client_secret"
+        assert "tenant changed" in moved.json()["errors"][0]["rule"]
+        renamed = api.patch(
+            f"/oauth-credentials/{credential_id}",
+            json={"tenant": "fabrikam", "client_secret": CLIENT_SECRET},
+        )
         assert renamed.json()["tenant"] == "fabrikam"
         assert api.delete(f"/connections/{cid}").status_code == 204
         assert api.delete(f"/oauth-credentials/{credential_id}").status_code == 204
@@ -330,11 +338,16 @@ def test_concurrent_refreshes_of_one_connection_spend_the_refresh_token_once(
         grant = session.get(OAuthGrant, uuid.UUID(cid))
         assert grant is not None
         grant.access_expires_at = datetime.now(UTC) - timedelta(minutes=1)
+        connection = session.get(Connection, uuid.UUID(cid))
+        assert connection is not None
+        binding = grant_binding(connection)
     del resources
     stores = [TokenStore(sessions, box, oauth_settings) for _ in range(8)]  # eight processes
     refreshes = server.state.refreshes
     with ThreadPoolExecutor(max_workers=8) as pool:
-        tokens = list(pool.map(lambda store: store.access_token(uuid.UUID(cid)), stores))
+        tokens = list(
+            pool.map(lambda store: store.access_token(uuid.UUID(cid), binding=binding), stores)
+        )
     engine.dispose()
     assert server.state.refreshes == refreshes + 1
     assert len(set(tokens)) == 1
@@ -342,8 +355,19 @@ def test_concurrent_refreshes_of_one_connection_spend_the_refresh_token_once(
         grant = session.get(OAuthGrant, uuid.UUID(cid))
         assert grant is not None
         assert grant.status == "authorized"
-        stored_refresh = box.decrypt(grant.refresh_token_enc or b"").get_secret_value()
+        stored_refresh = box.decrypt(grant.refresh_token_enc or b"", binding).get_secret_value()
     assert stored_refresh in server.state.grants  # the rotated one, not the spent one
+
+
+def test_an_unreachable_identity_provider_is_a_502_naming_it(settings: Settings) -> None:
+    nowhere = f"https://127.0.0.1:{free_port()}"  # nothing listens there
+    offline = settings.model_copy(update={"microsoft_authority_host": nowhere})
+    with api_client(offline) as api:
+        answer = api.post(f"/connections/{microsoft_connection(api)}/authorize")
+    assert answer.status_code == 502, answer.text
+    detail = answer.json()["detail"]
+    assert "identity provider (microsoft)" in detail
+    assert f"Microsoft Entra ({nowhere}/common) did not answer" in detail
 
 
 def test_an_oauth2_mailbox_is_watched_with_xoauth2_and_a_refused_token_refreshed(
@@ -379,7 +403,17 @@ def test_an_oauth2_mailbox_is_watched_with_xoauth2_and_a_refused_token_refreshed
             refreshes = server.state.refreshes
             server.expire_access_tokens()  # the watcher's cached token is refused from now on
             api.post(f"/connections/{cid}/disable")
-            wait_until(lambda: not watched(), timeout_s=30, message="unwatched")
+            wait_until(  # the watcher let go of the session that logged in before
+                lambda: (
+                    db.scalar(
+                        "SELECT count(*) FROM connection_watches WHERE connection_id = :cid",
+                        cid=cid,
+                    )
+                    == 0
+                ),
+                timeout_s=30,
+                message="unwatched",
+            )
             api.post(f"/connections/{cid}/enable", json={"skip_estimate": True})
             wait_until(watched, timeout_s=60, message="watched again with a fresh token")
             assert server.state.refreshes > refreshes

@@ -1,12 +1,12 @@
-"""The IMAP pipeline end to end on real Dovecot, PostgreSQL and the broker."""
+"""The IMAP pipeline end to end on each real mail server, PostgreSQL and the broker."""
 
 from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Mailbox
-from tests.harness.mail import make_message
+from tests.harness.mail import EIGHT_BIT, make_message
+from tests.harness.mailserver import ServerMailbox, served
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.integration.conftest import create_enabled, server_flags
 
@@ -14,8 +14,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_ingests_a_mailbox_once_then_only_new_mail_and_marks_it_seen(
-    pipeline: Pipeline, api: TestClient, db: Database, mailbox: Mailbox
+    pipeline: Pipeline, api: TestClient, db: Database, server_mailbox: ServerMailbox
 ) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(2000)))
     pipeline.start("scheduler", "fetcher", "store")
     connection_id = create_enabled(api, mailbox)
@@ -29,7 +30,9 @@ def test_ingests_a_mailbox_once_then_only_new_mail_and_marks_it_seen(
     assert db.message_count() == 2000
     assert db.distinct_messages() == 2000
 
-    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(5000, 5010)))
+    mailbox.server.seed(
+        mailbox.username, [*(make_message(i) for i in range(5000, 5009)), EIGHT_BIT]
+    )
     assert api.post(f"/connections/{connection_id}/poll").status_code == 202
     wait_until(lambda: db.message_count() >= 2010, timeout_s=60, message="10 new stored")
     wait_until(
@@ -39,6 +42,9 @@ def test_ingests_a_mailbox_once_then_only_new_mail_and_marks_it_seen(
     )
     assert db.message_count() == 2010
     assert db.distinct_messages() == 2010
+    # Byte for byte what the server serves (which may differ from what was appended).
+    stored = sorted(row.sha256 for row in db.rows("SELECT sha256 FROM messages"))
+    assert stored == sorted(m.sha256 for m in served(mailbox).values())
     logged = db.scalar(
         "SELECT count(*) FROM message_log WHERE outcome = 'stored' AND downloaded_at IS NOT NULL"
     )

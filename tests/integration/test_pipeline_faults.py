@@ -62,7 +62,8 @@ def test_broker_restarted_empty_mid_ingestion_loses_nothing(
     settings = pipeline_settings.model_copy(
         update={
             "kafka_bootstrap_servers": broker.bootstrap_servers,
-            "connections_resync_seconds": 5.0,
+            # No timer: the config API republishes on seeing the new connections topic.
+            "connections_resync_seconds": 0.0,
         }
     )
     pipeline = Pipeline(settings, tmp_path / "logs").start("scheduler", "fetcher", "store")

@@ -1,5 +1,5 @@
-"""POP3 through the whole pipeline on real Dovecot, PostgreSQL and the broker: UIDL dedup over
-polls, and DELE only for what the database committed."""
+"""POP3 through the whole pipeline on each real mail server, PostgreSQL and the broker: UIDL
+dedup over polls, and DELE only for what the database committed."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import Mailbox
-from tests.harness.mail import make_message
+from tests.harness.mail import EIGHT_BIT, make_message
+from tests.harness.mailserver import ServerMailbox, served
 from tests.harness.pipeline import Database, Pipeline, wait_until
 from tests.integration.conftest import create_enabled
 
 pytestmark = pytest.mark.integration
 
 
-def pop3_body(mailbox: Mailbox, **overrides: Any) -> dict[str, Any]:
+def pop3_body(mailbox: ServerMailbox, **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "protocol": "pop3",
         "port": mailbox.server.ports.pop3s,
@@ -28,7 +28,7 @@ def pop3_body(mailbox: Mailbox, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def on_server(mailbox: Mailbox) -> int:
+def on_server(mailbox: ServerMailbox) -> int:
     context = ssl.create_default_context(cafile=str(mailbox.server.pki.ca_pem))
     client = poplib.POP3_SSL("127.0.0.1", mailbox.server.ports.pop3s, context=context, timeout=10)
     try:
@@ -45,9 +45,10 @@ def stored_after_poll(api: TestClient, db: Database, connection_id: str, expecte
 
 
 def test_keep_on_server_stores_each_message_once_over_polls(
-    pipeline: Pipeline, api: TestClient, db: Database, mailbox: Mailbox
+    pipeline: Pipeline, api: TestClient, db: Database, server_mailbox: ServerMailbox
 ) -> None:
-    mailbox.server.seed(mailbox.username, (make_message(i) for i in range(20)))
+    mailbox = server_mailbox
+    mailbox.server.seed(mailbox.username, [*(make_message(i) for i in range(19)), EIGHT_BIT])
     pipeline.start("scheduler", "fetcher", "store")
     connection_id = create_enabled(api, mailbox, **pop3_body(mailbox))
     wait_until(lambda: db.message_count() >= 20, timeout_s=90, message="20 stored")
@@ -69,14 +70,17 @@ def test_keep_on_server_stores_each_message_once_over_polls(
     assert db.message_count() == 30
     assert db.distinct_messages() == 30
     assert on_server(mailbox) == 30
+    stored = sorted(row.sha256 for row in db.rows("SELECT sha256 FROM messages"))
+    assert stored == sorted(m.sha256 for m in served(mailbox).values())
     duplicates = db.scalar("SELECT coalesce(sum(duplicates), 0) FROM poll_log")
     assert duplicates == 0
     pipeline.assert_running()
 
 
 def test_delete_removes_only_what_the_database_committed(
-    pipeline: Pipeline, api: TestClient, db: Database, mailbox: Mailbox
+    pipeline: Pipeline, api: TestClient, db: Database, server_mailbox: ServerMailbox
 ) -> None:
+    mailbox = server_mailbox
     mailbox.server.seed(mailbox.username, (make_message(i) for i in range(8)))
     pipeline.start("scheduler", "fetcher")  # no store: nothing gets committed
     connection_id = create_enabled(

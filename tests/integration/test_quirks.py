@@ -179,6 +179,30 @@ def test_delete_without_uidplus_never_expunges_mail_that_is_not_stored(
     assert "EXPUNGE" in " ".join(server.commands)
 
 
+def test_keep_opens_the_folder_read_only_and_changes_no_flag(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    imap.after = AfterDownload.KEEP
+    flagged = make_message(50)
+    sent = seed(server, 3)
+    server.mailbox.append(flagged, flags=["\\Flagged"])
+    imap.poll()
+    second = imap.poll()  # the committed messages' "action": nothing to do on the server
+    assert second.actions_applied == 4
+    later = seed(server, 2, start=10)
+    imap.poll()
+    assert imap.stored_digests() == digests([*sent, flagged, *later])  # the cursor, not \\Seen
+    verbs = [" ".join(c.split(" ")[1:3]).upper() for c in server.commands]
+    assert "SELECT" not in {v.split(" ")[0] for v in verbs}
+    assert sum(v.startswith("EXAMINE") for v in verbs) == 3
+    assert not [v for v in verbs if "STORE" in v or "EXPUNGE" in v]
+    fetches = [c for c in server.commands if "FETCH" in c.upper() and "BODY" in c.upper()]
+    assert fetches
+    assert all("BODY.PEEK[" in c.upper() for c in fetches)
+    flags = [sorted(m.flags) for m in server.mailbox.messages]
+    assert flags == [[], [], [], ["\\Flagged"], [], []]
+
+
 def test_a_preauth_greeting_is_a_session_not_a_refused_login(
     server: QuirkServer, imap: LedgerRun
 ) -> None:

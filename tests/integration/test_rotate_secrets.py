@@ -1,11 +1,19 @@
 """Rotating the encryption key: after ``mailintake-rotate-secrets`` with ``new,old``, every
-stored secret decrypts with the new key alone; running it again changes nothing."""
+stored secret decrypts with the new key alone, bound as before; running it again changes
+nothing."""
 
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import select
 
+from mailintake_shared.db.bindings import (
+    client_secret_binding,
+    password_binding,
+    private_key_binding,
+)
 from mailintake_shared.db.engine import make_engine, make_session_factory
+from mailintake_shared.db.models import Certificate, Connection, OAuthCredential
 from mailintake_shared.db.rekey import rekey
 from mailintake_shared.secretbox import SecretBox, SecretDecryptError, generate_key
 from mailintake_shared.settings import Settings
@@ -36,17 +44,24 @@ def test_every_secret_moves_to_the_new_key(settings: Settings, db: Database) -> 
         assert (counts["connections"].secrets, counts["oauth_credentials"].secrets) == (3, 1)
         assert counts["certificates"].secrets == 1
         only_new = SecretBox([new])
-        stored = db.rows("SELECT name, password_enc FROM connections ORDER BY name")
-        decrypted = [only_new.decrypt(bytes(enc)).get_secret_value() for _, enc in stored]
-        assert decrypted == passwords
-        key = db.scalar("SELECT private_key_enc FROM certificates")
-        assert "PRIVATE KEY" in only_new.decrypt(bytes(key)).get_secret_value()
-        secret = db.scalar("SELECT client_secret_enc FROM oauth_credentials")
-        assert only_new.decrypt(bytes(secret)).get_secret_value() == "s"
-        with pytest.raises(SecretDecryptError):
-            SecretBox([old]).decrypt(bytes(secret))  # the old key is no longer needed
+        with sessions() as session:
+            rows = session.scalars(select(Connection).order_by(Connection.name)).all()
+            decrypted = [
+                only_new.decrypt(row.password_enc or b"", password_binding(row)).get_secret_value()
+                for row in rows
+            ]
+            assert decrypted == passwords
+            certificate = session.scalars(select(Certificate)).one()
+            key = only_new.decrypt(certificate.private_key_enc, private_key_binding(certificate))
+            assert "PRIVATE KEY" in key.get_secret_value()
+            stored = session.scalars(select(OAuthCredential)).one()
+            secret, binding = stored.client_secret_enc or b"", client_secret_binding(stored)
+            assert only_new.decrypt(secret, binding).get_secret_value() == "s"
+            with pytest.raises(SecretDecryptError):
+                SecretBox([old]).decrypt(secret, binding)  # the old key is no longer needed
         again = rekey(sessions, SecretBox([new, old]))
         assert again["connections"].secrets == 3
-        assert only_new.decrypt(bytes(db.scalar("SELECT client_secret_enc FROM oauth_credentials")))
+        secret = db.scalar("SELECT client_secret_enc FROM oauth_credentials")
+        assert only_new.decrypt(bytes(secret), binding).get_secret_value() == "s"
     finally:
         engine.dispose()

@@ -172,12 +172,19 @@ def test_encrypted_and_signed_mail_ends_in_its_documented_state(
     )
     assert again.json()["detail"].startswith("still not decrypted")
     api.app.state.resources.relay.flush()  # type: ignore[attr-defined]
-    republished = [
-        json.loads(r.value)
+    records = [
+        r
         for r in read_topic_to_end(pipeline_settings, Topic.MAIL_STORED)
         if json.loads(r.value)["headers"]["subject"] == "to a stranger"
     ]
+    republished = [json.loads(r.value) for r in records]
     assert len(republished) == 2
+    # a new announcement under its own id, not a replay; the problem is said once, in smime
+    ids = [dict(r.headers)["ce_id"].decode() for r in records]
+    assert ids == [str(entry["id"]), f"{entry['id']}/decrypted"]
+    assert all("ce_replay" not in dict(r.headers) for r in records)
+    assert not [p for e in events.values() for p in e["problems"] if p.startswith("S/MIME")]
+    assert events["to the expired"]["smime"]["problem"]
     assert republished[-1]["smime"]["decrypted_with"] == stranger_cert["id"]
     assert SECRET_WORDS in base64.b64decode(republished[-1]["raw_b64"])
     still = api.get("/queue", params={"state": "smime_unopened"}).json()["items"]

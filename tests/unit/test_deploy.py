@@ -4,6 +4,7 @@ what the code expects (commands, ports, health paths, settings names, topics, gr
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import shutil
@@ -118,6 +119,17 @@ def test_every_setting_named_is_a_setting(manifests: list[dict[str, Any]]) -> No
             if k.startswith(ENV_PREFIX)
         }
     )
+
+
+def test_production_trusts_the_ingress_for_client_addresses(tmp_path: Path) -> None:
+    """Behind an ingress, the failed-authentication limit and the audit log need each
+    client's own address: the overlay names the proxies whose X-Forwarded-For counts."""
+    docs = kustomize(tmp_path, "overlays/production")
+    settings = {k: v for doc in of_kind(docs, "ConfigMap") for k, v in doc["data"].items()}
+    trusted = settings["MAILINTAKE_API_FORWARDED_ALLOW_IPS"].split(",")
+    assert "*" not in trusted
+    for entry in trusted:
+        ipaddress.ip_network(entry)  # what uvicorn's proxy headers middleware accepts
 
 
 def test_autoscaling_and_scraping_point_at_what_exists(manifests: list[dict[str, Any]]) -> None:

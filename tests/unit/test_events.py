@@ -30,7 +30,7 @@ def test_unknown_schema_version_and_unknown_fields_are_rejected() -> None:
 
 def test_only_the_topics_of_latest_states_are_compacted() -> None:
     compacted = {s.topic for s in TOPIC_SPECS if s.compacted}
-    assert compacted == {Topic.CONNECTIONS, Topic.CONNECTION_HEALTH}
+    assert compacted == {Topic.CONNECTIONS, Topic.CONNECTION_HEALTH, Topic.STORE_WAITING}
     assert {s.topic for s in TOPIC_SPECS} == set(Topic)
     spec = next(s for s in TOPIC_SPECS if s.topic is Topic.CONNECTIONS)
     assert spec.configs() == {"cleanup.policy": "compact"}

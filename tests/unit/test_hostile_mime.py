@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from mailintake_shared.mime import summarize
 from mailintake_shared.smime import is_smime, unwrap
-from mailintake_store.mime import summarize
 from tests.harness.corpus import hostile
 
 HOSTILE = hostile()

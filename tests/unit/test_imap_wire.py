@@ -300,7 +300,7 @@ def answers(draw: st.DrawFn) -> tuple[bytes, list[Fetched], set[int]]:
 
 
 @given(answers())
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_any_legal_answer_reads_back_as_its_messages(
     answer: tuple[bytes, list[Fetched], set[int]],
 ) -> None:

@@ -15,14 +15,18 @@ from tests.harness.views import connection_view
 
 
 class RecordingClient:
-    def __init__(self, refuse_first_token: bool = False) -> None:
+    def __init__(self, refuse_first_token: bool = False, auth_plain: bool = False) -> None:
         self.calls: list[tuple[Any, ...]] = []
         self._refuse = refuse_first_token
+        self._auth_plain = auth_plain
+
+    def has_capability(self, name: str) -> bool:
+        return name == "AUTH=PLAIN" and self._auth_plain
 
     def login(self, user: str, password: str) -> None:
         self.calls.append(("login", user, password))
 
-    def plain_login(self, identity: str, password: str, authorization_identity: str) -> None:
+    def plain_login(self, identity: str, password: str, authorization_identity: str | None) -> None:
         self.calls.append(("plain", identity, password, authorization_identity))
 
     def oauth2_login(self, user: str, token: str) -> None:
@@ -67,3 +71,11 @@ def test_a_refused_token_is_refreshed_once() -> None:
     client = RecordingClient(refuse_first_token=True)
     config.login(client)
     assert [c[2] for c in client.calls] == ["cached-token", "fresh-token"]
+
+
+def test_a_password_goes_by_sasl_plain_where_the_server_offers_it() -> None:
+    view = connection_view(username="agent@contoso.com")
+    config = MailboxConfig(view=view, password=SecretStr("Grüße-Kennwort-2026"))
+    client = RecordingClient(auth_plain=True)
+    config.login(client)
+    assert client.calls == [("plain", "agent@contoso.com", "Grüße-Kennwort-2026", None)]

@@ -6,8 +6,8 @@ from email.parser import BytesParser
 
 import pytest
 
-from mailintake_store import mime
-from mailintake_store.mime import clean_text, summarize
+from mailintake_shared import mime
+from mailintake_shared.mime import clean_text, summarize
 from tests.harness.corpus import MALFORMED
 from tests.harness.mail import make_message
 

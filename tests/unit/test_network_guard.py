@@ -23,7 +23,25 @@ from mailintake_shared.mailbox.network import AddressDeniedError, NetworkPolicy
         ("fe80::1%eth0", "fe80::/10"),
         ("0.0.0.0", "0.0.0.0/8"),
         ("224.0.0.1", "224.0.0.0/4"),
-        ("fd00:ec2::254", "fd00:ec2::254/128"),
+        # Every cloud metadata endpoint the major clouds document.
+        ("fd00:ec2::254", "fd00:ec2::254/128"),  # AWS, IPv6
+        ("fd20:ce::254", "fd20:ce::254/128"),  # GCP, IPv6
+        ("fd00:c1::a9fe:a9fe", "fd00:c1::a9fe:a9fe/128"),  # Oracle Cloud, IPv6
+        ("100.100.100.200", "100.100.100.200/32"),  # Alibaba Cloud
+        ("168.63.129.16", "168.63.129.16/32"),  # Azure's WireServer
+        ("169.254.0.23", "169.254.0.0/16"),  # Tencent Cloud
+        # IPv6 forms of a denied IPv4 address: checked by the IPv4 rules.
+        ("::ffff:169.254.169.254", "169.254.0.0/16"),  # IPv4-mapped
+        ("::127.0.0.1", "127.0.0.0/8"),  # IPv4-compatible
+        ("::a9fe:a9fe", "169.254.0.0/16"),  # IPv4-compatible, hexadecimal
+        ("64:ff9b::a9fe:a9fe", "169.254.0.0/16"),  # NAT64 (RFC 6052)
+        ("64:ff9b::100.100.100.200", "100.100.100.200/32"),
+        ("2002:a9fe:a9fe::1", "169.254.0.0/16"),  # 6to4 (RFC 3056)
+        ("2002:7f00:1::", "127.0.0.0/8"),
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "127.0.0.0/8"),  # Teredo client 127.0.0.1
+        ("64:ff9b::cb00:7107", None),  # NAT64 of 203.0.113.7: a mail server's
+        ("2002:cb00:7107::1", None),
+        ("100.64.0.1", None),  # shared address space: deploy/ denies it where pods live
         ("10.1.2.3", None),  # private networks host mail servers
         ("192.168.1.10", None),
         ("203.0.113.7", None),
@@ -42,6 +60,10 @@ def test_operator_denials_and_exceptions() -> None:
     assert str(policy.denied_by("10.1.0.1")) == "10.0.0.0/8"
     assert policy.denied_by("10.9.0.1") is None  # an exception inside a denied range
     assert str(policy.denied_by("169.254.169.254")) == "169.254.0.0/16"
+    assert str(policy.denied_by("64:ff9b::a01:1")) == "10.0.0.0/8"  # NAT64 of a denied range
+    assert policy.denied_by("64:ff9b::a09:1") is None  # … and of an exception in it
+    assert policy.denied_by("::ffff:127.0.0.1") is None
+    assert str(policy.denied_by("2002:7f00:2::")) == "127.0.0.0/8"
 
 
 def test_a_name_that_resolves_to_loopback_is_refused_before_any_connection() -> None:

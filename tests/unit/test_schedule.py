@@ -14,6 +14,7 @@ from mailintake_shared.events import (
     PollDue,
     PollOutcome,
     PollReason,
+    Resume,
 )
 from tests.harness.views import connection_view
 
@@ -327,3 +328,80 @@ def test_an_operators_request_in_flight_is_not_renamed_by_a_push() -> None:
     schedule.poll_completed(completed(due), 12.0)
     (next_poll,) = schedule.due(12.0)
     assert next_poll.reason is PollReason.MANUAL
+
+
+def test_a_fetchers_continuation_issues_the_next_slice_before_the_store_commits() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    t0 = stable_fraction(due.connection_id) * 60
+    resume = Resume(uidvalidity=7, last_uid=5000, baseline_uid=None)
+    assert schedule.poll_requested(due.connection_id, t0 + 2, after=due.poll_id, resume=resume)
+    (following,) = schedule.due(t0 + 2)
+    assert (following.reason, following.resume) == (PollReason.CONTINUATION, resume)
+    # The store's poll.completed of the first slice comes later and changes nothing.
+    schedule.poll_completed(completed(due, more_pending=True), t0 + 3)
+    assert schedule.due(t0 + 3) == []
+    assert schedule.in_flight(due.connection_id)
+    # The last slice's completion is the one that counts; the next is a plain poll.
+    schedule.poll_completed(completed(following), t0 + 4)
+    (later,) = schedule.due(t0 + 2 + 300)  # an interval after the last slice was issued
+    assert (later.reason, later.resume) == (PollReason.SCHEDULED, None)
+
+
+def test_a_continuation_of_a_poll_no_longer_in_flight_is_dropped() -> None:
+    schedule = Schedule(CONFIG)
+    due = first_poll(schedule, view())
+    t0 = stable_fraction(due.connection_id) * 60
+    schedule.poll_completed(completed(due, more_pending=True), t0 + 1)  # the store was first
+    (following,) = schedule.due(t0 + 1)
+    assert following.resume is None  # from the stored cursor
+    resume = Resume(uidvalidity=7, last_uid=5000)
+    assert schedule.poll_requested(due.connection_id, t0 + 2, after=due.poll_id, resume=resume)
+    assert schedule.due(t0 + 2) == []  # no second poll while the first continuation flies
+
+
+def test_a_poll_request_before_its_connection_is_served_when_the_connection_arrives() -> None:
+    """After a restart the scheduler may read "poll now" before the connection's state."""
+    schedule = Schedule(CONFIG)
+    early, disabled, never = view(), view(), view()
+    for v in (early, disabled, never):
+        assert schedule.poll_requested(v.id, 10.0) is False  # not known: it waits
+    assert schedule.due(11.0) == []
+    schedule.connection_changed(early, 20.0)
+    schedule.connection_changed(disabled.model_copy(update={"enabled": False}), 20.0)
+    (due,) = schedule.due(20.0)  # at once, not after the jitter
+    assert (due.connection_id, due.reason) == (early.id, PollReason.MANUAL)
+    schedule.connection_changed(disabled, 21.0)  # enabled later: the request was dropped
+    assert schedule.due(21.0) == []
+    schedule.due(10.0 + CONFIG.poll_timeout_s)  # the third never arrived: forgotten
+    schedule.connection_changed(never, 10.0 + CONFIG.poll_timeout_s)
+    assert schedule.due(10.0 + CONFIG.poll_timeout_s) == []
+
+
+def test_a_push_before_its_connection_is_served_as_a_push_and_an_operators_request_wins() -> None:
+    schedule = Schedule(CONFIG)
+    pushed, both = view(), view()
+    assert schedule.poll_requested(pushed.id, 10.0, PollReason.PUSH) is False  # it waits
+    assert schedule.poll_requested(both.id, 10.0) is False
+    assert schedule.poll_requested(both.id, 11.0, PollReason.PUSH) is False
+    schedule.connection_changed(pushed, 20.0)
+    schedule.connection_changed(both, 20.0)
+    reasons = {due.connection_id: due.reason for due in schedule.due(20.0)}
+    assert reasons == {pushed.id: PollReason.PUSH, both.id: PollReason.MANUAL}
+
+
+def test_a_push_during_a_pipelined_slice_is_served_after_the_continuation() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)
+    due = first_poll(schedule, v)
+    t0 = stable_fraction(v.id) * 60
+    assert schedule.poll_requested(v.id, t0 + 1, PollReason.PUSH)  # a slice is in flight
+    resume = Resume(uidvalidity=7, last_uid=5000)
+    assert schedule.poll_requested(v.id, t0 + 2, after=due.poll_id, resume=resume)
+    (following,) = schedule.due(t0 + 2)
+    assert (following.reason, following.resume) == (PollReason.CONTINUATION, resume)
+    schedule.poll_completed(completed(due, more_pending=True), t0 + 3)  # stale: nothing
+    assert schedule.due(t0 + 3) == []
+    schedule.poll_completed(completed(following), t0 + 4)
+    (pushed,) = schedule.due(t0 + 4)
+    assert (pushed.reason, pushed.resume) == (PollReason.PUSH, None)

@@ -1,8 +1,9 @@
 """Operate mailintake: connections, the Incoming Mail Queue and Log, over the config API.
 
 The API's address and token come from ``--api-url``/``--token`` or ``MAILINTAKE_API_URL``/
-``MAILINTAKE_API_TOKEN``; on a machine running ``make run`` the token of ``.devstack/`` is
-used when neither is given. Tables for people, ``--json`` for scripts.
+``MAILINTAKE_API_TOKEN``; in a checkout running ``make run`` those of ``.devstack/`` are used
+when neither is given. Tables for people (full width when piped), ``--output json`` (or a
+command's ``--json``) for scripts.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import sys
 import time
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from mailintake_cli.client import Api, ApiError
-from mailintake_cli.output import console, emit, errors
+from mailintake_cli.output import Format, console, emit, errors
 
 app = typer.Typer(help=__doc__.split("\n")[0], no_args_is_help=True)
 connections_app = typer.Typer(help="Incoming mail connections.", no_args_is_help=True)
@@ -38,45 +39,85 @@ app.add_typer(log_app, name="log")
 CONNECTION_COLUMNS = ("id", "name", "protocol", "host", "username", "enabled")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ConnectionRef = Annotated[str, typer.Argument(help="Connection id or exact name.")]
-DEVSTACK_TOKEN = Path(".devstack/admin-token")
+DEVSTACK = Path(".devstack")
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+WHERE_TOKENS_COME_FROM = (
+    "the API needs a token: set MAILINTAKE_API_TOKEN or pass --token (an admin or viewer "
+    "token; `make token` makes one and its settings entry; `make run` keeps its admin token "
+    "in .devstack/admin-token)"
+)
 
 
 class _State:
     api: Api
+    source = ""  # where the token came from, said when the API refuses it
 
 
 state = _State()
 
 
+def _devstack_env() -> dict[str, str]:
+    """What ``make run`` wrote for clients in this checkout (its API's address)."""
+    path = DEVSTACK / "env"
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
 @app.callback()
 def main(
     api_url: Annotated[
-        str, typer.Option(envvar="MAILINTAKE_API_URL", help="The config API's base URL.")
-    ] = "http://127.0.0.1:8000",
+        str | None,
+        typer.Option(
+            envvar="MAILINTAKE_API_URL",
+            help=f"The config API's base URL [default: make run's, else {DEFAULT_API_URL}]",
+        ),
+    ] = None,
     token: Annotated[
         str | None,
-        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin or viewer)."),
+        typer.Option(envvar="MAILINTAKE_API_TOKEN", help="Bearer token (admin, reader or viewer)."),
     ] = None,
+    output: Annotated[
+        str,
+        typer.Option(
+            envvar="MAILINTAKE_OUTPUT", help="table or json (every command's --json at once)."
+        ),
+    ] = "table",
 ) -> None:
-    if token is None and DEVSTACK_TOKEN.exists():
-        token = DEVSTACK_TOKEN.read_text().strip()
-    state.api = Api(api_url, token)
+    if output not in ("table", "json"):
+        raise typer.BadParameter("table or json", param_hint="--output")
+    Format.json = output == "json"
+    state.source = "given" if token is not None else ""
+    kept = DEVSTACK / "admin-token"
+    if token is None and kept.exists():
+        token, state.source = kept.read_text().strip(), str(kept)
+    url = api_url or _devstack_env().get("MAILINTAKE_API_URL", DEFAULT_API_URL)
+    state.api = Api(url, token)
 
 
 def _call(method: str, path: str, **kwargs: Any) -> Any:
     try:
         return state.api.call(method, path, **kwargs)
     except ApiError as exc:
-        errors.print(f"[red]error[/red] ({exc.status or 'network'}): {exc.detail}")
-        raise typer.Exit(1) from None
+        _fail(exc)
+
+
+def _fail(exc: ApiError) -> NoReturn:
+    errors.print(f"[red]error[/red] ({exc.status or 'network'}): {exc.detail}")
+    if exc.status == 401:
+        said = {"": "no token was given", "given": "the token was refused"}.get(
+            state.source, f"the token of {state.source} was refused"
+        )
+        errors.print(f"{said}; {WHERE_TOKENS_COME_FROM}")
+    raise typer.Exit(1) from None
 
 
 def _id(ref: str) -> str:
     try:
         return state.api.connection_id(ref)
     except ApiError as exc:
-        errors.print(f"[red]error[/red]: {exc.detail}")
-        raise typer.Exit(1) from None
+        _fail(exc)
 
 
 # --- connections ---------------------------------------------------------------------------
@@ -128,12 +169,29 @@ PushOption = Annotated[
 ]
 
 
+# The options that decide where a password goes: changing one needs the password again.
+DESTINATION_OPTIONS = frozenset(
+    {"host", "port", "encryption", "username", "tls_ca_pem", "tls_verify"}
+)
+
+
 def _password(from_stdin: bool, prompt: bool) -> str | None:
     if from_stdin:
         return sys.stdin.readline().rstrip("\n")
     if prompt:
-        return str(typer.prompt("Password", hide_input=True))
+        return _ask_secret("Password", "--password-stdin")
     return None
+
+
+def _ask_secret(label: str, flag: str) -> str:
+    """Ask on the terminal; without one, say how to hand the secret over instead."""
+    if not sys.stdin.isatty():
+        errors.print(
+            f"[red]error[/red]: no terminal to ask for the {label.lower()} on: give it on "
+            f"standard input with {flag} (e.g. `printf '%s\\n' \"$SECRET\" | mailintake … {flag}`)"
+        )
+        raise typer.Exit(1)
+    return str(typer.prompt(label, hide_input=True, err=True))  # stdout stays data
 
 
 @connections_app.command("create")
@@ -145,7 +203,9 @@ def create_connection(
     port: Annotated[int | None, typer.Option()] = None,
     encryption: Annotated[str | None, typer.Option(help="none, ssl or starttls.")] = None,
     folder: Annotated[str | None, typer.Option()] = None,
-    after_download: Annotated[str | None, typer.Option(help="mark_seen or delete.")] = None,
+    after_download: Annotated[
+        str | None, typer.Option(help="mark_seen, keep (leave the server as it is) or delete.")
+    ] = None,
     interval_minutes: Annotated[int | None, typer.Option()] = None,
     timeout_ms: Annotated[int | None, typer.Option()] = None,
     first_sync: Annotated[str | None, typer.Option(help="all, unseen, since or none.")] = None,
@@ -207,7 +267,9 @@ def update_connection(
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Change the options given; the others stay."""
+    """Change the options given; the others stay. A change of where the password goes (host,
+    port, encryption, username, TLS settings) asks for the password again."""
+    connection_id = _id(ref)
     body = _body(
         name=name,
         host=host,
@@ -224,9 +286,19 @@ def update_connection(
         tls_verify=tls_verify,
         description=description,
         push=push,
-        password=_password(password_stdin, prompt=False),
     )
-    emit(_call("PATCH", f"/connections/{_id(ref)}", json=body), as_json=as_json, title="updated")
+    moves = not DESTINATION_OPTIONS.isdisjoint(body)
+    asks = (
+        moves
+        and not password_stdin
+        and _call("GET", f"/connections/{connection_id}")["has_password"]
+    )
+    password = _password(password_stdin, prompt=bool(asks))
+    if password is not None:
+        body["password"] = password
+    emit(
+        _call("PATCH", f"/connections/{connection_id}", json=body), as_json=as_json, title="updated"
+    )
 
 
 @connections_app.command("delete")
@@ -277,8 +349,7 @@ def enable_connection(
         enabled = state.api.call("POST", path, json={"skip_estimate": skip_estimate})
     except ApiError as exc:
         if exc.status != 409 or not isinstance(exc.body, dict):
-            errors.print(f"[red]error[/red] ({exc.status}): {exc.detail}")
-            raise typer.Exit(1) from None
+            _fail(exc)
         estimate = exc.body["estimate"]
         count = estimate["messages"]
         console.print(
@@ -288,10 +359,10 @@ def enable_connection(
         if not yes:
             typer.confirm(f"Download {count} messages and enable?", abort=True)
         enabled = _call("POST", path, json={"acknowledge_messages": count})
-    if as_json:
+    if as_json or Format.json:
         emit(enabled, as_json=True)
     else:
-        console.print(f"enabled {enabled['name']}")
+        console.print(f"enabled {enabled['name']}; first poll: {enabled['first_poll']}")
 
 
 @connections_app.command("authorize")
@@ -332,32 +403,47 @@ def poll_now(
     wait: Annotated[bool, typer.Option(help="Wait and show progress until it ends.")] = True,
     timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 600.0,
 ) -> None:
-    """Poll now; with --wait (the default) follow it until the mail is stored."""
+    """Poll now; with --wait (the default) follow it until the mail is stored, saying what
+    it waits for (and, when nothing comes, where to look)."""
     connection_id = _id(ref)
     previous = _latest_poll(connection_id)
     before = previous["poll_id"] if previous else None
     accepted = _call("POST", f"/connections/{connection_id}/poll")
+    console.print(accepted["detail"])
     if not wait:
-        console.print(accepted["detail"])
         return
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
     latest: dict[str, Any] | None = None
+    said = ""
     with console.status("waiting for the poll…") as status:
-        while time.monotonic() < deadline:
+        while time.monotonic() - started < timeout:
             current = _latest_poll(connection_id)
             if current is not None and current["poll_id"] != before:
                 latest = current
-                status.update(
+                text = (
                     f"poll {current['outcome'] or 'running'}: {current['stored']} stored, "
                     f"{current['duplicates']} duplicates, {current['bytes']} bytes"
                 )
+                status.update(text)
+                if not console.is_terminal and text != said:
+                    console.print(text)  # no live status line in a pipe: one line per change
+                said = text
                 if current["outcome"] and not current["more_pending"]:
                     break
                 if current["outcome"]:
                     before = current["poll_id"]  # a continuation follows
+            elif not said and time.monotonic() - started >= QUIET_POLL_S:
+                said = "waiting"
+                errors.print(
+                    f"[yellow]no poll has reported after {QUIET_POLL_S:.0f} s[/yellow]; still "
+                    "waiting. Are the scheduler and the fetcher running? `mailintake status`, "
+                    "`make logs SERVICE=scheduler` (or fetcher) say more."
+                )
             time.sleep(0.5)
         else:
-            errors.print("[yellow]still running[/yellow]; see `mailintake log polls`")
+            errors.print(
+                f"[yellow]no end after {timeout:.0f} s[/yellow]; see `mailintake log polls`"
+            )
             raise typer.Exit(2)
     assert latest is not None
     ok = latest["outcome"] == "ok"
@@ -368,6 +454,9 @@ def poll_now(
     )
     if not ok:
         raise typer.Exit(1)
+
+
+QUIET_POLL_S = 60.0  # a poll that reports nothing for this long gets a hint
 
 
 def _latest_poll(connection_id: str) -> dict[str, Any] | None:
@@ -548,7 +637,7 @@ def create_credential(
     secret = (
         sys.stdin.readline().rstrip("\n")
         if secret_stdin
-        else str(typer.prompt("Client secret", hide_input=True))
+        else _ask_secret("Client secret", "--secret-stdin")
     )
     body: dict[str, Any] = {
         "name": name,
@@ -610,7 +699,7 @@ def upload_certificate(
     if passphrase_stdin:
         passphrase = sys.stdin.readline().rstrip("\n")
     elif pkcs12:
-        passphrase = str(typer.prompt("Passphrase", hide_input=True))
+        passphrase = _ask_secret("Passphrase", "--passphrase-stdin")
     body: dict[str, Any] = {"name": name, "alias": alias, "passphrase": passphrase or None}
     if pkcs12:
         body["pkcs12_base64"] = base64.b64encode(data).decode("ascii")
@@ -659,15 +748,19 @@ def status_of_connections(
     as_json: JsonOption = False,
 ) -> None:
     """Each connection's health: last success, failures in a row, last error, stalled, and
-    whether it is watched for new mail (since when, or why not). Exit status 1 when an
-    enabled connection is stalled or failing."""
+    whether it is watched for new mail (since when, or why not), and mail downloaded that the
+    store cannot write yet ("downloaded, waiting for the store: …"). Exit status 1 when an
+    enabled connection is stalled or failing, or mail waits."""
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = _call("GET", "/connections", params={"limit": 500, "offset": offset})
         for item in page["items"]:
             health, watch = item["status"], item["watch"]
-            failing = item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            waiting = health.get("waiting_for_store")
+            failing = bool(waiting) or (
+                item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
+            )
             if problems_only and not failing:
                 continue
             rows.append(
@@ -679,6 +772,7 @@ def status_of_connections(
                     "failures": health["consecutive_failures"],
                     "last_error_kind": health["last_error_kind"],
                     "messages_stored": health["messages_stored"],
+                    "waiting_for_store": waiting,
                     "failing": failing,
                     "watched": watch["watched"],
                     "watch_since": watch["since"],
@@ -695,6 +789,7 @@ def status_of_connections(
         "last_success_at",
         "failures",
         "last_error_kind",
+        "waiting_for_store",
         "watched",
         "watch_since",
         "watch",

@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-errors = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """A terminal's own width; piped or redirected, the full width of what is printed (rich
+    would cut tables to 80 columns)."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 1_000_000)
+
+
+console = _console()
+errors = _console(stderr=True)
+
+
+class Format:
+    """``--output json`` for every command (set once, by the command line)."""
+
+    json = False
 
 
 def emit(data: Any, *, as_json: bool, columns: Sequence[str] = (), title: str = "") -> None:
     """``data`` as JSON, or as a table of ``columns`` (a page's items, or one object)."""
-    if as_json:
+    if as_json or Format.json:
         print(json.dumps(data, indent=2, default=str))
         return
     if isinstance(data, dict) and "items" in data:

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -71,15 +72,27 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> N
 class LocalBroker:
     """A Tansu process on ``host:port``; a context manager that stops it on exit."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, log_path: Path | None = None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_path: Path | None = None,
+        preexec_fn: Callable[[], object] | None = None,
+    ):
         self.host = host
         self.port = port or free_port(host)
         self.log_path = log_path
+        self._preexec_fn = preexec_fn  # run in the child before tansu starts
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "not started"
+        return self._process.pid
 
     def start(self) -> LocalBroker:
         url = f"tcp://{self.host}:{self.port}"
@@ -97,6 +110,7 @@ class LocalBroker:
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=self._preexec_fn,
         )
         try:
             wait_for_port(self.host, self.port, timeout_s=10)

@@ -7,6 +7,7 @@ import base64
 from kafka.consumer.fetcher import ConsumerRecord
 from prometheus_client import Counter
 
+from mailintake_shared.cloudevents import headers
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import DeadLetter
 from mailintake_shared.kafka import ReliableProducer
@@ -35,7 +36,9 @@ def dead_letter(
         headers={name: _header_text(value) for name, value in record.headers or []},
         failed_at=utcnow(),
     )
-    future = producer.send(topic_name(prefix, Topic.DEAD_LETTER), record.key, event.to_bytes())
+    future = producer.send(
+        topic_name(prefix, Topic.DEAD_LETTER), record.key, event.to_bytes(), headers(event, prefix)
+    )
     producer.settle([future])
     DEAD_LETTERED.labels(service).inc()
     log.warning(

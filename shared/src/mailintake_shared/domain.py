@@ -35,7 +35,13 @@ class Encryption(StrEnum):
 
 
 class AfterDownload(StrEnum):
+    """What happens on the server once a message is committed: ``mark_seen`` sets \\Seen
+    (POP3: keeps it on the server), ``keep`` changes nothing at all (IMAP opens the folder
+    read-only with EXAMINE; the UID cursor, not the flag, says what was taken), ``delete``
+    removes it."""
+
     MARK_SEEN = "mark_seen"
+    KEEP = "keep"
     DELETE = "delete"
 
 
@@ -74,32 +80,59 @@ def default_port(transport: Transport, encryption: Encryption) -> int:
 class ConnectionView(BaseModel):
     """A connection's attributes without any secret: what the API returns and the topic carries."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
     id: UUID
+    """The connection's id: the key of its records on every topic."""
     version: int
+    """Grows by one with every change; the same state published again keeps it."""
     name: str
+    """Unique (case-insensitive), 1–255 characters."""
     description: str | None
+    """Free text."""
     protocol: Protocol
+    """How the mailbox is reached and signed in to."""
     transport: Transport
+    """What the fetcher speaks: IMAP, POP3 or Microsoft Graph (set by the protocol, a choice
+    only for Microsoft)."""
     oauth_credential_id: UUID | None
+    """OAuth2 protocols: the stored client credential used; else null."""
     encryption: Encryption
+    """`ssl` (implicit TLS), `starttls` or `none`."""
     host: str | None
+    """The mail server; null for Microsoft Graph."""
     port: int | None
+    """The port; null or 0 means the default of the transport and encryption."""
     tls_verify: bool
+    """Whether the server's certificate is verified."""
     tls_ca_pem: str | None
+    """Extra CA certificates (PEM) trusted for this server."""
     interval_minutes: int
+    """Minutes between polls."""
     timeout_ms: int
+    """Time-out of each network step, in milliseconds."""
     folder: str | None
+    """The folder polled (null means `INBOX`); null for POP3."""
     username: str
+    """The account signed in as."""
     shared_mailbox: str | None
+    """A shared mailbox opened with the account's sign-in; else null."""
     after_download: AfterDownload
+    """What happens on the server once a message is stored: `mark_seen` (POP3: keep) or
+    `delete`."""
     first_sync: FirstSync = FirstSync.ALL
+    """What the first poll of a new mailbox takes: `all`, `unseen`, `since` or `none`."""
     first_sync_since: date | None = None
+    """For `first_sync: since`: the first arrival date taken (inclusive); else null."""
     push: PushMode = PushMode.AUTO
+    """`auto`: new mail is watched for (IMAP IDLE, Graph change notifications) when the
+    server offers it, the interval poll staying the safety net; `off`: interval polls only."""
     enabled: bool
+    """Whether the connection is polled."""
     created_at: datetime
+    """When the connection was created."""
     updated_at: datetime
+    """When it last changed (its `version` grew)."""
 
 
 def transport_for(protocol: Protocol, transport: Transport | None) -> Transport:

@@ -192,21 +192,20 @@ def read_topic_to_end(
         consumer.close()
 
 
-def end_offsets(consumer: KafkaConsumer, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-    """Offsets one past the last record of each assigned partition.
-
-    Uses the fetch high watermark rather than ListOffsets, which some Kafka-compatible
-    brokers answer wrongly when a batch holds several records.
-    """
-    ends: dict[TopicPartition, int | None] = {tp: consumer.highwater(tp) for tp in tps}
-    deadline = time.monotonic() + 10
-    while any(v is None for v in ends.values()) and time.monotonic() < deadline:
+def end_offsets(
+    consumer: KafkaConsumer, tps: list[TopicPartition], timeout_s: float = 10.0
+) -> dict[TopicPartition, int]:
+    """Offsets one past the last record of each assigned partition (which must have a
+    position), from the high watermark that fetch answers carry. Never from ListOffsets
+    (``consumer.end_offsets``): the local broker (Tansu) answers it with the last batch's
+    first offset + 1 when a batch holds several records. Raises ``TimeoutError`` when a
+    partition's watermark is still unknown after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while any(consumer.highwater(tp) is None for tp in tps):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no fetch answered for {tps} in {timeout_s}s")
         consumer.poll(timeout_ms=100, max_records=1, update_offsets=False)
-        ends = {tp: consumer.highwater(tp) for tp in tps}
-    if any(v is None for v in ends.values()):
-        listed = consumer.end_offsets(tps)
-        ends = {tp: v if v is not None else listed[tp] for tp, v in ends.items()}
-    return {tp: int(v or 0) for tp, v in ends.items()}
+    return {tp: int(consumer.highwater(tp)) for tp in tps}
 
 
 BatchHandler = Callable[[list[ConsumerRecord]], None]

@@ -1,25 +1,44 @@
-"""Transactional outbox: events written with the change, published by a relay afterwards.
+"""Transactional outbox: events written with the change, published after the commit.
 
 A ``mail.stored`` record is queued as the id of the message it announces (``value`` NULL,
 ``message_id`` set): the relay builds the event from the message row when it publishes it.
+Every record's CloudEvents headers are made from its row when it is relayed, so a row
+relayed again after a crash carries the same ones (``mailintake_shared.cloudevents``).
+
+The store does not wait for the relay: right after its commit it publishes the batch's
+records from memory (``OutboxRelay.publish_prepared``), the same bytes and headers the relay
+would have built from the rows, and marks them sent. The relay publishes what that leaves:
+the records of a crash between the commit and the acknowledgement, of a broker that was
+away, and the config API's.
+
+Every service that writes the outbox also relays it (the config API and the store), so one
+relay at a time publishes: PostgreSQL's advisory lock, or on SQLite a lock on a file beside
+the database (``<database>.outbox-lock``). Without it two relays read the same rows and
+publish them twice. A relay deletes exactly the rows it published: a row written after its
+read — a lower id committed late on PostgreSQL, or an id SQLite reused after the table was
+emptied — waits for the next batch instead of being deleted unpublished.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, delete, insert, select, text, update
+from sqlalchemy import Connection, Row, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailintake_shared.cloudevents import Headers, relayed_headers, split_topic
 from mailintake_shared.db.models import Message, OutboxRecord
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.metrics import OUTBOX_PUBLISHED
-from mailintake_shared.stored_event import load_mail_stored
+from mailintake_shared.stored_event import StoredRecord, load_mail_stored
 from mailintake_shared.topics import Topic, topic_name
 
 log = get_logger(__name__)
@@ -41,6 +60,18 @@ class OutboxEntry(NamedTuple):
     key: str
     value: bytes | None  # None: a tombstone, or a mail.stored record built when published
     message_id: int | None = None  # the stored message a mail.stored record announces
+
+
+class Prepared(NamedTuple):
+    """A record just committed to the outbox (row ``outbox_id``), built in memory as the relay
+    would build it from the row: published from memory right after the commit."""
+
+    outbox_id: int
+    topic: str
+    key: bytes
+    value: bytes
+    headers: Headers
+    message_id: int | None
 
 
 def announce_stored(message_id: int, connection_id: uuid.UUID) -> OutboxEntry:
@@ -88,24 +119,37 @@ class OutboxRelay:
         self._lock = threading.Lock()
         self.wake = threading.Event()
         self.healthy = False  # the last attempt to reach the broker succeeded
+        self.busy = False  # the last flush found another relay publishing
 
     def flush(self) -> int:
-        """Publish everything pending; return how many records went out."""
+        """Publish everything pending; return how many records went out (0 as well when
+        another relay holds the lock: ``busy`` then says so)."""
         total = 0
         while True:
             sent = self._flush_batch()
-            total += sent
-            if sent < self._batch_size:
+            self.busy = sent is None
+            total += sent or 0
+            if sent is None or sent < self._batch_size:
                 return total
 
-    def _flush_batch(self) -> int:
-        with self._lock, self._sessions() as session, session.begin():
-            if session.get_bind().dialect.name == "postgresql":
-                got = session.execute(
-                    text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID}
-                ).scalar()
-                if not got:
-                    return 0
+    @contextlib.contextmanager
+    def _sole_relay(self) -> Iterator[Session | None]:
+        """A transaction in which this relay alone publishes (in this process, and across
+        processes: the SQLite file lock, PostgreSQL's advisory lock); None when another
+        relay holds it."""
+        with (
+            self._lock,
+            self._sessions() as session,
+            _sqlite_file_lock(session) as sole,
+            session.begin(),
+        ):
+            yield session if sole and _lock_relay(session) else None
+
+    def _flush_batch(self) -> int | None:
+        """One batch; None when another relay holds the lock."""
+        with self._sole_relay() as session:
+            if session is None:
+                return None
             rows = session.execute(
                 select(
                     OutboxRecord.id,
@@ -113,6 +157,7 @@ class OutboxRelay:
                     OutboxRecord.key,
                     OutboxRecord.value,
                     OutboxRecord.message_id,
+                    OutboxRecord.created_at,
                 )
                 .order_by(OutboxRecord.id)
                 .limit(self._batch_size)
@@ -120,31 +165,64 @@ class OutboxRelay:
             if not rows:
                 return 0
             futures = [
-                self._producer.send(row.topic, row.key.encode(), value)
-                for row, value in self._values(session, rows)
+                self._producer.send(row.topic, row.key.encode(), value, found)
+                for row, value, found in self._records(session, rows)
             ]
             self._producer.settle(futures, self._send_timeout_s)
-            session.execute(delete(OutboxRecord).where(OutboxRecord.id <= rows[-1].id))
-            announced = [row.message_id for row in rows if row.message_id is not None]
-            if announced:
-                session.execute(
-                    update(Message).where(Message.id.in_(announced)).values(published_at=utcnow())
-                )
+            _mark_sent(session, [row.id for row in rows], [row.message_id for row in rows])
             OUTBOX_PUBLISHED.inc(len(rows))
             return len(rows)
 
-    def _values(
+    def publish_prepared(self, records: Sequence[Prepared]) -> bool:
+        """Publish records the caller has just committed to the outbox, from memory, and mark
+        them sent; False (the relay is woken to send them) when an older row still waits, when
+        another relay holds the lock, or when the broker does not take them (then nothing is
+        marked: the rows go out with the relay, never lost)."""
+        if not records:
+            return True
+        try:
+            with self._sole_relay() as session:
+                if session is None:
+                    return self._leave_to_relay()
+                first = min(record.outbox_id for record in records)
+                older = session.scalar(
+                    select(OutboxRecord.id).where(OutboxRecord.id < first).limit(1)
+                )
+                if older is not None:  # the relay sends in id order: after the older ones
+                    return self._leave_to_relay()
+                futures = [self._producer.send(r.topic, r.key, r.value, r.headers) for r in records]
+                self._producer.settle(futures, self._send_timeout_s)
+                _mark_sent(
+                    session,
+                    [record.outbox_id for record in records],
+                    [record.message_id for record in records],
+                )
+        except Exception as exc:
+            log.warning("publishing after the commit failed; the relay sends", error=str(exc))
+            return self._leave_to_relay()
+        OUTBOX_PUBLISHED.inc(len(records))
+        return True
+
+    def _leave_to_relay(self) -> bool:
+        self.wake.set()
+        return False
+
+    def _records(
         self, session: Session, rows: Sequence[Row[*tuple[Any, ...]]]
-    ) -> Iterator[tuple[Row[*tuple[Any, ...]], bytes | None]]:
-        """Each row with the record value to publish: ``mail.stored`` events are built from
-        their message rows (one query for the batch); a message deleted since is skipped."""
+    ) -> Iterator[tuple[Row[*tuple[Any, ...]], bytes | None, Headers]]:
+        """Each row with the record value and headers to publish: ``mail.stored`` events are
+        built from their message rows (one query for the batch); a message deleted since is
+        skipped."""
         wanted = [r.message_id for r in rows if r.value is None and r.message_id is not None]
-        events = load_mail_stored(session, wanted, self._inline_max) if wanted else {}
+        records: dict[int, StoredRecord] = {}
+        if wanted:
+            prefix = split_topic(rows[0].topic)[0]
+            records = load_mail_stored(session, wanted, self._inline_max, prefix)
         for row in rows:
             if row.value is not None or row.message_id is None:
-                yield row, row.value
-            elif (event := events.get(row.message_id)) is not None:
-                yield row, event.to_bytes()
+                yield row, row.value, _relayed_headers(row)
+            elif (found := records.get(row.message_id)) is not None:
+                yield row, found.value, found.headers
             else:
                 log.warning("message deleted before its event was published", id=row.message_id)
 
@@ -159,5 +237,58 @@ class OutboxRelay:
                 self.healthy = False
                 log.warning("outbox relay could not publish; will retry", error=str(exc))
                 stop.wait(min(interval_s * 5, 10))
-            self.wake.wait(interval_s)
+            # Another relay was publishing: try again soon, for what it has not taken.
+            self.wake.wait(min(interval_s, 0.1) if self.busy else interval_s)
             self.wake.clear()
+
+
+def _lock_relay(session: Session) -> bool:
+    """One relay at a time on PostgreSQL (an advisory lock until the transaction ends; SQLite
+    has the file lock, ``_sqlite_file_lock``)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    got = session.execute(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID})
+    return bool(got.scalar())
+
+
+def _mark_sent(session: Session, ids: Sequence[int], message_ids: Sequence[int | None]) -> None:
+    """Delete exactly the outbox rows ``ids``, and mark the messages they announced published."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        session.execute(delete(OutboxRecord).where(OutboxRecord.id.in_(chunk)))
+    announced = [message_id for message_id in message_ids if message_id is not None]
+    for start in range(0, len(announced), 500):
+        chunk = announced[start : start + 500]
+        session.execute(update(Message).where(Message.id.in_(chunk)).values(published_at=utcnow()))
+
+
+def _relayed_headers(row: Row[*tuple[Any, ...]]) -> Headers:
+    """A record that is not its topic's event still goes out (without CloudEvents headers):
+    the outbox never blocks on one row."""
+    try:
+        return relayed_headers(row.topic, row.key, row.value, row.created_at)
+    except ValueError as exc:
+        log.warning("outbox record is not its topic's event", topic=row.topic, error=str(exc))
+        return []
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(session: Session) -> Iterator[bool]:
+    """On a SQLite database file: whether this relay holds the lock beside it (held until the
+    block ends, after the transaction's commit). Elsewhere: True (PostgreSQL locks inside
+    the transaction; an in-memory database has one process)."""
+    bind = session.get_bind()
+    url = bind.engine.url if isinstance(bind, Connection) else bind.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        yield True
+        return
+    descriptor = os.open(f"{url.database}.outbox-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released with the descriptor, also when the process dies
+    finally:
+        os.close(descriptor)

@@ -36,9 +36,11 @@ class Settings(BaseSettings):
     )
     encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated Fernet keys that encrypt secrets at rest. The first "
-        "encrypts new secrets; all of them decrypt (add a new key in front to rotate). "
-        "Generate one with `mailintake-keygen`. Required by every service.",
+        description="Comma-separated keys (32 url-safe base64-encoded bytes each) that encrypt "
+        "secrets at rest (AES-256-GCM, each secret bound to its row and destination). The "
+        "first encrypts new secrets; all of them decrypt (add a new key in front to rotate). "
+        "Generate one with `mailintake-keygen`. Required by every service, and by "
+        "`mailintake-migrate` when there are secrets to re-encrypt.",
     )
 
     # --- Kafka ---------------------------------------------------------------------------
@@ -88,7 +90,8 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated `role:sha256hex` entries, one per API bearer token; role is "
-        "`admin` (read and write) or `viewer` (read). Hash a token with "
+        "`viewer` (reads metadata), `reader` (also reads mail content: raw messages) or `admin` "
+        "(reads everything and writes). Hash a token with "
         "`mailintake-config-api hash-token`.",
     )
     api_max_body_bytes: int = Field(
@@ -100,7 +103,8 @@ class Settings(BaseSettings):
         30,
         ge=1,
         description="Failed authentications a client address may make in a minute; past that "
-        "it is answered 429 until the minute has passed.",
+        "its further failures are answered 429 until the minute has passed. Only failures are "
+        "counted and slowed: a valid token is always served.",
     )
     api_cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -109,14 +113,32 @@ class Settings(BaseSettings):
     )
     api_forwarded_allow_ips: str = Field(
         "127.0.0.1",
-        description="Comma-separated addresses of reverse proxies whose X-Forwarded-For the "
-        "config API trusts for the client address (rate limits, audit log); `*` trusts all.",
+        description="Comma-separated addresses or CIDR ranges of reverse proxies (the ingress "
+        "controller) whose X-Forwarded-For the config API trusts for the client address (the "
+        "failed-authentication limit, the audit log); `*` trusts all.",
+    )
+    console_enabled: bool = Field(
+        True,
+        description="Serve the operators' web console at `/console` on the config API (sign-in "
+        "with an API token; the roles apply as in the API).",
+    )
+    console_session_minutes: float = Field(
+        480.0,
+        gt=0,
+        description="How long a sign-in to the web console lasts (signing out ends it sooner).",
     )
     connections_resync_seconds: float = Field(
         300.0,
         ge=0,
         description="The config API republishes every connection's state this often, so that "
         "the connections topic heals after a broker lost its data (0: never).",
+    )
+    connections_check_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="How often the config API checks that the connections topic is still the "
+        "one it published to; a new one (a broker that came back empty) gets every "
+        "connection's state at once. It also republishes when it starts.",
     )
     enable_ack_threshold: int = Field(
         0,
@@ -158,8 +180,8 @@ class Settings(BaseSettings):
     outbound_deny_cidrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated address ranges (CIDR) mail connections may not reach, on "
-        "top of the built-in ones (loopback, link-local with the cloud metadata endpoint, "
-        "multicast); e.g. the cluster's pod and service ranges.",
+        "top of the built-in ones (loopback, link-local, every documented cloud metadata "
+        "endpoint, multicast); e.g. the cluster's pod and service ranges.",
     )
     outbound_allow_cidrs: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -356,9 +378,10 @@ class Settings(BaseSettings):
     def _token_entries(cls, value: list[str]) -> list[str]:
         for entry in value:
             role, _, digest = entry.partition(":")
-            if role not in ("admin", "viewer") or len(digest) != 64:
+            if role not in ("admin", "reader", "viewer") or len(digest) != 64:
                 raise ValueError(
-                    "each api_tokens entry must be `admin:<sha256 hex>` or `viewer:<sha256 hex>`"
+                    "each api_tokens entry must be `role:<sha256 hex>` with role admin, reader "
+                    "or viewer"
                 )
             int(digest, 16)
         return value

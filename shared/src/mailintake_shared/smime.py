@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mailintake_shared import cms
+from mailintake_shared.db.bindings import private_key_binding
 from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.events import SmimeInfo
 from mailintake_shared.secretbox import SecretBox, SecretDecryptError
@@ -98,7 +99,8 @@ def load_keys(
     problems: list[str] = []
     for row in rows:
         try:
-            pem = secrets.decrypt(row.private_key_enc).get_secret_value().encode("ascii")
+            key_pem = secrets.decrypt(row.private_key_enc, private_key_binding(row))
+            pem = key_pem.get_secret_value().encode("ascii")
             keys.append(
                 KeyPair(
                     row.id,

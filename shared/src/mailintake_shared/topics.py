@@ -20,6 +20,7 @@ class Topic(StrEnum):
     MAIL_STORED = "mail.stored"
     POLL_COMPLETED = "poll.completed"
     CONNECTION_HEALTH = "connection.health"
+    STORE_WAITING = "store.waiting"
     DEAD_LETTER = "deadletter"
 
 
@@ -47,6 +48,7 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.MAIL_STORED, False, 7 * _DAY_MS, "a message was committed to the database"),
     TopicSpec(Topic.POLL_COMPLETED, False, 1 * _DAY_MS, "a poll's outcome, after the store"),
     TopicSpec(Topic.CONNECTION_HEALTH, True, None, "a connection stalled, or recovered"),
+    TopicSpec(Topic.STORE_WAITING, True, None, "downloaded mail the store cannot write, and why"),
     TopicSpec(Topic.DEAD_LETTER, False, 30 * _DAY_MS, "records that could not be processed"),
 )
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from mailintake_config_api import errors
+from mailintake_config_api import console, errors
 from mailintake_config_api.audit import AuditLog
 from mailintake_config_api.auth import FailureLimiter
 from mailintake_config_api.hardening import Hardening
@@ -17,6 +17,7 @@ from mailintake_config_api.routes import (
     audit,
     certificates,
     connections,
+    contracts,
     graph,
     health,
     incoming,
@@ -47,10 +48,15 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         title="mailintake config API",
         version=API_VERSION,
         description="Manage incoming mail connections. Every endpoint but the health "
-        "probes needs a bearer token: `viewer` reads, `admin` also writes.",
+        "probes needs a bearer token: `viewer` reads metadata, `reader` also mail content (the "
+        "raw messages), `admin` also writes.",
         lifespan=lifespan,
         responses={
-            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."}
+            400: {"model": ErrorBody, "description": "The body could not be read (not JSON)."},
+            503: {
+                "model": ErrorBody,
+                "description": "The database refused to commit the request: nothing was saved.",
+            },
         },
     )
     config = settings or (resources.settings if resources else Settings())
@@ -68,6 +74,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             allow_headers=["Authorization", "Content-Type"],
         )
     app.include_router(health.router)
+    app.include_router(contracts.router)
     app.include_router(connections.router)
     app.include_router(messages.router)
     app.include_router(incoming.router)
@@ -75,4 +82,6 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(certificates.router)
     app.include_router(audit.router)
     app.include_router(graph.router)
+    if config.console_enabled:
+        console.install(app)
     return app

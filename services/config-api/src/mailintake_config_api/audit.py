@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import anyio
 from sqlalchemy import func, select
@@ -87,13 +88,26 @@ def _entry(scope: Scope, actor: str, body: bytes, status: int) -> _Entry:
         client=str(client[0]) if client else None,
         action=f"{scope['method']} {template}",
         target=json.dumps({k: str(v) for k, v in params.items()}) if params else None,
-        fields=_field_names(body),
+        fields=_field_names(body, _is_form(scope)),
         status=status,
     )
 
 
-def _field_names(body: bytes) -> str | None:
-    """The top-level names of a JSON object body; nothing of its values."""
+def _is_form(scope: Scope) -> bool:
+    kind: bytes = dict(scope.get("headers") or []).get(b"content-type", b"")
+    return kind.split(b";")[0].strip().lower() == b"application/x-www-form-urlencoded"
+
+
+def _field_names(body: bytes, form: bool) -> str | None:
+    """The top-level names of a JSON object body, or of a form (the console's, without its
+    CSRF token); nothing of their values. Anything else (a malformed body may hold a secret
+    anywhere) records no names."""
+    if form:
+        try:
+            pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
+        except ValueError:
+            return None
+        return json.dumps(sorted({name for name, _ in pairs} - {"csrf"}))
     try:
         parsed = json.loads(body) if body else None
     except ValueError:

@@ -7,20 +7,25 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections
+from mailintake_config_api.errors import InvalidInputError
 from mailintake_config_api.resources import Resources
 from mailintake_config_api.schemas import (
     AuthorizationStarted,
+    FieldError,
     OAuthCredentialCreate,
+    OAuthCredentialFields,
     OAuthCredentialPublic,
     OAuthCredentialUpdate,
+    control_character,
 )
+from mailintake_shared.db.bindings import client_secret_binding, flow_binding
 from mailintake_shared.db.models import Connection, OAuthCredential, OAuthFlow
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.logging import get_logger
@@ -78,36 +83,74 @@ def create_credential(
 ) -> OAuthCredential:
     _name_free(session, body.name, None)
     now = utcnow()
-    row = OAuthCredential(
-        id=uuid.uuid4(),
-        name=body.name,
-        provider=body.provider.value,
-        client_id=body.client_id,
-        client_secret_enc=res.secrets.encrypt(body.client_secret.get_secret_value()),
-        tenant=body.tenant,
-        scopes=" ".join(body.scopes) if body.scopes else None,
-        app_only=body.app_only,
-        created_at=now,
-        updated_at=now,
-    )
+    row = _credential_row(body, uuid.uuid4(), now, now)
+    secret = body.client_secret.get_secret_value()
+    row.client_secret_enc = res.secrets.encrypt(secret, client_secret_binding(row))
     session.add(row)
     session.flush()
     return row
+
+
+def credential_from_backup(session: Session, values: dict[str, Any]) -> OAuthCredential:
+    """The credential a backup's row describes, judged by the schema a create is; its secret
+    is the caller's to check. Raises pydantic's ``ValidationError`` or
+    ``CredentialNameTakenError``."""
+    scopes = values.get("scopes")
+    fields = OAuthCredentialFields.model_validate(
+        {
+            "name": values.get("name"),
+            "provider": values.get("provider"),
+            "client_id": values.get("client_id"),
+            "tenant": values.get("tenant"),
+            "scopes": scopes.split() if scopes else None,
+            "app_only": bool(values.get("app_only")),
+        }
+    )
+    _name_free(session, fields.name, values["id"])
+    created, updated = values.get("created_at"), values.get("updated_at")
+    return _credential_row(fields, values["id"], created or utcnow(), updated or utcnow())
+
+
+def _credential_row(
+    fields: OAuthCredentialFields, row_id: uuid.UUID, created_at: datetime, updated_at: datetime
+) -> OAuthCredential:
+    return OAuthCredential(
+        id=row_id,
+        name=fields.name,
+        provider=fields.provider.value,
+        client_id=fields.client_id,
+        tenant=fields.tenant,
+        scopes=" ".join(fields.scopes) if fields.scopes else None,
+        app_only=fields.app_only,
+        created_at=created_at,
+        updated_at=updated_at,
+    )
 
 
 def update_credential(
     session: Session, res: Resources, row: OAuthCredential, body: OAuthCredentialUpdate
 ) -> OAuthCredential:
     changes = body.model_dump(exclude_unset=True)
+    if "tenant" in changes and body.tenant != row.tenant and body.client_secret is None:
+        raise InvalidInputError(
+            [
+                FieldError(
+                    field="client_secret",
+                    rule="client_secret is required again because tenant changed: a stored "
+                    "secret goes only to the token endpoint it was given for",
+                )
+            ]
+        )
     if "name" in changes:
         _name_free(session, body.name or "", row.id)
         row.name = body.name or row.name
     if "client_id" in changes and body.client_id:
         row.client_id = body.client_id
-    if "client_secret" in changes and body.client_secret is not None:
-        row.client_secret_enc = res.secrets.encrypt(body.client_secret.get_secret_value())
     if "tenant" in changes:
         row.tenant = body.tenant
+    if "client_secret" in changes and body.client_secret is not None:
+        secret = body.client_secret.get_secret_value()
+        row.client_secret_enc = res.secrets.encrypt(secret, client_secret_binding(row))
     if "scopes" in changes:
         row.scopes = " ".join(body.scopes) if body.scopes else None
     row.updated_at = utcnow()
@@ -140,21 +183,18 @@ def start(session: Session, res: Resources, row: Connection) -> AuthorizationSta
     url, flow = res.tokens.provider(reg.provider).start(reg, state, login_hint=row.username)
     expires_at = utcnow() + timedelta(seconds=res.settings.oauth_state_seconds)
     session.execute(delete(OAuthFlow).where(OAuthFlow.expires_at < utcnow()))
-    session.add(
-        OAuthFlow(
-            state=state,
-            connection_id=row.id,
-            flow_enc=res.secrets.encrypt(json.dumps(flow)),
-            expires_at=expires_at,
-        )
-    )
+    flow_row = OAuthFlow(state=state, connection_id=row.id, expires_at=expires_at)
+    flow_row.flow_enc = res.secrets.encrypt(json.dumps(flow), flow_binding(flow_row))
+    session.add(flow_row)
     log.info("authorization started", connection_id=str(row.id))
     return AuthorizationStarted(authorization_url=url, expires_at=expires_at)
 
 
 def finish(session: Session, res: Resources, response: dict[str, str]) -> Connection:
     """The provider sent the browser back: exchange the code, keep the grant."""
-    flow_row = session.get(OAuthFlow, response.get("state", ""), with_for_update=True)
+    state = response.get("state", "")
+    known = len(state) <= 128 and control_character(state) is None  # no NUL to the database
+    flow_row = session.get(OAuthFlow, state, with_for_update=True) if known else None
     if flow_row is None or flow_row.expires_at < utcnow():
         raise CallbackError("this authorization link is unknown or has expired; start again")
     session.delete(flow_row)  # single use, whatever happens next
@@ -162,13 +202,15 @@ def finish(session: Session, res: Resources, response: dict[str, str]) -> Connec
     if row is None:
         raise CallbackError("the connection no longer exists")
     reg = _registration_of(session, res, row)
-    flow = json.loads(res.secrets.decrypt(flow_row.flow_enc).get_secret_value())
+    flow = json.loads(
+        res.secrets.decrypt(flow_row.flow_enc, flow_binding(flow_row)).get_secret_value()
+    )
     try:
         tokens = res.tokens.provider(reg.provider).finish(reg, flow, response)
     except (InvalidGrantError, ProviderError) as exc:
         raise CallbackError(f"the provider did not authorize the connection: {exc}") from exc
     save_grant(
-        session, res.secrets, row.id, tokens.access_token, tokens.refresh_token, tokens.expires_at
+        session, res.secrets, row, tokens.access_token, tokens.refresh_token, tokens.expires_at
     )
     res.tokens.forget(row.id)
     connections.touch_and_announce(session, res.settings, row)  # a parked schedule resumes

@@ -2,9 +2,12 @@
 certificate links), OAuth2 credentials and S/MIME certificates.
 
 A backup is one JSON document. Secrets stay as they are stored, encrypted under
-``MAILINTAKE_ENCRYPTION_KEYS`` (base64 of the ciphertext): a backup is as safe as the
-database it came from, and restoring it needs a key that decrypts them (restore checks).
-Restore upserts by id, so it is safe to run twice; ``parts`` selects what is restored.
+``MAILINTAKE_ENCRYPTION_KEYS`` and bound to their rows and destinations (base64 of the
+ciphertext): a backup is as safe as the database it came from. Restore judges every row by
+the API's schemas and rules, and needs each secret to decrypt for its row as restored, so a
+file whose host (or TLS setting, or account) was edited is refused instead of sending a
+password elsewhere. Restore upserts by id, so it is safe to run twice; ``parts`` selects
+what is restored.
 Restored connections are queued on the ``connections`` topic, so the scheduler learns them.
 Mail, cursors and logs are not configuration: back up the database for those.
 """
@@ -18,11 +21,23 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import TypeDecorator, delete, select
 from sqlalchemy.orm import Session
 from sqlalchemy.types import TypeEngine
 
 from mailintake_config_api import connections
+from mailintake_config_api.authorization import CredentialNameTakenError, credential_from_backup
+from mailintake_config_api.certificates import CertificateError, read_upload
+from mailintake_config_api.connections import NameTakenError
+from mailintake_config_api.errors import InvalidInputError, field_errors
+from mailintake_config_api.schemas import CertificateUpload
+from mailintake_shared.db.bindings import (
+    client_secret_binding,
+    grant_binding,
+    password_binding,
+    private_key_binding,
+)
 from mailintake_shared.db.models import (
     Base,
     Certificate,
@@ -31,7 +46,13 @@ from mailintake_shared.db.models import (
     OAuthCredential,
     OAuthGrant,
 )
-from mailintake_shared.secretbox import SecretBox, SecretDecryptError
+from mailintake_shared.oauth.tokens import AUTHORIZATION_REQUIRED, AUTHORIZED
+from mailintake_shared.secretbox import (
+    SecretBindingError,
+    SecretBox,
+    SecretDecryptError,
+    is_unbound,
+)
 from mailintake_shared.settings import Settings
 
 FORMAT = "mailintake-config-backup/1"
@@ -40,13 +61,6 @@ _MODELS: dict[str, tuple[type[Base], ...]] = {
     "credentials": (OAuthCredential,),
     "certificates": (Certificate,),
     "connections": (Connection, OAuthGrant, ConnectionCertificate),
-}
-_SECRET_COLUMNS = {
-    "password_enc",
-    "client_secret_enc",
-    "refresh_token_enc",
-    "access_token_enc",
-    "private_key_enc",
 }
 
 
@@ -122,18 +136,27 @@ def restore(
     secrets: SecretBox,
     document: dict[str, Any],
     parts: Iterable[str] = PARTS,
+    *,
+    bind_unbound: bool = False,
 ) -> Restored:
-    """Upsert the chosen parts; every secret must decrypt with the configured keys."""
+    """Upsert the chosen parts, each row judged by the API's schemas and rules; every secret
+    must decrypt with the configured keys *for its row as restored* (a destination edited in
+    the file is refused). ``bind_unbound``: secrets of a backup taken before secrets were
+    bound to their destinations are bound to the destinations the file names."""
     if document.get("format") != FORMAT:
         raise BackupError(f"not a {FORMAT} document")
     chosen = [p for p in PARTS if p in set(parts)]
+    sealed = _Sealed(secrets, bind_unbound)
     done = Restored()
     for part in chosen:
         if part not in document:
             raise BackupError(f"the backup has no {part}")
         for model in _MODELS[part]:
-            rows = [_load(model, values) for values in document[part].get(model.__tablename__, [])]
-            _check_secrets(secrets, model.__tablename__, rows)
+            table = model.__tablename__
+            try:
+                rows = [_load(model, values) for values in document[part].get(table, [])]
+            except (AttributeError, TypeError, ValueError) as exc:  # binascii.Error among them
+                raise BackupError(f"{table}: a malformed value ({exc})") from None
             if model is ConnectionCertificate:  # a link set is replaced, not merged
                 for cid in {row["connection_id"] for row in rows}:
                     session.execute(
@@ -143,9 +166,18 @@ def restore(
                     )
                 session.flush()
             for values in rows:
-                session.merge(model(**values))
-            session.flush()
-            done.rows[model.__tablename__] = len(rows)
+                where = f"{table} {values.get('id') or values.get('connection_id')}"
+                try:
+                    session.merge(_judged(session, settings, sealed, model, values))
+                except ValidationError as exc:
+                    rules = "; ".join(f"{e.field}: {e.rule}" for e in field_errors(exc.errors()))
+                    raise BackupError(f"{where}: {rules}") from None
+                except (InvalidInputError, _RefusedError) as exc:
+                    raise BackupError(f"{where}: {exc}") from None
+                except (NameTakenError, CredentialNameTakenError) as exc:
+                    raise BackupError(f"{where}: another row is named {exc}") from None
+                session.flush()
+            done.rows[table] = len(rows)
     if "connections" in chosen:
         ids = {values["id"] for values in document["connections"].get("connections", [])}
         for row in session.scalars(
@@ -156,16 +188,104 @@ def restore(
     return done
 
 
-def _check_secrets(secrets: SecretBox, table: str, rows: list[dict[str, Any]]) -> None:
-    for values in rows:
-        for column in _SECRET_COLUMNS & values.keys():
-            if values[column] is None:
-                continue
+class _RefusedError(ValueError):
+    """A row of the backup that the API would not have stored; the message says why."""
+
+
+def _judged(
+    session: Session, settings: Settings, sealed: _Sealed, model: type[Base], values: dict[str, Any]
+) -> Base:
+    """The row ``values`` describe, as the API would have stored it, with its secrets."""
+    if model is OAuthCredential:
+        credential = credential_from_backup(session, values)
+        credential.client_secret_enc = sealed.check(
+            "client_secret_enc", values.get("client_secret_enc"), client_secret_binding(credential)
+        )
+        return credential
+    if model is Certificate:
+        return _certificate(sealed, values)
+    if model is Connection:
+        row = connections.from_backup(session, settings, values)
+        row.password_enc = sealed.check(
+            "password_enc", values.get("password_enc"), password_binding(row)
+        )
+        return row
+    if model is OAuthGrant:
+        connection = session.get(Connection, values["connection_id"])
+        if connection is None or not connection.view().protocol.is_oauth2:
+            raise _RefusedError("a grant needs its OAuth2 connection (restore the connections too)")
+        if values.get("status") not in (AUTHORIZED, AUTHORIZATION_REQUIRED):
+            raise _RefusedError(f"status must be {AUTHORIZED} or {AUTHORIZATION_REQUIRED}")
+        grant = OAuthGrant(**values)
+        for column in ("refresh_token_enc", "access_token_enc"):
+            token = sealed.check(column, values.get(column), grant_binding(connection))
+            setattr(grant, column, token)
+        return grant
+    return model(**values)
+
+
+def _certificate(sealed: _Sealed, values: dict[str, Any]) -> Certificate:
+    """A certificate whose key belongs to it, named as an upload may be."""
+    names = CertificateUpload.model_validate(
+        {"name": values.get("name"), "alias": values.get("alias")}
+    )
+    row = Certificate(**values)
+    key = sealed.check("private_key_enc", values.get("private_key_enc"), private_key_binding(row))
+    if key is None:
+        raise _RefusedError("private_key_enc: a certificate needs its private key")
+    pem = sealed.plain("private_key_enc", key, private_key_binding(row))
+    try:
+        pair = read_upload(f"{values.get('certificate_pem', '')}\n{pem}", None, None)
+    except CertificateError as exc:
+        raise _RefusedError(f"certificate_pem: {exc}") from None
+    if pair.fingerprint_sha256 != row.fingerprint_sha256:
+        raise _RefusedError("fingerprint_sha256 is not the certificate's")
+    row.name, row.alias = names.name.strip(), names.alias.strip() if names.alias else None
+    row.certificate_pem, row.serial = pair.certificate_pem, f"{pair.certificate.serial_number:x}"
+    row.private_key_enc = key
+    return row
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """The secrets of a backup, checked against the rows they are restored with."""
+
+    box: SecretBox
+    bind_unbound: bool
+
+    def check(self, column: str, token: bytes | None, binding: bytes) -> bytes | None:
+        """``token`` as it is to be stored: it must decrypt for ``binding``."""
+        if token is None:
+            return None
+        if is_unbound(token):
+            if not self.bind_unbound:
+                raise _RefusedError(
+                    f"its {column} was stored before secrets were bound to their destination "
+                    "(a backup of an earlier version): restore it with --bind-unbound-secrets "
+                    "if the file is unchanged since it was taken"
+                )
             try:
-                secrets.decrypt(values[column])
-            except SecretDecryptError as exc:
-                raise BackupError(
-                    f"{table} {values.get('id') or values.get('connection_id')}: its {column} "
-                    "does not decrypt with MAILINTAKE_ENCRYPTION_KEYS (restore needs the key "
-                    "the backup's database used)"
-                ) from exc
+                plain = self.box.open_unbound(token).get_secret_value()
+            except SecretDecryptError:
+                raise _RefusedError(self._no_key(column)) from None
+            return self.box.encrypt(plain, binding)
+        self.plain(column, token, binding)
+        return token
+
+    def plain(self, column: str, token: bytes, binding: bytes) -> str:
+        try:
+            return self.box.decrypt(token, binding).get_secret_value()
+        except SecretBindingError:
+            raise _RefusedError(
+                f"its {column} does not belong to the row as the backup describes it (its "
+                "destination or identity was changed after the backup was taken)"
+            ) from None
+        except SecretDecryptError:
+            raise _RefusedError(self._no_key(column)) from None
+
+    @staticmethod
+    def _no_key(column: str) -> str:
+        return (
+            f"its {column} does not decrypt with MAILINTAKE_ENCRYPTION_KEYS (restore needs "
+            "the key the backup's database used)"
+        )

@@ -1,7 +1,8 @@
 """Reading an uploaded certificate and its private key (PEM, or PKCS#12 with a passphrase).
 
 The key is kept as unencrypted PKCS#8 PEM inside the secret box (encrypted at rest with the
-service's keys); the passphrase opens the upload and is then forgotten.
+service's keys); the passphrase opens the upload and is then forgotten. A PKCS#12 file's
+key-derivation rounds are counted and capped before it is opened (``pkcs12_rounds``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+
+from mailintake_config_api.pkcs12_rounds import TooManyRoundsError, UnreadableError, check_rounds
 
 _KEY_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.DOTALL
@@ -75,6 +78,14 @@ def _from_pkcs12(encoded: str, passphrase: str | None) -> KeyPairUpload:
         data = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError) as exc:  # non-ASCII text is a ValueError
         raise CertificateError("`pkcs12_base64` is not base64") from exc
+    try:  # before any round is spent: the file chooses its own counts
+        check_rounds(data, passphrase)
+    except TooManyRoundsError as exc:
+        raise CertificateError(str(exc)) from None
+    except UnreadableError as exc:
+        raise CertificateError(
+            f"unreadable PKCS#12 (a wrong passphrase, or not PKCS#12: {exc})"
+        ) from None
     try:
         key, certificate, _chain = pkcs12.load_key_and_certificates(
             data, passphrase.encode() if passphrase else None

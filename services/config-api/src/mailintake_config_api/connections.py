@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
 
+import sqlalchemy as sa
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from mailintake_config_api import rules
 from mailintake_config_api.errors import InvalidInputError
+from mailintake_config_api.lookups import like_pattern
 from mailintake_config_api.schemas import (
     ConnectionCreate,
     ConnectionHealth,
@@ -19,12 +24,14 @@ from mailintake_config_api.schemas import (
     FieldError,
     WatchStatus,
 )
+from mailintake_shared.db.bindings import destination_changes, password_binding
 from mailintake_shared.db.models import (
     Connection,
     ConnectionStatus,
     ConnectionWatch,
     OAuthCredential,
     OAuthGrant,
+    PollLease,
 )
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import (
@@ -36,7 +43,7 @@ from mailintake_shared.domain import (
     Transport,
     transport_for,
 )
-from mailintake_shared.events import ConnectionState, PollReason, PollRequested
+from mailintake_shared.events import ConnectionState, PollReason, PollRequested, StoreWaiting
 from mailintake_shared.outbox import add_to_outbox
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
@@ -44,6 +51,64 @@ from mailintake_shared.topics import Topic
 from mailintake_shared.watch import STALE_AFTER_HEARTBEATS, WatchMethod, WatchState
 
 _DRAFT_FIELDS = tuple(name for name in rules.ConnectionDraft.model_fields if name != "has_password")
+
+
+class Sort(StrEnum):
+    """Orders of the connection list: a column, ascending; ``-`` before it, descending."""
+
+    NAME = "name"
+    NAME_DESC = "-name"
+    PROTOCOL = "protocol"
+    PROTOCOL_DESC = "-protocol"
+    HOST = "host"
+    HOST_DESC = "-host"
+    USERNAME = "username"
+    USERNAME_DESC = "-username"
+    ENABLED = "enabled"
+    ENABLED_DESC = "-enabled"
+    LAST_POLL = "last_poll"
+    LAST_POLL_DESC = "-last_poll"
+    LAST_SUCCESS = "last_success"
+    LAST_SUCCESS_DESC = "-last_success"
+    MESSAGES = "messages"
+    MESSAGES_DESC = "-messages"
+    FAILURES = "failures"
+    FAILURES_DESC = "-failures"
+
+
+_SORT_COLUMNS: dict[str, Any] = {
+    "name": func.lower(Connection.name),
+    "protocol": Connection.protocol,
+    "host": func.lower(Connection.host),
+    "username": func.lower(Connection.username),
+    "enabled": Connection.enabled,
+    "last_poll": ConnectionStatus.last_poll_at,
+    "last_success": ConnectionStatus.last_success_at,
+    "messages": ConnectionStatus.messages_stored,
+    "failures": ConnectionStatus.consecutive_failures,
+}
+
+
+def search(
+    session: Session, term: str | None, sort: Sort, limit: int, offset: int
+) -> tuple[list[Connection], int]:
+    """A page of the connections whose name, description, host or username contains ``term``
+    (case-insensitive), in ``sort``'s order (then by name and id), and how many match."""
+    query = select(Connection)
+    if term and term.strip():
+        pattern = like_pattern(term)
+        columns = (Connection.name, Connection.description, Connection.host, Connection.username)
+        query = query.where(or_(*(func.lower(c).like(pattern, escape="\\") for c in columns)))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    column = _SORT_COLUMNS[sort.value.removeprefix("-")]
+    order = column.desc() if sort.value.startswith("-") else column.asc()
+    rows = session.scalars(
+        query.outerjoin(ConnectionStatus, ConnectionStatus.connection_id == Connection.id)
+        .order_by(order.nulls_last(), func.lower(Connection.name), Connection.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return list(rows), total
 
 
 class NameTakenError(Exception):
@@ -105,9 +170,14 @@ def watch_status(
     )
 
 
-def public(session: Session, rows: list[Connection], settings: Settings) -> list[ConnectionPublic]:
-    """Connections as the API shows them, with their polling status, authorization and
-    watch state."""
+def public(
+    session: Session,
+    rows: list[Connection],
+    settings: Settings,
+    waiting: Callable[[uuid.UUID], StoreWaiting | None] = lambda _id: None,
+) -> list[ConnectionPublic]:
+    """Connections as the API shows them, with their polling status, authorization and watch
+    state, and what the store says it cannot write (``waiting``)."""
     ids = [row.id for row in rows]
     statuses = session.scalars(
         select(ConnectionStatus).where(ConnectionStatus.connection_id.in_(ids))
@@ -141,6 +211,10 @@ def public(session: Session, rows: list[Connection], settings: Settings) -> list
     for item in shown:  # the watchdog's rule, as the scheduler applies it
         last = item.status.last_success_at or item.updated_at
         item.status.stalled = item.enabled and last < cutoff
+        report = waiting(item.id)
+        if report is not None:
+            item.status.waiting_for_store = f"downloaded, waiting for the store: {report.reason}"
+            item.status.waiting_since = report.since
     return shown
 
 
@@ -155,6 +229,12 @@ def request_poll(
         session, settings.topic_prefix, Topic.POLL_REQUESTED, str(row.id), event.to_bytes()
     )
     return event
+
+
+def poll_in_progress(session: Session, connection_id: uuid.UUID) -> bool:
+    """A fetcher holds the connection's lease: a poll is under way."""
+    lease = session.get(PollLease, connection_id)
+    return lease is not None and lease.expires_at > utcnow()
 
 
 def _merge(
@@ -248,6 +328,27 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
         row.password_enc = None
 
 
+def _would_be(row: Connection, draft: rules.ConnectionDraft) -> Connection:
+    """A copy of ``row`` with ``draft`` applied, outside the session."""
+    copy = Connection(
+        id=row.id,
+        version=row.version,
+        enabled=row.enabled,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+    _apply(copy, draft)
+    return copy
+
+
+def _seal_password(
+    box: SecretBox, row: Connection, body: ConnectionCreate | ConnectionUpdate
+) -> None:
+    """The password sent, bound to the connection's id and destination."""
+    if body.password is not None:
+        row.password_enc = box.encrypt(body.password.get_secret_value(), password_binding(row))
+
+
 def _announce(session: Session, settings: Settings, row: Connection) -> None:
     session.flush()
     event = ConnectionState(connection=row.view())
@@ -263,10 +364,30 @@ def create(
         id=uuid.uuid4(), version=1, enabled=False, created_at=utcnow(), updated_at=utcnow()
     )
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     session.add(row)
     _announce(session, settings, row)
+    return row
+
+
+def from_backup(session: Session, settings: Settings, values: dict[str, Any]) -> Connection:
+    """The connection a backup's row describes, judged by the schemas and rules a create
+    is; its password is the caller's to check. Raises pydantic's ``ValidationError``,
+    ``InvalidInputError`` or ``NameTakenError``."""
+    fields = {k: v for k, v in values.items() if k in _DRAFT_FIELDS and v is not None}
+    if fields.get("protocol") != Protocol.MICROSOFT_OAUTH2:
+        fields.pop("transport", None)  # implied by the protocol, not chosen
+    draft = _merge(None, ConnectionCreate.model_validate(fields))
+    draft.has_password = values.get("password_enc") is not None
+    _validate(session, settings, draft, values["id"])
+    row = Connection(
+        id=values["id"],
+        version=values.get("version") or 1,
+        enabled=bool(values.get("enabled")),
+        created_at=values.get("created_at") or utcnow(),
+        updated_at=values.get("updated_at") or utcnow(),
+    )
+    _apply(row, draft)
     return row
 
 
@@ -280,8 +401,7 @@ def preview(
         id=uuid.uuid4(), version=0, enabled=False, created_at=utcnow(), updated_at=utcnow()
     )
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     return row
 
 
@@ -290,9 +410,22 @@ def update(
 ) -> Connection:
     draft = _merge(row, body)
     _validate(session, settings, draft, row.id)
+    moved = destination_changes(row.view(), _would_be(row, draft).view())
+    if moved and draft.has_password and body.password is None:
+        changed = ", ".join(moved)
+        raise InvalidInputError(
+            [
+                FieldError(
+                    field="password",
+                    rule=f"password is required again because {changed} changed: a stored "
+                    "password goes only to the destination it was given for",
+                )
+            ]
+        )
+    if moved:  # an OAuth2 grant too: authorize the connection again for the new destination
+        session.execute(sa.delete(OAuthGrant).where(OAuthGrant.connection_id == row.id))
     _apply(row, draft)
-    if body.password is not None:
-        row.password_enc = box.encrypt(body.password.get_secret_value())
+    _seal_password(box, row, body)
     _touch(row)
     _announce(session, settings, row)
     return row

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mailintake_config_api.schemas import ErrorBody, FieldError
+
+NOT_SAVED = (
+    "the change was not saved: the database refused to commit it (see the config API's log); "
+    "nothing of this request is stored, so it is safe to repeat"
+)
+
+
+class CommitFailedError(Exception):
+    """The database refused to commit the request's transaction: nothing of it was saved."""
 
 
 class InvalidInputError(Exception):
@@ -18,9 +30,14 @@ class InvalidInputError(Exception):
         self.errors = errors
 
 
-def _rule(error: dict[str, object]) -> str:
+def _rule(error: dict[str, object], connection_id: str = "{id}") -> str:
     kind = error.get("type")
     message = str(error.get("msg", "invalid value"))
+    if kind == "extra_forbidden" and _field(error) == "enabled":
+        return (
+            f"unknown field: enable with POST /connections/{connection_id}/enable (it "
+            f"estimates the first poll), disable with POST /connections/{connection_id}/disable"
+        )
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "missing":
@@ -35,6 +52,11 @@ def _field(error: dict[str, object]) -> str:
     return ".".join(location) or "body"
 
 
+def field_errors(errors: Sequence[Any], connection_id: str = "{id}") -> list[FieldError]:
+    """Pydantic's (or FastAPI's) error dicts as fields and rules in words."""
+    return [FieldError(field=_field(e), rule=_rule(e, connection_id)) for e in errors]
+
+
 def invalid_response(errors: list[FieldError]) -> JSONResponse:
     body = ErrorBody(detail="invalid input", errors=errors)
     return JSONResponse(status_code=422, content=body.model_dump())
@@ -42,13 +64,18 @@ def invalid_response(errors: list[FieldError]) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(field=_field(e), rule=_rule(e)) for e in exc.errors()]
-        return invalid_response(errors)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        connection_id = str(request.path_params.get("connection_id", "{id}"))
+        return invalid_response(field_errors(exc.errors(), connection_id))
 
     @app.exception_handler(InvalidInputError)
     async def _invalid(_request: Request, exc: InvalidInputError) -> JSONResponse:
         return invalid_response(exc.errors)
+
+    @app.exception_handler(CommitFailedError)
+    async def _not_saved(_request: Request, _exc: CommitFailedError) -> JSONResponse:
+        body = ErrorBody(detail=NOT_SAVED)
+        return JSONResponse(status_code=503, content=body.model_dump())
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

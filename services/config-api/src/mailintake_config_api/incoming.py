@@ -140,6 +140,14 @@ def queue_page(session: Session, window: Window, state: QueueState | None) -> tu
     )
 
 
+def queue_counts(session: Session) -> dict[QueueState, int]:
+    """How many entries the queue holds in each state."""
+    queue = _queue_query()
+    rows = session.execute(select(queue.c.state, func.count()).group_by(queue.c.state)).all()
+    counted = {QueueState(state): int(count) for state, count in rows}
+    return {state: counted.get(state, 0) for state in QueueState}
+
+
 def raw_of(session: Session, kind: EntryKind, entry_id: int) -> bytes | None:
     if kind is EntryKind.MESSAGE:
         message = session.get(Message, entry_id)
@@ -212,6 +220,7 @@ def _open_again(session: Session, settings: Settings, secrets: SecretBox, messag
     message.smime_unopened = result.info.unopened
     if result.info.unopened:
         return f"still not decrypted: {result.info.problem}"
+    message.published_at = None  # a new announcement (its own ce_id), not a replay
     entry = announce_stored(message.id, message.connection_id)
     add_many_to_outbox(session, settings.topic_prefix, [entry])
     return "decrypted; mail.stored is published again with the decrypted message"

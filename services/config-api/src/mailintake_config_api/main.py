@@ -4,7 +4,8 @@ mailintake-config-api              serve the API (uvicorn) on MAILINTAKE_HTTP_HO
 mailintake-config-api hash-token   print a new token and the settings entry for it
 mailintake-config-api openapi      print the OpenAPI document
 mailintake-config-api backup       print the configuration as JSON (secrets stay encrypted)
-mailintake-config-api restore F    restore a backup (upsert by id: safe to run twice)
+mailintake-config-api restore F    restore a backup (upsert by id: safe to run twice), judged
+                                   by the API's rules; a secret restores only with its row
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="serve the API (the default)")
     hashing = commands.add_parser("hash-token", help="make an API token and its settings entry")
-    hashing.add_argument("--role", choices=["admin", "viewer"], default="admin")
+    hashing.add_argument("--role", choices=["admin", "reader", "viewer"], default="admin")
     hashing.add_argument("--token", help="hash this token instead of making a new one")
     commands.add_parser("openapi", help="print the OpenAPI document")
     parts = ", ".join(PARTS)
@@ -36,6 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     restoring = commands.add_parser("restore", help="restore a backup made by `backup`")
     restoring.add_argument("file", help="the backup's JSON file, or - for standard input")
     restoring.add_argument("--only", help=f"comma-separated parts: {parts} (default: all)")
+    restoring.add_argument(
+        "--bind-unbound-secrets",
+        action="store_true",
+        help="a backup of an earlier version, whose secrets are not bound to their "
+        "destinations yet: bind them to the destinations the file names (only for a file "
+        "known unchanged since it was taken)",
+    )
     args = parser.parse_args(argv)
 
     if args.command == "hash-token":
@@ -91,8 +99,16 @@ def _backup_or_restore(args: argparse.Namespace) -> int:
         text = sys.stdin.read() if args.file == "-" else open(args.file).read()  # noqa: SIM115
         box = SecretBox(settings.encryption_keys)
         try:  # one transaction: a refused restore changes nothing
+            document = json.loads(text)
+            if not isinstance(document, dict):
+                raise BackupError("not a backup: the file holds no JSON object")
             with sessions() as session, session.begin():
-                done = restore(session, settings, box, json.loads(text), parts)
+                done = restore(
+                    session, settings, box, document, parts, bind_unbound=args.bind_unbound_secrets
+                )
+        except json.JSONDecodeError as exc:
+            print(f"restore refused: not JSON ({exc})", file=sys.stderr)
+            return 1
         except BackupError as exc:
             print(f"restore refused: {exc}", file=sys.stderr)
             return 1

@@ -21,6 +21,7 @@ from mailintake_config_api.schemas import (
 from mailintake_shared.db.models import Connection, MailboxState
 from mailintake_shared.db.queries import cursor_of, known_server_ids, mailbox_config
 from mailintake_shared.db.types import utcnow
+from mailintake_shared.events import ErrorKind
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.estimate import Estimate, estimate
@@ -30,11 +31,13 @@ log = get_logger(__name__)
 
 
 class EstimateRequiredError(Exception):
-    """The first poll would download messages the request did not acknowledge."""
+    """The first poll would download messages the request did not acknowledge (``acknowledged``:
+    the number it gave, if any)."""
 
-    def __init__(self, estimate: EstimateBody) -> None:
+    def __init__(self, estimate: EstimateBody, acknowledged: int | None) -> None:
         super().__init__(f"{estimate.messages} messages to download")
         self.estimate = estimate
+        self.acknowledged = acknowledged
 
 
 class EstimateFailedError(Exception):
@@ -45,8 +48,19 @@ class EstimateFailedError(Exception):
         self.result = result
 
 
+UNBOUND_DESTINATION = (
+    "the stored password does not belong to this connection as it is now (its destination was "
+    "changed outside the API, or the encryption key is gone): send the password again"
+)
+
+
 def test(row: Connection, res: Resources) -> ConnectionTestResult:
-    result = probe(mailbox_config(row, res.secrets, res.tokens, res.network))
+    config = mailbox_config(row, res.secrets, res.tokens, res.network)
+    if row.password_enc is not None and config.password is None:
+        return ConnectionTestResult(
+            ok=False, failed_step=ErrorKind.AUTHENTICATION, error=UNBOUND_DESTINATION, latency_ms=0
+        )
+    result = probe(config)
     log.info(
         "connection tested",
         connection_id=str(row.id),
@@ -71,12 +85,15 @@ def enable(session: Session, res: Resources, row: Connection, request: EnableReq
         )
         acknowledged = request.acknowledge_messages or 0
         if found.messages > res.settings.enable_ack_threshold and acknowledged < found.messages:
-            raise EstimateRequiredError(body)
+            raise EstimateRequiredError(body, request.acknowledge_messages)
         _fix_baseline(session, row.id, config.folder, found)
     log.info(
         "connection enabled", connection_id=str(row.id), estimate_skipped=request.skip_estimate
     )
-    return connections.set_enabled(session, res.settings, row, True)
+    connections.set_enabled(session, res.settings, row, True)
+    # The first poll at once rather than after the scheduler's spreading of first polls.
+    connections.request_poll(session, res.settings, row)
+    return row
 
 
 def _estimate(session: Session, row: Connection, config: MailboxConfig, res: Resources) -> Estimate:

@@ -9,8 +9,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailintake_config_api import connections, incoming
+from mailintake_config_api import incoming
 from mailintake_config_api.auth import TokenTable
+from mailintake_config_api.republish import keep_topic_whole
+from mailintake_config_api.store_waiting import StoreWaitingView
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
@@ -34,6 +36,7 @@ class Resources:
     producer: ReliableProducer
     tokens: TokenStore
     network: NetworkPolicy  # which addresses a tested or estimated connection may reach
+    store_waiting: StoreWaitingView  # what the store says it cannot write
     stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -54,6 +57,7 @@ class Resources:
             producer=producer,
             tokens=TokenStore(sessions, secrets, settings),
             network=NetworkPolicy.of(settings.outbound_allow_cidrs, settings.outbound_deny_cidrs),
+            store_waiting=StoreWaitingView(settings),
         )
 
     def start(self) -> None:
@@ -61,6 +65,7 @@ class Resources:
             ("outbox-relay", self._relay),
             ("resync", self._resync),
             ("purge", self._purge),
+            ("store-waiting", self._store_waiting),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -69,17 +74,11 @@ class Resources:
     def _relay(self) -> None:
         self.relay.run(self.stop)
 
+    def _store_waiting(self) -> None:
+        self.store_waiting.run(self.stop)
+
     def _resync(self) -> None:
-        """Republish every connection's state now and then (see connections_resync_seconds)."""
-        interval = self.settings.connections_resync_seconds
-        while interval and not self.stop.wait(interval):
-            try:
-                with self.sessions() as session, session.begin():
-                    count = connections.republish_all(session, self.settings)
-                self.relay.wake.set()
-                log.info("connection states republished", connections=count)
-            except Exception as exc:
-                log.warning("could not republish connection states", error=str(exc))
+        keep_topic_whole(self.settings, self.sessions, self.relay.wake, self.stop)
 
     def _purge(self) -> None:
         """Purge the Incoming Mail Log and Queue by their retention, now and then."""

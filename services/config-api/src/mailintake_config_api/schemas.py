@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from datetime import UTC, date, datetime
 from typing import Annotated, Generic, TypeVar
 from uuid import UUID
 
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+)
 
 from mailintake_config_api.incoming import EntryKind, QueueState
 from mailintake_shared.domain import (
@@ -35,7 +44,45 @@ from mailintake_shared.watch import WatchMethod, WatchState
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
 
-Name = Annotated[str, Field(description="Unique name (case-insensitive), 1–255 characters.")]
+LINE_BREAKS = "\t\r\n"  # what free text (a description, PEM) may hold of the control characters
+
+
+def control_character(text: str, allowed: str = "") -> str | None:
+    """The first C0 or C1 control character of ``text`` that is not in ``allowed``, as
+    ``U+000D``; None when there is none."""
+    for char in text:
+        if unicodedata.category(char) == "Cc" and char not in allowed:
+            return f"U+{ord(char):04X}"
+    return None
+
+
+def _plain(value: str | SecretStr | None, info: ValidationInfo) -> str | SecretStr | None:
+    """Refuses every control character: CR, LF and NUL would end or split an IMAP or POP3
+    command line (RFC 3501 section 9, RFC 1939 section 3), and PostgreSQL has no NUL in
+    text."""
+    text = value.get_secret_value() if isinstance(value, SecretStr) else value
+    found = control_character(text) if text is not None else None
+    if found is not None:
+        name = info.field_name or "the value"
+        raise ValueError(
+            f"{name} must be text without control characters (CR, LF, NUL …; found {found})"
+        )
+    return value
+
+
+def _free_text(value: str | None, info: ValidationInfo) -> str | None:
+    """Free text: tabs and line breaks, but no other control character (no NUL)."""
+    found = control_character(value, LINE_BREAKS) if value is not None else None
+    if found is not None:
+        name = info.field_name or "the value"
+        raise ValueError(
+            f"{name} must not contain control characters but tabs and line breaks (found {found})"
+        )
+    return value
+
+
+PlainText = Annotated[str, AfterValidator(_plain)]
+Name = Annotated[PlainText, Field(description="Unique name (case-insensitive), 1–255 characters.")]
 # Bounded so that the database's BIGINT takes them (a larger one answers 422, not a 500).
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The row's id.")]
 Offset = Annotated[int, Query(ge=0, le=2**63 - 1, description="Items to skip.")]
@@ -77,12 +124,19 @@ class _ConnectionFields(BaseModel):
     timeout_ms: int | None = Field(None, description="1–30000 ms; blank or 0: 30000.")
     folder: str | None = Field(None, description="IMAP folder; blank: INBOX.")
     username: str | None = None
-    shared_mailbox: str | None = Field(None, description="Alias of a shared mailbox to open.")
+    shared_mailbox: str | None = Field(
+        None, max_length=512, description="Alias of a shared mailbox to open."
+    )
     password: SecretStr | None = Field(
-        None, description="IMAP and POP3 only; ASCII only; write-only, never returned."
+        None,
+        description="IMAP and POP3 only; any Unicode text without control characters (SASL "
+        "PLAIN carries UTF-8); write-only, never returned; asked again when the destination "
+        "changes.",
     )
     after_download: AfterDownload | None = Field(
-        None, description="`mark_seen` (default; POP3: keep on server) or `delete`."
+        None,
+        description="`mark_seen` (default; POP3: keep on server), `keep` (the server is left "
+        "exactly as it is: no flag changed, IMAP folders opened read-only) or `delete`.",
     )
     first_sync: FirstSync | None = Field(
         None,
@@ -103,6 +157,11 @@ class _ConnectionFields(BaseModel):
     _strip = field_validator(
         "description", "host", "folder", "shared_mailbox", "tls_ca_pem", mode="before"
     )(_strip_or_none)
+    # Everything that reaches a mail server is one command-line argument: no CR, LF or NUL.
+    _plain_fields = field_validator("name", "username", "shared_mailbox", "folder", "password")(
+        _plain
+    )
+    _free_text_fields = field_validator("description", "tls_ca_pem")(_free_text)
 
     @field_validator("name", "username", mode="before")
     @classmethod
@@ -160,19 +219,14 @@ class _ConnectionFields(BaseModel):
     @field_validator("folder")
     @classmethod
     def _folder(cls, value: str | None) -> str | None:
-        if value is not None and (len(value) > 1024 or any(ord(c) < 32 for c in value)):
-            raise ValueError("folder must be at most 1024 characters without control characters")
+        if value is not None and len(value) > 1024:
+            raise ValueError("folder must be at most 1024 characters")
         return value
 
     @field_validator("password")
     @classmethod
     def _password(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        secret = value.get_secret_value()
-        if not secret.isascii():
-            raise ValueError("password must contain only ASCII characters")
-        if not 1 <= len(secret) <= 1024:
+        if value is not None and not 1 <= len(value.get_secret_value()) <= 1024:
             raise ValueError("password must be 1 to 1024 characters")
         return value
 
@@ -209,6 +263,15 @@ class ConnectionHealth(BaseModel):
         False,
         description="Enabled, and no successful poll for MAILINTAKE_STALLED_AFTER_SECONDS.",
     )
+    waiting_for_store: str | None = Field(
+        None,
+        description="Mail downloaded for this connection that the store cannot write yet: "
+        "`downloaded, waiting for the store: <reason>` (the database refuses writes, is out of "
+        "reach …); null when nothing waits. The mail stays on the server until it is stored.",
+    )
+    waiting_since: datetime | None = Field(
+        None, description="When the store first failed to write it."
+    )
 
 
 class WatchStatus(BaseModel):
@@ -244,10 +307,21 @@ class ConnectionPublic(ConnectionView):
     )
 
 
+class ConnectionEnabled(ConnectionPublic):
+    """The answer to enabling: the connection, and when it is polled."""
+
+    first_poll: str = Field(
+        description="When the first poll runs: at once when the connection was just enabled."
+    )
+
+
 class PollAccepted(BaseModel):
     connection_id: UUID
     requested_at: datetime
-    detail: str
+    poll_in_progress: bool = Field(
+        False, description="A poll of the connection is under way: this one runs right after it."
+    )
+    detail: str = Field(description="When the poll runs.")
 
 
 class MessageInfo(BaseModel):
@@ -424,21 +498,20 @@ class MessageLogEntry(BaseModel):
     action_applied_at: datetime | None
 
 
-class OAuthCredentialCreate(BaseModel):
-    """An app registered with Google or Microsoft Entra (client id and secret)."""
+class OAuthCredentialFields(BaseModel):
+    """An OAuth2 credential's attributes but its secret (what a create and a restore judge)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: Name
     provider: OAuthProvider
-    client_id: str = Field(min_length=1, max_length=512)
-    client_secret: SecretStr = Field(description="Write-only; stored encrypted.")
-    tenant: str | None = Field(
+    client_id: PlainText = Field(min_length=1, max_length=512)
+    tenant: PlainText | None = Field(
         None,
         max_length=255,
         description="Microsoft: the directory (tenant) id or domain; blank: `common`.",
     )
-    scopes: list[str] | None = Field(
+    scopes: list[PlainText] | None = Field(
         None,
         description="Blank: Google `https://mail.google.com/`; Microsoft IMAP "
         "`https://outlook.office.com/IMAP.AccessAsUser.All`; Microsoft Graph "
@@ -459,14 +532,26 @@ class OAuthCredentialCreate(BaseModel):
         return value or (None if info.field_name == "tenant" else False)
 
 
+class OAuthCredentialCreate(OAuthCredentialFields):
+    """An app registered with Google or Microsoft Entra (client id and secret)."""
+
+    client_secret: SecretStr = Field(description="Write-only; stored encrypted.")
+
+    _plain_secret = field_validator("client_secret")(_plain)
+
+
 class OAuthCredentialUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Name | None = None
-    client_id: str | None = Field(None, min_length=1, max_length=512)
-    client_secret: SecretStr | None = None
-    tenant: str | None = Field(None, max_length=255)
-    scopes: list[str] | None = None
+    client_id: PlainText | None = Field(None, min_length=1, max_length=512)
+    client_secret: SecretStr | None = Field(
+        None, description="Write-only; required again when `tenant` changes."
+    )
+    tenant: PlainText | None = Field(None, max_length=255)
+    scopes: list[PlainText] | None = None
+
+    _plain_secret = field_validator("client_secret")(_plain)
 
 
 class OAuthCredentialPublic(BaseModel):
@@ -511,8 +596,8 @@ class CertificateUpload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=255)
-    alias: str | None = Field(None, max_length=255, description="Another name to search by.")
+    name: PlainText = Field(min_length=1, max_length=255)
+    alias: PlainText | None = Field(None, max_length=255, description="Another name to search by.")
     pem: SecretStr | None = Field(
         None,
         description="PEM: the certificate and its private key (PKCS#8, PKCS#1 or SEC1, "

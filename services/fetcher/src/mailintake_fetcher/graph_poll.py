@@ -1,6 +1,7 @@
 """One poll of one mailbox folder over Microsoft Graph, within a budget.
 
-1. apply the server action (``isRead``, or delete) to messages the store has committed;
+1. apply the server action (``isRead``, or delete; nothing for ``keep``) to messages the store
+   has committed;
 2. try again the messages earlier polls could not download (the store's pending downloads),
    by their immutable id;
 3. run the folder's delta query from the stored delta link (everything, the first time);
@@ -32,9 +33,10 @@ class GraphPoll(Poll):
         deadline = self._deadline()
         with GraphMailbox.open(self._config, deadline=deadline) as mailbox:
             pending = self._state.pending_actions(view.id, folder, None)
-            if pending:
+            keep = view.after_download is AfterDownload.KEEP
+            if pending and not keep:
                 self._check_fence()
-            for action in pending:
+            for action in [] if keep else pending:
                 if view.after_download is AfterDownload.DELETE:
                     mailbox.delete(action.server_id)
                 else:

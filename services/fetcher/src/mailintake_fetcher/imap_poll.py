@@ -1,7 +1,8 @@
 """One poll of one IMAP folder, within a budget.
 
-1. connect, log in, select the folder;
-2. apply the server action (\\Seen, or delete) to messages the store has committed;
+1. connect, log in, select the folder (``EXAMINE``, read-only, for ``after_download: keep``);
+2. apply the server action (\\Seen, or delete; nothing for ``keep``) to messages the store
+   has committed;
 3. choose the new UIDs (``selection.select_imap``: above the cursor, first-sync mode);
 4. try again the messages earlier polls could not download (the store's pending downloads),
    each alone, by byte range;
@@ -22,7 +23,7 @@ from itertools import chain
 from mailintake_fetcher.ledger import Ledger
 from mailintake_fetcher.poll import Budget, Identity, Poll, Progress
 from mailintake_shared.domain import AfterDownload
-from mailintake_shared.events import ErrorKind
+from mailintake_shared.events import ErrorKind, Resume
 from mailintake_shared.mailbox.errors import PollError
 from mailintake_shared.mailbox.imap import (
     MIN_BULK_LITERAL,
@@ -36,9 +37,9 @@ class ImapPoll(Poll):
     def _session(self, progress: Progress) -> None:
         view, folder = self._config.view, self._config.folder
         with ImapMailbox.open(self._config) as mailbox:
-            info = mailbox.select(folder)
+            info = mailbox.select(folder, readonly=view.after_download is AfterDownload.KEEP)
             progress.uidvalidity = info.uidvalidity
-            cursor = self._state.cursor(view.id, folder)
+            cursor = self._resumed(self._state.cursor(view.id, folder), info.uidvalidity)
             retry = self._retries(info.uidvalidity)
             progress.actions = self._apply_actions(mailbox, info.uidvalidity, cursor, retry)
             selection = select_imap(
@@ -56,6 +57,25 @@ class ImapPoll(Poll):
                 self._fetch_alone(mailbox, info.uidvalidity, uid, progress, "")
             self._download(mailbox, info.uidvalidity, progress, deadline)
             progress.more_pending = not all(ledger.accounted(uid) for uid in ledger.asked)
+            last = ledger.cursor_to()
+            if progress.more_pending and last is not None:
+                baseline = selection.baseline_uid or (cursor.baseline_uid if cursor else None)
+                progress.resume = Resume(
+                    uidvalidity=info.uidvalidity, last_uid=last, baseline_uid=baseline
+                )
+
+    def _resumed(self, cursor: Cursor | None, uidvalidity: int) -> Cursor | None:
+        """The stored cursor, or where the previous slice of this poll left off when the
+        store has not committed that slice yet (a continuation issued at once). A gap the
+        store then finds behind it keeps its cursor where it was (``cursor_from``)."""
+        resume = self._due.resume
+        if resume is None or resume.uidvalidity != uidvalidity:
+            return cursor
+        if cursor is not None and cursor.uidvalidity == uidvalidity:
+            if cursor.last_uid >= resume.last_uid:
+                return cursor
+            return Cursor(uidvalidity, resume.last_uid, cursor.baseline_uid, cursor.delta_link)
+        return Cursor(uidvalidity, resume.last_uid, resume.baseline_uid)
 
     def _retries(self, uidvalidity: int) -> set[int]:
         """The UIDs of this folder epoch that earlier polls could not download."""
@@ -71,6 +91,9 @@ class ImapPoll(Poll):
         uids = [p.uid for p in pending if p.uid is not None]
         if not uids:
             return 0
+        if view.after_download is AfterDownload.KEEP:  # nothing to do on the server
+            self._state.actions_applied([p.message_id for p in pending])
+            return len(pending)
         self._check_fence()
         if view.after_download is AfterDownload.DELETE:
             last = cursor.last_uid if cursor and cursor.uidvalidity == uidvalidity else 0

@@ -26,11 +26,19 @@ from mailintake_fetcher.metrics import (
     UNFETCHED,
 )
 from mailintake_shared.db.types import utcnow
-from mailintake_shared.events import ErrorKind, FetchedChunk, PollDue, PollOutcome, PollResult
+from mailintake_shared.events import (
+    ErrorKind,
+    FetchedChunk,
+    PollDue,
+    PollOutcome,
+    PollResult,
+    Resume,
+)
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.selection import Cursor
+from mailintake_shared.mime import Reading
 
 log = get_logger(__name__)
 
@@ -106,6 +114,7 @@ class Progress:
     delta_link: str | None = None
     more_pending: bool = False
     ledger: Ledger = field(default_factory=Ledger)
+    resume: Resume | None = None  # IMAP: where the next slice goes on
 
 
 class Poll:
@@ -133,6 +142,7 @@ class Poll:
         self._fence = fence
         self._stopping = stopping
         self._clock = clock
+        self._resume: Resume | None = None
         self._template = FetchedChunk.model_construct(
             connection_id=config.view.id,
             poll_id=due.poll_id,
@@ -160,6 +170,11 @@ class Poll:
     def _session(self, progress: Progress) -> None:
         raise NotImplementedError
 
+    @property
+    def resume(self) -> Resume | None:
+        """After ``run``: where the next slice goes on, when more is pending (IMAP)."""
+        return self._resume
+
     def run(self) -> PollResult:
         started_at, started = utcnow(), self._clock()
         progress = Progress()
@@ -167,7 +182,8 @@ class Poll:
         try:
             self._session(progress)
         except Exception as exc:
-            error = classify(exc)
+            classified = classify(exc)  # the server's words, without the connection's secret
+            error = PollError(classified.kind, self._config.scrub(str(classified)))
             log.warning(
                 "poll failed",
                 connection_id=str(self._config.view.id),
@@ -190,7 +206,10 @@ class Poll:
             cursor_from=progress.ledger.cursor_from,
             cursor_to=progress.ledger.cursor_to(),
             retried=progress.ledger.retried,
-            unfetched=list(progress.ledger.unfetched.values()),
+            unfetched=[
+                u.model_copy(update={"reason": self._config.scrub(u.reason)})
+                for u in progress.ledger.unfetched.values()
+            ],
             more_pending=progress.more_pending,
             actions_applied=progress.actions,
             lease_token=self._lease_token,
@@ -202,6 +221,7 @@ class Poll:
         UNFETCHED.inc(len(result.unfetched))
         self._sink.result(result)
         self._sink.flush()
+        self._resume = progress.resume if error is None else None
         POLLS.labels(result.outcome.value, result.error_kind or "").inc()
         POLL_SECONDS.observe(self._clock() - started)
         return result
@@ -236,25 +256,38 @@ class Poll:
 
     def _publish(self, identity: Identity, pieces: Iterable[bytes], progress: Progress) -> None:
         """Publish a message as its pieces come, held back by one so that the last can carry
-        ``final``: at most two chunks in memory. A chunked message's last record also carries
-        the SHA-256 of the whole, which the store checks after assembly; a single record needs
-        none (the broker's CRC covers it, and the store hashes it for dedup anyway)."""
+        ``final``: at most two chunks in memory. The last record also carries what the
+        fetcher read from the message (header summary, problems, S/MIME), so that the store
+        need not, and for a chunked message the SHA-256 of the whole, which the store checks
+        after assembly; a single record needs none (the broker's CRC covers it, and the store
+        hashes it for dedup anyway)."""
         digest = None
         total, index = 0, 0
         held: bytes | None = None
+        reading: Reading | None = None
         for piece in pieces:
             if held is not None:
                 digest = digest or hashlib.sha256()
                 digest.update(held)
                 self._sink.message(self._chunk(identity, index, final=False, sha256=None), held)
                 index += 1
+            reading = reading.more(piece) if reading else Reading.of(piece)
             total += len(piece)
             held = piece
         sha256 = None
         if digest is not None:
             digest.update(held or b"")
             sha256 = digest.hexdigest()
-        self._sink.message(self._chunk(identity, index, final=True, sha256=sha256), held or b"")
+        last = self._chunk(identity, index, final=True, sha256=sha256)
+        summary = reading or Reading.of(b"")
+        last = last.model_copy(
+            update={
+                "headers": summary.headers,
+                "problems": summary.problems,
+                "smime": summary.smime,
+            }
+        )
+        self._sink.message(last, held or b"")
         progress.messages += 1
         progress.bytes += total
         if identity.uid is not None:

@@ -29,11 +29,12 @@ from mailintake_fetcher.publisher import KafkaSink
 from mailintake_fetcher.repository import FetcherRepository
 from mailintake_fetcher.slots import SessionSlots
 from mailintake_shared.checks import consumer_readiness
+from mailintake_shared.cloudevents import headers
 from mailintake_shared.db.engine import make_engine, make_session_factory
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.deadletter import dead_letter
 from mailintake_shared.domain import Transport
-from mailintake_shared.events import PollDue, PollOutcome, PollResult, decode
+from mailintake_shared.events import PollDue, PollOutcome, PollRequested, PollResult, Resume, decode
 from mailintake_shared.kafka import (
     CommitAfterWorkLoop,
     ReliableProducer,
@@ -46,7 +47,7 @@ from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
-from mailintake_shared.topics import Topic
+from mailintake_shared.topics import Topic, topic_name
 
 log = get_logger(__name__)
 SERVICE = "fetcher"
@@ -159,7 +160,7 @@ class FetcherWorker:
         keeper: LeaseKeeper,
     ) -> PollResult:
         log.info("poll started", connection_id=str(due.connection_id), reason=due.reason.value)
-        result = kind(
+        poll = kind(
             config,
             due,
             self._repository,
@@ -168,7 +169,10 @@ class FetcherWorker:
             lease_token=token,
             fence=lambda: self._repository.lease_held(due.connection_id, token),
             stopping=lambda: self._stop.is_set() or keeper.lost,
-        ).run()
+        )
+        result = poll.run()
+        if poll.resume is not None and not self._stop.is_set():
+            self._continue(due, poll.resume)
         log.info(
             "poll finished",
             connection_id=str(due.connection_id),
@@ -179,6 +183,28 @@ class FetcherWorker:
             actions_applied=result.actions_applied,
         )
         return result
+
+    def _continue(self, due: PollDue, resume: Resume) -> None:
+        """Ask for the next slice at once, from where this one left off: the fetchers download
+        it while the store commits this one (the store moves the cursor slice by slice, each
+        only from where the last one ended)."""
+        request = PollRequested(
+            connection_id=due.connection_id,
+            requested_at=utcnow(),
+            after_poll_id=due.poll_id,
+            resume=resume,
+        )
+        topic = topic_name(self._settings.topic_prefix, Topic.POLL_REQUESTED)
+        try:
+            future = self._producer.send(
+                topic,
+                str(due.connection_id).encode(),
+                request.to_bytes(),
+                headers(request, self._settings.topic_prefix),
+            )
+            self._producer.settle([future])
+        except Exception as exc:  # the store's poll.completed asks for it instead
+            log.warning("could not ask for the next slice", error=str(exc))
 
     @staticmethod
     def _answer_without_polling(due: PollDue, sink: Sink, outcome: PollOutcome) -> PollResult:

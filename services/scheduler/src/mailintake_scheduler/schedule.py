@@ -7,7 +7,11 @@ Rules:
 - never a second poll while one is in flight; one that has not completed after
   ``poll_timeout_s`` is issued again (reason ``retry``);
 - a poll that stopped at its budget with more pending, or left committed messages waiting
-  for their server action, is followed at once (``continuation``, ``actions``);
+  for their server action, is followed at once (``continuation``, ``actions``); an IMAP poll's
+  next slice is asked for by the fetcher as soon as the slice is published, with where it
+  left off (``resume``), so that the fetcher downloads the next slice while the store
+  commits the last one — the slice's ``poll.completed`` then finds a newer poll in flight and
+  changes nothing;
 - a failed poll is retried after ``retry_base_s`` doubled per consecutive failure, capped
   by the interval; an authentication failure waits at least the interval and backs off up
   to ``retry_max_s`` (no retry storm against a server that refuses us); a throttled poll
@@ -16,9 +20,11 @@ Rules:
   until it changes (a new authorization bumps its version) or an operator asks for one;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
-- a manual request is served at once, or right after the poll in flight; so is a push
-  request (the server announced new mail), which also counts as its own reason, but does not
-  wake a parked connection (the watcher cannot know the grant is back);
+- a manual request is served at once, or right after the poll in flight; one for a connection
+  whose state has not arrived yet (the scheduler, or the broker, has just started) waits for
+  it, up to ``poll_timeout_s``, and is served as soon as the connection arrives enabled; so
+  is a push request (the server announced new mail), which also counts as its own reason, but
+  does not wake a parked connection (the watcher cannot know the grant is back);
 - a disabled or deleted connection is dropped; an interval change applies from the next poll;
 - the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
   never completed, which is issued again) is reported stalled once, and recovered once a
@@ -41,6 +47,7 @@ from mailintake_shared.events import (
     PollDue,
     PollOutcome,
     PollReason,
+    Resume,
 )
 
 
@@ -69,6 +76,7 @@ class _Entry:
     reason: PollReason = PollReason.SCHEDULED
     in_flight: uuid.UUID | None = None
     issued_at: float = 0.0
+    resume: Resume | None = None  # the next poll continues a slice from here
     requested: PollReason | None = None  # manual or push, served after the poll in flight
     parked: bool = False  # authorization required: no polls until the connection changes
     added_at: float = 0.0
@@ -90,6 +98,8 @@ class Schedule:
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
     _health: list[HealthChange] = field(default_factory=list)
+    # requests (when, manual or push) before the connection's state arrived
+    _waiting: dict[uuid.UUID, tuple[float, PollReason]] = field(default_factory=dict)
     lateness: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -100,9 +110,14 @@ class Schedule:
         return entry is not None and entry.in_flight is not None
 
     def _set_due(
-        self, connection_id: uuid.UUID, entry: _Entry, when: float, reason: PollReason
+        self,
+        connection_id: uuid.UUID,
+        entry: _Entry,
+        when: float,
+        reason: PollReason,
+        resume: Resume | None = None,
     ) -> None:
-        entry.next_due, entry.reason = when, reason
+        entry.next_due, entry.reason, entry.resume = when, reason, resume
         heapq.heappush(self._heap, (when, connection_id))
 
     # --- inputs ----------------------------------------------------------------------------
@@ -115,8 +130,12 @@ class Schedule:
         if entry is None:
             entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0, added_at=now)
             self._entries[view.id] = entry
-            offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
-            self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
+            waiting = self._waiting.pop(view.id, None)
+            if waiting is not None:
+                self._set_due(view.id, entry, now, waiting[1])
+            else:
+                offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
+                self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
         elif view.version >= entry.version:
             changed = view.version > entry.version
             entry.interval_s, entry.version = interval_s, view.version
@@ -125,6 +144,7 @@ class Schedule:
                 self._set_due(view.id, entry, now, PollReason.SCHEDULED)
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
+        self._waiting.pop(connection_id, None)
         entry = self._entries.pop(connection_id, None)  # its heap entries are skipped
         self._flying.discard(connection_id)
         if entry is not None and entry.stalled:  # no stale alarm left on the health topic
@@ -182,12 +202,32 @@ class Schedule:
         return min(backoff, entry.interval_s, self.config.retry_max_s)
 
     def poll_requested(
-        self, connection_id: uuid.UUID, now: float, reason: PollReason = PollReason.MANUAL
+        self,
+        connection_id: uuid.UUID,
+        now: float,
+        reason: PollReason = PollReason.MANUAL,
+        *,
+        after: uuid.UUID | None = None,
+        resume: Resume | None = None,
     ) -> bool:
-        """An operator's "poll now" (``manual``) or the server's news (``push``); False if the
-        connection is not enabled here, or parked and the request is a push."""
+        """An operator's "poll now" (``manual``), the server's news (``push``), or a fetcher's
+        continuation of poll ``after`` (its next slice, from ``resume``; ``reason`` is then
+        unused). False if the connection's state has not arrived (yet): a manual or push
+        request then waits for it; False too for a push to a parked connection."""
         entry = self._entries.get(connection_id)
-        if entry is None or (entry.parked and reason is PollReason.PUSH):
+        if entry is None:
+            if after is None:  # an operator's request waiting already names the poll
+                _, earlier = self._waiting.get(connection_id, (now, reason))
+                manual = PollReason.MANUAL in (earlier, reason)
+                self._waiting[connection_id] = (now, PollReason.MANUAL if manual else reason)
+            return False
+        if after is not None:
+            if entry.in_flight == after:  # else the poll was re-issued meanwhile: stale
+                entry.in_flight = None
+                self._flying.discard(connection_id)
+                self._set_due(connection_id, entry, now, PollReason.CONTINUATION, resume)
+            return True
+        if entry.parked and reason is PollReason.PUSH:
             return False
         entry.parked = False
         if entry.in_flight is not None:
@@ -228,6 +268,9 @@ class Schedule:
         issued_at = wall_clock or datetime.now(UTC)
         events: list[PollDue] = []
         self.lateness: list[float] = []
+        for connection_id, (asked, _) in list(self._waiting.items()):
+            if now - asked >= self.config.poll_timeout_s:  # its connection never arrived
+                del self._waiting[connection_id]
         for connection_id in list(self._flying):
             flying = self._entries[connection_id]
             if now - flying.issued_at >= self.config.poll_timeout_s:
@@ -249,8 +292,10 @@ class Schedule:
                     poll_id=poll_id,
                     reason=entry.reason,
                     issued_at=issued_at,
+                    resume=entry.resume,
                 )
             )
+            entry.resume = None
         return events
 
     def retract(self, events: list[PollDue], now: float) -> None:
@@ -260,4 +305,4 @@ class Schedule:
             if entry is not None and entry.in_flight == event.poll_id:
                 entry.in_flight = None
                 self._flying.discard(event.connection_id)
-                self._set_due(event.connection_id, entry, now, event.reason)
+                self._set_due(event.connection_id, entry, now, event.reason, event.resume)

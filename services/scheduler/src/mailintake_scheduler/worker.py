@@ -17,17 +17,20 @@ from datetime import UTC, datetime, timedelta
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.coordinator.assignors.range import RangePartitionAssignor
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS, LATENESS_DUE, STALLED
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig
 from mailintake_shared.checks import broker_ok
+from mailintake_shared.cloudevents import headers
 from mailintake_shared.deadletter import dead_letter
 from mailintake_shared.events import (
     ConnectionHealthChanged,
     ConnectionState,
     PollCompleted,
+    PollDue,
     PollRequested,
     decode,
 )
@@ -144,9 +147,15 @@ class SchedulerWorker:
                 self.schedule.poll_completed(decode(PollCompleted, record.value or b""), now)
             else:
                 request = decode(PollRequested, record.value or b"")
-                if not self.schedule.poll_requested(request.connection_id, now, request.reason):
+                if not self.schedule.poll_requested(
+                    request.connection_id,
+                    now,
+                    request.reason,
+                    after=request.after_poll_id,
+                    resume=request.resume,
+                ):
                     log.info(
-                        "poll request for a connection that is not enabled (or is parked)",
+                        "poll request waits for its connection's state (or it is parked)",
                         connection_id=str(request.connection_id),
                         reason=request.reason.value,
                     )
@@ -179,10 +188,7 @@ class SchedulerWorker:
                 state=event.state.value,
                 reason=event.reason,
             )
-        futures = [
-            self._producer.send(self._health_topic, str(e.connection_id).encode(), e.to_bytes())
-            for e in events
-        ]
+        futures = [self._send(self._health_topic, e) for e in events]
         self._producer.settle(futures, timeout_s=30)
 
     def emit_due(self) -> None:
@@ -190,10 +196,7 @@ class SchedulerWorker:
         events = self.schedule.due(now)
         if not events:
             return
-        futures = [
-            self._producer.send(self._due_topic, str(e.connection_id).encode(), e.to_bytes())
-            for e in events
-        ]
+        futures = [self._send(self._due_topic, e) for e in events]
         try:
             self._producer.settle(futures, timeout_s=30)
         except Exception:
@@ -204,6 +207,12 @@ class SchedulerWorker:
         for late in self.schedule.lateness:
             LATENESS_DUE.observe(late + (self._clock() - now))
         LATENESS.observe(max(0.0, self._clock() - now))
+
+    def _send(self, topic: str, event: PollDue | ConnectionHealthChanged) -> FutureRecordMetadata:
+        key = str(event.connection_id).encode()
+        return self._producer.send(
+            topic, key, event.to_bytes(), headers(event, self._settings.topic_prefix)
+        )
 
     def _commit(self, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         try:

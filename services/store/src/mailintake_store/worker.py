@@ -1,9 +1,11 @@
 """The store's worker: mail.fetched → one transaction per batch → commit offsets.
 
 Chain: ``CommitAfterWorkLoop`` → decode (bad records → dead-letter) → ``StoreWriter.write``
-(one transaction) → dead-letter what the writer rejected → offsets committed → the outbox
-relay publishes ``mail.stored`` and ``poll.completed``. A database outage makes the write
-raise: the loop rewinds to the last commit and retries with back-off, losing nothing.
+(one transaction) → dead-letter what the writer rejected → the batch's ``mail.stored`` and
+``poll.completed`` published from memory (the outbox relay sends them instead after a crash
+or a broker outage) → offsets committed. A database outage makes the write raise: the loop
+rewinds to the last commit and retries with back-off, losing nothing, and ``store.waiting``
+says which connections' mail waits, and why (``waiting.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from mailintake_store.metrics import BATCH_SECONDS
+from mailintake_store.waiting import WaitingReports
 from mailintake_store.writer import StoreWriter
 
 log = get_logger(__name__)
@@ -54,10 +57,12 @@ class StoreWorker:
             topic_prefix=settings.topic_prefix,
             secrets=SecretBox(settings.encryption_keys) if settings.encryption_keys else None,
             download_attempts=settings.download_attempts,
+            inline_max_bytes=settings.inline_max_bytes,
         )
         self._relay = OutboxRelay(
             sessions, self._producer, inline_max_bytes=settings.inline_max_bytes
         )
+        self._waiting = WaitingReports(self._producer, settings.topic_prefix)
         self._loop: CommitAfterWorkLoop | None = None
 
     def readiness(self) -> Mapping[str, bool]:
@@ -84,14 +89,23 @@ class StoreWorker:
         sources: list[ConsumerRecord] = []
         for record in batch:
             try:
-                events.append(decode_record(record.value, record.headers, record.timestamp))
-                sources.append(record)
+                decoded = decode_record(record.value, record.headers, record.timestamp)
             except ValueError as exc:  # pydantic's ValidationError among them
                 self._dead_letter(record, f"not a mail.fetched v1 record: {exc}")
-        outcome = self._writer.write(events)
+                continue
+            found = decoded if isinstance(decoded, list) else [decoded]
+            events.extend(found)
+            sources.extend([record] * len(found))
+        try:
+            outcome = self._writer.write(events)
+        except Exception as exc:  # retried from the last commit: say why, where operators look
+            self._waiting.failed(events, exc)
+            raise
+        self._waiting.written(events)
         for rejected in outcome.rejected:
             self._dead_letter(sources[rejected.index], rejected.reason)
-        self._relay.wake.set()
+        # Committed: its events go out now, from memory (or with the relay, in order).
+        self._relay.publish_prepared(outcome.prepared)
         BATCH_SECONDS.observe(time.monotonic() - started)
         if outcome.stale:
             log.warning("records of a fetcher that lost its lease dropped", records=outcome.stale)

@@ -20,10 +20,11 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailintake_shared import smime
+from mailintake_shared.cloudevents import Headers, headers
 from mailintake_shared.db import leases
 from mailintake_shared.db.dialect import insert_for
 from mailintake_shared.db.models import (
@@ -32,6 +33,7 @@ from mailintake_shared.db.models import (
     MailboxState,
     Message,
     MessageLog,
+    OutboxRecord,
     PollLog,
 )
 from mailintake_shared.db.types import utcnow
@@ -45,14 +47,13 @@ from mailintake_shared.events import (
 )
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.logging import get_logger
-from mailintake_shared.outbox import OutboxEntry, add_many_to_outbox, announce_stored
+from mailintake_shared.mime import NUL_PROBLEM, summarize
+from mailintake_shared.outbox import OutboxEntry, Prepared, announce_stored
 from mailintake_shared.secretbox import SecretBox
-from mailintake_shared.topics import Topic
-from mailintake_store import cursor, pending, staging
+from mailintake_shared.stored_event import SMIME_PROBLEM, StoredRecord, mail_stored
+from mailintake_shared.topics import Topic, topic_name
+from mailintake_store import bulk, cursor, pending, staging
 from mailintake_store.metrics import DUPLICATES, LOST_IN_TRANSIT, POLL_RESULTS, SMIME, STORED
-from mailintake_store.mime import NUL_PROBLEM, summarize
-
-_INSERT_ROWS = 200  # rows per multi-row INSERT (keeps SQLite under its parameter limit)
 
 log = get_logger(__name__)
 
@@ -80,13 +81,23 @@ class _Complete:
     smime: SmimeInfo | None = None
     unwrapped: bytes | None = None  # the S/MIME layers opened (decrypted) form
 
+    @property
+    def looks_smime(self) -> bool:
+        """The header says S/MIME: as the fetcher read it, else read here."""
+        if self.first.headers is not None:
+            return self.first.smime
+        return bool(self.head) and smime.is_smime(self.head)
+
     @cached_property
     def summary(self) -> tuple[HeaderSummary, list[str]]:
-        headers, problems = summarize(self.head)
-        if self.has_nul and NUL_PROBLEM not in problems:
-            problems.insert(0, NUL_PROBLEM)
+        if self.first.headers is not None:  # read by the fetcher
+            headers, problems = self.first.headers, list(self.first.problems)
+        else:
+            headers, problems = summarize(self.head)
+            if self.has_nul and NUL_PROBLEM not in problems:
+                problems.insert(0, NUL_PROBLEM)
         if self.smime is not None and self.smime.problem is not None:
-            problems.append(f"S/MIME: {self.smime.problem}")
+            problems.append(f"{SMIME_PROBLEM}{self.smime.problem}")
         announced = self.first.size
         if self.first.uid is not None and announced > 0 and announced != self.size:
             # Exchange's RFC822.SIZE is approximate: noted, not refused (the bytes stand).
@@ -117,6 +128,7 @@ class BatchOutcome:
     duplicates: int = 0
     stale: int = 0  # records of a fetcher whose lease had been taken over: dropped
     rejected: list[Rejected] = field(default_factory=list)
+    prepared: list[Prepared] = field(default_factory=list)  # to publish after the commit
 
 
 def _envelope(record: FetchedPart | PollResult) -> FetchedChunk | PollResult:
@@ -135,26 +147,31 @@ class StoreWriter:
         topic_prefix: str,
         secrets: SecretBox | None = None,
         download_attempts: int = 3,
+        inline_max_bytes: int = 256 * 1024,
     ) -> None:
         self._sessions = sessions
         self._prefix = topic_prefix
         self._attempts = download_attempts
+        self._inline_max = inline_max_bytes
         self._secrets = secrets  # opens the certificates' keys; None: S/MIME left closed
         # The events and log rows of the batch being written, in order; inserted with it.
-        self._outbox: list[OutboxEntry] = []
+        self._outbox: list[tuple[OutboxEntry, bytes, Headers]] = []  # row, value, headers
         self._log: list[dict[str, Any]] = []
 
     def write(self, records: Sequence[FetchedPart | PollResult]) -> BatchOutcome:
+        """Write the batch in one transaction; its outcome carries the outbox records it
+        queued, built in memory, to publish once the transaction is committed (when this
+        returns)."""
         outcome = BatchOutcome()
         self._outbox, self._log = [], []
         with self._sessions() as session, session.begin():
             pending: list[_Complete] = []
             polls = _Polls()
-            current = leases.current_tokens(session, {_envelope(r).connection_id for r in records})
+            fence = leases.fences(session, {_envelope(r).connection_id for r in records})
             for index, record in enumerate(records):
                 token = _envelope(record).lease_token
-                if token is not None and token < current.get(_envelope(record).connection_id, 0):
-                    outcome.stale += 1  # its owner lost the lease: the new owner fetches again
+                if token is not None and token < fence.get(_envelope(record).connection_id, 0):
+                    outcome.stale += 1  # its lease was taken over: the new owner fetches again
                     continue
                 if isinstance(record, PollResult):
                     self._store_messages(session, pending, polls, outcome)
@@ -172,10 +189,35 @@ class StoreWriter:
             self._store_messages(session, pending, polls, outcome)
             for poll_id, counts in polls.items():
                 self._add_poll_counts(session, poll_id, counts)
-            add_many_to_outbox(session, self._prefix, self._outbox)
-            if self._log:
-                session.execute(insert(MessageLog), self._log)
+            outbox_ids = self._queue(session)
+            bulk.insert_rows(session, MessageLog, self._log)
+        outcome.prepared = [
+            Prepared(
+                outbox_id,
+                topic_name(self._prefix, entry.topic),
+                entry.key.encode(),
+                value,
+                headers_,
+                entry.message_id,
+            )
+            for outbox_id, (entry, value, headers_) in zip(outbox_ids, self._outbox, strict=True)
+        ]
         return outcome
+
+    def _queue(self, session: Session) -> list[int]:
+        """The batch's outbox rows, in order; their ids."""
+        now = utcnow()
+        rows = [
+            {
+                "topic": topic_name(self._prefix, entry.topic),
+                "key": entry.key,
+                "value": entry.value,
+                "created_at": now,
+                "message_id": entry.message_id,
+            }
+            for entry, _, _ in self._outbox
+        ]
+        return bulk.insert_rows(session, OutboxRecord, rows, with_ids=True)
 
     # --- messages --------------------------------------------------------------------------
     def _assemble(
@@ -310,7 +352,8 @@ class StoreWriter:
         fresh = self._drop_known(session, messages, polls, outcome)
         fresh = self._rekey_after_uidvalidity_change(session, fresh, polls, outcome)
         self._open_smime(session, fresh)
-        inserted = self._insert_rows(session, fresh)
+        now = utcnow()
+        inserted = self._insert_rows(session, fresh, now)
         for message in messages:
             if message.raw is None:  # staged in PostgreSQL: copied there, then dropped
                 key = staging.key_of(message.first)
@@ -326,7 +369,9 @@ class StoreWriter:
             polls.of(chunk).stored += 1
             outcome.stored += 1
             self._log_message(chunk, "stored", message_id, message.downloaded_at, message.size)
-            self._outbox.append(announce_stored(message_id, chunk.connection_id))
+            record = self._stored_record(message, message_id, now)
+            entry = announce_stored(message_id, chunk.connection_id)
+            self._outbox.append((entry, record.value, record.headers))
         STORED.inc(outcome.stored)
         DUPLICATES.inc(outcome.duplicates)
 
@@ -424,7 +469,7 @@ class StoreWriter:
         """Decrypt and verify S/MIME messages with their connection's certificates."""
         keys: dict[uuid.UUID, tuple[list[smime.KeyPair], list[str]]] = {}
         for message in messages:
-            if not message.head or not smime.is_smime(message.head):
+            if not message.looks_smime:
                 continue
             chunk = message.first
             if self._secrets is None:
@@ -449,24 +494,44 @@ class StoreWriter:
             SMIME.labels(_smime_outcome(result.info)).inc()
 
     def _insert_rows(
-        self, session: Session, messages: list[_Complete]
+        self, session: Session, messages: list[_Complete], now: datetime
     ) -> dict[tuple[uuid.UUID, str, str], int]:
-        inserted: dict[tuple[uuid.UUID, str, str], int] = {}
-        now = utcnow()
-        for start in range(0, len(messages), _INSERT_ROWS):
-            rows = [self._row(m, now) for m in messages[start : start + _INSERT_ROWS]]
-            statement = (
-                insert_for(session)(Message)
-                .on_conflict_do_nothing(
-                    index_elements=[Message.connection_id, Message.folder, Message.server_id]
-                )
-                .returning(Message.id, Message.connection_id, Message.folder, Message.server_id)
-            )
-            # executemany: SQLAlchemy batches the rows into multi-row INSERTs with RETURNING
-            # ("insertmanyvalues") and caches the compiled statement.
-            for row in session.execute(statement, rows):
-                inserted[(row.connection_id, row.folder, row.server_id)] = row.id
-        return inserted
+        """Insert the new messages; their ids by dedup key (a message another writer stored
+        meanwhile has none, on SQLite; on PostgreSQL the batch fails and is retried)."""
+        ids = bulk.insert_rows(
+            session,
+            Message,
+            [self._row(m, now) for m in messages],
+            with_ids=True,
+            skip_conflicts_on=("connection_id", "folder", "server_id"),
+        )
+        return {
+            staging.key_of(message.first): id_
+            for message, id_ in zip(messages, ids, strict=True)
+            if id_
+        }
+
+    def _stored_record(self, message: _Complete, message_id: int, now: datetime) -> StoredRecord:
+        """The ``mail.stored`` record of a message just inserted, from what is in memory: the
+        same the relay would build from its row (``stored_event.mail_stored``)."""
+        chunk = message.first
+        headers, problems = message.summary
+        body = message.unwrapped if message.unwrapped is not None else message.raw
+        return mail_stored(
+            self._prefix,
+            message_id=message_id,
+            connection_id=chunk.connection_id,
+            folder=chunk.folder,
+            server_id=chunk.server_id,
+            size=message.size,
+            sha256=message.sha256,
+            internal_date=chunk.internal_date,
+            stored_at=now,
+            headers=headers,
+            problems=problems,
+            body=body if body is not None and len(body) <= self._inline_max else None,
+            smime=message.smime,
+        )
 
     @staticmethod
     def _row(message: _Complete, now: Any) -> dict[str, Any]:
@@ -589,9 +654,9 @@ class StoreWriter:
             consecutive_failures=status.consecutive_failures,
             finished_at=result.finished_at,
         )
-        self._outbox.append(
-            OutboxEntry(Topic.POLL_COMPLETED, str(result.connection_id), event.to_bytes())
-        )
+        value = event.to_bytes()
+        entry = OutboxEntry(Topic.POLL_COMPLETED, str(result.connection_id), value)
+        self._outbox.append((entry, value, headers(event, self._prefix)))
         POLL_RESULTS.labels(result.outcome.value).inc()
 
     @staticmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 
+from mailintake_shared.cloudevents import headers
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import PollReason, PollRequested
 from mailintake_shared.kafka import ReliableProducer
@@ -27,6 +28,7 @@ log = get_logger(__name__)
 class PollRequester:
     def __init__(self, settings: Settings, producer: ReliableProducer) -> None:
         self._topic = topic_name(settings.topic_prefix, Topic.POLL_REQUESTED)
+        self._prefix = settings.topic_prefix
         self._producer = producer
         self._pending: dict[uuid.UUID, WatchMethod] = {}
         self._lock = threading.Lock()
@@ -71,15 +73,18 @@ class PollRequester:
 
     def _publish(self, batch: dict[uuid.UUID, WatchMethod]) -> None:
         now = utcnow()
+        events = [
+            PollRequested(connection_id=connection_id, requested_at=now, reason=PollReason.PUSH)
+            for connection_id in batch
+        ]
         futures = [
             self._producer.send(
                 self._topic,
-                str(connection_id).encode(),
-                PollRequested(
-                    connection_id=connection_id, requested_at=now, reason=PollReason.PUSH
-                ).to_bytes(),
+                str(event.connection_id).encode(),
+                event.to_bytes(),
+                headers(event, self._prefix, service="watcher"),
             )
-            for connection_id in batch
+            for event in events
         ]
         self._producer.settle(futures, timeout_s=30)
         for method in batch.values():

@@ -48,7 +48,7 @@ _HANDOVER_S = 30.0
 # asyncio's TLS transport gives every connection a receive buffer of 256 KiB (Python 3.11):
 # a quarter of a gigabyte for a thousand idle sessions. What an idle session receives is a
 # few short lines, and the SSL object reassembles TLS records from pieces of any size, so
-# 2 KiB does: under 50 KB per watched mailbox instead of 300 (``make bench``, row 11).
+# 2 KiB does: under 50 KB per watched mailbox instead of 300 (``make bench``, row 12).
 TLS_READ_BYTES = 2 * 1024
 
 

@@ -3,11 +3,14 @@
 A fetcher takes the lease before it polls (a new token, one higher than any before), renews it
 while the poll runs, and gives it back after. While another fetcher's lease is live, the
 connection is not polled twice; a fetcher that crashed stops renewing, so its connections are
-polled again once its lease runs out (seconds, not the length of a poll). A
-fetcher whose lease expired or was taken over (it was paused, or cut off from the database)
-finds out before it applies server actions, and the store drops records that carry an older
-token than the connection's current one: such a fetcher can neither change the mailbox nor
-advance its cursor.
+polled again once its lease runs out (seconds, not the length of a poll).
+
+A lease taken over — its holder did not give it back before it ran out: it was paused, or cut
+off from the database — raises the connection's *fence* to the new token. That fetcher finds
+out before it applies server actions, and the store drops records whose token is below the
+fence: it can neither change the mailbox nor advance its cursor. A lease given back does not
+raise the fence, so the records of a poll that ended cleanly are stored even when the next
+slice of the mailbox (another lease) is already under way.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def acquire(session: Session, connection_id: uuid.UUID, holder: str, seconds: fl
     assert lease is not None
     if lease.expires_at > now and lease.holder != holder:
         return None
+    taken_over = lease.holder not in ("", holder)  # it ran out without being given back
     lease.token += 1
+    if taken_over:
+        lease.fence = lease.token
     lease.holder, lease.expires_at = holder, now + timedelta(seconds=seconds)
     session.flush()
     return lease.token
@@ -59,15 +65,17 @@ def renew(session: Session, connection_id: uuid.UUID, token: int, seconds: float
 
 
 def release(session: Session, connection_id: uuid.UUID, token: int) -> None:
+    """Give the lease back (its poll ended): the next one takes it without raising the fence."""
     lease = session.get(PollLease, connection_id, with_for_update=True)
     if lease is not None and lease.token == token:
-        lease.expires_at = utcnow()
+        lease.expires_at, lease.holder = utcnow(), ""
 
 
-def current_tokens(session: Session, connection_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+def fences(session: Session, connection_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Per connection, the token below which records are a taken-over fetcher's."""
     rows = session.execute(
-        select(PollLease.connection_id, PollLease.token).where(
+        select(PollLease.connection_id, PollLease.fence).where(
             PollLease.connection_id.in_(connection_ids)
         )
     ).all()
-    return {row.connection_id: row.token for row in rows}
+    return {row.connection_id: row.fence for row in rows}

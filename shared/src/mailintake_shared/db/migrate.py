@@ -9,6 +9,7 @@ from alembic.config import Config
 from sqlalchemy import Engine
 
 from mailintake_shared.db.engine import make_engine
+from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -20,10 +21,13 @@ def alembic_config() -> Config:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", secrets: SecretBox | None = None) -> None:
+    """Migrate to ``revision``; ``secrets`` re-encrypts stored secrets where a migration
+    needs to (0010 binds them to their destinations)."""
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
+        config.attributes["secrets"] = secrets
         command.upgrade(config, revision)
 
 
@@ -34,6 +38,8 @@ def main() -> None:
     settings = Settings()
     configure_logging(settings.log_level, service="migrate")
     engine = make_engine(settings)
-    upgrade(engine)
+    upgrade(
+        engine, secrets=SecretBox(settings.encryption_keys) if settings.encryption_keys else None
+    )
     get_logger(__name__).info("database schema is up to date")
     engine.dispose()

@@ -9,13 +9,17 @@ from collections.abc import Collection
 from sqlalchemy import select, union
 from sqlalchemy.orm import Session
 
+from mailintake_shared.db.bindings import grant_binding, password_binding
 from mailintake_shared.db.models import Connection, FailedMessage, MailboxState, Message
 from mailintake_shared.domain import Transport
+from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.oauth.tokens import TokenStore
-from mailintake_shared.secretbox import SecretBox
+from mailintake_shared.secretbox import SecretBox, SecretDecryptError
+
+log = get_logger(__name__)
 
 
 def mailbox_config(
@@ -25,17 +29,28 @@ def mailbox_config(
     network: NetworkPolicy | None = None,
 ) -> MailboxConfig:
     """The connection's view, and its decrypted password or its source of access tokens;
-    ``network`` says which addresses it may reach (the built-in denials when None)."""
-    password = secrets.decrypt(row.password_enc) if row.password_enc else None
+    ``network`` says which addresses it may reach (the built-in denials when None).
+
+    A stored password that does not decrypt for the connection as it is now (its destination
+    changed outside the API, or the key is gone) is left out: the login then fails, and the
+    password goes nowhere else."""
+    password = None
+    if row.password_enc:
+        try:
+            password = secrets.decrypt(row.password_enc, password_binding(row))
+        except SecretDecryptError as exc:
+            log.error("stored password not usable", connection_id=str(row.id), reason=str(exc))
     view = row.view()
     network = network or NetworkPolicy()
     if not view.protocol.is_oauth2 or tokens is None:
         return MailboxConfig(view=view, password=password, network=network)
-    connection_id = row.id
+    connection_id, binding = row.id, grant_binding(row)
     return MailboxConfig(
         view=view,
         password=None,
-        access_token=lambda refresh: tokens.access_token(connection_id, refresh=refresh),
+        access_token=lambda refresh: tokens.access_token(
+            connection_id, refresh=refresh, binding=binding
+        ),
         graph=tokens.graph if view.transport is Transport.GRAPH else None,
         network=network,
     )

@@ -3,7 +3,7 @@
 Rotation: put a new key in front of ``MAILINTAKE_ENCRYPTION_KEYS`` (``new,old``), roll the
 services out (new secrets use the new key, old ones still decrypt), run this once, then drop
 the old key. It is safe to run again, and to run while the services work: each row is
-rewritten in its own short transaction, under a row lock.
+rewritten in its own short transaction, under a row lock, bound as it was (``bindings``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
+from mailintake_shared.db.bindings import binding_of
 from mailintake_shared.db.models import (
     Base,
     Certificate,
@@ -52,10 +53,11 @@ def rekey(sessions: sessionmaker[Session], box: SecretBox) -> dict[str, Rekeyed]
                 if row is None:
                     continue  # deleted meanwhile
                 done.rows += 1
+                binding = binding_of(row, lambda cid: session.get(Connection, cid))
                 for column in columns:
                     value = getattr(row, column)
                     if value is not None:
-                        setattr(row, column, box.rotate(bytes(value)))
+                        setattr(row, column, box.rotate(bytes(value), binding))
                         done.secrets += 1
     return counts
 

@@ -25,10 +25,16 @@ class PollError(Exception):
 
 
 class FolderMissingError(PollError):
-    """The configured folder does not exist on the server."""
+    """The configured folder does not exist on the server; ``existing``: the folders that do,
+    when the server said (the first 20 are named)."""
 
-    def __init__(self, folder: str) -> None:
-        super().__init__(ErrorKind.FOLDER_MISSING, f"folder {folder!r} does not exist")
+    def __init__(self, folder: str, existing: list[str] | None = None) -> None:
+        message = f"folder {folder!r} does not exist"
+        if existing:
+            names = ", ".join(repr(name) for name in existing[:20])
+            more = f" (the first 20 of {len(existing)})" if len(existing) > 20 else ""
+            message += f"; the folders there: {names}{more}"
+        super().__init__(ErrorKind.FOLDER_MISSING, message)
 
 
 class StartTlsUnavailableError(PollError):
@@ -39,6 +45,19 @@ class StartTlsUnavailableError(PollError):
             ErrorKind.STARTTLS_UNAVAILABLE,
             "the server does not offer STARTTLS; refusing to continue in plain text",
         )
+
+
+def injection_refused(command: str) -> PollError:
+    """An argument of ``command`` holds CR, LF or NUL: sent as it is, it would end the command
+    and start another of its own (IMAP and POP3 alike)."""
+    kind = ErrorKind.INTERNAL
+    if command in ("LOGIN", "AUTHENTICATE", "USER", "PASS", "AUTH"):
+        kind = ErrorKind.AUTHENTICATION
+    return PollError(
+        kind,
+        f"refused to send {command}: an argument holds a line break or NUL, which would let it "
+        "run a command of its own",
+    )
 
 
 # Response codes of a server that refuses for now, not for good: IMAP (RFC 5530) and POP3

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
+import re
 import socket
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,9 @@ from mailintake_shared.mailbox.errors import (
     PollError,
     StartTlsUnavailableError,
     classify,
+    injection_refused,
 )
+from mailintake_shared.mailbox.hints import opening_failed
 from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
@@ -46,6 +49,9 @@ _UIDS_PER_COMMAND = 500
 # Literals of a bulk FETCH are bounded: a message far over what the LARGER search said ends
 # the session, and the next poll fetches it by byte range.
 MIN_BULK_LITERAL = 8 * 1024 * 1024
+
+
+_UNSENDABLE = re.compile(rb"[\r\n\x00]")
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,36 @@ class _GuardedIMAPClient(IMAPClient):  # type: ignore[misc]
         return _GuardedIMAP4(self.host, self.port, timeout, self._network)
 
 
-class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
+class _NoInjection:
+    """imaplib writes a command's arguments as they are: one holding CR, LF or NUL would end
+    the command and start another of the sender's choosing. RFC 3501 §9 allows none of them in
+    an atom or a quoted string; such an argument is refused before anything is sent."""
+
+    def _command(self, name: str, *args: object) -> object:
+        for arg in args:
+            text = arg.encode("utf-8", "replace") if isinstance(arg, str) else arg
+            if isinstance(text, bytes) and _UNSENDABLE.search(text):
+                raise injection_refused(name)
+        return super()._command(name, *args)  # type: ignore[misc]
+
+
+class _BareLineFeeds:
+    """imaplib refuses a response line that ends with a bare LF ("unterminated line"). GNU
+    Mailutils' imap4d ends its answer to AUTHENTICATE that way; the line is taken as it is,
+    as the response reader of the bulk path (``imap_wire``) takes such lines too."""
+
+    def _get_line(self) -> bytes:
+        line: bytes = self.readline()  # type: ignore[attr-defined]
+        if not line:
+            raise imaplib.IMAP4.abort("socket error: EOF")
+        if line.endswith(b"\r\n"):
+            return line[:-2]
+        if line.endswith(b"\n"):
+            return line[:-1]
+        raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
+
+
+class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -95,7 +130,7 @@ class _GuardedIMAP4(IMAP4WithTimeout):  # type: ignore[misc]
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
@@ -169,7 +204,7 @@ class ImapMailbox(Session):
         except Exception as exc:
             if client is not None:
                 _close_quietly(client)
-            raise classify(exc) from exc
+            raise opening_failed(exc, config) from exc
 
     @property
     def capabilities(self) -> tuple[bytes, ...]:
@@ -184,7 +219,7 @@ class ImapMailbox(Session):
         change). Raises ``FolderMissingError`` when it does not exist."""
         try:
             if not self._client.folder_exists(folder):
-                raise FolderMissingError(folder)
+                raise FolderMissingError(folder, self._folder_names())
             status = self._client.select_folder(folder, readonly=readonly)
         except Exception as exc:
             raise classify(exc) from exc
@@ -200,6 +235,14 @@ class ImapMailbox(Session):
             uidnext=int(uidnext) if uidnext is not None else None,
         )
         return self._info
+
+    def _folder_names(self) -> list[str]:
+        """The folders the account sees (``LIST "" *``), to say which exist; none if the
+        server will not say."""
+        try:
+            return [str(name) for _, _, name in self._client.list_folders()]
+        except Exception:
+            return []
 
     # --- listing --------------------------------------------------------------------------
     def uids_after(self, last_uid: int) -> list[int]:

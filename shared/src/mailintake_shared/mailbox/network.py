@@ -1,15 +1,19 @@
 """The outbound connection guard: which addresses a mail connection may reach.
 
 Test connection, estimates and polls connect to a host an API user typed in. So that this
-cannot be turned against the cluster's own services — loopback, link-local (the cloud
-metadata endpoint at 169.254.169.254), or any range an operator denies — the host is resolved
-once, every address it resolves to is checked, and the socket connects to a checked address;
-TLS still verifies the certificate against the host's name. A name that resolves elsewhere
-the second time (DNS rebinding) gets nowhere: there is no second time.
+cannot be turned against the cluster's own services — loopback, link-local, every cloud
+metadata endpoint the major clouds document, or any range an operator denies — the host is
+resolved once, every address it resolves to is checked (an IPv6 address that carries an
+IPv4 one — mapped, compatible, NAT64, 6to4, Teredo — by the IPv4 rules too), and the socket
+connects to a checked address; TLS still verifies the certificate against the host's name.
+A name that resolves elsewhere the second time (DNS rebinding) gets nowhere: there is no
+second time.
 
-``MAILINTAKE_OUTBOUND_DENY_CIDRS`` adds ranges to the built-in ones (private networks are
-reachable by default: mail servers live there); ``MAILINTAKE_OUTBOUND_ALLOW_CIDRS`` makes
-exceptions to both, for a mail server on the same host or a lab network.
+``MAILINTAKE_OUTBOUND_DENY_CIDRS`` adds ranges to the built-in ones (private networks, and
+the shared address space 100.64.0.0/10 but for Alibaba's metadata address in it, are
+reachable by default: mail servers live there; deploy/ denies the cluster's ranges);
+``MAILINTAKE_OUTBOUND_ALLOW_CIDRS`` makes exceptions to both, for a mail server on the same
+host or a lab network.
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ ALWAYS_DENIED: tuple[IPNetwork, ...] = tuple(
     for cidr in (
         "0.0.0.0/8",  # "this network"
         "127.0.0.0/8",  # loopback
-        "169.254.0.0/16",  # link-local: cloud metadata endpoints
+        "169.254.0.0/16",  # link-local: the metadata endpoint 169.254.169.254 of AWS, GCP,
+        # Azure, Oracle, DigitalOcean, OpenStack …, and Tencent's 169.254.0.23
+        "100.100.100.200/32",  # Alibaba Cloud's metadata endpoint
+        "168.63.129.16/32",  # Azure's WireServer (the host's agent channel)
         "224.0.0.0/4",  # multicast
         "240.0.0.0/4",  # reserved, broadcast
         "::/128",
@@ -37,8 +44,32 @@ ALWAYS_DENIED: tuple[IPNetwork, ...] = tuple(
         "fe80::/10",
         "ff00::/8",
         "fd00:ec2::254/128",  # AWS's IPv6 metadata endpoint (inside fc00::/7)
+        "fd20:ce::254/128",  # GCP's IPv6 metadata endpoint
+        "fd00:c1::a9fe:a9fe/128",  # Oracle Cloud's IPv6 metadata endpoint
     )
 )
+# IPv6 forms that carry an IPv4 address: the IPv4 address is checked by the IPv4 rules.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix
+_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated IPv4-compatible (::a.b.c.d)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address stands for or leads to: IPv4-mapped
+    (``::ffff:a.b.c.d``) and IPv4-compatible (``::a.b.c.d``), NAT64 (``64:ff9b::/96``,
+    RFC 6052), 6to4 (``2002::/16``, RFC 3056) and Teredo (``2001::/32``, RFC 4380: its
+    server and client)."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _COMPATIBLE and int(ip) > 1:  # not :: or ::1
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip in _NAT64:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
 
 
 class AddressDeniedError(PollError):
@@ -64,10 +95,19 @@ class NetworkPolicy:
         return cls(parse_networks(allow), parse_networks(deny))
 
     def denied_by(self, address: str) -> IPNetwork | None:
-        """The denied network ``address`` is in, or None when it may be reached."""
+        """The denied network ``address`` is in, or None when it may be reached. An IPv6
+        address that carries an IPv4 one (mapped, compatible, NAT64, 6to4, Teredo) is
+        denied when that IPv4 address is."""
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
+        if isinstance(ip, ipaddress.IPv6Address):
+            for ipv4 in embedded_ipv4(ip):
+                if (network := self._denied(ipv4)) is not None:
+                    return network
+            if ip.ipv4_mapped is not None:
+                return None  # ::ffff:a.b.c.d is a.b.c.d, allowed above
+        return self._denied(ip)
+
+    def _denied(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> IPNetwork | None:
         if any(ip in network for network in self.allow):
             return None
         return next((n for n in (*ALWAYS_DENIED, *self.deny) if ip in n), None)

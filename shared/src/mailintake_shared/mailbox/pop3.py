@@ -7,6 +7,7 @@ duplicates. Deletions (DELE) take effect only at QUIT: a session that breaks del
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import poplib
 import socket
@@ -22,8 +23,10 @@ from mailintake_shared.mailbox.errors import (
     PollError,
     StartTlsUnavailableError,
     classify,
+    injection_refused,
     server_words,
 )
+from mailintake_shared.mailbox.hints import opening_failed
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
@@ -64,10 +67,17 @@ class _POP3(poplib.POP3):
             return line[1:-1], octets
         return line[:-1], octets
 
+    def _putcmd(self, line: str) -> None:
+        """poplib sends a command line as it is: one holding CR, LF or NUL would carry a
+        second command (a ``DELE`` in a password). Refused before anything is sent."""
+        if any(c in line for c in "\r\n\0"):
+            raise injection_refused(line.split(" ", 1)[0].upper())
+        super()._putcmd(line)  # type: ignore[misc]
+
     def begin(self, command: str) -> None:
         """Send a command and read its status line, raising ``error_proto`` on ``-ERR``; a
         multi-line answer the caller then reads with ``_getline`` or from ``file``."""
-        self.sock.sendall(command.encode("ascii") + poplib.CRLF)
+        self._putcmd(command)
         status, _ = self._getline()
         if not status.startswith(b"+"):
             raise poplib.error_proto(status)
@@ -152,15 +162,20 @@ class Pop3Mailbox(Session):
                 with contextlib.suppress(poplib.error_proto):
                     client.begin("UTF8")
             try:
-                client.user(view.username)
-                client.pass_(config.secret)
+                if "PLAIN" in (m.upper() for m in capabilities.get("SASL", [])):
+                    # RFC 5034 with an initial response (RFC 4616): UTF-8, one round trip.
+                    plain = f"\0{view.username}\0{config.secret}".encode()
+                    client.begin("AUTH PLAIN " + base64.b64encode(plain).decode("ascii"))
+                else:
+                    client.user(view.username)
+                    client.pass_(config.secret)
             except poplib.error_proto as exc:
                 raise login_refused(exc) from exc
             return mailbox
         except Exception as exc:
             if client is not None:
                 _close_quietly(client)
-            raise classify(exc) from exc
+            raise opening_failed(exc, config) from exc
 
     def messages(self) -> list[Pop3Message]:
         """Every message on the server with its UIDL and size (``UIDL`` and ``LIST``)."""

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from mailintake_shared.domain import Encryption, Transport
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
-from mailintake_shared.mailbox.errors import classify
 from mailintake_shared.mailbox.graph import GraphMailbox
+from mailintake_shared.mailbox.hints import opening_failed
 from mailintake_shared.mailbox.imap import ImapMailbox
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox
 
@@ -83,8 +83,8 @@ def probe(config: MailboxConfig) -> ProbeResult:
         steps.run("session", lambda: _session(config, result))
         result.ok = True
     except Exception as exc:
-        error = classify(exc)
-        result.failed_step, result.error = error.kind, str(error)
+        error = opening_failed(exc, config)
+        result.failed_step, result.error = error.kind, config.scrub(str(error))
     result.latency_ms = steps.total()
     return result
 

@@ -203,9 +203,13 @@ class Microsoft:
         )
 
     def _for(self, registration: Registration) -> msal.ConfidentialClientApplication:
-        return self._app(
-            registration.client_id, _secret(registration), registration.tenant or "common"
-        )
+        """The tenant's app; msal reads the authority's OpenID configuration first."""
+        tenant = registration.tenant or "common"
+        try:
+            return self._app(registration.client_id, _secret(registration), tenant)
+        except (requests.RequestException, ValueError) as exc:  # unreachable, or not OpenID
+            authority = f"{self._settings.microsoft_authority_host.rstrip('/')}/{tenant}"
+            raise ProviderError(f"Microsoft Entra ({authority}) did not answer: {exc}") from exc
 
     def start(
         self, registration: Registration, state: str, login_hint: str
@@ -223,10 +227,13 @@ class Microsoft:
     def finish(
         self, registration: Registration, flow: dict[str, Any], response: dict[str, str]
     ) -> TokenSet:
+        app = self._for(registration)
         try:
-            result = self._for(registration).acquire_token_by_auth_code_flow(flow, response)
+            result = app.acquire_token_by_auth_code_flow(flow, response)
         except ValueError as exc:  # msal: state mismatch, missing code
             raise InvalidGrantError(f"authorization refused: {exc}") from exc
+        except requests.RequestException as exc:
+            raise ProviderError(f"the token endpoint did not answer: {exc}") from exc
         return _token_set(result)
 
     def app_token(self, registration: Registration) -> TokenSet:

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from mailintake_shared.db.bindings import client_secret_binding, grant_binding
 from mailintake_shared.db.models import Connection, OAuthCredential, OAuthGrant
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import Protocol
@@ -34,7 +37,7 @@ from mailintake_shared.oauth.providers import (
     default_scopes,
     http_session,
 )
-from mailintake_shared.secretbox import SecretBox
+from mailintake_shared.secretbox import SecretBox, SecretDecryptError
 from mailintake_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -51,6 +54,16 @@ class AuthorizationRequiredError(PollError):
         )
 
 
+@contextmanager
+def _unusable_is_unauthorized() -> Iterator[None]:
+    """A stored token or secret that does not decrypt for the connection as it is now (its
+    destination changed outside the API): authorize again, nothing is sent."""
+    try:
+        yield
+    except SecretDecryptError as exc:
+        raise AuthorizationRequiredError(str(exc)) from exc
+
+
 def provider_of(protocol: Protocol) -> OAuthProvider:
     return OAuthProvider.GOOGLE if protocol is Protocol.GOOGLE_OAUTH2 else OAuthProvider.MICROSOFT
 
@@ -63,7 +76,7 @@ def registration(
     return Registration(
         provider=OAuthProvider(credential.provider),
         client_id=credential.client_id,
-        client_secret=box.decrypt(credential.client_secret_enc)
+        client_secret=box.decrypt(credential.client_secret_enc, client_secret_binding(credential))
         if credential.client_secret_enc
         else None,
         tenant=credential.tenant,
@@ -80,6 +93,7 @@ def registration(
 class _Cached:
     token: str
     expires_at: datetime
+    binding: bytes  # the grant's binding when the token was read: where it may go
 
 
 class TokenStore:
@@ -99,11 +113,17 @@ class TokenStore:
     def provider(self, kind: OAuthProvider) -> Provider:
         return self._providers[kind]
 
-    def access_token(self, connection_id: uuid.UUID, *, refresh: bool = False) -> str:
+    def access_token(
+        self, connection_id: uuid.UUID, *, binding: bytes, refresh: bool = False
+    ) -> str:
         """A token valid for at least the margin; ``refresh`` when the server refused the
-        current one (revoked or expired early)."""
+        current one (revoked or expired early). ``binding`` is the grant's binding of the
+        connection as the caller read it (``bindings.grant_binding``): a token cached for
+        another destination is not handed out."""
         with self._lock:
             cached = self._cache.get(connection_id)
+        if cached and cached.binding != binding:
+            cached = None  # the destination changed since: read the grant again
         if cached and not refresh and cached.expires_at - self._margin > utcnow():
             return cached.token
         app = self._app_token(connection_id)
@@ -112,14 +132,20 @@ class TokenStore:
                 self._cache[connection_id] = app
             return app.token
         refused: str | None = None
-        with self._sessions() as session, session.begin():
+        with self._sessions() as session, session.begin(), _unusable_is_unauthorized():
             grant = session.get(OAuthGrant, connection_id, with_for_update=True)
-            if grant is None or grant.status != AUTHORIZED or grant.refresh_token_enc is None:
+            connection = session.get(Connection, connection_id)
+            if (
+                grant is None
+                or connection is None
+                or grant.status != AUTHORIZED
+                or grant.refresh_token_enc is None
+            ):
                 reason = (
                     grant.error if grant and grant.error else "the connection is not authorized"
                 )
                 raise AuthorizationRequiredError(reason)
-            current = self._stored(grant)
+            current = self._stored(grant, grant_binding(connection))
             token: _Cached | None = None
             usable = current is not None and current.expires_at - self._margin > utcnow()
             refused_before = refresh and cached is not None and current == cached
@@ -127,7 +153,7 @@ class TokenStore:
                 token = current  # another worker refreshed while this one waited
             else:
                 try:
-                    token = self._refresh(session, connection_id, grant)
+                    token = self._refresh(session, connection, grant)
                 except InvalidGrantError as exc:
                     grant.status, grant.error = AUTHORIZATION_REQUIRED, str(exc)
                     refused = str(exc)
@@ -146,7 +172,7 @@ class TokenStore:
     def _app_token(self, connection_id: uuid.UUID) -> _Cached | None:
         """App-only credentials (Graph's client credentials grant) need no grant: None when the
         connection's credential is not app-only."""
-        with self._sessions() as session:
+        with self._sessions() as session, _unusable_is_unauthorized():
             connection = session.get(Connection, connection_id)
             credential = (
                 session.get(OAuthCredential, connection.oauth_credential_id)
@@ -156,29 +182,31 @@ class TokenStore:
             if connection is None or credential is None or not credential.app_only:
                 return None
             reg = registration(connection, credential, self._box)
+            binding = grant_binding(connection)
         try:
             tokens = self._microsoft.app_token(reg)
         except (InvalidGrantError, ProviderError) as exc:
             raise PollError(ErrorKind.AUTHENTICATION, f"app-only token refused: {exc}") from exc
-        return _Cached(tokens.access_token, tokens.expires_at)
+        return _Cached(tokens.access_token, tokens.expires_at, binding)
 
-    def _stored(self, grant: OAuthGrant) -> _Cached | None:
+    def _stored(self, grant: OAuthGrant, binding: bytes) -> _Cached | None:
         if grant.access_token_enc is None or grant.access_expires_at is None:
             return None
-        token = self._box.decrypt(grant.access_token_enc).get_secret_value()
-        return _Cached(token, grant.access_expires_at)
+        token = self._box.decrypt(grant.access_token_enc, binding).get_secret_value()
+        return _Cached(token, grant.access_expires_at, binding)
 
-    def _refresh(self, session: Session, connection_id: uuid.UUID, grant: OAuthGrant) -> _Cached:
-        connection = session.get(Connection, connection_id)
+    def _refresh(self, session: Session, connection: Connection, grant: OAuthGrant) -> _Cached:
+        connection_id = connection.id
         credential = (
             session.get(OAuthCredential, connection.oauth_credential_id)
-            if connection is not None and connection.oauth_credential_id
+            if connection.oauth_credential_id
             else None
         )
-        if connection is None or credential is None:
+        if credential is None:
             raise InvalidGrantError("the connection has no OAuth2 credential")
         assert grant.refresh_token_enc is not None
-        refresh_token = self._box.decrypt(grant.refresh_token_enc).get_secret_value()
+        binding = grant_binding(connection)
+        refresh_token = self._box.decrypt(grant.refresh_token_enc, binding).get_secret_value()
         reg = registration(connection, credential, self._box)
         try:
             tokens = self._providers[reg.provider].refresh(reg, refresh_token)
@@ -186,13 +214,13 @@ class TokenStore:
             busy = any(sign in str(exc) for sign in ("429", "503", "temporarily_unavailable"))
             kind = ErrorKind.THROTTLED if busy else ErrorKind.SERVER_ERROR
             raise PollError(kind, f"token refresh failed: {exc}") from exc
-        grant.access_token_enc = self._box.encrypt(tokens.access_token)
+        grant.access_token_enc = self._box.encrypt(tokens.access_token, binding)
         grant.access_expires_at = tokens.expires_at
         if tokens.refresh_token and tokens.refresh_token != refresh_token:
-            grant.refresh_token_enc = self._box.encrypt(tokens.refresh_token)  # rotated
+            grant.refresh_token_enc = self._box.encrypt(tokens.refresh_token, binding)  # rotated
         grant.refreshed_at = utcnow()
         log.info("access token refreshed", connection_id=str(connection_id))
-        return _Cached(tokens.access_token, tokens.expires_at)
+        return _Cached(tokens.access_token, tokens.expires_at, binding)
 
     def forget(self, connection_id: uuid.UUID) -> None:
         with self._lock:
@@ -202,19 +230,21 @@ class TokenStore:
 def save_grant(
     session: Session,
     box: SecretBox,
-    connection_id: uuid.UUID,
+    connection: Connection,
     access: str,
     refresh: str | None,
     expires_at: datetime,
 ) -> None:
-    """After an authorization: the tokens, and the connection authorized."""
-    grant = session.get(OAuthGrant, connection_id, with_for_update=True)
+    """After an authorization: the tokens, bound to the connection's destination, and the
+    connection authorized."""
+    grant = session.get(OAuthGrant, connection.id, with_for_update=True)
     if grant is None:
-        grant = OAuthGrant(connection_id=connection_id, status=AUTHORIZED)
+        grant = OAuthGrant(connection_id=connection.id, status=AUTHORIZED)
         session.add(grant)
+    binding = grant_binding(connection)
     if refresh:
-        grant.refresh_token_enc = box.encrypt(refresh)
-    grant.access_token_enc = box.encrypt(access)
+        grant.refresh_token_enc = box.encrypt(refresh, binding)
+    grant.access_token_enc = box.encrypt(access, binding)
     grant.access_expires_at = expires_at
     grant.status, grant.error = AUTHORIZED, None
     grant.authorized_at = grant.refreshed_at = utcnow()

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from mailintake_config_api import audit
 from mailintake_config_api.auth import Admin
 from mailintake_config_api.deps import SessionDep
-from mailintake_config_api.schemas import AuditLogEntry, ErrorBody, Offset, Page
+from mailintake_config_api.schemas import AuditLogEntry, ErrorBody, Offset, Page, PlainText
 
 router = APIRouter(
     tags=["audit"], responses={code: {"model": ErrorBody} for code in (401, 403, 422, 429)}
@@ -23,7 +23,9 @@ def audit_log(
     _role: Admin,
     since: Annotated[datetime | None, Query(description="From this time (inclusive).")] = None,
     until: Annotated[datetime | None, Query(description="Up to this time (exclusive).")] = None,
-    actor: Annotated[str | None, Query(description="Only this actor (`role:fingerprint`).")] = None,
+    actor: Annotated[
+        PlainText | None, Query(description="Only this actor (`role:fingerprint`).")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> Page[AuditLogEntry]:

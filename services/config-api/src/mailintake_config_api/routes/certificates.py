@@ -25,7 +25,9 @@ from mailintake_config_api.schemas import (
     FieldError,
     Offset,
     Page,
+    PlainText,
 )
+from mailintake_shared.db.bindings import private_key_binding
 from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.db.types import utcnow
 
@@ -89,13 +91,14 @@ def upload_certificate(
     ):
         raise HTTPException(status.HTTP_409_CONFLICT, detail="this certificate is already stored")
     row = Certificate(
+        id=uuid.uuid4(),
         name=body.name.strip(),
         alias=body.alias.strip() if body.alias else None,
         certificate_pem=upload.certificate_pem,
         fingerprint_sha256=upload.fingerprint_sha256,
         serial=f"{upload.certificate.serial_number:x}",
-        private_key_enc=res.secrets.encrypt(upload.private_key_pem),
     )
+    row.private_key_enc = res.secrets.encrypt(upload.private_key_pem, private_key_binding(row))
     session.add(row)
     session.flush()
     return _view(session, row)
@@ -110,7 +113,8 @@ def list_certificates(
     session: SessionDep,
     _role: Viewer,
     q: Annotated[
-        str | None, Query(max_length=255, description="Case-insensitive term: name or alias.")
+        PlainText | None,
+        Query(max_length=255, description="Case-insensitive term: name or alias."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,

@@ -7,16 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections, probes
 from mailintake_config_api.auth import Admin, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.errors import InvalidInputError
-from mailintake_config_api.lookups import connection_or_404, like_pattern
+from mailintake_config_api.lookups import connection_or_404
 from mailintake_config_api.replay import TooManyError, replay
+from mailintake_config_api.resources import Resources
 from mailintake_config_api.schemas import (
     ConnectionCreate,
+    ConnectionEnabled,
     ConnectionPage,
     ConnectionPublic,
     ConnectionTestRequest,
@@ -28,6 +30,7 @@ from mailintake_config_api.schemas import (
     EstimateFailed,
     FieldError,
     Offset,
+    PlainText,
     PollAccepted,
     ReplayQueued,
     ReplayRequest,
@@ -41,13 +44,17 @@ ERRORS: dict[int | str, dict[str, object]] = {
 router = APIRouter(prefix="/connections", tags=["connections"], responses=ERRORS)
 
 
+def _shown(session: Session, res: Resources, rows: list[Connection]) -> list[ConnectionPublic]:
+    return connections.public(session, rows, res.settings, res.store_waiting.get)
+
+
 @router.get("", response_model=ConnectionPage, summary="List and search connections")
 def list_connections(
     session: SessionDep,
     res: ResourcesDep,
     _role: Viewer,
     q: Annotated[
-        str | None,
+        PlainText | None,
         Query(
             max_length=255,
             description="Case-insensitive term over name, description, host and username.",
@@ -55,29 +62,14 @@ def list_connections(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
+    sort: Annotated[
+        connections.Sort,
+        Query(description="Order by this column; a leading `-` reverses it (nulls last)."),
+    ] = connections.Sort.NAME,
 ) -> ConnectionPage:
-    query = select(Connection)
-    if q and q.strip():
-        pattern = like_pattern(q)
-        query = query.where(
-            or_(
-                *(
-                    func.lower(column).like(pattern, escape="\\")
-                    for column in (
-                        Connection.name,
-                        Connection.description,
-                        Connection.host,
-                        Connection.username,
-                    )
-                )
-            )
-        )
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(
-        query.order_by(func.lower(Connection.name), Connection.id).limit(limit).offset(offset)
-    ).all()
+    rows, total = connections.search(session, q, sort, limit, offset)
     return ConnectionPage(
-        items=connections.public(session, list(rows), res.settings),
+        items=_shown(session, res, rows),
         total=total,
         limit=limit,
         offset=offset,
@@ -99,7 +91,7 @@ def create_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.get("/{connection_id}", response_model=ConnectionPublic, summary="Show a connection")
@@ -107,7 +99,7 @@ def get_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Viewer
 ) -> ConnectionPublic:
     row = connection_or_404(session, connection_id)
-    return connections.public(session, [row], res.settings)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.patch("/{connection_id}", response_model=ConnectionPublic, summary="Update a connection")
@@ -125,7 +117,7 @@ def update_connection(
         raise HTTPException(
             status.HTTP_409_CONFLICT, detail=f"a connection named {exc} already exists"
         ) from None
-    return connections.public(session, [row], res.settings)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.delete(
@@ -140,7 +132,7 @@ def delete_connection(
 
 @router.post(
     "/{connection_id}/enable",
-    response_model=ConnectionPublic,
+    response_model=ConnectionEnabled,
     summary="Enable polling (with the estimate acknowledged)",
     responses={
         409: {"model": EnableConflict},
@@ -153,18 +145,25 @@ def enable_connection(
     res: ResourcesDep,
     _role: Admin,
     body: Annotated[EnableRequest | None, Body()] = None,
-) -> ConnectionPublic | JSONResponse:
+) -> ConnectionEnabled | JSONResponse:
     """Estimates the messages the first poll would download (the poll's own rule, on the
     server now). Above `MAILINTAKE_ENABLE_ACK_THRESHOLD` (0 by default) the answer is 409 with
     the estimate, and the connection is enabled only when a request acknowledges that number
-    (or a larger one) in `acknowledge_messages`."""
+    (or a larger one) in `acknowledge_messages`. Once enabled, its first poll is requested at
+    once (`first_poll` says so)."""
     row = connection_or_404(session, connection_id)
+    was_enabled = row.enabled
     try:
         probes.enable(session, res, row, body or EnableRequest())
     except probes.EstimateRequiredError as exc:
+        count = exc.estimate.messages
+        said = (
+            f"acknowledge_messages {exc.acknowledged} is fewer than the {count} messages"
+            if exc.acknowledged is not None
+            else f"the first poll would download {count} messages"
+        )
         conflict = EnableConflict(
-            detail=f"the first poll would download {exc.estimate.messages} messages; "
-            "repeat with acknowledge_messages to enable",
+            detail=f'{said}; repeat with {{"acknowledge_messages": {count}}} to enable',
             estimate=exc.estimate,
         )
         return JSONResponse(conflict.model_dump(mode="json"), status.HTTP_409_CONFLICT)
@@ -174,7 +173,14 @@ def enable_connection(
             test=exc.result,
         )
         return JSONResponse(failed.model_dump(mode="json"), status.HTTP_502_BAD_GATEWAY)
-    return connections.public(session, [row], res.settings)[0]
+    shown = _shown(session, res, [row])[0]
+    every = f"then every {row.interval_minutes} min"
+    first_poll = (
+        f"already enabled: polled every {row.interval_minutes} min"
+        if was_enabled
+        else f"at once (requested with the enabling), {every}"
+    )
+    return ConnectionEnabled(**dict(shown), first_poll=first_poll)
 
 
 @router.post(
@@ -208,7 +214,7 @@ def disable_connection(
     row = connections.set_enabled(
         session, res.settings, connection_or_404(session, connection_id), False
     )
-    return connections.public(session, [row], res.settings)[0]
+    return _shown(session, res, [row])[0]
 
 
 @router.post(
@@ -220,13 +226,31 @@ def disable_connection(
 def poll_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
 ) -> PollAccepted:
-    """Ask the scheduler for a poll at once (right after the current one, if one is running)."""
+    """Ask the scheduler for a poll at once (right after the current one, if one is running).
+    409 says why a poll cannot run: the connection is disabled, or not authorized."""
     row = connection_or_404(session, connection_id)
+    shown = _shown(session, res, [row])[0]
     if not row.enabled:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail="the connection is disabled")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"the connection is disabled: enable it first (POST /connections/{row.id}"
+            "/enable)",
+        )
+    if shown.authorization not in (None, "authorized", "app_only"):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail=f"the connection is {shown.authorization}: authorize it first "
+            f"(POST /connections/{row.id}/authorize)",
+        )
     event = connections.request_poll(session, res.settings, row)
+    busy = connections.poll_in_progress(session, row.id)
     return PollAccepted(
-        connection_id=row.id, requested_at=event.requested_at, detail="poll requested"
+        connection_id=row.id,
+        requested_at=event.requested_at,
+        poll_in_progress=busy,
+        detail="poll requested: it runs right after the poll under way"
+        if busy
+        else "poll requested: it runs at once",
     )
 
 

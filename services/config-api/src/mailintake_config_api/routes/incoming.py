@@ -10,7 +10,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 
 from mailintake_config_api import connections, incoming
-from mailintake_config_api.auth import Admin, Viewer
+from mailintake_config_api.auth import Admin, Reader, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.incoming import EntryKind, QueueState, Window
 from mailintake_config_api.schemas import (
@@ -18,6 +18,7 @@ from mailintake_config_api.schemas import (
     MessageLogEntry,
     Offset,
     Page,
+    PlainText,
     PollLogEntry,
     QueueActionDone,
     QueueEntry,
@@ -62,9 +63,9 @@ def list_queue(
     response_class=Response,
     responses={200: {"content": {"message/rfc822": {}}}},
     tags=["queue"],
-    summary="Download a queue entry's raw MIME (.eml)",
+    summary="Download a queue entry's raw MIME (.eml); reader or admin role",
 )
-def get_queue_raw(kind: EntryKind, entry_id: RowId, session: SessionDep, _role: Viewer) -> Response:
+def get_queue_raw(kind: EntryKind, entry_id: RowId, session: SessionDep, _role: Reader) -> Response:
     try:
         raw = incoming.raw_of(session, kind, entry_id)
     except incoming.EntryNotFoundError:
@@ -127,7 +128,7 @@ def list_poll_log(
     session: SessionDep,
     _role: Viewer,
     filters: WindowDep,
-    outcome: Annotated[str | None, Query(description="`ok`, `failed` or `skipped`.")] = None,
+    outcome: Annotated[PlainText | None, Query(description="`ok`, `failed` or `skipped`.")] = None,
 ) -> Page[PollLogEntry]:
     rows, total = incoming.poll_page(session, filters, outcome)
     return Page(
@@ -149,7 +150,7 @@ def list_message_log(
     _role: Viewer,
     filters: WindowDep,
     outcome: Annotated[
-        str | None, Query(description="`stored`, `duplicate`, `rejected` or `unfetched`.")
+        PlainText | None, Query(description="`stored`, `duplicate`, `rejected` or `unfetched`.")
     ] = None,
     poll_id: Annotated[uuid.UUID | None, Query()] = None,
     message_id: Annotated[int | None, Query()] = None,

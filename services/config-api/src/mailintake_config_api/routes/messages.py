@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
-from mailintake_config_api.auth import Viewer
+from mailintake_config_api.auth import Reader, Viewer
 from mailintake_config_api.deps import SessionDep
 from mailintake_config_api.schemas import (
     ErrorBody,
@@ -57,12 +57,12 @@ def get_message(message_id: RowId, session: SessionDep, _role: Viewer) -> Messag
     "/{message_id}/raw",
     response_class=Response,
     responses={200: {"content": {"message/rfc822": {}}}},
-    summary="The raw MIME of a stored message (.eml)",
+    summary="The raw MIME of a stored message (.eml); reader or admin role",
 )
 def get_raw(
     message_id: RowId,
     session: SessionDep,
-    _role: Viewer,
+    _role: Reader,
     original: Annotated[
         bool,
         Query(

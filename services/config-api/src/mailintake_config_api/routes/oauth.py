@@ -22,6 +22,8 @@ from mailintake_config_api.schemas import (
     Page,
 )
 from mailintake_shared.db.models import Connection, OAuthCredential
+from mailintake_shared.oauth.providers import ProviderError
+from mailintake_shared.secretbox import SecretDecryptError
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
@@ -126,6 +128,7 @@ def delete_credential(credential_id: uuid.UUID, session: SessionDep, _role: Admi
     response_model=AuthorizationStarted,
     tags=["oauth"],
     summary="Start authorizing an OAuth2 connection",
+    responses={502: {"model": ErrorBody, "description": "The identity provider did not answer."}},
 )
 def authorize_connection(
     connection_id: uuid.UUID, session: SessionDep, res: ResourcesDep, _role: Admin
@@ -143,6 +146,18 @@ def authorize_connection(
             status.HTTP_409_CONFLICT,
             detail="nothing to authorize: the connection signs in with a password, or its "
             "credential is app-only",
+        ) from None
+    except SecretDecryptError:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            detail="the credential's client secret does not belong to it as it is now (changed "
+            "outside the API): send the client secret again",
+        ) from None
+    except ProviderError as exc:
+        provider = row.view().protocol.value.removesuffix("_oauth2")
+        raise HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail=f"the identity provider ({provider}) could not start the authorization: {exc}",
         ) from None
 
 
@@ -162,4 +177,9 @@ def oauth_callback(request: Request, session: SessionDep, res: ResourcesDep) -> 
     except authorization.CallbackError as exc:
         return HTMLResponse(_PAGE.format(html.escape(str(exc))), status.HTTP_400_BAD_REQUEST)
     text = f"The connection {row.name} is authorized. You can close this window."
-    return HTMLResponse(_PAGE.format(html.escape(text)))
+    page = _PAGE.format(html.escape(text))
+    if res.settings.console_enabled:  # back to the connection's page in the console
+        back = f"/console/connections/{row.id}"
+        page = page.replace("<p>", f'<meta http-equiv="refresh" content="0; url={back}"><p>', 1)
+        page += f'<p><a href="{back}">Back to the connection</a></p>'
+    return HTMLResponse(page)

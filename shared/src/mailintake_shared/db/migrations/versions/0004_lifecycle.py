@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import mailintake_shared.db.types
+from mailintake_shared.db.migrations.batch import batch_keeping_name_index
 
 revision = "0004"
 down_revision = "0003"
@@ -21,7 +22,7 @@ _TIME = mailintake_shared.db.types.UTCDateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("connections") as batch_op:
+    with batch_keeping_name_index("connections") as batch_op:
         batch_op.add_column(
             sa.Column("first_sync", sa.String(length=16), nullable=False, server_default="all")
         )
@@ -88,6 +89,6 @@ def downgrade() -> None:
         batch_op.drop_column("message_id")
     with op.batch_alter_table("mailbox_state") as batch_op:
         batch_op.drop_column("baseline_uid")
-    with op.batch_alter_table("connections") as batch_op:
+    with batch_keeping_name_index("connections") as batch_op:
         batch_op.drop_column("first_sync_since")
         batch_op.drop_column("first_sync")

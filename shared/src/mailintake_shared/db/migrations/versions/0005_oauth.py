@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import mailintake_shared.db.types
+from mailintake_shared.db.migrations.batch import batch_keeping_name_index
 
 revision = "0005"
 down_revision = "0004"
@@ -20,7 +21,7 @@ _TIME = mailintake_shared.db.types.UTCDateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("oauth_credentials") as batch_op:
+    with batch_keeping_name_index("oauth_credentials") as batch_op:
         batch_op.add_column(sa.Column("scopes", sa.Text(), nullable=True))
         batch_op.add_column(
             sa.Column("app_only", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -56,6 +57,6 @@ def downgrade() -> None:
     op.drop_table("oauth_grants")
     with op.batch_alter_table("mailbox_state") as batch_op:
         batch_op.drop_column("delta_link")
-    with op.batch_alter_table("oauth_credentials") as batch_op:
+    with batch_keeping_name_index("oauth_credentials") as batch_op:
         batch_op.drop_column("app_only")
         batch_op.drop_column("scopes")

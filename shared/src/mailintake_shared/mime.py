@@ -10,9 +10,11 @@ from __future__ import annotations
 import binascii
 import codecs
 import re
+from dataclasses import dataclass
 from email import policy
 from email.parser import BytesParser
 
+from mailintake_shared import smime
 from mailintake_shared.events import HeaderSummary
 
 _MAX_HEADER_BLOCK = 256 * 1024
@@ -185,3 +187,25 @@ def summarize(raw: bytes) -> tuple[HeaderSummary, list[str]]:
     if not values["message_id"]:
         problems.append("no Message-ID header")
     return HeaderSummary(**values), problems
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What is read from a message as its pieces go by: the header summary and problems of
+    the first piece (the header block is within it), NUL bytes anywhere, S/MIME. The fetcher
+    makes it; the store takes it as it is."""
+
+    headers: HeaderSummary
+    problems: list[str]
+    smime: bool
+
+    @classmethod
+    def of(cls, first: bytes) -> Reading:
+        headers, problems = summarize(first)
+        return cls(headers, problems, bool(first) and smime.is_smime(first))
+
+    def more(self, piece: bytes) -> Reading:
+        """The same reading after another piece (only NUL bytes can change it)."""
+        if NUL_PROBLEM in self.problems or b"\x00" not in piece:
+            return self
+        return Reading(self.headers, [NUL_PROBLEM, *self.problems], self.smime)

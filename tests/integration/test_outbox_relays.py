@@ -1,0 +1,152 @@
+"""Two relays of one outbox (the config API's and the store's) publish every record once, on
+SQLite and on PostgreSQL, whatever the interleaving of their batches and the writers'.
+
+The interleavings are made, not waited for: one relay is held between reading its batch and
+deleting it while the other relay and the writers go on. The records are then read back from
+the topic itself."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailintake_shared.db.engine import make_engine, make_session_factory, transaction
+from mailintake_shared.db.models import OutboxRecord
+from mailintake_shared.kafka import ReliableProducer, read_topic_to_end
+from mailintake_shared.outbox import OutboxEntry, OutboxRelay, add_many_to_outbox
+from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
+from tests.harness.announced import on_sqlite
+
+pytestmark = pytest.mark.integration
+
+BATCH = 50
+
+
+class HeldProducer(ReliableProducer):
+    """A producer whose first delivery waits until the test lets it go: its relay has read
+    its batch and not deleted it yet."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings, "held-relay")
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def settle(self, futures: Any, timeout_s: float = 35.0) -> None:
+        if not self.reached.is_set():
+            self.reached.set()
+            assert self.release.wait(60)
+        super().settle(futures, timeout_s)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_settings(request: pytest.FixtureRequest, tmp_path: Path, settings: Settings) -> Settings:
+    """The settings of a fresh database of each kind, at the latest schema."""
+    if request.param == "postgresql":
+        return settings
+    return on_sqlite(settings, tmp_path / "outbox.db")
+
+
+def _write(sessions: sessionmaker[Session], settings: Settings, first: int, count: int) -> None:
+    entries = [
+        OutboxEntry(Topic.POLL_COMPLETED, "key", str(n).encode())
+        for n in range(first, first + count)
+    ]
+    with transaction(sessions) as session:
+        add_many_to_outbox(session, settings.topic_prefix, entries)
+
+
+def _published(settings: Settings) -> Counter[int]:
+    return Counter(int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED))
+
+
+def _relay(settings: Settings, producer: ReliableProducer) -> OutboxRelay:
+    # Each relay with its own engine, as two processes would have.
+    own = make_engine(settings)
+    return OutboxRelay(make_session_factory(own), producer, inline_max_bytes=1024)
+
+
+def _drain(relays: list[OutboxRelay], sessions: sessionmaker[Session]) -> None:
+    for _ in range(20):
+        for relay in relays:
+            relay.flush()
+        with sessions() as session:
+            if not session.scalar(select(func.count()).select_from(OutboxRecord)):
+                return
+    raise AssertionError("the outbox never emptied")
+
+
+def test_a_second_relay_neither_repeats_nor_deletes_what_the_first_holds(
+    db_settings: Settings,
+) -> None:
+    settings = db_settings
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    held, free = HeldProducer(settings), ReliableProducer(settings, "free-relay")
+    first, second = _relay(settings, held), _relay(settings, free)
+    try:
+        _write(sessions, settings, 0, BATCH)
+        with ThreadPoolExecutor(1) as pool:
+            holding: Future[int] = pool.submit(first.flush)
+            assert held.reached.wait(30), "the first relay never read its batch"
+            second.flush()  # meanwhile: it must not publish the held batch
+            # Another batch while the held one is still in the table (the held relay must
+            # not delete it with its own), then one more after the other relay ran again.
+            _write(sessions, settings, BATCH, BATCH)
+            second.flush()
+            _write(sessions, settings, 2 * BATCH, BATCH)
+            held.release.set()
+            holding.result(timeout=60)
+        _drain([first, second], sessions)
+        published = _published(settings)
+        assert_each_once(published, 3 * BATCH)
+    finally:
+        held.release.set()
+        held.close()
+        free.close()
+        engine.dispose()
+
+
+def test_a_row_committed_late_below_a_published_id_is_not_deleted_unpublished(
+    settings: Settings,
+) -> None:
+    """PostgreSQL hands out ids when rows are written, not when they commit: a batch may see
+    id 2 and not id 1 yet. Deleting up to the batch's last id would take id 1 unpublished."""
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    held = HeldProducer(settings)
+    relay = _relay(settings, held)
+    try:
+        late = sessions()
+        late.begin()
+        add_many_to_outbox(
+            late, settings.topic_prefix, [OutboxEntry(Topic.POLL_COMPLETED, "key", b"0")]
+        )
+        late.flush()  # id taken, not committed
+        _write(sessions, settings, 1, BATCH)
+        with ThreadPoolExecutor(1) as pool:
+            holding = pool.submit(relay.flush)
+            assert held.reached.wait(30)
+            late.commit()  # committed while the relay holds its batch
+            late.close()
+            held.release.set()
+            holding.result(timeout=60)
+        _drain([relay], sessions)
+        assert_each_once(_published(settings), BATCH + 1)
+    finally:
+        held.release.set()
+        held.close()
+        engine.dispose()
+
+
+def assert_each_once(published: Counter[int], expected: int) -> None:
+    lost = sorted(set(range(expected)) - set(published))
+    repeated = sorted(n for n, times in published.items() if times > 1)
+    assert (lost, repeated) == ([], []), f"lost {len(lost)}, published twice {len(repeated)}"
