@@ -4,10 +4,12 @@ holds thousands of them in one thread, each costing a socket and a few objects w
 The session follows the rules of every other IMAP session of the project (``imap.py``): the
 socket goes through the outbound guard (``network.py``), TLS verifies the server with the
 connection's context, STARTTLS fails closed, a ``PREAUTH`` greeting is taken as it is (and
-refused with STARTTLS), the login is LOGIN, SASL PLAIN with an authorization identity for a
-shared mailbox (RFC 4616), or XOAUTH2 with the connection's access token, refreshed once when
-the server refuses it. Responses are read by RFC 3501's grammar (``imap_wire``). Failures
-leave as ``PollError`` (``errors.classify``), the same taxonomy as a poll's.
+refused with STARTTLS), a password goes by SASL PLAIN (RFC 4616, UTF-8; with an authorization
+identity for a shared mailbox) where the server offers it, else by LOGIN (ASCII only), or
+XOAUTH2 with the connection's access token, refreshed once when the server refuses it.
+Responses are read by RFC 3501's grammar (``imap_wire``). Failures leave as ``PollError``
+(``errors.classify``), the same taxonomy as a poll's, without the secret in any form the
+server could have quoted back (``MailboxConfig.scrub``).
 
 The folder is opened with ``EXAMINE`` (read-only: the watch changes nothing, not even
 ``\\Recent``). ``IDLE`` then runs in rounds: each ends with ``DONE`` after ``renew_s`` (RFC
@@ -106,7 +108,8 @@ class IdleSession:
         except Exception as exc:
             if session is not None:
                 await session.close()
-            raise classify(exc) from exc
+            error = classify(exc)
+            raise PollError(error.kind, config.scrub(str(error))) from exc
 
     async def _greeting(self) -> bool:
         """True when the server greets with ``PREAUTH``; ``BYE`` ends the session."""
@@ -131,9 +134,17 @@ class IdleSession:
     async def _login(self, config: MailboxConfig) -> None:
         view, shared = config.view, config.view.shared_mailbox
         if config.access_token is None:
-            if shared:
-                plain = f"{shared}\0{view.username}\0{config.secret}".encode()
+            if not self.capabilities:
+                await self._command(b"CAPABILITY")
+            if shared or b"AUTH=PLAIN" in self.capabilities:
+                plain = f"{shared or ''}\0{view.username}\0{config.secret}".encode()
                 await self._authenticate(b"PLAIN", plain)
+            elif not (view.username + config.secret).isascii():
+                raise PollError(
+                    ErrorKind.AUTHENTICATION,
+                    "the server does not offer AUTHENTICATE PLAIN, and its LOGIN command carries "
+                    "only ASCII: this user name or password cannot be sent to it",
+                )
             else:
                 await self._command(
                     b"LOGIN " + _astring(view.username) + b" " + _astring(config.secret),
