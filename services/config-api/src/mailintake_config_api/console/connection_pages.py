@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from mailintake_config_api import connections, incoming, probes
 from mailintake_config_api.console.forms import ConnectionForm, InvalidFormError, parsed
 from mailintake_config_api.console.session import PATH
-from mailintake_config_api.console.views import health, steps_of
+from mailintake_config_api.console.views import health, steps_of, watch
 from mailintake_config_api.console.web import (
     AdminDep,
     ConsoleError,
@@ -79,7 +79,7 @@ def connection_list(
         "connections.html",
         user,
         page=page,
-        rows=[(item, health(item)) for item in page.items],
+        rows=[(item, health(item), watch(item)) for item in page.items],
         q=q,
         sort=sort.value,
         page_size=PAGE_SIZE,
@@ -221,6 +221,7 @@ def _connection(
         status,
         item=item,
         health=health(item),
+        watch=watch(item),
         polls=polls,
         credential=session.get(OAuthCredential, row.oauth_credential_id)
         if row.oauth_credential_id
