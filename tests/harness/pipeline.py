@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -124,6 +125,14 @@ class Pipeline:
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def assigned(self) -> set[int]:
+        """The partitions of its consumer's latest assignment, from its log (one service)."""
+        latest: set[int] = set()
+        for line in self.logs().splitlines():
+            if '"partitions assigned"' in line:
+                latest = set(json.loads(line)["partitions"])
+        return latest
 
     def assert_running(self) -> None:
         for service, process in self.processes.items():

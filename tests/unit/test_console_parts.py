@@ -68,10 +68,10 @@ def test_the_form_shows_each_protocols_fields() -> None:
     graph = fields_for(Protocol.MICROSOFT_OAUTH2, Transport.GRAPH, SETTINGS)
     microsoft_imap = fields_for(Protocol.MICROSOFT_OAUTH2, Transport.IMAP, SETTINGS)
     google = fields_for(Protocol.GOOGLE_OAUTH2, None, SETTINGS)
-    assert {"host", "port", "folder", "password", "first_sync"} <= imap
+    assert {"host", "port", "folder", "password", "first_sync", "push"} <= imap
     assert {"host", "port", "password"} <= pop3
-    assert not {"folder", "first_sync", "shared_mailbox", "oauth_credential_id"} & pop3
-    assert {"oauth_credential_id", "transport", "shared_mailbox"} <= graph
+    assert not {"folder", "first_sync", "shared_mailbox", "oauth_credential_id", "push"} & pop3
+    assert {"oauth_credential_id", "transport", "shared_mailbox", "push"} <= graph
     assert not {"host", "port", "folder", "password", "first_sync"} & graph
     assert {"host", "folder"} <= microsoft_imap
     assert "port" not in microsoft_imap

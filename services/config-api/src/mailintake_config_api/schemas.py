@@ -33,11 +33,13 @@ from mailintake_shared.domain import (
     Encryption,
     FirstSync,
     Protocol,
+    PushMode,
     Transport,
 )
 from mailintake_shared.events import ErrorKind, SmimeInfo
 from mailintake_shared.mailbox.estimate import Confidence
 from mailintake_shared.oauth.providers import OAuthProvider
+from mailintake_shared.watch import WatchMethod, WatchState
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -163,6 +165,12 @@ class _ConnectionFields(BaseModel):
     first_sync_since: date | None = Field(
         None, description="The date for `first_sync: since` (server's internal date, inclusive)."
     )
+    push: PushMode | None = Field(
+        None,
+        description="`auto` (default): watch the mailbox, so that new mail is polled within "
+        "seconds when the server announces it (IMAP IDLE, Microsoft Graph change "
+        "notifications), the interval poll staying as a safety net; `off`: interval polls only.",
+    )
 
     _strip = field_validator(
         "description", "host", "folder", "shared_mailbox", "tls_ca_pem", mode="before"
@@ -284,6 +292,24 @@ class ConnectionHealth(BaseModel):
     )
 
 
+class WatchStatus(BaseModel):
+    """Whether the server announces the connection's new mail (push), since when, and why
+    not; interval polls go on either way."""
+
+    watched: bool = Field(description="New mail is announced: polls follow within seconds.")
+    state: WatchState = Field(
+        description="`watching`; `connecting`; `retrying` (the watch broke and reconnects with "
+        "back-off); `waiting` (another watcher holds it, or the session budget leaves no "
+        "session for it); `unsupported` (the server has no IDLE, or Graph notifications are not "
+        "set up); `off` (push off, disabled, or POP3); `unknown` (no watcher reports it)."
+    )
+    method: WatchMethod | None = Field(
+        None, description="`imap_idle` or `graph` (a change-notification subscription)."
+    )
+    since: datetime | None = Field(None, description="When the connection entered this state.")
+    reason: str | None = Field(None, description="Why it is not watched, in words.")
+
+
 class ConnectionPublic(ConnectionView):
     """A connection as the API returns it: defaults applied, secrets left out."""
 
@@ -294,6 +320,9 @@ class ConnectionPublic(ConnectionView):
         "`authorization_required` (the grant was revoked or expired: authorize again).",
     )
     status: ConnectionHealth = Field(default_factory=ConnectionHealth)
+    watch: WatchStatus = Field(
+        default_factory=lambda: WatchStatus(watched=False, state=WatchState.UNKNOWN)
+    )
 
 
 class ConnectionEnabled(ConnectionPublic):
