@@ -117,6 +117,40 @@ def _wait_for_all(mailboxes: Mailboxes, *, timeout_s: float) -> None:
     time.sleep(2)  # anything late (a duplicate) would show now
 
 
+def _restart_and_rejoin(pipeline: Pipeline, service: str, logs: Path) -> None:
+    """Start ``service`` again and wait until it is back at work, as a rolling restart waits
+    for readiness: a consumer back in its group (partitions assigned), the API answering.
+
+    One disruption at a time also keeps clear of a fault of the test broker (Tansu): a
+    rebalance whose leader leaves in the middle of it never completes there, where Kafka's
+    coordinator drops the leader after the rebalance timeout."""
+    log = logs / f"{service.replace(':', '-')}.log"
+    seen = log.stat().st_size if log.exists() else 0
+    pipeline.start(service)
+    if service == "config-api":
+        wait_until(lambda: _answers(pipeline, service), timeout_s=60, message="API ready")
+        return
+
+    def assigned() -> bool:
+        lines = log.read_bytes()[seen:].decode(errors="replace").splitlines()
+        return any(
+            '"partitions assigned"' in line and '"partitions": []' not in line for line in lines
+        )
+
+    wait_until(
+        assigned,
+        timeout_s=60,
+        message=f"{service} back in its consumer group",
+    )
+
+
+def _answers(pipeline: Pipeline, service: str) -> bool:
+    try:
+        return pipeline.http_get(service, "/readyz") == 200
+    except OSError:
+        return False  # not listening yet
+
+
 def test_postgres_stopped_for_30_s_mid_ingestion(
     pipeline_settings: Settings, postgres: Any, mailboxes: Mailboxes, tmp_path: Path
 ) -> None:
@@ -166,22 +200,27 @@ def test_every_service_stopped_then_killed_in_turn_during_ingestion(
     services = ("scheduler", "fetcher", "fetcher:2", "store", "config-api")
     pipeline = Pipeline(settings, tmp_path / "logs").start(*services)
     try:
-        with api_client(settings) as api:
-            for i in range(20):
-                mailboxes.add(api, 500, delete=i % 2 == 0)
         disruptions = [(service, how) for service in services for how in ("stop", "kill")]
-        step = mailboxes.total // (len(disruptions) + 2)
-        for n, (service, how) in enumerate(disruptions, start=1):
-            _wait_for_count(mailboxes.db, n * step, timeout_s=120, message=f"before {n}")
-            mailboxes.assert_nothing_deleted_before_its_commit()
-            if how == "stop":
-                # uvicorn re-raises SIGTERM once its graceful shutdown is done
-                clean = (0, -signal.SIGTERM) if service == "config-api" else (0,)
-                assert pipeline.stop(service) in clean, f"{service} was killed after 30 s"
-            else:
-                pipeline.kill(service)
-            pipeline.start(service)
-        assert mailboxes.db.message_count() < mailboxes.total, "finished before the last one"
+        with api_client(settings) as api:
+            for i in range(6):
+                mailboxes.add(api, 400, delete=i % 2 == 0)
+            progress = 0
+            for n, (service, how) in enumerate(disruptions, start=1):
+                # New mail arrives before each disruption, so that every one of them falls
+                # in the middle of ingestion, however quick the pipeline is.
+                mailboxes.add(api, 300, delete=n % 2 == 0)
+                progress += 100
+                _wait_for_count(mailboxes.db, progress, timeout_s=120, message=f"before {n}")
+                progress = mailboxes.db.message_count()
+                assert progress < mailboxes.total, f"finished before disruption {n}"
+                mailboxes.assert_nothing_deleted_before_its_commit()
+                if how == "stop":
+                    # uvicorn re-raises SIGTERM once its graceful shutdown is done
+                    clean = (0, -signal.SIGTERM) if service == "config-api" else (0,)
+                    assert pipeline.stop(service) in clean, f"{service} was killed after 30 s"
+                else:
+                    pipeline.kill(service)
+                _restart_and_rejoin(pipeline, service, tmp_path / "logs")
         _wait_for_all(mailboxes, timeout_s=300)
         mailboxes.assert_exactly_once()
         wait_until(
