@@ -170,6 +170,12 @@ def mailbox(dovecot: Dovecot) -> Mailbox:
 
 @pytest.fixture
 def settings(broker: Any, database_url: str) -> Settings:
+    return make_settings(broker, database_url)
+
+
+def make_settings(broker: Any, database_url: str) -> Settings:
+    """The tests' settings: topics of their own (a fresh prefix), the tokens of each role,
+    short Kafka timeouts, loopback allowed."""
     from mailintake_config_api.auth import hash_token
 
     return Settings(

@@ -26,8 +26,8 @@ from schemathesis.specs.openapi import checks as openapi_checks
 from sqlalchemy import create_engine
 
 from mailintake_shared.db.migrate import upgrade
-from mailintake_shared.settings import Settings
 from tests.api import ADMIN, api_client
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,18 +51,24 @@ CHECKS = [
 ]
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def client(
-    request: pytest.FixtureRequest, settings: Settings, tmp_path: Path
+    request: pytest.FixtureRequest,
+    broker: Any,
+    postgres: Any,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[TestClient]:
-    database = settings.database_url
+    """One app per database for every generated case (what the cases create stays, as on a
+    server in use): an app, a database and topics per case cost more than the cases."""
     if request.param == "sqlite":
-        database = f"sqlite:///{tmp_path / 'fuzz.db'}"
+        database = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'fuzz.db'}"
         engine = create_engine(database)
         upgrade(engine)
         engine.dispose()
-    fuzzed = settings.model_copy(
-        update={"api_auth_failures_per_minute": 1_000_000, "database_url": database}
+    else:
+        database = str(postgres.url(postgres.create_database(template=postgres.template)))
+    fuzzed = make_settings(broker, database).model_copy(
+        update={"api_auth_failures_per_minute": 1_000_000}
     )
     with api_client(fuzzed) as running:  # the app started: database, relay
         del running.headers["Authorization"]  # per request: the cases without it must fail
