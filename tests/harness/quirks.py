@@ -97,6 +97,9 @@ class ImapQuirks:
     partial_whole: bool = False  # BODY[]<o.l> answered with the whole BODY[]
     no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
     echo_credentials: bool = False  # a refused login quotes what the client sent
+    # --- hostile ----------------------------------------------------------------------------
+    trickle: float | None = None  # FETCH answers sent one byte at a time, this many s apart
+    endless_fetch: bool = False  # a FETCH answer that never ends (untagged lines, no reply)
 
 
 @dataclass
@@ -207,6 +210,16 @@ class _ImapSession:
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
+
+    async def trickle(self, data: bytes) -> None:
+        """``send``, one byte at a time when the server trickles."""
+        pause = self.quirks.trickle
+        if pause is None:
+            await self.send(data)
+            return
+        for index in range(len(data)):
+            await self.send(data[index : index + 1])
+            await asyncio.sleep(pause)
 
     def capabilities(self) -> bytes:
         words = ["IMAP4rev1", "LITERAL+", "IDLE", "ENABLE", "ID"]
@@ -409,6 +422,9 @@ class _ImapSession:
         names = [_word(i).upper().replace(b"BODY.PEEK[", b"BODY[") for i in items]
         if by_uid and b"UID" not in names:
             names.insert(0, b"UID")
+        while self.quirks.endless_fetch:  # until the client hangs up
+            await self.send(b"* %d EXISTS\r\n" % len(self.box.messages))
+            await asyncio.sleep(0.01)
         expunged: list[int] = []  # by another session: gone once this command is answered
         left_out = False
         pending_split: list[bytes] = []
@@ -418,7 +434,7 @@ class _ImapSession:
                 continue
             if message.uid in self.quirks.expunged_meanwhile:
                 expunged.append(message.uid)
-                await self.send(
+                await self.trickle(
                     b"* %d FETCH (UID %d RFC822.SIZE 0 BODY[] NIL)\r\n" % (number, message.uid)
                 )
                 continue
@@ -433,27 +449,27 @@ class _ImapSession:
                 rendered = rendered[::-1]
             if self.quirks.split_items and len(rendered) > 1:
                 half = len(rendered) // 2
-                await self.send(b"* %d FETCH (" % number + b" ".join(rendered[half:]) + b")\r\n")
+                await self.trickle(b"* %d FETCH (" % number + b" ".join(rendered[half:]) + b")\r\n")
                 first = b" ".join(rendered[:half])
                 pending_split.append(b"* %d FETCH (" % number + first + b")\r\n")
             else:
-                await self.send(b"* %d FETCH (" % number + b" ".join(rendered) + b")\r\n")
+                await self.trickle(b"* %d FETCH (" % number + b" ".join(rendered) + b")\r\n")
             if self.quirks.unsolicited:
-                await self.send(
+                await self.trickle(
                     b"* %d EXISTS\r\n* 0 RECENT\r\n* 1 FETCH (FLAGS (\\Recent))\r\n"
                     % len(self.box.messages)
                 )
         for late in reversed(pending_split):
-            await self.send(late)
+            await self.trickle(late)
         for uid in expunged:
             self.box.remove(uid)
             self.quirks.expunged_meanwhile.discard(uid)
         if left_out:
-            await self.send(tag + b" NO [SERVERBUG] Some messages could not be FETCHed\r\n")
+            await self.trickle(tag + b" NO [SERVERBUG] Some messages could not be FETCHed\r\n")
         elif expunged:
-            await self.send(tag + b" OK [EXPUNGEISSUED] Some messages were expunged\r\n")
+            await self.trickle(tag + b" OK [EXPUNGEISSUED] Some messages were expunged\r\n")
         else:
-            await self.send(tag + b" OK Fetch completed\r\n")
+            await self.trickle(tag + b" OK Fetch completed\r\n")
 
     def _string(self, data: bytes) -> bytes:
         if self.quirks.literals or not data or any(b < 0x20 or b > 0x7E for b in data):

@@ -10,6 +10,7 @@ odd one is stored); the error kind the true one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import date
 
@@ -17,7 +18,7 @@ import pytest
 
 from mailintake_shared.domain import AfterDownload, FirstSync, Protocol
 from mailintake_shared.events import ErrorKind, PollOutcome
-from tests.harness.ledger import LedgerRun, digests
+from tests.harness.ledger import BUDGET, LedgerRun, digests
 from tests.harness.mail import make_message
 from tests.harness.quirks import QuirkServer, since
 
@@ -399,3 +400,35 @@ def test_a_wrong_password_says_what_the_server_said_as_text(
     assert result.error_kind is ErrorKind.AUTHENTICATION
     assert "[AUTHENTICATIONFAILED] Authentication failed." in (result.error or "")
     assert "b'" not in (result.error or "")
+
+
+# --- hostile servers ------------------------------------------------------------------------
+# Small limits keep these quick: a session of 2 s.
+SHORT_SESSIONS = dataclasses.replace(BUDGET, max_session_seconds=2.0)
+
+
+@pytest.mark.timeout(60)  # without the deadline, the poll would not end for minutes, or ever
+@pytest.mark.parametrize(
+    "quirk",
+    [{"trickle": 0.02}, {"endless_fetch": True}],
+    ids=["one byte at a time", "an answer without end"],
+)
+def test_a_session_the_server_would_hold_forever_is_cut_at_its_deadline_and_loses_nothing(
+    server: QuirkServer, imap: LedgerRun, quirk: dict[str, object]
+) -> None:
+    """Each byte comes within the socket's time-out: only the session's deadline ends it."""
+    sent = seed(server, 3)
+    for name, value in quirk.items():
+        setattr(server.imap, name, value)
+    imap.budget = SHORT_SESSIONS
+    result = imap.poll()
+    assert result.outcome is PollOutcome.FAILED
+    assert result.error_kind is ErrorKind.TIMEOUT
+    assert "MAILINTAKE_POLL_SESSION_MAX_SECONDS" in (result.error or "")
+    assert imap.pending() == {"1000:1": 1}  # charged with it: set aside if it happens each time
+    (line,) = imap.log_lines("unfetched")
+    assert "MAILINTAKE_POLL_SESSION_MAX_SECONDS" in line
+    assert imap.cursor() == 1  # not past anything unaccounted for
+    server.imap.trickle, server.imap.endless_fetch = None, False
+    imap.poll()
+    assert imap.stored_digests() == digests(sent)

@@ -240,6 +240,15 @@ class Settings(BaseSettings):
     poll_max_seconds: float = Field(
         60.0, gt=0, description="Longest a poll keeps downloading before it hands over."
     )
+    poll_session_max_seconds: float = Field(
+        240.0,
+        gt=0,
+        description="Longest a poll's session with the mail server may last, whatever the "
+        "server sends: past it the session is cut, so that a server answering one byte at a "
+        "time, or without end, cannot hold a fetcher; the message in hand counts as not "
+        "delivered. Keep it above MAILINTAKE_POLL_MAX_SECONDS and below "
+        "MAILINTAKE_KAFKA_MAX_POLL_INTERVAL_MS.",
+    )
     download_attempts: int = Field(
         3,
         ge=1,

@@ -36,6 +36,7 @@ from mailintake_shared.events import (
 )
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.deadline import SessionDeadline
 from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.mime import Reading
@@ -50,6 +51,7 @@ class Budget:
     max_seconds: float
     batch_messages: int
     chunk_bytes: int
+    max_session_seconds: float = 240.0  # the settings' defaults
 
 
 class Sink(Protocol):
@@ -179,17 +181,19 @@ class Poll:
         started_at, started = utcnow(), self._clock()
         progress = Progress()
         error: PollError | None = None
-        try:
-            self._session(progress)
-        except Exception as exc:
-            classified = classify(exc)  # the server's words, without the connection's secret
-            error = PollError(classified.kind, self._config.scrub(str(classified)))
-            log.warning(
-                "poll failed",
-                connection_id=str(self._config.view.id),
-                error_kind=error.kind.value,
-                error=str(error),
-            )
+        # Failures are classified inside the deadline's block: a session it cut is named so.
+        with SessionDeadline(self._budget.max_session_seconds):
+            try:
+                self._session(progress)
+            except Exception as exc:
+                classified = classify(exc)  # the server's words, without the secret
+                error = PollError(classified.kind, self._config.scrub(str(classified)))
+                log.warning(
+                    "poll failed",
+                    connection_id=str(self._config.view.id),
+                    error_kind=error.kind.value,
+                    error=str(error),
+                )
         result = PollResult(
             connection_id=self._config.view.id,
             poll_id=self._due.poll_id,

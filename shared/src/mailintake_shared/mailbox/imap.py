@@ -29,6 +29,7 @@ from imapclient.tls import IMAP4_TLS
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.deadline import track
 from mailintake_shared.mailbox.errors import (
     FolderMissingError,
     PollError,
@@ -145,7 +146,7 @@ class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         sock = self._network.connect(self.host, self.port, timeout or self._timeout)
         context: SSLContext = self.ssl_context  # always given for implicit TLS
-        return context.wrap_socket(sock, server_hostname=self.host)
+        return track(context.wrap_socket(sock, server_hostname=self.host))
 
 
 class ImapMailbox(Session):
@@ -196,6 +197,7 @@ class ImapMailbox(Session):
                 if not client.has_capability("STARTTLS"):
                     raise StartTlsUnavailableError()
                 client.starttls(ssl_context=context)
+                track(client._imap.sock)
             if not preauth:
                 config.login(client)
             mailbox = cls(client)

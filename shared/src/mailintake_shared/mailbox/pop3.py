@@ -19,6 +19,7 @@ from typing import Any
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.deadline import track
 from mailintake_shared.mailbox.errors import (
     PollError,
     StartTlsUnavailableError,
@@ -94,7 +95,7 @@ class _POP3SSL(_POP3):
 
     def _create_socket(self, timeout: float) -> socket.socket:
         sock = super()._create_socket(timeout)
-        return self.context.wrap_socket(sock, server_hostname=self.host)
+        return track(self.context.wrap_socket(sock, server_hostname=self.host))
 
     def stls(self, context: Any = None) -> bytes:
         raise poplib.error_proto("-ERR TLS session already established")
@@ -154,6 +155,7 @@ class Pop3Mailbox(Session):
                 if "STLS" not in capabilities:
                     raise StartTlsUnavailableError()
                 client.stls(context)
+                track(client.sock)
                 capabilities = _capabilities(client)
             mailbox.capabilities = tuple(sorted(capabilities))
             if "UTF8" in capabilities:
