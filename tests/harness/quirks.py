@@ -93,13 +93,14 @@ class ImapQuirks:
     literals: bool = False  # every string as a literal
     split_items: bool = False  # each message's items over two responses, out of order
     unsolicited: bool = False  # EXISTS, RECENT, flag updates between the responses
-    size_off: int = 0  # RFC822.SIZE is this much off the real size
+    size_off: int = 0  # RFC822.SIZE (and SEARCH LARGER) this much off the real size
     partial_whole: bool = False  # BODY[]<o.l> answered with the whole BODY[]
     no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
     echo_credentials: bool = False  # a refused login quotes what the client sent
     # --- hostile ----------------------------------------------------------------------------
     trickle: float | None = None  # FETCH answers sent one byte at a time, this many s apart
     endless_fetch: bool = False  # a FETCH answer that never ends (untagged lines, no reply)
+    endless_body: set[int] = field(default_factory=set)  # every byte range answered full
 
 
 @dataclass
@@ -112,6 +113,8 @@ class Pop3Quirks:
     close_in_retr: int | None = None  # UID whose RETR is cut in the middle
     no_sasl: bool = False  # no SASL PLAIN: USER and PASS only
     echo_credentials: bool = False  # a refused login quotes what the client sent
+    # --- hostile ----------------------------------------------------------------------------
+    endless_retr: set[int] = field(default_factory=set)  # UIDs whose RETR never ends
 
 
 class QuirkServer:
@@ -392,7 +395,7 @@ class _ImapSession:
                     return False
                 index += 2
             elif word == b"LARGER":
-                if len(message.raw) <= int(criteria[index + 1]):
+                if len(message.raw) + self.quirks.size_off <= int(criteria[index + 1]):
                     return False
                 index += 2
             else:  # ALL and anything else
@@ -498,6 +501,8 @@ class _ImapSession:
                 return b"BODY[] {%d}\r\n" % len(message.raw) + message.raw
             start, length = int(partial.group(1)), int(partial.group(2))
             piece = message.raw[start : start + length]
+            if message.uid in quirks.endless_body:  # never short: the message never ends
+                piece = piece.ljust(length, b"X")
             return b"BODY[]<%d> {%d}\r\n" % (start, len(piece)) + piece
         return None
 
@@ -676,6 +681,10 @@ class _Pop3Session:
         if message.uid in self.quirks.retr_refused:
             await self.send(b"-ERR Message is damaged and cannot be read\r\n")
             return
+        if message.uid in self.quirks.endless_retr:  # until the client hangs up
+            await self.send(b"+OK\r\n" + message.raw)
+            while True:
+                await self.send(b"X" * 998 + b"\r\n")
         raw = message.raw
         if self.quirks.utf8_rewrite and not self.utf8 and not raw.isascii():
             boundary = uuid.uuid4().hex.encode()

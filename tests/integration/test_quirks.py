@@ -11,6 +11,7 @@ odd one is stored); the error kind the true one.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import date
 
@@ -403,7 +404,7 @@ def test_a_wrong_password_says_what_the_server_said_as_text(
 
 
 # --- hostile servers ------------------------------------------------------------------------
-# Small limits keep these quick: a session of 2 s.
+# Small limits keep these quick: a session of 2 s, messages of 1 MiB at most.
 SHORT_SESSIONS = dataclasses.replace(BUDGET, max_session_seconds=2.0)
 
 
@@ -432,3 +433,74 @@ def test_a_session_the_server_would_hold_forever_is_cut_at_its_deadline_and_lose
     server.imap.trickle, server.imap.endless_fetch = None, False
     imap.poll()
     assert imap.stored_digests() == digests(sent)
+
+
+SMALL_MESSAGES = dataclasses.replace(BUDGET, max_message_bytes=1024 * 1024)
+OVER_THE_LIMIT = 1024 * 1024 + 100_000
+
+
+@pytest.fixture(params=[Protocol.IMAP, Protocol.POP3], ids=["IMAP", "POP3"])
+def run(request: pytest.FixtureRequest) -> LedgerRun:
+    """The same case over IMAP and over POP3."""
+    fixture = "pop3" if request.param is Protocol.POP3 else "imap"
+    found: LedgerRun = request.getfixturevalue(fixture)
+    return found
+
+
+def key_of(run: LedgerRun, uid: int) -> str:
+    """The server id of the quirk server's message ``uid``."""
+    return f"U{uid:08X}" if run.protocol is Protocol.POP3 else f"1000:{uid}"
+
+
+def test_a_message_announced_over_the_size_limit_is_not_downloaded_and_waits_in_the_queue(
+    server: QuirkServer, run: LedgerRun
+) -> None:
+    sent = seed(server, 2) + seed(server, 1, start=2, size=OVER_THE_LIMIT) + seed(server, 2, 3)
+    run.budget = SMALL_MESSAGES
+    for _ in range(3):
+        result = run.poll()
+        assert result.outcome is PollOutcome.OK, result.error
+    assert run.stored_digests() == digests(sent[:2] + sent[3:])  # the others are not held back
+    reason = run.queue()[key_of(run, 3)]
+    assert "could not be downloaded in 3 polls" in reason
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in reason
+    assert not [c for c in server.commands if re.search(r"RETR 3$|UID FETCH 3 .*BODY", c)]
+    if run.protocol is Protocol.IMAP:
+        assert run.cursor() == 5  # accounted for: set aside, not skipped
+
+
+@pytest.mark.timeout(60)  # without the limit, its download would not end
+def test_a_message_that_never_ends_is_cut_at_the_size_limit_and_waits_in_the_queue(
+    server: QuirkServer, run: LedgerRun
+) -> None:
+    """IMAP: every byte range answered in full; POP3: a RETR without its final dot."""
+    sent = seed(server, 1) + seed(server, 1, start=1, size=100_000) + seed(server, 2, 2)
+    server.imap.endless_body.add(2)  # ranged: larger than a chunk
+    server.pop3.endless_retr.add(2)
+    run.budget = SMALL_MESSAGES
+    first = run.poll()
+    (charged,) = first.unfetched
+    assert charged.server_id == key_of(run, 2)
+    assert "more than 1048576 bytes" in charged.reason
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in charged.reason
+    if run.protocol is Protocol.POP3:  # the rest of it is still coming: the session cannot go on
+        assert first.outcome is PollOutcome.FAILED
+    for _ in range(3):  # set aside at the third; the next poll takes the rest
+        run.poll()
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in run.queue()[key_of(run, 2)]
+    assert run.stored_digests() == digests([sent[0], *sent[2:]])
+
+
+def test_a_message_larger_than_the_server_says_is_cut_at_the_size_limit_all_the_same(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """Its RFC822.SIZE (and LARGER) say 1000 bytes: it comes whole, in a group of small ones."""
+    sent = seed(server, 1) + seed(server, 1, start=1, size=OVER_THE_LIMIT) + seed(server, 1, 2)
+    server.imap.size_off = 1000 - OVER_THE_LIMIT
+    imap.budget = SMALL_MESSAGES
+    result = imap.poll()
+    (charged,) = result.unfetched
+    assert charged.uid == 2
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in charged.reason
+    assert imap.stored_digests() == digests([sent[0], sent[2]])
+    assert imap.cursor() == 3

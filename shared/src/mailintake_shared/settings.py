@@ -249,6 +249,15 @@ class Settings(BaseSettings):
         "delivered. Keep it above MAILINTAKE_POLL_MAX_SECONDS and below "
         "MAILINTAKE_KAFKA_MAX_POLL_INTERVAL_MS.",
     )
+    max_message_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1000 * 1024 * 1024,
+        description="Largest message downloaded. A larger one (by the size the server "
+        "announces, or by the bytes it keeps sending) is not downloaded further and counts as "
+        "not delivered: after MAILINTAKE_DOWNLOAD_ATTEMPTS polls it waits in the Incoming Mail "
+        "Queue. At most 1000 MiB: PostgreSQL holds at most 1 GB in a value.",
+    )
     download_attempts: int = Field(
         3,
         ge=1,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -52,6 +52,36 @@ class Budget:
     batch_messages: int
     chunk_bytes: int
     max_session_seconds: float = 240.0  # the settings' defaults
+    max_message_bytes: int = 256 * 1024 * 1024
+
+
+class MessageTooLargeError(PollError):
+    """A message over ``MAILINTAKE_MAX_MESSAGE_BYTES``: not downloaded (``read`` 0: by its
+    announced size), or not further than ``read`` bytes. It counts as not delivered."""
+
+    def __init__(self, size: int, limit: int, *, read: int) -> None:
+        self.read = read
+        more = "more than " if read else ""
+        super().__init__(
+            ErrorKind.SERVER_ERROR,
+            f"the message has {more}{size} bytes, over the {limit} a message may have "
+            "(MAILINTAKE_MAX_MESSAGE_BYTES)",
+        )
+
+
+def capped(pieces: Iterable[bytes], announced: int, limit: int) -> Iterator[bytes]:
+    """``pieces`` of a message whose server announced ``announced`` bytes, as long as the
+    whole stays within ``limit``. Raises ``MessageTooLargeError`` before reading anything
+    when the announced size is over it, and as soon as the pieces pass it (a server's size
+    is not trusted to say where the message ends)."""
+    if announced > limit:
+        raise MessageTooLargeError(announced, limit, read=0)
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise MessageTooLargeError(limit, limit, read=total)
+        yield piece
 
 
 class Sink(Protocol):
