@@ -98,6 +98,7 @@ class ImapQuirks:
     no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
     echo_credentials: bool = False  # a refused login quotes what the client sent
     # --- hostile ----------------------------------------------------------------------------
+    search_extra: set[int] = field(default_factory=set)  # listed by UID SEARCH, never held
     trickle: float | None = None  # FETCH answers sent one byte at a time, this many s apart
     endless_fetch: bool = False  # a FETCH answer that never ends (untagged lines, no reply)
     endless_body: set[int] = field(default_factory=set)  # every byte range answered full
@@ -372,6 +373,8 @@ class _ImapSession:
                 return
         found = [m for m in self.box.messages if self._matches(m, criteria)]
         numbers = [m.uid if by_uid else self.box.messages.index(m) + 1 for m in found]
+        if by_uid and criteria[:1] == [b"UID"]:
+            numbers = sorted({*numbers, *self.quirks.search_extra})
         await self.send(
             b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n" + tag + b" OK done\r\n"
         )

@@ -504,3 +504,37 @@ def test_a_message_larger_than_the_server_says_is_cut_at_the_size_limit_all_the_
     assert "MAILINTAKE_MAX_MESSAGE_BYTES" in charged.reason
     assert imap.stored_digests() == digests([sent[0], sent[2]])
     assert imap.cursor() == 3
+
+
+@pytest.mark.parametrize("no_uidnext", [False, True], ids=["UIDNEXT", "no UIDNEXT"])
+def test_a_uid_listed_that_the_folder_never_had_does_not_move_the_cursor_over_later_mail(
+    server: QuirkServer, imap: LedgerRun, no_uidnext: bool
+) -> None:
+    """A lie or a corrupt index: UID 1000000 is listed, and FETCH finds nothing there."""
+    server.imap.no_uidnext = no_uidnext
+    sent = seed(server, 3)
+    server.imap.search_extra = {1_000_000}
+    result = imap.poll()
+    assert result.outcome is PollOutcome.OK, result.error
+    assert imap.cursor() == 3  # not 1000000: UIDs 4 and on are still to come
+    assert imap.queue() == {}
+    assert imap.pending() == {}
+    more = seed(server, 2, start=3)  # UIDs 4 and 5
+    imap.poll()
+    assert imap.stored_digests() == digests(sent + more)
+
+
+def test_uids_outside_the_32_bit_range_are_never_asked_for(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """RFC 3501 §9: a UID is a non-zero 32-bit number."""
+    sent = seed(server, 3)
+    server.imap.search_extra = {0, 2**32, 2**40}
+    imap.poll()
+    assert imap.cursor() == 3
+    more = seed(server, 2, start=3)
+    imap.poll()
+    assert imap.stored_digests() == digests(sent + more)
+    asked = " ".join(c for c in server.commands if "FETCH" in c.upper())
+    assert str(2**32) not in asked
+    assert str(2**40) not in asked

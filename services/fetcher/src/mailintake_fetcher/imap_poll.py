@@ -54,7 +54,10 @@ class ImapPoll(Poll):
             )
             progress.baseline_uid = selection.baseline_uid
             ledger = progress.ledger = Ledger(
-                cursor_from=selection.start, asked=selection.uids, horizon=selection.horizon
+                cursor_from=selection.start,
+                asked=selection.uids,
+                horizon=selection.horizon,
+                ceiling=info.uidnext - 1 if info.uidnext else None,
             )
             deadline = self._deadline()
             for uid in sorted(retry)[: self._budget.max_messages]:

@@ -45,6 +45,8 @@ from mailintake_shared.mailbox.session import Session
 __all__ = ["DELETED", "SEEN", "BulkFetch", "FolderInfo", "ImapMailbox", "MessageMeta"]
 
 DELETED = b"\\Deleted"
+# RFC 3501 §9: a UID is a non-zero 32-bit number. A larger one, or 0, is no message's.
+MAX_UID = 2**32 - 1
 # UIDs per STORE/EXPUNGE/FETCH command: keeps command lines short on every server.
 _UIDS_PER_COMMAND = 500
 # Literals of a bulk FETCH are bounded: a message far over what the LARGER search said ends
@@ -323,7 +325,8 @@ class ImapMailbox(Session):
         costs milliseconds for the 5,000 UIDs of a first poll)."""
         data = self._uid_command("SEARCH", *criteria)
         lines = [line for line in data if isinstance(line, bytes)]
-        return [int(word) for line in lines for word in line.split() if word.isdigit()]
+        found = (int(word) for line in lines for word in line.split() if word.isdigit())
+        return [uid for uid in found if 0 < uid <= MAX_UID]
 
     def _uid_command(self, command: str, *args: str) -> list[bytes | tuple[bytes, bytes]]:
         """A ``UID`` command through the session's imaplib object, whose raw answer the
@@ -382,7 +385,7 @@ class ImapMailbox(Session):
     def _listing(self, numbers: str, *, by_uid: bool = True) -> list[int]:
         """The UIDs of a UID range (``UID FETCH n:m (UID)``) or of a sequence range."""
         command = BulkFetch(self, None, "(UID)", numbers=numbers, by_uid=by_uid)
-        return [item.meta.uid for item in command]
+        return [item.meta.uid for item in command if 0 < item.meta.uid <= MAX_UID]
 
     def body_range(self, uid: int, offset: int, length: int) -> tuple[bytes | None, str]:
         """``length`` bytes of a message from ``offset`` (``BODY.PEEK[]<offset.length>``):
