@@ -102,6 +102,8 @@ class ImapQuirks:
     trickle: float | None = None  # FETCH answers sent one byte at a time, this many s apart
     endless_fetch: bool = False  # a FETCH answer that never ends (untagged lines, no reply)
     endless_body: set[int] = field(default_factory=set)  # every byte range answered full
+    bye_on: str | None = None  # "GREETING" or a command (LOGIN, SELECT, …): * BYE, hang up
+    bye_words: bytes = b"the server is shutting down"  # what that BYE says
 
 
 @dataclass
@@ -225,6 +227,10 @@ class _ImapSession:
             await self.send(data[index : index + 1])
             await asyncio.sleep(pause)
 
+    async def bye(self) -> None:
+        await self.send(b"* BYE " + self.quirks.bye_words + b"\r\n")
+        raise _Closed()
+
     def capabilities(self) -> bytes:
         words = ["IMAP4rev1", "LITERAL+", "IDLE", "ENABLE", "ID"]
         if not self.quirks.no_auth_plain:
@@ -234,6 +240,8 @@ class _ImapSession:
         return " ".join(words).encode()
 
     async def run(self) -> None:
+        if self.quirks.bye_on == "GREETING":
+            await self.bye()
         if self.quirks.preauth:
             self.authenticated = True
             await self.send(b"* PREAUTH [CAPABILITY " + self.capabilities() + b"] ready\r\n")
@@ -255,6 +263,8 @@ class _ImapSession:
             if command == b"UID" and arguments:
                 command = b"UID " + _word(arguments[0]).upper()
                 arguments = arguments[1:]
+            if self.quirks.bye_on and command.decode().endswith(self.quirks.bye_on):
+                await self.bye()
             handler = _IMAP_COMMANDS.get(command)
             if handler is None:
                 await self.send(tag + b" BAD unknown command\r\n")

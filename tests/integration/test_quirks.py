@@ -538,3 +538,19 @@ def test_uids_outside_the_32_bit_range_are_never_asked_for(
     asked = " ".join(c for c in server.commands if "FETCH" in c.upper())
     assert str(2**32) not in asked
     assert str(2**40) not in asked
+
+
+@pytest.mark.parametrize("step", ["GREETING", "AUTHENTICATE", "LOGIN", "SELECT"])
+def test_a_bye_at_any_step_is_the_servers_words_not_a_refused_login(
+    server: QuirkServer, imap: LedgerRun, step: str
+) -> None:
+    sent = seed(server, 3)
+    server.imap.no_auth_plain = step == "LOGIN"
+    server.imap.bye_on = step
+    result = imap.poll()
+    assert result.outcome is PollOutcome.FAILED
+    assert result.error_kind is ErrorKind.SERVER_ERROR
+    assert "the server is shutting down" in (result.error or "")
+    server.imap.bye_on = None
+    imap.poll()
+    assert imap.stored_digests() == digests(sent)

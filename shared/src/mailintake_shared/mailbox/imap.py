@@ -38,7 +38,14 @@ from mailintake_shared.mailbox.errors import (
     injection_refused,
 )
 from mailintake_shared.mailbox.hints import opening_failed
-from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
+from mailintake_shared.mailbox.imap_wire import (
+    SEEN,
+    Fetched,
+    FetchReader,
+    FetchReport,
+    MessageMeta,
+    ServerClosed,
+)
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
@@ -206,9 +213,13 @@ class ImapMailbox(Session):
             mailbox._capabilities = tuple(client.capabilities())
             return mailbox
         except Exception as exc:
+            failure: BaseException = exc
             if client is not None:
+                said = _farewell(client)
+                if said is not None:  # the server ended it: not a refused login, nor a socket
+                    failure = ServerClosed(said)
                 _close_quietly(client)
-            raise opening_failed(exc, config) from exc
+            raise opening_failed(failure, config) from exc
 
     @property
     def capabilities(self) -> tuple[bytes, ...]:
@@ -524,6 +535,13 @@ def sequence_set(uids: Sequence[int]) -> str:
         start = previous = uid
     parts.append(f"{start}:{previous}" if previous > start else str(start))
     return ",".join(parts)
+
+
+def _farewell(client: IMAPClient) -> str | None:
+    """The text of a ``* BYE`` the server sent while the session was opened. imaplib reports
+    it as a refused LOGIN, or only as the closed connection after it (AUTHENTICATE)."""
+    said = client._imap.untagged_responses.get("BYE")
+    return server_text(said[-1]) if said else None
 
 
 def _close_quietly(client: IMAPClient) -> None:
