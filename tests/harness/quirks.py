@@ -101,6 +101,7 @@ class ImapQuirks:
     search_extra: set[int] = field(default_factory=set)  # listed by UID SEARCH, never held
     trickle: float | None = None  # FETCH answers sent one byte at a time, this many s apart
     endless_fetch: bool = False  # a FETCH answer that never ends (untagged lines, no reply)
+    huge_literal: int | None = None  # SELECT answers a literal of this size, then hangs up
     endless_body: set[int] = field(default_factory=set)  # every byte range answered full
     bye_on: str | None = None  # "GREETING" or a command (LOGIN, SELECT, …): * BYE, hang up
     bye_words: bytes = b"the server is shutting down"  # what that BYE says
@@ -351,6 +352,9 @@ class _ImapSession:
             await self.send(tag + b" NO [NONEXISTENT] no such folder\r\n")
             return
         self.selected, self.readonly = True, readonly
+        if self.quirks.huge_literal is not None:
+            await self.send(b"* OK [ALERT] {%d}\r\nthe rest never comes" % self.quirks.huge_literal)
+            raise _Closed()
         lines = [
             b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
             b"* %d EXISTS" % len(self.box.messages),

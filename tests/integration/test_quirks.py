@@ -540,6 +540,19 @@ def test_uids_outside_the_32_bit_range_are_never_asked_for(
     assert str(2**40) not in asked
 
 
+def test_a_literal_of_gigabytes_announced_is_refused_before_it_is_read(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    sent = seed(server, 2)
+    server.imap.huge_literal = 8 * 1024**3
+    result = imap.poll()
+    assert result.outcome is PollOutcome.FAILED
+    assert "literal of 8589934592 bytes" in (result.error or "")
+    server.imap.huge_literal = None
+    imap.poll()
+    assert imap.stored_digests() == digests(sent)
+
+
 @pytest.mark.parametrize("step", ["GREETING", "AUTHENTICATE", "LOGIN", "SELECT"])
 def test_a_bye_at_any_step_is_the_servers_words_not_a_refused_login(
     server: QuirkServer, imap: LedgerRun, step: str

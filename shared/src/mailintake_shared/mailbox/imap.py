@@ -59,6 +59,8 @@ _UIDS_PER_COMMAND = 500
 # Literals of a bulk FETCH are bounded: a message far over what the LARGER search said ends
 # the session, and the next poll fetches it by byte range.
 MIN_BULK_LITERAL = 8 * 1024 * 1024
+# A literal in the answer to any other command than FETCH (a folder name, a server's text).
+MAX_ANSWER_LITERAL = 1024 * 1024
 
 
 _UNSENDABLE = re.compile(rb"[\r\n\x00]")
@@ -131,7 +133,28 @@ class _BareLineFeeds:
         raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
 
 
-class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ignore[misc]
+class _BoundedLiterals:
+    """imaplib reads a literal of whatever size the server announces into memory, in the
+    answer to any command. FETCH answers are read by ``imap_wire``, which bounds each literal
+    itself (``read_literal``); no other answer has a reason to carry more than
+    ``MAX_ANSWER_LITERAL`` bytes in one literal: a larger one (gigabytes announced, or sent
+    without end) ends the session before it is read."""
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_ANSWER_LITERAL:
+            raise imaplib.IMAP4.abort(
+                f"the server announced a literal of {size} bytes where a few are expected "
+                f"(at most {MAX_ANSWER_LITERAL}); it is not read"
+            )
+        return self.read_literal(size)
+
+    def read_literal(self, size: int) -> bytes:
+        """``size`` bytes, without the bound (for a reader that bounds them itself)."""
+        data: bytes = super().read(size)  # type: ignore[misc]
+        return data
+
+
+class _GuardedIMAP4(_NoInjection, _BareLineFeeds, _BoundedLiterals, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -140,7 +163,7 @@ class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ig
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, _BoundedLiterals, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
@@ -491,7 +514,7 @@ class BulkFetch:
             try:
                 reader = FetchReader(
                     imap.readline,
-                    imap.read,
+                    imap.read_literal,
                     tag,
                     self._wanted,
                     body_item=self._body_item,
