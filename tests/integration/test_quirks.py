@@ -567,3 +567,30 @@ def test_a_bye_at_any_step_is_the_servers_words_not_a_refused_login(
     server.imap.bye_on = None
     imap.poll()
     assert imap.stored_digests() == digests(sent)
+
+
+def test_a_nul_in_the_servers_words_does_not_stop_the_store(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """No database text holds a NUL: the poll's result would fail its transaction for good."""
+    seed(server, 2)
+    server.imap.bye_on = "SELECT"
+    server.imap.bye_words = b"shutting\x00down"
+    result = imap.poll()  # written by the store's code, as the pipeline would
+    assert "shutting\ufffddown" in (result.error or "")
+
+
+@pytest.mark.parametrize("uidl", ["abc\x00def", "u" * 600], ids=["NUL", "600 characters"])
+def test_a_uidl_the_database_cannot_hold_is_stored_once_under_its_digest(
+    server: QuirkServer, pop3: LedgerRun, uidl: str
+) -> None:
+    """RFC 1939 §7 allows 1 to 70 characters of 0x21-0x7E; servers send more."""
+    pop3.after = AfterDownload.DELETE
+    sent = seed(server, 3)
+    server.mailbox.messages[1].uidl = uidl
+    pop3.poll()
+    assert pop3.stored_digests() == digests(sent)
+    assert sum(key.startswith("sha256:") for key in pop3.stored()) == 1
+    pop3.poll()  # the same key in the next session: known as stored, and deleted
+    assert server.mailbox.messages == []
+    assert len(pop3.stored()) == 3
