@@ -12,11 +12,16 @@ finds nothing and ``UID SEARCH UID *`` answered BAD (GNU Mailutils 3.15); no UID
 ``PREAUTH`` greeting; ``* BYE`` in the middle of a FETCH; items in another order, strings as
 literals, one message's items split over several responses in any order, unsolicited
 responses between them; a tagged NO for some messages; SELECT without UIDNEXT; an
-RFC822.SIZE that is only approximate; a partial fetch answered whole.
+RFC822.SIZE that is only approximate; a partial fetch answered whole; EXPUNGE responses in
+the middle of a FETCH answer. And hostile ones: UIDs listed that the folder never had (or
+outside 1..2^32-1); FETCH answers sent one byte at a time, or without end; byte ranges of a
+message that never ends; a literal of gigabytes announced; ``* BYE`` at any step; STARTTLS
+answered OK and then plain text (a man in the middle stripping TLS). Both ports speak
+implicit TLS when the server is given a context.
 
 POP3: several messages under one UIDL; 8-bit mail rewritten unless the client sends ``UTF8``
 (Courier); ``-ERR`` to RETR of some messages; ``-ERR [IN-USE]`` to PASS; no UIDL; the
-connection closed in the middle of a RETR.
+connection closed in the middle of a RETR; a RETR that never ends.
 
 Every command the server received is kept (``commands``), so a test can also check what the
 client did not send.
@@ -28,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import re
+import ssl
 import threading
 import uuid
 from collections.abc import Iterable
@@ -105,6 +111,9 @@ class ImapQuirks:
     endless_body: set[int] = field(default_factory=set)  # every byte range answered full
     bye_on: str | None = None  # "GREETING" or a command (LOGIN, SELECT, …): * BYE, hang up
     bye_words: bytes = b"the server is shutting down"  # what that BYE says
+    starttls_plain: bool = False  # STARTTLS offered, answered OK, and then plain text goes on
+    expunge_in_fetch: set[int] = field(default_factory=set)  # expunged by another session
+    #   in the middle of the FETCH answer, once the message before it was sent
 
 
 @dataclass
@@ -124,8 +133,16 @@ class Pop3Quirks:
 class QuirkServer:
     """IMAP and POP3 on two free loopback ports, one user, one mailbox."""
 
-    def __init__(self, username: str = "user@example.com", password: str = "secret") -> None:
+    def __init__(
+        self,
+        username: str = "user@example.com",
+        password: str = "secret",
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: both ports speak implicit TLS with this context (IMAPS, POP3S)."""
         self.username, self.password = username, password
+        self._tls = tls
         self.mailbox = QuirkMailbox()
         self.imap = ImapQuirks()
         self.pop3 = Pop3Quirks()
@@ -144,8 +161,8 @@ class QuirkServer:
 
     async def _listen(self) -> None:
         self._servers = [
-            await asyncio.start_server(self._imap, "127.0.0.1", self.imap_port),
-            await asyncio.start_server(self._pop3, "127.0.0.1", self.pop3_port),
+            await asyncio.start_server(self._imap, "127.0.0.1", self.imap_port, ssl=self._tls),
+            await asyncio.start_server(self._pop3, "127.0.0.1", self.pop3_port, ssl=self._tls),
         ]
 
     def stop(self) -> None:
@@ -238,6 +255,8 @@ class _ImapSession:
             words.append("AUTH=PLAIN")
         if not self.quirks.no_uidplus:
             words.append("UIDPLUS")
+        if self.quirks.starttls_plain:
+            words.append("STARTTLS")
         return " ".join(words).encode()
 
     async def run(self) -> None:
@@ -292,6 +311,10 @@ class _ImapSession:
     # --- commands ----------------------------------------------------------------------------
     async def capability(self, tag: bytes, _: list[Value]) -> None:
         await self.send(b"* CAPABILITY " + self.capabilities() + b"\r\n" + tag + b" OK done\r\n")
+
+    async def starttls(self, tag: bytes, _: list[Value]) -> None:
+        """What a man in the middle that strips TLS answers: OK, and plain text after it."""
+        await self.send(tag + b" OK Begin TLS negotiation now\r\n* OK still plain text\r\n")
 
     async def noop(self, tag: bytes, _: list[Value]) -> None:
         await self.send(tag + b" OK done\r\n")
@@ -447,8 +470,12 @@ class _ImapSession:
             await asyncio.sleep(0.01)
         expunged: list[int] = []  # by another session: gone once this command is answered
         left_out = False
-        pending_split: list[bytes] = []
-        for number, message in enumerate(self.box.messages, start=1):
+        self._numbers: dict[int, int] | None = None
+        pending_split: list[tuple[Stored, bytes]] = []
+        for message in list(self.box.messages):
+            number = self._number(message)
+            if number is None:
+                continue  # expunged meanwhile (expunge_in_fetch)
             key = message.uid if by_uid else number
             if key not in wanted:
                 continue
@@ -470,8 +497,7 @@ class _ImapSession:
             if self.quirks.split_items and len(rendered) > 1:
                 half = len(rendered) // 2
                 await self.trickle(b"* %d FETCH (" % number + b" ".join(rendered[half:]) + b")\r\n")
-                first = b" ".join(rendered[:half])
-                pending_split.append(b"* %d FETCH (" % number + first + b")\r\n")
+                pending_split.append((message, b" ".join(rendered[:half])))
             else:
                 await self.trickle(b"* %d FETCH (" % number + b" ".join(rendered) + b")\r\n")
             if self.quirks.unsolicited:
@@ -479,8 +505,10 @@ class _ImapSession:
                     b"* %d EXISTS\r\n* 0 RECENT\r\n* 1 FETCH (FLAGS (\\Recent))\r\n"
                     % len(self.box.messages)
                 )
-        for late in reversed(pending_split):
-            await self.trickle(late)
+            await self._expunge_now()
+        for message, first in reversed(pending_split):
+            late = self._number(message)  # after any EXPUNGE meanwhile
+            await self.trickle(b"* %d FETCH (" % (late or 0) + first + b")\r\n")
         for uid in expunged:
             self.box.remove(uid)
             self.quirks.expunged_meanwhile.discard(uid)
@@ -490,6 +518,23 @@ class _ImapSession:
             await self.trickle(tag + b" OK [EXPUNGEISSUED] Some messages were expunged\r\n")
         else:
             await self.trickle(tag + b" OK Fetch completed\r\n")
+
+    def _number(self, message: Stored) -> int | None:
+        """The message's sequence number now; None once it is expunged."""
+        if self._numbers is None:
+            self._numbers = {id(m): n for n, m in enumerate(self.box.messages, start=1)}
+        return self._numbers.get(id(message))
+
+    async def _expunge_now(self) -> None:
+        """Another session expunges ``expunge_in_fetch`` (RFC 3501 §7.4.1 allows the EXPUNGE
+        responses during a UID command); later messages move down."""
+        for uid in sorted(self.quirks.expunge_in_fetch, reverse=True):
+            message = self.box.by_uid(uid)
+            if message is not None:
+                await self.send(b"* %d EXPUNGE\r\n" % (self._number(message) or 0))
+                self.box.remove(uid)
+                self._numbers = None
+        self.quirks.expunge_in_fetch.clear()
 
     def _string(self, data: bytes) -> bytes:
         if self.quirks.literals or not data or any(b < 0x20 or b > 0x7E for b in data):
@@ -569,6 +614,7 @@ class _ImapSession:
 
 _IMAP_COMMANDS = {
     b"CAPABILITY": _ImapSession.capability,
+    b"STARTTLS": _ImapSession.starttls,
     b"NOOP": _ImapSession.noop,
     b"LOGIN": _ImapSession.login,
     b"AUTHENTICATE": _ImapSession.authenticate,

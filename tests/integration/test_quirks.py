@@ -594,3 +594,19 @@ def test_a_uidl_the_database_cannot_hold_is_stored_once_under_its_digest(
     pop3.poll()  # the same key in the next session: known as stored, and deleted
     assert server.mailbox.messages == []
     assert len(pop3.stored()) == 3
+
+
+def test_an_expunge_in_the_middle_of_a_split_fetch_answer_keeps_each_message_its_bytes(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """RFC 3501 §7.4.1: EXPUNGE responses may come during a UID FETCH; the sequence numbers
+    of the messages after them move down, between the halves of their answers."""
+    sent = seed(server, 6)
+    imap.poll()
+    more = seed(server, 5, start=6)
+    server.imap.split_items = True
+    server.imap.expunge_in_fetch = {1, 2}
+    result = imap.poll()
+    assert result.outcome is PollOutcome.OK, result.error
+    assert imap.stored_digests() == digests(sent + more)
+    assert [m.uid for m in server.mailbox.messages] == list(range(3, 12))
