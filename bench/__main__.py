@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import delivery, end_to_end, measure
+from bench import delivery, end_to_end, measure, push
 from bench.env import BenchEnv, Results, configure_bench_logging
 
 OUT = Path(__file__).resolve().parents[1] / "bench-results"
@@ -35,10 +35,11 @@ def main() -> int:
         flush=True,
     )
     with BenchEnv() as env:
-        raw = measure.raw_limits(env, results, 10_000 // tenth)
 
         def wanted(number: int) -> bool:
             return not only or number in only
+
+        raw = measure.raw_limits(env, results, 10_000 // tenth) if wanted(1) or wanted(2) else {}
 
         if wanted(2):
             measure.fetcher_alone(env, results, raw)
@@ -68,6 +69,19 @@ def main() -> int:
             measure.store_alone(env, results, 50_000 // tenth, logs)
         if wanted(10):
             delivery.exactly_once(env, results, 3000 // tenth, logs)
+        if wanted(11):
+            push.push_latency(
+                env,
+                results,
+                200 // tenth,
+                rate=5.0,
+                seconds=80 // (4 if args.quick else 1),
+                logs=logs,
+            )
+        if wanted(12):
+            push.watch_scale(
+                env, results, 1000 // tenth, seconds=30 if args.quick else 120, logs=logs
+            )
     path = results.write(OUT, args.quick)
     print(f"\n{results.table()}\n\nwritten to {path} in {time.perf_counter() - started:.0f}s")
     return 0

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +24,11 @@ from tests.harness.views import LOOPBACK_CIDRS
 from mailintake_config_api.auth import hash_token
 from mailintake_devstack.broker import LocalBroker
 from mailintake_shared.db.migrate import upgrade
+from mailintake_shared.kafka import ensure_topics, make_consumer
 from mailintake_shared.logging import configure_logging
 from mailintake_shared.secretbox import generate_key
 from mailintake_shared.settings import Settings
+from mailintake_shared.topics import Topic
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -213,6 +217,30 @@ class BenchEnv:
         if count:
             self.dovecot.seed(user, corpus(count, start))
         return user, password
+
+
+class StoredClock:
+    """When each message's ``mail.stored`` event came (``perf_counter``), by subject: a
+    consumer of its own in a thread, until ``stop``."""
+
+    def __init__(self, settings: Settings, group: str) -> None:
+        self.times: dict[str, float] = {}
+        self._stop = threading.Event()
+        ensure_topics(settings)  # a consumer of a missing topic sees it only minutes later
+        self._settings, self._group = settings, group
+        threading.Thread(target=self._consume, daemon=True).start()
+
+    def _consume(self) -> None:
+        consumer = make_consumer(self._settings, self._group, [Topic.MAIL_STORED])
+        while not self._stop.is_set():
+            for records in consumer.poll(timeout_ms=50).values():
+                for record in records:
+                    subject = json.loads(record.value)["headers"]["subject"]
+                    self.times.setdefault(subject, time.perf_counter())
+        consumer.close()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import imaplib
-import json
 import random
 import threading
 import time
@@ -27,6 +26,7 @@ from tests.harness.views import LOOPBACK, connection_view
 from bench.env import (
     BenchEnv,
     Results,
+    StoredClock,
     corpus,
     cpu_seconds,
     median,
@@ -467,22 +467,8 @@ def latency(
     user, password = env.mailbox(0)
     settings = env.settings()
     pipeline = Pipeline(settings, logs / "latency").start("scheduler", "fetcher", "store")
-    stored: dict[str, float] = {}
-    stop = threading.Event()
-
-    ensure_topics(settings)  # a consumer subscribed to a missing topic sees it only minutes later
-
-    def consume() -> None:
-        consumer = make_consumer(settings, "bench-latency", [Topic.MAIL_STORED])
-        while not stop.is_set():
-            for records in consumer.poll(timeout_ms=50).values():
-                for record in records:
-                    subject = json.loads(record.value)["headers"]["subject"]
-                    stored.setdefault(subject, time.perf_counter())
-        consumer.close()
-
-    reader = threading.Thread(target=consume, daemon=True)
-    reader.start()
+    clock = StoredClock(settings, "bench-latency")
+    stored = clock.times
     try:
         with api_client(settings) as api:
             time.sleep(6)
@@ -525,7 +511,7 @@ def latency(
                     "s",
                 )
     finally:
-        stop.set()
+        clock.stop()
         pipeline.stop_all()
     results.figures["latency"] = {"poll_now": now_latencies, "interval": interval_latencies}
 

@@ -19,7 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -58,7 +58,14 @@ def _containers_or_skip() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
+def _broker_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "module"]:
+    """A local broker per test module: every test makes topics of its own (its prefix), and
+    each metadata request answers for all of them, so one broker for the whole run makes
+    every Kafka client slower test after test. A container starts too slowly for that."""
+    return "session" if COMPONENTS == "containers" else "module"
+
+
+@pytest.fixture(scope=_broker_scope)
 def broker() -> Iterator[Any]:
     if COMPONENTS == "containers":
         _containers_or_skip()

@@ -7,6 +7,7 @@ faster than APPEND (Dovecot indexes them on the first SELECT).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -254,6 +255,8 @@ protocol pop3 {{
         for dirpath, dirnames, filenames in os.walk(path):
             shutil.chown(dirpath, "nobody", "nogroup")
             for name in (*dirnames, *filenames):
-                shutil.chown(os.path.join(dirpath, name), "nobody", "nogroup")
+                # Dovecot's own files (its locks) may come and go meanwhile.
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.chown(os.path.join(dirpath, name), "nobody", "nogroup")
         parent = path.parent
         shutil.chown(parent, "nobody", "nogroup")

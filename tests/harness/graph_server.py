@@ -2,6 +2,15 @@
 folder (paged with ``@odata.nextLink``, ending in ``@odata.deltaLink``), a message's MIME
 (``/$value``), ``PATCH`` (``isRead``) and ``DELETE``, mailbox folders, bearer tokens checked
 against the local authorization server, and throttling (429 with ``Retry-After``) on demand.
+
+Change notifications as Graph documents them: ``POST /subscriptions`` first validates the
+notification URLs (a ``POST`` with ``?validationToken=…`` answered 200 with the token as
+plain text within 10 s, else 400 ``ValidationError``), expirations beyond the maximum for
+messages are refused, ``PATCH`` renews, ``DELETE`` removes. A message delivered to a watched
+mailbox is announced to each live subscription (``changeType: created``, with its
+``clientState``), tried again on a non-2xx answer as Graph does; tests send lifecycle
+notifications (``reauthorizationRequired``, ``subscriptionRemoved``, ``missed``) or remove a
+subscription, and read what was sent (``GraphState.sent``).
 """
 
 from __future__ import annotations
@@ -10,11 +19,14 @@ import json
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from tests.harness.oauth_server import OAuthServerState
 from tests.harness.tls import TestPki
@@ -30,6 +42,40 @@ class GraphMessage:
     deleted: bool = False
 
 
+MAX_MINUTES = 10080  # the longest subscription to Outlook messages Graph allows
+
+
+@dataclass
+class GraphSubscription:
+    id: str
+    mailbox: str
+    resource: str
+    notification_url: str
+    lifecycle_url: str | None
+    client_state: str
+    expires: datetime
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "resource": self.resource,
+            "changeType": "created",
+            "clientState": self.client_state,
+            "notificationUrl": self.notification_url,
+            "lifecycleNotificationUrl": self.lifecycle_url,
+            "expirationDateTime": self.expires.strftime("%Y-%m-%dT%H:%M:%S.0000000Z"),
+        }
+
+
+@dataclass
+class Sent:
+    """A notification Graph posted: to which URL, what, and the answer's status."""
+
+    url: str
+    payload: dict[str, Any]
+    status: int
+
+
 @dataclass
 class GraphState:
     mailboxes: dict[str, dict[str, GraphMessage]] = field(default_factory=dict)
@@ -39,6 +85,9 @@ class GraphState:
     throttle_every: int = 0  # every n-th request answers 429 (0: never)
     requests: int = 0
     throttled: int = 0
+    subscriptions: dict[str, GraphSubscription] = field(default_factory=dict)
+    sent: list[Sent] = field(default_factory=list)
+    renewals: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -70,11 +119,95 @@ class GraphServer:
                 seq=self.state.seq,
             )
             self.state.mailboxes.setdefault(mailbox, {})[message.id] = message
-            return message.id
+            watching = [s for s in self.state.subscriptions.values() if s.mailbox == mailbox]
+        for subscription in watching:
+            change = {
+                "changeType": "created",
+                "resource": f"{subscription.resource}/{message.id}",
+                "resourceData": {"@odata.type": "#Microsoft.Graph.Message", "id": message.id},
+            }
+            self._notify(subscription, subscription.notification_url, change)
+        return message.id
 
     def messages(self, mailbox: str) -> list[GraphMessage]:
         with self.state.lock:
             return [m for m in self.state.mailboxes.get(mailbox, {}).values() if not m.deleted]
+
+    def subscriptions(self, mailbox: str) -> list[GraphSubscription]:
+        with self.state.lock:
+            return [s for s in self.state.subscriptions.values() if s.mailbox == mailbox]
+
+    def lifecycle(self, subscription_id: str, event: str, *, remove: bool = False) -> None:
+        """A lifecycle notification (``reauthorizationRequired``, ``subscriptionRemoved``,
+        ``missed``); ``remove`` also deletes the subscription first, as Graph does."""
+        with self.state.lock:
+            subscription = self.state.subscriptions[subscription_id]
+            if remove:
+                del self.state.subscriptions[subscription_id]
+        url = subscription.lifecycle_url or subscription.notification_url
+        self._notify(subscription, url, {"lifecycleEvent": event})
+
+    def forge(self, url: str, subscription_id: str, client_state: str) -> int:
+        """A notification that did not come from this Graph; the status it got."""
+        payload = {"value": [{"subscriptionId": subscription_id, "clientState": client_state}]}
+        return _post(url, payload)
+
+    def _notify(self, subscription: GraphSubscription, url: str, item: dict[str, Any]) -> None:
+        payload = {
+            "value": [
+                {
+                    "subscriptionId": subscription.id,
+                    "subscriptionExpirationDateTime": subscription.body()["expirationDateTime"],
+                    "clientState": subscription.client_state,
+                    "tenantId": "contoso",
+                    **item,
+                }
+            ]
+        }
+
+        def send() -> None:
+            for attempt in range(5):  # Graph retries a notification that was not taken
+                status = _post(url, payload)
+                with self.state.lock:
+                    self.state.sent.append(Sent(url, payload, status))
+                if 200 <= status < 300:
+                    return
+                time.sleep(0.5 * (attempt + 1))
+
+        threading.Thread(target=send, daemon=True).start()
+
+
+def _post(url: str, payload: dict[str, Any]) -> int:
+    """POST a notification collection; the answer's status (0: no answer)."""
+    request = urllib.request.Request(  # noqa: S310 (loopback)
+        url,
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+    except OSError:
+        return 0
+
+
+def _validated(url: str) -> bool:
+    """Graph's handshake: the URL answers 200 with the token, as plain text."""
+    token = f"Validation: Testing client application reachability {uuid.uuid4().hex}"
+    request = urllib.request.Request(  # noqa: S310 (loopback)
+        f"{url}?validationToken={quote(token)}",
+        data=b"",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200 and response.read().decode() == token)
+    except OSError:
+        return False
 
 
 def _handler(state: GraphState, oauth: OAuthServerState) -> type[BaseHTTPRequestHandler]:
@@ -201,9 +334,67 @@ def _handler(state: GraphState, oauth: OAuthServerState) -> type[BaseHTTPRequest
                 return None
             return mailbox, message
 
-        def do_PATCH(self) -> None:
+        def _body(self) -> dict[str, Any]:
             length = int(self.headers.get("Content-Length") or 0)
-            changes = json.loads(self.rfile.read(length) or b"{}")
+            parsed: dict[str, Any] = json.loads(self.rfile.read(length) or b"{}")
+            return parsed
+
+        def _subscription(self) -> GraphSubscription | None:
+            """The subscription in the path, its caller checked."""
+            if self._caller() is None:
+                self._error(401, "InvalidAuthenticationToken")
+                return None
+            subscription_id = urlsplit(self.path).path.split("/")[3]
+            with state.lock:
+                found = state.subscriptions.get(subscription_id)
+            if found is None:
+                self._error(404, "ResourceNotFound")
+            return found
+
+        def do_POST(self) -> None:
+            if urlsplit(self.path).path != "/v1.0/subscriptions":
+                self._error(404, "ResourceNotFound")
+                return
+            body = self._body()
+            resource = str(body.get("resource", ""))
+            parts = ["", "v1.0", *resource.split("/")]  # users/{id}/mailFolders/inbox/messages
+            if parts[2:3] != ["users"] or parts[4:] != ["mailFolders", "inbox", "messages"]:
+                self._error(400, "InvalidRequest")
+                return
+            if self._mailbox(parts) is None:
+                return
+            expires = datetime.fromisoformat(str(body["expirationDateTime"]).replace("Z", "+00:00"))
+            if expires > datetime.now(UTC) + timedelta(minutes=MAX_MINUTES):
+                self._error(400, "ExpirationDateTimeTooFarInFuture")
+                return
+            urls = {body["notificationUrl"], body.get("lifecycleNotificationUrl")} - {None}
+            if not all(_validated(url) for url in urls):
+                self._error(400, "ValidationError")
+                return
+            subscription = GraphSubscription(
+                id=str(uuid.uuid4()),
+                mailbox=unquote(parts[3]),
+                resource=resource,
+                notification_url=body["notificationUrl"],
+                lifecycle_url=body.get("lifecycleNotificationUrl"),
+                client_state=str(body.get("clientState", "")),
+                expires=expires,
+            )
+            with state.lock:
+                state.subscriptions[subscription.id] = subscription
+            self._json(201, subscription.body())
+
+        def do_PATCH(self) -> None:
+            if urlsplit(self.path).path.startswith("/v1.0/subscriptions/"):
+                subscription = self._subscription()
+                if subscription is not None:
+                    expires = str(self._body()["expirationDateTime"]).replace("Z", "+00:00")
+                    with state.lock:
+                        subscription.expires = datetime.fromisoformat(expires)
+                        state.renewals += 1
+                    self._json(200, subscription.body())
+                return
+            changes = self._body()
             found = self._message()
             if found is None:
                 return
@@ -214,6 +405,14 @@ def _handler(state: GraphState, oauth: OAuthServerState) -> type[BaseHTTPRequest
             self._json(200, {"id": found[1].id, "isRead": found[1].is_read})
 
         def do_DELETE(self) -> None:
+            if urlsplit(self.path).path.startswith("/v1.0/subscriptions/"):
+                subscription = self._subscription()
+                if subscription is not None:
+                    with state.lock:
+                        state.subscriptions.pop(subscription.id, None)
+                    self.send_response(204)
+                    self.end_headers()
+                return
             found = self._message()
             if found is None:
                 return

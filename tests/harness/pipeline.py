@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -107,11 +108,31 @@ class Pipeline:
             return error.code
 
     def stop_all(self) -> None:
-        for service in list(self.processes):
-            self.stop(service)
+        """``stop`` for every service at once: SIGTERM to all, then each is waited for (30 s
+        in all, then SIGKILL), so that a pipeline stops in the time of its slowest service."""
+        for service in self.processes:
+            self._keep_metrics(service)
+        stopping, self.processes = self.processes, {}
+        for process in stopping.values():
+            process.terminate()
+        deadline = time.monotonic() + 30
+        for process in stopping.values():
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
     def logs(self) -> str:
         return "".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("*.log")))
+
+    def assigned(self) -> set[int]:
+        """The partitions of its consumer's latest assignment, from its log (one service)."""
+        latest: set[int] = set()
+        for line in self.logs().splitlines():
+            if '"partitions assigned"' in line:
+                latest = set(json.loads(line)["partitions"])
+        return latest
 
     def assert_running(self) -> None:
         for service, process in self.processes.items():

@@ -12,12 +12,12 @@ finds nothing and ``UID SEARCH UID *`` answered BAD (GNU Mailutils 3.15); no UID
 ``PREAUTH`` greeting; ``* BYE`` in the middle of a FETCH; items in another order, strings as
 literals, one message's items split over several responses in any order, unsolicited
 responses between them; a tagged NO for some messages; SELECT without UIDNEXT; an
-RFC822.SIZE that is only approximate; a partial fetch answered whole; EXPUNGE responses in
-the middle of a FETCH answer. And hostile ones: UIDs listed that the folder never had (or
-outside 1..2^32-1); FETCH answers sent one byte at a time, or without end; byte ranges of a
-message that never ends; a literal of gigabytes announced; ``* BYE`` at any step; STARTTLS
-answered OK and then plain text (a man in the middle stripping TLS). Both ports speak
-implicit TLS when the server is given a context.
+RFC822.SIZE that is only approximate; a partial fetch answered whole; no IDLE capability;
+EXPUNGE responses in the middle of a FETCH answer. And hostile ones: UIDs listed that the
+folder never had (or outside 1..2^32-1); FETCH answers sent one byte at a time, or without
+end; byte ranges of a message that never ends; a literal of gigabytes announced; ``* BYE`` at
+any step; STARTTLS answered OK and then plain text (a man in the middle stripping TLS). Both
+ports speak implicit TLS when the server is given a context.
 
 POP3: several messages under one UIDL; 8-bit mail rewritten unless the client sends ``UTF8``
 (Courier); ``-ERR`` to RETR of some messages; ``-ERR [IN-USE]`` to PASS; no UIDL; the
@@ -101,6 +101,7 @@ class ImapQuirks:
     unsolicited: bool = False  # EXISTS, RECENT, flag updates between the responses
     size_off: int = 0  # RFC822.SIZE (and SEARCH LARGER) this much off the real size
     partial_whole: bool = False  # BODY[]<o.l> answered with the whole BODY[]
+    no_idle: bool = False  # IDLE not in the capabilities (the server cannot announce mail)
     no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
     echo_credentials: bool = False  # a refused login quotes what the client sent
     # --- hostile ----------------------------------------------------------------------------
@@ -250,7 +251,9 @@ class _ImapSession:
         raise _Closed()
 
     def capabilities(self) -> bytes:
-        words = ["IMAP4rev1", "LITERAL+", "IDLE", "ENABLE", "ID"]
+        words = ["IMAP4rev1", "LITERAL+", "ENABLE", "ID"]
+        if not self.quirks.no_idle:
+            words.append("IDLE")
         if not self.quirks.no_auth_plain:
             words.append("AUTH=PLAIN")
         if not self.quirks.no_uidplus:

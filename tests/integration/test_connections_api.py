@@ -319,6 +319,27 @@ def test_defaults_and_valid_values_are_kept(client: TestClient, dovecot: Any) ->
     assert (got["after_download"], got["tls_verify"], got["host"]) == ("delete", False, "10.0.0.5")
 
 
+def test_push_is_on_by_default_and_its_watch_is_shown(client: TestClient) -> None:
+    created = client.post("/connections", json=imap_body()).json()
+    assert created["push"] == "auto"
+    assert created["watch"] == {
+        "watched": False,
+        "state": "off",
+        "method": None,
+        "since": None,
+        "reason": "the connection is disabled",
+    }
+    client.post(f"/connections/{created['id']}/enable", json=WITHOUT_ESTIMATE)
+    enabled = client.get(f"/connections/{created['id']}").json()["watch"]
+    assert (enabled["state"], enabled["watched"]) == ("unknown", False)  # no watcher runs
+    assert "no watcher reports on it" in enabled["reason"]
+    off = client.patch(f"/connections/{created['id']}", json={"push": "off"}).json()
+    assert (off["push"], off["watch"]["state"]) == ("off", "off")
+    bad = client.patch(f"/connections/{created['id']}", json={"push": "sometimes"})
+    assert bad.status_code == 422
+    assert bad.json()["errors"][0]["field"] == "push"
+
+
 def test_names_are_unique_case_insensitively(client: TestClient) -> None:
     assert client.post("/connections", json=imap_body(name="Sales")).status_code == 201
     clash = client.post("/connections", json=imap_body(name="SALES"))
@@ -442,7 +463,7 @@ def test_connections_topic_rebuilds_exactly_the_current_connections(
     assert set(folded) == set(current) == set(ids[:3])
     for cid, event in folded.items():
         api_view = dict(current[cid])
-        for field in ("has_password", "authorization", "status"):
+        for field in ("has_password", "authorization", "status", "watch"):
             api_view.pop(field)
         assert event.connection.model_dump(mode="json") == api_view
     assert folded[ids[1]].connection.enabled is True

@@ -16,9 +16,9 @@ from scripts.vendor_htmx import SHA256
 
 from mailintake_config_api.auth import TokenTable, hash_token
 from mailintake_shared.db.engine import make_engine, make_session_factory
-from mailintake_shared.db.models import PollLog
+from mailintake_shared.db.models import ConnectionWatch, PollLog
 from mailintake_shared.settings import Settings
-from tests.api import ADMIN, api_client, imap_body
+from tests.api import ADMIN, WITHOUT_ESTIMATE, api_client, imap_body
 from tests.conftest import ADMIN_TOKEN, READER_TOKEN, VIEWER_TOKEN
 from tests.console import csrf_of, sign_in
 from tests.harness.planted import planted
@@ -180,6 +180,88 @@ def test_the_list_searches_sorts_and_pages(console: TestClient) -> None:
     assert "18 in all" in found.text
     api = console.get("/connections", params={"q": "imap2.example", "sort": "-name"}, headers=ADMIN)
     assert api.json()["items"][0]["name"] == "box 53"
+
+
+def test_each_connection_shows_whether_it_is_watched_since_when_and_why_not(
+    console: TestClient, settings: Settings
+) -> None:
+    ids: dict[str, str] = {}
+    for name, push in (
+        ("Watched", "auto"),
+        ("Retrying", "auto"),
+        ("Silent", "auto"),
+        ("Off", "off"),
+    ):
+        made = console.post("/connections", json=imap_body(name=name, push=push), headers=ADMIN)
+        ids[name] = made.json()["id"]
+        enabled = console.post(
+            f"/connections/{ids[name]}/enable", json=WITHOUT_ESTIMATE, headers=ADMIN
+        )
+        assert enabled.status_code == 200, enabled.text
+    reports = {  # as the watcher reports them; "Silent" has none, "Off" is watched against its push
+        "Watched": ("watching", None, datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)),
+        "Retrying": (
+            "retrying",
+            "timeout: no answer to IDLE",
+            datetime(2026, 3, 4, 6, 0, tzinfo=UTC),
+        ),
+        "Off": ("watching", None, datetime(2026, 3, 4, 7, 0, tzinfo=UTC)),
+    }
+    engine = make_engine(settings)
+    with make_session_factory(engine)() as session, session.begin():
+        for name, (state, reason, since) in reports.items():
+            session.add(
+                ConnectionWatch(
+                    connection_id=uuid.UUID(ids[name]),
+                    state=state,
+                    method="imap_idle",
+                    since=since,
+                    reason=reason,
+                    holder="watcher-1",
+                    confirmed_at=datetime.now(UTC),
+                )
+            )
+    engine.dispose()
+    sign_in(console, VIEWER_TOKEN)
+
+    def section(name: str) -> str:
+        page = console.get(f"/console/connections/{ids[name]}")
+        assert page.status_code == 200, page.text
+        found = re.search(
+            r'<section aria-labelledby="watch-title">(.*?)</section>', page.text, re.S
+        )
+        assert found, "no push section"
+        return " ".join(re.sub(r"<[^>]+>", " ", found.group(1)).split())
+
+    watched = section("Watched")
+    assert "Push watched" in watched
+    assert "Watched yes" in watched
+    assert "Method IMAP IDLE Since 2026-03-04 05:06:07 UTC" in watched
+    assert "Why not" not in watched
+    retrying = section("Retrying")
+    assert "not watched (retrying)" in retrying
+    assert "Since 2026-03-04 06:00:00 UTC" in retrying
+    assert "Why not timeout: no answer to IDLE" in retrying
+    assert "Why not no watcher reports on it" in section("Silent")
+    off = section("Off")
+    assert "Watched no" in off
+    assert "Why not push is off for this connection: interval polls only" in off
+
+    rows = console.get("/console/connections").text.split("<tbody>")[1]
+    cell = r'<td data-label="Name"><a [^>]*>([^<]+)</a>.*?<td data-label="Push">(.*?)</td>'
+    cells = dict(re.findall(cell, rows, re.S))
+    assert set(cells) == set(ids)
+    assert 'class="badge ok">watched<' in cells["Watched"]
+    assert "IMAP IDLE, since 2026-03-04 05:06:07 UTC" in cells["Watched"]
+    assert "timeout: no answer to IDLE" in cells["Retrying"]
+    assert "no watcher reports on it" in cells["Silent"]
+    assert 'class="badge off">not watched<' in cells["Off"]
+
+    sign_in(console, ADMIN_TOKEN)
+    edit = console.get(f"/console/connections/{ids['Off']}/edit").text
+    assert '<option value="off" selected>' in edit
+    pop3 = console.get("/console/connections/new", params={"protocol": "pop3"}).text
+    assert 'id="f-push"' not in pop3  # POP3 cannot announce new mail
 
 
 def test_the_form_follows_the_protocol_and_an_edit_keeps_the_password_unseen(

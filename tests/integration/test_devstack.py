@@ -26,7 +26,7 @@ from tests.integration.conftest import imap_connection_body
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-SERVICES = ("config-api", "scheduler", "fetcher", "store")
+SERVICES = ("config-api", "scheduler", "fetcher", "store", "watcher")
 
 
 def readme_curl_example() -> str:

@@ -1,6 +1,10 @@
 """The Microsoft Graph transport end to end against a local Graph (delta, paging, $value,
 PATCH, DELETE, throttling) and the local authorization server: delegated, shared mailbox,
-app-only; PostgreSQL and the broker."""
+app-only; PostgreSQL and the broker. Push through change notifications: the watcher
+subscribes the folder, the tests' Graph validates the config API's notification URL and
+posts a notification for each new message, the config API checks its clientState and asks
+for a poll; lifecycle notifications, renewal before expiry, a forged notification, and the
+subscription deleted when the connection is disabled."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from mailintake_devstack.broker import free_port
 from mailintake_fetcher.graph_poll import GraphPoll
 from mailintake_fetcher.repository import FetcherRepository
 from mailintake_fetcher.worker import budget_from
@@ -223,3 +228,94 @@ def test_a_failed_message_is_downloaded_again_after_a_retry(
         assert {bytes(r.raw) for r in stored.rows("SELECT raw FROM messages")} == set(sent)
     finally:
         stored.close()
+
+
+@pytest.fixture
+def push_pipeline(graph_settings: Settings, tmp_path: Path) -> Iterator[tuple[Pipeline, Settings]]:
+    """The services as processes, the config API on a port known in advance: its
+    notification URL is a setting."""
+    port = free_port()
+    settings = graph_settings.model_copy(
+        update={
+            "graph_notification_url": f"http://127.0.0.1:{port}/graph/notifications",
+            "graph_subscription_minutes": 1,  # renewed every 30 s
+            "watch_heartbeat_seconds": 1.0,
+            "watch_reconnect_base_seconds": 0.5,
+            "watch_reconnect_max_seconds": 2.0,
+        }
+    )
+    running = Pipeline(settings, tmp_path / "logs")
+    running.ports["config-api"] = port
+    yield running, settings
+    running.stop_all()
+
+
+def _push_polls(db: Database) -> int:
+    return int(db.scalar("SELECT count(*) FROM poll_log WHERE reason = 'push'"))
+
+
+def test_graph_notifications_bring_new_mail_in_and_the_subscription_lives(
+    graph_servers: tuple[OAuthServer, GraphServer, Path],
+    push_pipeline: tuple[Pipeline, Settings],
+    db: Database,
+) -> None:
+    oauth, graph, ca = graph_servers
+    graph.state.throttle_every = 0
+    pipeline, settings = push_pipeline
+    user, _ = _mailbox(graph, 0)
+    with api_client(settings) as api:
+        cid = _connection(api, _credential(api, oauth), user, interval_minutes=60)
+        _authorize_with(api, ca, cid)
+        pipeline.start("config-api", "scheduler", "fetcher", "store", "watcher")
+        assert enable(api, cid).status_code == 200
+
+        def watch() -> dict[str, object]:
+            shown: dict[str, object] = api.get(f"/connections/{cid}").json()["watch"]
+            return shown
+
+        wait_until(lambda: watch()["watched"], timeout_s=90, message="subscribed")
+        assert watch()["method"] == "graph"
+        (subscription,) = graph.subscriptions(user)
+        assert subscription.notification_url == settings.graph_notification_url
+        wait_until(lambda: db.scalar("SELECT count(*) FROM poll_log") >= 1, timeout_s=60)
+
+        graph.deliver(user, make_message(1, subject="notified"))
+        wait_until(lambda: db.message_count() == 1, timeout_s=60, message="pushed")
+        reason = db.scalar(
+            "SELECT p.reason FROM messages m JOIN poll_log p ON p.poll_id = m.poll_id"
+        )
+        assert reason == "push"  # the interval is an hour
+
+        assert graph.forge(subscription.notification_url, subscription.id, "guessed") == 403
+
+        before = _push_polls(db)
+        graph.lifecycle(subscription.id, "missed")
+        wait_until(lambda: _push_polls(db) > before, timeout_s=60, message="missed: a poll")
+
+        renewals = graph.state.renewals
+        graph.lifecycle(subscription.id, "reauthorizationRequired")
+        wait_until(lambda: graph.state.renewals > renewals, timeout_s=30, message="renewed")
+
+        graph.lifecycle(subscription.id, "subscriptionRemoved", remove=True)
+        wait_until(
+            lambda: [s.id for s in graph.subscriptions(user)] not in ([], [subscription.id]),
+            timeout_s=30,
+            message="a new subscription",
+        )
+        graph.deliver(user, make_message(2, subject="after removal"))
+        wait_until(lambda: db.message_count() == 2, timeout_s=60, message="pushed again")
+
+        (current,) = graph.subscriptions(user)
+        first_expiry = current.expires
+        wait_until(
+            lambda: graph.subscriptions(user)[0].expires > first_expiry,
+            timeout_s=60,
+            message="renewed before it expires",
+        )
+
+        assert api.post(f"/connections/{cid}/disable").status_code == 200
+        wait_until(lambda: graph.subscriptions(user) == [], timeout_s=30, message="deleted")
+        assert db.scalar("SELECT count(*) FROM graph_subscriptions") == 0
+    assert all(200 <= s.status < 300 for s in graph.state.sent)  # every genuine one was taken
+    assert db.message_count() == db.distinct_messages() == 2
+    pipeline.assert_running()

@@ -1,11 +1,13 @@
-"""The mail clients send nothing a user name, password or folder could turn into a command of
-its own, log in with SASL PLAIN (UTF-8) where the server offers it, never let a server's
-words carry the password out (issue: secrets bound to their server, no injection), and send
-it to no server whose TLS is stripped or whose certificate is not trusted. On the tests'
-scripted server, which keeps every byte it receives, and on real Dovecot."""
+"""The mail clients (a poll's, a test's, a watch's) send nothing a user name, password or folder
+could turn into a command of its own, log in with SASL PLAIN (UTF-8) where the server offers
+it, never let a server's words carry the password out (issue: secrets bound to their server,
+no injection), and send it to no server whose TLS is stripped or whose certificate is not
+trusted. On the tests' scripted server, which keeps every byte it receives, and on real
+Dovecot."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 from collections.abc import Iterator
@@ -19,6 +21,8 @@ from mailintake_fetcher.pop3_poll import Pop3Poll
 from mailintake_shared.domain import Encryption, Protocol, Transport
 from mailintake_shared.events import ErrorKind, PollOutcome
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.errors import PollError
+from mailintake_shared.mailbox.imap_idle import IdleSession
 from mailintake_shared.mailbox.probe import probe
 from tests.harness.dovecot import Dovecot
 from tests.harness.ledger import BUDGET
@@ -159,6 +163,42 @@ def test_a_server_that_quotes_the_password_back_does_not_carry_it_out(
     assert tested.failed_step is ErrorKind.AUTHENTICATION
     assert secret not in (tested.error or "")
     assert encoded not in (tested.error or "")
+
+
+async def _watch_sign_in(cfg: MailboxConfig) -> None:
+    session = await IdleSession.open(cfg)
+    await session.close()
+
+
+def test_a_watch_signs_in_as_a_poll_does_and_lets_no_quoted_password_out(
+    server: QuirkServer,
+) -> None:
+    """The watcher's IDLE session: SASL PLAIN (UTF-8) where offered, LOGIN only for ASCII, and
+    a refusal that quotes the password back reaches the watch state without it."""
+    server.password = "Grüße-Kennwort-2026"
+    asyncio.run(_watch_sign_in(config(server.imap_port, server.username, server.password)))
+    assert "AUTHENTICATE PLAIN <response>" in server.commands
+    assert not any(c.split(" ")[1:2] == ["LOGIN"] for c in server.commands)
+
+    server.imap.no_auth_plain = True
+    with pytest.raises(PollError) as unsendable:
+        asyncio.run(_watch_sign_in(config(server.imap_port, server.username, server.password)))
+    assert unsendable.value.kind is ErrorKind.AUTHENTICATION
+    assert "AUTHENTICATE PLAIN" in str(unsendable.value)
+
+    server.imap.echo_credentials = True
+    secret = planted("quoted-back") + '"with\\quotes'
+    for auth_plain in (True, False):
+        server.imap.no_auth_plain = not auth_plain
+        with pytest.raises(PollError) as refused:
+            asyncio.run(_watch_sign_in(config(server.imap_port, server.username, secret)))
+        said = str(refused.value)
+        assert refused.value.kind is ErrorKind.AUTHENTICATION
+        assert "Authentication failed" in said  # the server's words stay
+        encoded = base64.b64encode(f"\0{server.username}\0{secret}".encode()).decode()
+        assert secret not in said
+        assert encoded not in said
+        assert secret.split('"')[0] not in said
 
 
 def test_starttls_answered_ok_and_then_plain_text_gets_no_password(server: QuirkServer) -> None:

@@ -368,3 +368,58 @@ def test_an_unreachable_identity_provider_is_a_502_naming_it(settings: Settings)
     detail = answer.json()["detail"]
     assert "identity provider (microsoft)" in detail
     assert f"Microsoft Entra ({nowhere}/common) did not answer" in detail
+
+
+def test_an_oauth2_mailbox_is_watched_with_xoauth2_and_a_refused_token_refreshed(
+    oauth_settings: Settings,
+    oauth_servers: tuple[OAuthServer, Dovecot],
+    tmp_path: Path,
+    db: Database,
+) -> None:
+    """The watch logs in as the poll does (XOAUTH2 with the connection's token); a token the
+    server no longer accepts is refreshed once and the watch comes back."""
+    server, dovecot = oauth_servers
+    user, _ = dovecot.add_user(password=uuid.uuid4().hex)
+    settings = oauth_settings.model_copy(
+        update={"watch_heartbeat_seconds": 1.0, "watch_reconnect_base_seconds": 0.5}
+    )
+    pipeline = Pipeline(settings, tmp_path / "logs")
+    try:
+        with api_client(settings) as api:
+            cid = _connect(api, server, dovecot, user, "google")
+            _authorize(api, dovecot, cid)
+            api.patch(f"/connections/{cid}", json={"interval_minutes": 60})
+            pipeline.start("scheduler", "fetcher", "store", "watcher")
+            assert enable(api, cid).status_code == 200
+
+            def watched() -> bool:
+                return bool(api.get(f"/connections/{cid}").json()["watch"]["watched"])
+
+            wait_until(watched, timeout_s=90, message="watched over XOAUTH2")
+            wait_until(lambda: db.scalar("SELECT count(*) FROM poll_log") >= 1, timeout_s=60)
+            dovecot.seed(user, [make_message(1, subject="pushed")])
+            wait_until(lambda: db.message_count() == 1, timeout_s=60, message="pushed")
+
+            refreshes = server.state.refreshes
+            server.expire_access_tokens()  # the watcher's cached token is refused from now on
+            api.post(f"/connections/{cid}/disable")
+            wait_until(  # the watcher let go of the session that logged in before
+                lambda: (
+                    db.scalar(
+                        "SELECT count(*) FROM connection_watches WHERE connection_id = :cid",
+                        cid=cid,
+                    )
+                    == 0
+                ),
+                timeout_s=30,
+                message="unwatched",
+            )
+            api.post(f"/connections/{cid}/enable", json={"skip_estimate": True})
+            wait_until(watched, timeout_s=60, message="watched again with a fresh token")
+            assert server.state.refreshes > refreshes
+            dovecot.seed(user, [make_message(2, subject="pushed again")])
+            wait_until(lambda: db.message_count() == 2, timeout_s=60, message="pushed again")
+        reasons = {r.reason for r in db.rows("SELECT reason FROM poll_log")}
+        assert "push" in reasons
+    finally:
+        pipeline.stop_all()

@@ -18,15 +18,6 @@ from tests.harness.pipeline import Pipeline, wait_until
 pytestmark = pytest.mark.integration
 
 
-def _assigned(replica: Pipeline) -> set[int]:
-    """The partitions in the replica's latest assignment."""
-    latest: set[int] = set()
-    for line in replica.logs().splitlines():
-        if '"partitions assigned"' in line:
-            latest = set(json.loads(line)["partitions"])
-    return latest
-
-
 def _owned(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         for line in response.read().decode().splitlines():
@@ -45,9 +36,9 @@ def test_two_replicas_share_the_connections_without_double_polls(
     try:
         wait_until(
             lambda: (
-                _assigned(first) | _assigned(second) == {0, 1, 2}
-                and not _assigned(first) & _assigned(second)
-                and _assigned(second)
+                first.assigned() | second.assigned() == {0, 1, 2}
+                and not first.assigned() & second.assigned()
+                and second.assigned()
             ),
             timeout_s=90,
             message="the group settled with both replicas",

@@ -61,7 +61,9 @@ def test_a_failing_connection_is_reported_stalled_then_recovered(
             assert stalled.last_success_at is None
             assert api.get(f"/connections/{cid}").json()["status"]["stalled"] is True
 
-            api.patch(f"/connections/{cid}", json={"port": mailbox.server.ports.imaps})
+            # A new port is a new destination: the password is given again (SECURITY.md).
+            fixed = {"port": mailbox.server.ports.imaps, "password": mailbox.password}
+            assert api.patch(f"/connections/{cid}", json=fixed).status_code == 200
             api.post(f"/connections/{cid}/poll")
             wait_until(
                 lambda: [h.state for h in _health(settings, cid)][-1:] == [HealthState.RECOVERED],

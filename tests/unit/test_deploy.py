@@ -77,7 +77,7 @@ def test_the_deployments_run_what_the_code_provides(manifests: list[dict[str, An
     port = int(settings["MAILINTAKE_HTTP_PORT"])
     deployments = of_kind(manifests, "Deployment")
     assert {d["metadata"]["name"] for d in deployments} == {
-        f"mailintake-{s}" for s in ("config-api", "scheduler", "fetcher", "store")
+        f"mailintake-{s}" for s in ("config-api", "scheduler", "fetcher", "store", "watcher")
     }
     budgets = {
         p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
@@ -147,7 +147,7 @@ def test_autoscaling_and_scraping_point_at_what_exists(manifests: list[dict[str,
     for monitor in of_kind(manifests, "ServiceMonitor"):
         selector = monitor["spec"]["selector"]["matchLabels"]
         services = of_kind(manifests, "Service")
-        assert len(services) == 4
+        assert len(services) == 5
         assert all(selector.items() <= s["metadata"]["labels"].items() for s in services)
         assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in services)
 

@@ -186,7 +186,7 @@ def test_authorization_required_parks_the_connection_until_it_changes() -> None:
     assert again.connection_id == v.id
 
 
-def test_a_manual_poll_unparks_a_connection() -> None:
+def test_a_manual_poll_unparks_a_connection_and_a_push_does_not() -> None:
     schedule = Schedule(CONFIG)
     v = view(interval=1)
     due = first_poll(schedule, v)
@@ -194,6 +194,8 @@ def test_a_manual_poll_unparks_a_connection() -> None:
         due, outcome=PollOutcome.FAILED, error_kind=ErrorKind.AUTHORIZATION_REQUIRED
     )
     schedule.poll_completed(refused, 100.0)
+    assert not schedule.poll_requested(v.id, 120.0, PollReason.PUSH)
+    assert schedule.due(140.0) == []
     assert schedule.poll_requested(v.id, 150.0)
     (manual,) = schedule.due(150.0)
     assert manual.reason is PollReason.MANUAL
@@ -296,6 +298,38 @@ def test_a_stalled_connection_that_is_disabled_leaves_no_alarm_behind() -> None:
     assert schedule.stalled() == 0
 
 
+def test_push_requests_poll_at_once_or_right_after_the_poll_in_flight() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)  # an hour: a poll within the test can only come from push
+    due = first_poll(schedule, v)
+    assert schedule.poll_requested(v.id, 10.0, PollReason.PUSH)  # in flight: served after it
+    assert schedule.poll_requested(v.id, 11.0, PollReason.PUSH)  # announcements coalesce
+    assert schedule.due(12.0) == []
+    schedule.poll_completed(completed(due), 20.0)
+    (pushed,) = schedule.due(20.0)
+    assert pushed.reason is PollReason.PUSH
+    schedule.poll_completed(completed(pushed), 21.0)
+    assert schedule.due(22.0) == []  # one poll served both announcements
+    assert schedule.poll_requested(v.id, 30.0, PollReason.PUSH)  # idle: at once
+    (again,) = schedule.due(30.0)
+    assert again.reason is PollReason.PUSH
+    schedule.poll_completed(completed(again), 31.0)
+    assert schedule.due(3629.0) == []
+    (scheduled,) = schedule.due(3630.0)  # an hour after the last poll was issued
+    assert scheduled.reason is PollReason.SCHEDULED  # the interval poll stays the safety net
+
+
+def test_an_operators_request_in_flight_is_not_renamed_by_a_push() -> None:
+    schedule = Schedule(CONFIG)
+    v = view()
+    due = first_poll(schedule, v)
+    assert schedule.poll_requested(v.id, 10.0)  # manual, deferred
+    assert schedule.poll_requested(v.id, 11.0, PollReason.PUSH)
+    schedule.poll_completed(completed(due), 12.0)
+    (next_poll,) = schedule.due(12.0)
+    assert next_poll.reason is PollReason.MANUAL
+
+
 def test_a_fetchers_continuation_issues_the_next_slice_before_the_store_commits() -> None:
     schedule = Schedule(CONFIG)
     due = first_poll(schedule, view())
@@ -342,3 +376,32 @@ def test_a_poll_request_before_its_connection_is_served_when_the_connection_arri
     schedule.due(10.0 + CONFIG.poll_timeout_s)  # the third never arrived: forgotten
     schedule.connection_changed(never, 10.0 + CONFIG.poll_timeout_s)
     assert schedule.due(10.0 + CONFIG.poll_timeout_s) == []
+
+
+def test_a_push_before_its_connection_is_served_as_a_push_and_an_operators_request_wins() -> None:
+    schedule = Schedule(CONFIG)
+    pushed, both = view(), view()
+    assert schedule.poll_requested(pushed.id, 10.0, PollReason.PUSH) is False  # it waits
+    assert schedule.poll_requested(both.id, 10.0) is False
+    assert schedule.poll_requested(both.id, 11.0, PollReason.PUSH) is False
+    schedule.connection_changed(pushed, 20.0)
+    schedule.connection_changed(both, 20.0)
+    reasons = {due.connection_id: due.reason for due in schedule.due(20.0)}
+    assert reasons == {pushed.id: PollReason.PUSH, both.id: PollReason.MANUAL}
+
+
+def test_a_push_during_a_pipelined_slice_is_served_after_the_continuation() -> None:
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)
+    due = first_poll(schedule, v)
+    t0 = stable_fraction(v.id) * 60
+    assert schedule.poll_requested(v.id, t0 + 1, PollReason.PUSH)  # a slice is in flight
+    resume = Resume(uidvalidity=7, last_uid=5000)
+    assert schedule.poll_requested(v.id, t0 + 2, after=due.poll_id, resume=resume)
+    (following,) = schedule.due(t0 + 2)
+    assert (following.reason, following.resume) == (PollReason.CONTINUATION, resume)
+    schedule.poll_completed(completed(due, more_pending=True), t0 + 3)  # stale: nothing
+    assert schedule.due(t0 + 3) == []
+    schedule.poll_completed(completed(following), t0 + 4)
+    (pushed,) = schedule.due(t0 + 4)
+    assert (pushed.reason, pushed.resume) == (PollReason.PUSH, None)

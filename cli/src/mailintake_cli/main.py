@@ -163,6 +163,10 @@ PasswordOption = Annotated[
     bool,
     typer.Option("--password-stdin", help="Read the password from standard input."),
 ]
+PushOption = Annotated[
+    str | None,
+    typer.Option(help="auto (watch for new mail: IMAP IDLE, Graph notifications) or off."),
+]
 
 
 # The options that decide where a password goes: changing one needs the password again.
@@ -213,6 +217,7 @@ def create_connection(
         str | None, typer.Option(help="OAuth2 protocols: the stored credential's id.")
     ] = None,
     transport: Annotated[str | None, typer.Option(help="Microsoft: imap or graph.")] = None,
+    push: PushOption = None,
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -235,6 +240,7 @@ def create_connection(
         description=description,
         oauth_credential_id=oauth_credential_id,
         transport=transport,
+        push=push,
         password=_password(password_stdin, prompt=protocol in ("imap", "pop3")),
     )
     emit(_call("POST", "/connections", json=body), as_json=as_json, title="created")
@@ -257,6 +263,7 @@ def update_connection(
     tls_ca_file: Annotated[Path | None, typer.Option()] = None,
     tls_verify: Annotated[bool | None, typer.Option("--tls-verify/--no-tls-verify")] = None,
     description: Annotated[str | None, typer.Option()] = None,
+    push: PushOption = None,
     password_stdin: PasswordOption = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -278,6 +285,7 @@ def update_connection(
         tls_ca_file=tls_ca_file,
         tls_verify=tls_verify,
         description=description,
+        push=push,
     )
     moves = not DESTINATION_OPTIONS.isdisjoint(body)
     asks = (
@@ -740,14 +748,15 @@ def status_of_connections(
     as_json: JsonOption = False,
 ) -> None:
     """Each connection's health: last success, failures in a row, last error, stalled, and
-    mail downloaded that the store cannot write yet ("downloaded, waiting for the store: …").
-    Exit status 1 when an enabled connection is stalled or failing, or mail waits."""
+    whether it is watched for new mail (since when, or why not), and mail downloaded that the
+    store cannot write yet ("downloaded, waiting for the store: …"). Exit status 1 when an
+    enabled connection is stalled or failing, or mail waits."""
     rows: list[dict[str, Any]] = []
     offset = 0
     while True:
         page = _call("GET", "/connections", params={"limit": 500, "offset": offset})
         for item in page["items"]:
-            health = item["status"]
+            health, watch = item["status"], item["watch"]
             waiting = health.get("waiting_for_store")
             failing = bool(waiting) or (
                 item["enabled"] and (health["stalled"] or health["consecutive_failures"] > 0)
@@ -765,6 +774,9 @@ def status_of_connections(
                     "messages_stored": health["messages_stored"],
                     "waiting_for_store": waiting,
                     "failing": failing,
+                    "watched": watch["watched"],
+                    "watch_since": watch["since"],
+                    "watch": watch["state"] + (f": {watch['reason']}" if watch["reason"] else ""),
                 }
             )
         offset += len(page["items"])
@@ -778,6 +790,9 @@ def status_of_connections(
         "failures",
         "last_error_kind",
         "waiting_for_store",
+        "watched",
+        "watch_since",
+        "watch",
     )
     emit({"items": rows, "total": len(rows)}, as_json=as_json, columns=columns, title="status")
     if any(row["failing"] for row in rows):

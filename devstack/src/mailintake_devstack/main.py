@@ -1,6 +1,6 @@
 """Console entry point ``mailintake-devstack``: the whole pipeline on one machine.
 
-    mailintake-devstack up     broker + migrations + the four services, until Ctrl-C
+    mailintake-devstack up     broker + migrations + the five services, until Ctrl-C
 
 Everything lives in ``.devstack/`` (SQLite database, generated encryption key and admin
 token, one log file per service, ``env`` with the addresses clients need). The broker keeps
@@ -172,6 +172,7 @@ def up(state: Path, api_port: int, broker_port: int) -> int:
         ServiceSpec("scheduler", "mailintake-scheduler", free_port()),
         ServiceSpec("fetcher", "mailintake-fetcher", free_port()),
         ServiceSpec("store", "mailintake-store", free_port()),
+        ServiceSpec("watcher", "mailintake-watcher", free_port()),
     ]
     processes = {
         spec.name: _spawn(

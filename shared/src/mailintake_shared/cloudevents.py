@@ -90,7 +90,7 @@ KINDS: tuple[EventKind, ...] = (
         Topic.CONNECTIONS,
         "connection.state",
         ("config-api",),
-        ("scheduler",),
+        ("scheduler", "watcher"),
         lambda e: f"{e.connection.id}/{e.connection.version}",
         "connection.updated_at",
         id_rule="`{connection.id}/{connection.version}` (a resync repeats it)",
@@ -100,7 +100,7 @@ KINDS: tuple[EventKind, ...] = (
         Topic.CONNECTIONS,
         "connection.deleted",
         ("config-api",),
-        ("scheduler",),
+        ("scheduler", "watcher"),
         lambda key: f"{key}/deleted",
         None,
         content_type=None,
@@ -121,7 +121,7 @@ KINDS: tuple[EventKind, ...] = (
         PollRequested,
         Topic.POLL_REQUESTED,
         "poll.requested",
-        ("config-api", "fetcher"),
+        ("config-api", "watcher", "fetcher"),
         ("scheduler",),
         lambda e: (
             f"{e.after_poll_id}/next"
@@ -129,8 +129,9 @@ KINDS: tuple[EventKind, ...] = (
             else f"{e.connection_id}/{_rfc3339(e.requested_at)}"
         ),
         "requested_at",
-        id_rule="`{connection_id}/{requested_at}` (an operator's); `{after_poll_id}/next` "
-        "(a fetcher's continuation)",
+        id_rule="`{connection_id}/{requested_at}` (an operator's, or a push: from the watcher, "
+        "or from the config API for a Graph notification); `{after_poll_id}/next` (a fetcher's "
+        "continuation)",
     ),
     EventKind(
         FetchedChunk,
@@ -251,15 +252,17 @@ def source(prefix: str, service: str) -> str:
     return f"/{quote(deployment, safe='')}/{service}"
 
 
-def headers(event: Event, prefix: str, *, replay: bool = False) -> Headers:
-    """The record headers of ``event``; ``replay`` marks an operator's replay."""
+def headers(
+    event: Event, prefix: str, *, replay: bool = False, service: str | None = None
+) -> Headers:
+    """The record headers of ``event``; ``replay`` marks an operator's replay; ``service``
+    names the producer when the event does not tell it (the watcher's poll requests)."""
     kind = kind_of(event)
-    if isinstance(event, DeadLetter):
+    if service is None and isinstance(event, DeadLetter):
         service = event.service
-    elif isinstance(event, PollRequested) and event.after_poll_id is not None:
+    elif service is None and isinstance(event, PollRequested) and event.after_poll_id:
         service = "fetcher"
-    else:
-        service = kind.producers[0]
+    service = service or kind.producers[0]
     found = _attributes(kind, prefix, service, kind.identity(event), _occurred(kind, event))
     return [*found, (REPLAY, b"true")] if replay else found
 

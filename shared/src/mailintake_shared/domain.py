@@ -45,6 +45,14 @@ class AfterDownload(StrEnum):
     DELETE = "delete"
 
 
+class PushMode(StrEnum):
+    """Whether new mail is watched for (IMAP IDLE, Graph change notifications) on top of the
+    interval poll."""
+
+    AUTO = "auto"  # watched when the server offers it; the interval poll stays the safety net
+    OFF = "off"  # interval polls only
+
+
 class FirstSync(StrEnum):
     """What the first poll of a mailbox takes (a mailbox the store has no cursor for)."""
 
@@ -116,6 +124,9 @@ class ConnectionView(BaseModel):
     """What the first poll of a new mailbox takes: `all`, `unseen`, `since` or `none`."""
     first_sync_since: date | None = None
     """For `first_sync: since`: the first arrival date taken (inclusive); else null."""
+    push: PushMode = PushMode.AUTO
+    """`auto`: new mail is watched for (IMAP IDLE, Graph change notifications) when the
+    server offers it, the interval poll staying the safety net; `off`: interval polls only."""
     enabled: bool
     """Whether the connection is polled."""
     created_at: datetime

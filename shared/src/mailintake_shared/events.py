@@ -55,6 +55,7 @@ class PollReason(StrEnum):
     MANUAL = "manual"  # an operator asked for a poll now
     RETRY = "retry"  # the previous poll failed, or never completed
     ACTIONS = "actions"  # committed messages wait for their server action
+    PUSH = "push"  # the server announced new mail (IMAP IDLE, a Graph change notification)
 
 
 class PollOutcome(StrEnum):
@@ -115,18 +116,23 @@ class PollDue(Event):
 
 
 class PollRequested(Event):
-    """Topic ``poll.requested`` (config-api, fetcher → scheduler): poll a connection now — an
-    operator asked (config-api), or a poll stopped at its budget with more mail waiting and
-    its next slice is to follow at once, without waiting for the store (fetcher)."""
+    """Topic ``poll.requested`` (config-api, watcher, fetcher → scheduler): poll a connection
+    now — an operator asked (config-api, ``manual``), the server announced new mail (watcher,
+    ``push``), or a poll stopped at its budget with more mail waiting and its next slice is to
+    follow at once, without waiting for the store (fetcher)."""
 
     schema_version: Literal[1] = 1
     """The event's version: a consumer refuses one it does not know."""
     connection_id: UUID
     """The connection to poll (also the record's key)."""
     requested_at: datetime
-    """When the operator (or the fetcher) asked."""
+    """When the operator (or the watcher, or the fetcher) asked."""
+    reason: Literal[PollReason.MANUAL, PollReason.PUSH] = PollReason.MANUAL
+    """`manual` (an operator) or `push` (the server announced new mail); a continuation
+    carries the default and is told by `after_poll_id`."""
     after_poll_id: UUID | None = None
-    """A continuation: the poll whose slice ended with more pending (null: an operator)."""
+    """A continuation: the poll whose slice ended with more pending (null: an operator's or a
+    watcher's request)."""
     resume: Resume | None = None
     """A continuation of an IMAP poll: where its next slice goes on."""
 

@@ -317,6 +317,43 @@ class Settings(BaseSettings):
         "under Kafka's default 1 MB limit and the fetcher's memory bounded).",
     )
 
+    # --- push (watcher) -------------------------------------------------------------------
+    watch_idle_renew_seconds: float = Field(
+        600.0,
+        gt=0,
+        le=1740,
+        description="A watched IMAP folder's IDLE is ended and issued again this often (RFC "
+        "2177: before 29 minutes); the round trip also proves the session alive.",
+    )
+    watch_reconnect_base_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Delay before a dropped watch reconnects; doubles per failure in a row, "
+        "with jitter. Interval polls go on meanwhile.",
+    )
+    watch_reconnect_max_seconds: float = Field(
+        300.0, gt=0, description="Longest delay between attempts to restore a watch."
+    )
+    watch_heartbeat_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often a watcher confirms its watches in the database (the API shows "
+        "a watch not confirmed for three times this long as lost) and renews what is due.",
+    )
+    graph_notification_url: str | None = Field(
+        None,
+        description="The config API's public `/graph/notifications` URL (HTTPS, reachable by "
+        "Microsoft Graph). Graph connections are watched through change notifications only "
+        "when it is set.",
+    )
+    graph_subscription_minutes: int = Field(
+        4230,
+        ge=1,
+        le=10080,
+        description="Lifetime asked for a Graph change-notification subscription; it is "
+        "renewed when half of it has passed.",
+    )
+
     # --- store ---------------------------------------------------------------------------
     store_batch_records: int = Field(
         500, ge=1, description="Most fetched records the store writes in one transaction."

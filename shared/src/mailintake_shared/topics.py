@@ -43,7 +43,7 @@ _DAY_MS = 24 * 3600 * 1000
 TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.CONNECTIONS, True, None, "current state of each connection, no secrets"),
     TopicSpec(Topic.POLL_DUE, False, 1 * _DAY_MS, "a connection's poll is due now"),
-    TopicSpec(Topic.POLL_REQUESTED, False, 1 * _DAY_MS, "an operator asked for a poll now"),
+    TopicSpec(Topic.POLL_REQUESTED, False, 1 * _DAY_MS, "a poll asked for now: operator or push"),
     TopicSpec(Topic.MAIL_FETCHED, False, 7 * _DAY_MS, "raw downloaded mail and poll results"),
     TopicSpec(Topic.MAIL_STORED, False, 7 * _DAY_MS, "a message was committed to the database"),
     TopicSpec(Topic.POLL_COMPLETED, False, 1 * _DAY_MS, "a poll's outcome, after the store"),

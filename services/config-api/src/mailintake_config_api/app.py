@@ -18,6 +18,7 @@ from mailintake_config_api.routes import (
     certificates,
     connections,
     contracts,
+    graph,
     health,
     incoming,
     messages,
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(oauth.router)
     app.include_router(certificates.router)
     app.include_router(audit.router)
+    app.include_router(graph.router)
     if config.console_enabled:
         console.install(app)
     return app

@@ -3,8 +3,8 @@ fingerprint, the client's address), what (the route and its path parameters, the
 fields sent), when, and how it ended. Field values are never recorded: they may be secrets.
 
 A pure ASGI middleware, so that no route can forget it: every authenticated POST, PUT, PATCH
-and DELETE, and the OAuth2 callback (which stores a grant), is written to ``audit_log`` after
-the answer, and logged.
+and DELETE, and the OAuth2 callback when it stored a grant, is written to ``audit_log`` after the
+answer, and logged.
 """
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ class AuditLog:
             await self._app(scope, recording_receive, recording_send)
         finally:
             actor = scope.get("state", {}).get("actor")
-            if path == OAUTH_CALLBACK:
-                actor = "oauth-provider-redirect"
+            if path == OAUTH_CALLBACK:  # anyone can call it: only a grant stored is a change
+                actor = "oauth-provider-redirect" if status < 400 else None
             if actor is not None:  # unauthenticated attempts are in the log, not here
                 entry = _entry(scope, actor, bytes(body), status)
                 log.info("audit", **{k: v for k, v in vars(entry).items() if k != "at"})

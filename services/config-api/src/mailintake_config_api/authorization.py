@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mailintake_config_api import connections
@@ -26,6 +26,7 @@ from mailintake_config_api.schemas import (
     control_character,
 )
 from mailintake_shared.db.bindings import client_secret_binding, flow_binding
+from mailintake_shared.db.dialect import lower
 from mailintake_shared.db.models import Connection, OAuthCredential, OAuthFlow
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.logging import get_logger
@@ -72,7 +73,7 @@ def credential_public(row: OAuthCredential) -> OAuthCredentialPublic:
 
 def _name_free(session: Session, name: str, own: uuid.UUID | None) -> None:
     clash = session.scalar(
-        select(OAuthCredential.id).where(func.lower(OAuthCredential.name) == name.lower())
+        select(OAuthCredential.id).where(lower(session, OAuthCredential.name) == name.lower())
     )
     if clash is not None and clash != own:
         raise CredentialNameTakenError(name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -22,11 +22,14 @@ from mailintake_config_api.schemas import (
     ConnectionPublic,
     ConnectionUpdate,
     FieldError,
+    WatchStatus,
 )
 from mailintake_shared.db.bindings import destination_changes, password_binding
+from mailintake_shared.db.dialect import lower
 from mailintake_shared.db.models import (
     Connection,
     ConnectionStatus,
+    ConnectionWatch,
     OAuthCredential,
     OAuthGrant,
     PollLease,
@@ -34,16 +37,19 @@ from mailintake_shared.db.models import (
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.domain import (
     DEFAULT_TIMEOUT_MS,
+    ConnectionView,
     Encryption,
     Protocol,
+    PushMode,
     Transport,
     transport_for,
 )
-from mailintake_shared.events import ConnectionState, PollRequested, StoreWaiting
+from mailintake_shared.events import ConnectionState, PollReason, PollRequested, StoreWaiting
 from mailintake_shared.outbox import add_to_outbox
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
+from mailintake_shared.watch import STALE_AFTER_HEARTBEATS, WatchMethod, WatchState
 
 _DRAFT_FIELDS = tuple(name for name in rules.ConnectionDraft.model_fields if name != "has_password")
 
@@ -93,7 +99,7 @@ def search(
     if term and term.strip():
         pattern = like_pattern(term)
         columns = (Connection.name, Connection.description, Connection.host, Connection.username)
-        query = query.where(or_(*(func.lower(c).like(pattern, escape="\\") for c in columns)))
+        query = query.where(or_(*(lower(session, c).like(pattern, escape="\\") for c in columns)))
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     column = _SORT_COLUMNS[sort.value.removeprefix("-")]
     order = column.desc() if sort.value.startswith("-") else column.asc()
@@ -111,28 +117,68 @@ class NameTakenError(Exception):
 
 
 def to_public(
-    row: Connection, status: ConnectionStatus | None = None, grant: str | None = None
+    row: Connection,
+    status: ConnectionStatus | None = None,
+    grant: str | None = None,
+    watch: tuple[ConnectionWatch | None, datetime] | None = None,
 ) -> ConnectionPublic:
+    """``watch``: the watcher's report and the time before which a report is stale."""
     health = ConnectionHealth()
     if status is not None:
         health = ConnectionHealth.model_validate(status, from_attributes=True)
     view = row.view()
-    return ConnectionPublic(
+    shown = ConnectionPublic(
         **dict(view),
         has_password=row.password_enc is not None,
         authorization=(grant or "not_authorized") if view.protocol.is_oauth2 else None,
         status=health,
+    )
+    if watch is None:
+        return shown
+    return shown.model_copy(update={"watch": watch_status(view, *watch)})
+
+
+def watch_status(
+    view: ConnectionView, watch: ConnectionWatch | None, stale_before: datetime
+) -> WatchStatus:
+    """Whether the connection is watched: by choice not (push off, disabled, POP3), else as
+    its watcher last reported, unless that report is older than ``stale_before``."""
+    off = None
+    if view.push is PushMode.OFF:
+        off = "push is off for this connection: interval polls only"
+    elif view.transport is Transport.POP3:
+        off = "POP3 cannot announce new mail: interval polls only"
+    elif not view.enabled:
+        off = "the connection is disabled"
+    if off is not None:
+        return WatchStatus(watched=False, state=WatchState.OFF, reason=off)
+    if watch is None:
+        reason = "no watcher reports on it (is mailintake-watcher running?): interval polls only"
+        return WatchStatus(watched=False, state=WatchState.UNKNOWN, reason=reason)
+    if watch.confirmed_at < stale_before:
+        when = watch.confirmed_at.strftime("%Y-%m-%d %H:%M:%S")
+        reason = (
+            f"its watcher ({watch.holder}) stopped reporting at {when} UTC: interval polls only"
+        )
+        return WatchStatus(watched=False, state=WatchState.UNKNOWN, reason=reason)
+    state = WatchState(watch.state)
+    return WatchStatus(
+        watched=state is WatchState.WATCHING,
+        state=state,
+        method=WatchMethod(watch.method) if watch.method else None,
+        since=watch.since,
+        reason=watch.reason,
     )
 
 
 def public(
     session: Session,
     rows: list[Connection],
-    stalled_after_s: float,
+    settings: Settings,
     waiting: Callable[[uuid.UUID], StoreWaiting | None] = lambda _id: None,
 ) -> list[ConnectionPublic]:
-    """Connections as the API shows them, with their polling status and authorization, and
-    what the store says it cannot write (``waiting``)."""
+    """Connections as the API shows them, with their polling status, authorization and watch
+    state, and what the store says it cannot write (``waiting``)."""
     ids = [row.id for row in rows]
     statuses = session.scalars(
         select(ConnectionStatus).where(ConnectionStatus.connection_id.in_(ids))
@@ -150,8 +196,19 @@ def public(
         )
     )
     grant_of.update(dict.fromkeys(app_only, "app_only"))
-    shown = [to_public(row, status_of.get(row.id), grant_of.get(row.id)) for row in rows]
-    cutoff = utcnow() - timedelta(seconds=stalled_after_s)
+    watch_of = {
+        w.connection_id: w
+        for w in session.scalars(
+            select(ConnectionWatch).where(ConnectionWatch.connection_id.in_(ids))
+        )
+    }
+    now = utcnow()
+    stale = now - timedelta(seconds=STALE_AFTER_HEARTBEATS * settings.watch_heartbeat_seconds)
+    shown = [
+        to_public(row, status_of.get(row.id), grant_of.get(row.id), (watch_of.get(row.id), stale))
+        for row in rows
+    ]
+    cutoff = now - timedelta(seconds=settings.stalled_after_seconds)
     for item in shown:  # the watchdog's rule, as the scheduler applies it
         last = item.status.last_success_at or item.updated_at
         item.status.stalled = item.enabled and last < cutoff
@@ -162,8 +219,13 @@ def public(
     return shown
 
 
-def request_poll(session: Session, settings: Settings, row: Connection) -> PollRequested:
-    event = PollRequested(connection_id=row.id, requested_at=utcnow())
+def request_poll(
+    session: Session,
+    settings: Settings,
+    row: Connection,
+    reason: PollReason = PollReason.MANUAL,
+) -> PollRequested:
+    event = PollRequested(connection_id=row.id, requested_at=utcnow(), reason=reason)
     add_to_outbox(
         session, settings.topic_prefix, Topic.POLL_REQUESTED, str(row.id), event.to_bytes()
     )
@@ -234,7 +296,7 @@ def _validate(
     if not unique_name:
         return
     clash = session.scalar(
-        select(Connection.id).where(func.lower(Connection.name) == draft.name.lower())
+        select(Connection.id).where(lower(session, Connection.name) == draft.name.lower())
     )
     if clash is not None and clash != own_id:
         raise NameTakenError(draft.name)
@@ -262,6 +324,7 @@ def _apply(row: Connection, draft: rules.ConnectionDraft) -> None:
     row.after_download = draft.after_download.value
     row.first_sync = draft.first_sync.value
     row.first_sync_since = draft.first_sync_since
+    row.push = draft.push.value
     if not draft.has_password:
         row.password_enc = None
 

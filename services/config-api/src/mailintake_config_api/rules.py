@@ -14,6 +14,7 @@ from mailintake_shared.domain import (
     Encryption,
     FirstSync,
     Protocol,
+    PushMode,
     Transport,
 )
 
@@ -39,6 +40,7 @@ class ConnectionDraft(BaseModel):
     after_download: AfterDownload = AfterDownload.MARK_SEEN
     first_sync: FirstSync = FirstSync.ALL
     first_sync_since: date | None = None
+    push: PushMode = PushMode.AUTO
     has_password: bool = False
 
 

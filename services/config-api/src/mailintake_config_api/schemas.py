@@ -33,11 +33,13 @@ from mailintake_shared.domain import (
     Encryption,
     FirstSync,
     Protocol,
+    PushMode,
     Transport,
 )
 from mailintake_shared.events import ErrorKind, SmimeInfo
 from mailintake_shared.mailbox.estimate import Confidence
 from mailintake_shared.oauth.providers import OAuthProvider
+from mailintake_shared.watch import WatchMethod, WatchState
 
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*\.?")
@@ -80,6 +82,24 @@ def _free_text(value: str | None, info: ValidationInfo) -> str | None:
 
 
 PlainText = Annotated[str, AfterValidator(_plain)]
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """A time as UTC: one without an offset is read as UTC (``2026-11-24`` is midnight UTC);
+    one that is no time in UTC (``0001-01-01T00:00+14:00``) is refused."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must be a time between the years 1 and 9999 in UTC") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(utc)]
+SINCE = "From this time (inclusive; UTC when it has no offset)."
+UNTIL = "Up to this time (exclusive; UTC when it has no offset)."
 Name = Annotated[PlainText, Field(description="Unique name (case-insensitive), 1–255 characters.")]
 # Bounded so that the database's BIGINT takes them (a larger one answers 422, not a 500).
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The row's id.")]
@@ -144,6 +164,12 @@ class _ConnectionFields(BaseModel):
     )
     first_sync_since: date | None = Field(
         None, description="The date for `first_sync: since` (server's internal date, inclusive)."
+    )
+    push: PushMode | None = Field(
+        None,
+        description="`auto` (default): watch the mailbox, so that new mail is polled within "
+        "seconds when the server announces it (IMAP IDLE, Microsoft Graph change "
+        "notifications), the interval poll staying as a safety net; `off`: interval polls only.",
     )
 
     _strip = field_validator(
@@ -266,6 +292,24 @@ class ConnectionHealth(BaseModel):
     )
 
 
+class WatchStatus(BaseModel):
+    """Whether the server announces the connection's new mail (push), since when, and why
+    not; interval polls go on either way."""
+
+    watched: bool = Field(description="New mail is announced: polls follow within seconds.")
+    state: WatchState = Field(
+        description="`watching`; `connecting`; `retrying` (the watch broke and reconnects with "
+        "back-off); `waiting` (another watcher holds it, or the session budget leaves no "
+        "session for it); `unsupported` (the server has no IDLE, or Graph notifications are not "
+        "set up); `off` (push off, disabled, or POP3); `unknown` (no watcher reports it)."
+    )
+    method: WatchMethod | None = Field(
+        None, description="`imap_idle` or `graph` (a change-notification subscription)."
+    )
+    since: datetime | None = Field(None, description="When the connection entered this state.")
+    reason: str | None = Field(None, description="Why it is not watched, in words.")
+
+
 class ConnectionPublic(ConnectionView):
     """A connection as the API returns it: defaults applied, secrets left out."""
 
@@ -276,6 +320,9 @@ class ConnectionPublic(ConnectionView):
         "`authorization_required` (the grant was revoked or expired: authorize again).",
     )
     status: ConnectionHealth = Field(default_factory=ConnectionHealth)
+    watch: WatchStatus = Field(
+        default_factory=lambda: WatchStatus(watched=False, state=WatchState.UNKNOWN)
+    )
 
 
 class ConnectionEnabled(ConnectionPublic):
@@ -618,15 +665,8 @@ class ReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime = Field(description="Stored at or after this time (UTC when no offset).")
-    until: datetime | None = Field(None, description="Stored before this time (default: now).")
-
-    @field_validator("since", "until")
-    @classmethod
-    def _utc_when_naive(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+    since: UtcTime = Field(description="Stored at or after this time (UTC when no offset).")
+    until: UtcTime | None = Field(None, description="Stored before this time (default: now).")
 
 
 class ReplayQueued(BaseModel):

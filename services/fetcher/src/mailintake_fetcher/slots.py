@@ -6,23 +6,17 @@ Slots are PostgreSQL advisory locks, held on one database connection for the len
 poll: ``N`` slots per key, a poll takes one of the account's and one of the host's, or none
 and the poll is skipped (the scheduler tries again shortly). Locks die with their database
 session, so a fetcher that crashes frees its slots. SQLite (one machine, one fetcher): no
-budget is needed.
+budget is needed. Watchers hold slots of the same budgets (``db.session_budget``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, text
 
-
-def _key(name: str) -> int:
-    """A stable signed 32-bit key for ``pg_try_advisory_lock(key, slot)``."""
-    return int.from_bytes(
-        hashlib.blake2b(name.encode(), digest_size=4).digest(), "big", signed=True
-    )
+from mailintake_shared.db.session_budget import account_budget, host_budget, lock_key
 
 
 class SessionSlots:
@@ -39,10 +33,8 @@ class SessionSlots:
             return
         connection = self._engine.connect()
         try:
-            got = self._take(
-                connection, f"account:{host.lower()}:{account.lower()}", self._per_account
-            )
-            got = got and self._take(connection, f"host:{host.lower()}", self._per_host)
+            got = self._take(connection, account_budget(host, account), self._per_account)
+            got = got and self._take(connection, host_budget(host), self._per_host)
             connection.commit()
             yield got
         finally:
@@ -52,7 +44,7 @@ class SessionSlots:
 
     @staticmethod
     def _take(connection: Connection, name: str, slots: int) -> bool:
-        key = _key(name)
+        key = lock_key(name)
         for slot in range(slots):
             taken = connection.execute(
                 text("SELECT pg_try_advisory_lock(:key, :slot)"), {"key": key, "slot": slot}

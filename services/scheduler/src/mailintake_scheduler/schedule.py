@@ -22,7 +22,9 @@ Rules:
   ``retry_base_s``;
 - a manual request is served at once, or right after the poll in flight; one for a connection
   whose state has not arrived yet (the scheduler, or the broker, has just started) waits for
-  it, up to ``poll_timeout_s``, and is served as soon as the connection arrives enabled;
+  it, up to ``poll_timeout_s``, and is served as soon as the connection arrives enabled; so
+  is a push request (the server announced new mail), which also counts as its own reason, but
+  does not wake a parked connection (the watcher cannot know the grant is back);
 - a disabled or deleted connection is dropped; an interval change applies from the next poll;
 - the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
   never completed, which is issued again) is reported stalled once, and recovered once a
@@ -75,7 +77,7 @@ class _Entry:
     in_flight: uuid.UUID | None = None
     issued_at: float = 0.0
     resume: Resume | None = None  # the next poll continues a slice from here
-    requested: bool = False
+    requested: PollReason | None = None  # manual or push, served after the poll in flight
     parked: bool = False  # authorization required: no polls until the connection changes
     added_at: float = 0.0
     last_ok: float | None = None  # when a poll last succeeded
@@ -96,7 +98,8 @@ class Schedule:
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
     _health: list[HealthChange] = field(default_factory=list)
-    _waiting: dict[uuid.UUID, float] = field(default_factory=dict)  # requests before the state
+    # requests (when, manual or push) before the connection's state arrived
+    _waiting: dict[uuid.UUID, tuple[float, PollReason]] = field(default_factory=dict)
     lateness: list[float] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -127,8 +130,9 @@ class Schedule:
         if entry is None:
             entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0, added_at=now)
             self._entries[view.id] = entry
-            if self._waiting.pop(view.id, None) is not None:
-                self._set_due(view.id, entry, now, PollReason.MANUAL)
+            waiting = self._waiting.pop(view.id, None)
+            if waiting is not None:
+                self._set_due(view.id, entry, now, waiting[1])
             else:
                 offset = stable_fraction(view.id) * min(self.config.jitter_s, interval_s)
                 self._set_due(view.id, entry, now + offset, PollReason.SCHEDULED)
@@ -164,10 +168,10 @@ class Schedule:
                 )
             entry.last_ok = now
         if event.error_kind is ErrorKind.AUTHORIZATION_REQUIRED:
-            entry.parked, entry.requested = True, False  # nothing in the heap: it waits
-        elif entry.requested:
-            entry.requested = False
-            self._set_due(event.connection_id, entry, now, PollReason.MANUAL)
+            entry.parked, entry.requested = True, None  # nothing in the heap: it waits
+        elif entry.requested is not None:
+            self._set_due(event.connection_id, entry, now, entry.requested)
+            entry.requested = None
         elif event.outcome is PollOutcome.SKIPPED:  # another fetcher held it: soon, not at once
             when = now + min(self.config.retry_base_s, entry.interval_s)
             self._set_due(event.connection_id, entry, when, PollReason.RETRY)
@@ -201,17 +205,21 @@ class Schedule:
         self,
         connection_id: uuid.UUID,
         now: float,
+        reason: PollReason = PollReason.MANUAL,
         *,
         after: uuid.UUID | None = None,
         resume: Resume | None = None,
     ) -> bool:
-        """An operator's "poll now", or a fetcher's continuation of poll ``after`` (its next
-        slice, from ``resume``); False if the connection's state has not arrived (yet): an
-        operator's request then waits for it."""
+        """An operator's "poll now" (``manual``), the server's news (``push``), or a fetcher's
+        continuation of poll ``after`` (its next slice, from ``resume``; ``reason`` is then
+        unused). False if the connection's state has not arrived (yet): a manual or push
+        request then waits for it; False too for a push to a parked connection."""
         entry = self._entries.get(connection_id)
         if entry is None:
-            if after is None:
-                self._waiting[connection_id] = now
+            if after is None:  # an operator's request waiting already names the poll
+                _, earlier = self._waiting.get(connection_id, (now, reason))
+                manual = PollReason.MANUAL in (earlier, reason)
+                self._waiting[connection_id] = (now, PollReason.MANUAL if manual else reason)
             return False
         if after is not None:
             if entry.in_flight == after:  # else the poll was re-issued meanwhile: stale
@@ -219,11 +227,14 @@ class Schedule:
                 self._flying.discard(connection_id)
                 self._set_due(connection_id, entry, now, PollReason.CONTINUATION, resume)
             return True
+        if entry.parked and reason is PollReason.PUSH:
+            return False
         entry.parked = False
         if entry.in_flight is not None:
-            entry.requested = True
+            if entry.requested is not PollReason.MANUAL:  # an operator's request names the poll
+                entry.requested = reason
         else:
-            self._set_due(connection_id, entry, now, PollReason.MANUAL)
+            self._set_due(connection_id, entry, now, reason)
         return True
 
     # --- the watchdog ------------------------------------------------------------------------
@@ -257,7 +268,7 @@ class Schedule:
         issued_at = wall_clock or datetime.now(UTC)
         events: list[PollDue] = []
         self.lateness: list[float] = []
-        for connection_id, asked in list(self._waiting.items()):
+        for connection_id, (asked, _) in list(self._waiting.items()):
             if now - asked >= self.config.poll_timeout_s:  # its connection never arrived
                 del self._waiting[connection_id]
         for connection_id in list(self._flying):

@@ -148,11 +148,16 @@ class SchedulerWorker:
             else:
                 request = decode(PollRequested, record.value or b"")
                 if not self.schedule.poll_requested(
-                    request.connection_id, now, after=request.after_poll_id, resume=request.resume
+                    request.connection_id,
+                    now,
+                    request.reason,
+                    after=request.after_poll_id,
+                    resume=request.resume,
                 ):
                     log.info(
-                        "poll request waits for its connection's state",
+                        "poll request waits for its connection's state (or it is parked)",
                         connection_id=str(request.connection_id),
+                        reason=request.reason.value,
                     )
         except (ValidationError, ValueError, AttributeError) as exc:
             dead_letter(self._producer, self._settings.topic_prefix, SERVICE, record, str(exc))

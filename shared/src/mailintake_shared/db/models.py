@@ -27,6 +27,7 @@ from mailintake_shared.domain import (
     Encryption,
     FirstSync,
     Protocol,
+    PushMode,
     Transport,
     effective_folder,
     effective_host,
@@ -119,6 +120,7 @@ class Connection(Base):
     after_download: Mapped[str] = mapped_column(String(16))
     first_sync: Mapped[str] = mapped_column(String(16), default=FirstSync.ALL.value)
     first_sync_since: Mapped[date | None] = mapped_column(Date)
+    push: Mapped[str] = mapped_column(String(8), default=PushMode.AUTO.value)
     enabled: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -150,6 +152,7 @@ class Connection(Base):
             after_download=AfterDownload(self.after_download),
             first_sync=FirstSync(self.first_sync),
             first_sync_since=self.first_sync_since,
+            push=PushMode(self.push),
             enabled=self.enabled,
             created_at=self.created_at,
             updated_at=self.updated_at,
@@ -425,3 +428,36 @@ class AuditEntry(Base):
     status: Mapped[int]
 
     __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+
+class ConnectionWatch(Base):
+    """Whether a connection is watched for new mail (IMAP IDLE, Graph change notifications),
+    written by the watcher that owns it: its state, since when, and why not. ``confirmed_at``
+    is renewed every ``MAILINTAKE_WATCH_HEARTBEAT_SECONDS``: a row not confirmed for three
+    times that long belongs to a watcher that stopped."""
+
+    __tablename__ = "connection_watches"
+
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # see mailintake_shared.watch.WatchState
+    method: Mapped[str | None] = mapped_column(String(16))  # imap_idle, graph
+    since: Mapped[datetime] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)
+    holder: Mapped[str] = mapped_column(String(255))
+    confirmed_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class GraphSubscription(Base):
+    """A Microsoft Graph change-notification subscription of a connection's folder. The
+    ``clientState`` Graph sends back with each notification is kept as its SHA-256 only.
+    ``needs`` is set by the config API when a lifecycle notification asks for an action
+    (``reauthorize``, ``recreate``); the watcher does it and clears it."""
+
+    __tablename__ = "graph_subscriptions"
+
+    subscription_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    connection_id: Mapped[uuid.UUID] = mapped_column(Uuid, unique=True)
+    client_state_sha256: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    needs: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

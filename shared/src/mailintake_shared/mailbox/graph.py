@@ -1,5 +1,6 @@
 """Microsoft Graph mail behind a small interface: the folder's delta query (the cursor),
-a message's MIME, and the server actions (``isRead``, delete).
+a message's MIME, the server actions (``isRead``, delete), and change-notification
+subscriptions of the folder (created messages, for push).
 
 Every request asks for immutable ids (``Prefer: IdType="ImmutableId"``), which stay the same
 when a message moves, so they are the dedup key. Throttling (429, 503) is honoured with the
@@ -13,6 +14,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -58,7 +60,8 @@ class GraphMailbox(Session):
         self._token = config.access_token
         self._timeout = config.view.timeout_ms / 1000
         mailbox = config.view.shared_mailbox or config.view.username
-        self._base = f"{endpoint.rstrip('/')}/users/{quote(mailbox)}"
+        self._endpoint = endpoint.rstrip("/")
+        self._base = f"{self._endpoint}/users/{quote(mailbox)}"
         self._folder = config.folder
         self._http = session
         self._sleep = sleep
@@ -153,6 +156,51 @@ class GraphMailbox(Session):
         except PollError as exc:
             if "ErrorItemNotFound" not in str(exc):  # already gone: nothing left to do
                 raise
+
+    # --- change notifications (subscriptions) ------------------------------------------------
+    def subscribe(
+        self, notification_url: str, client_state: str, expires: datetime
+    ) -> tuple[str, datetime]:
+        """A subscription to messages created in the folder, its change and lifecycle
+        notifications posted to ``notification_url`` (Graph first validates the URL: the
+        ``validationToken`` handshake); returns its id and expiry."""
+        resource = self.folder_url().removeprefix(self._endpoint + "/") + "/messages"
+        body = {
+            "changeType": "created",
+            "notificationUrl": notification_url,
+            "lifecycleNotificationUrl": notification_url,
+            "resource": resource,
+            "expirationDateTime": _graph_time(expires),
+            "clientState": client_state,
+        }
+        created = self._request("POST", f"{self._endpoint}/subscriptions", json=body).json()
+        return str(created["id"]), _parse_time(created["expirationDateTime"])
+
+    def renew(self, subscription_id: str, expires: datetime) -> datetime:
+        """A new expiry for the subscription (which also reauthorizes it); its expiry."""
+        url = f"{self._endpoint}/subscriptions/{quote(subscription_id)}"
+        body = {"expirationDateTime": _graph_time(expires)}
+        return _parse_time(self._request("PATCH", url, json=body).json()["expirationDateTime"])
+
+    def unsubscribe(self, subscription_id: str) -> None:
+        """Delete the subscription; one that is gone already is fine."""
+        url = f"{self._endpoint}/subscriptions/{quote(subscription_id)}"
+        try:
+            self._request("DELETE", url)
+        except PollError as exc:
+            if exc.kind is not ErrorKind.FOLDER_MISSING and "404" not in str(exc):
+                raise
+
+
+def _graph_time(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
+def _parse_time(text: str) -> datetime:
+    """Graph's ``2026-03-20T11:00:00.0000000Z`` (seven fractional digits) as a datetime."""
+    day, _, clock = text.rstrip("Z").partition("T")
+    whole = clock.split(".")[0]
+    return datetime.fromisoformat(f"{day}T{whole}+00:00")
 
 
 def _retry_after(response: requests.Response) -> float | None:

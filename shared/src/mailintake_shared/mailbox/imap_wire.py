@@ -72,6 +72,13 @@ class Response:
 _LITERAL_MARKER = re.compile(rb"~?\{(\d+)\}\r?\n\Z")
 
 
+def literal_size(line: bytes) -> int | None:
+    """The size of the literal announced at the end of ``line`` (``{n}`` or ``~{n}``), if
+    any: the caller reads that many bytes, then the line that continues the response."""
+    marker = _LITERAL_MARKER.search(line)
+    return int(marker.group(1)) if marker is not None else None
+
+
 def read_response(readline: ReadLine, read: Read, max_literal: int) -> Response:
     """One whole response (RFC 3501 §7): the line, then for each literal marker at its end the
     literal's bytes and the line that continues the response.

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from mailintake_config_api import connections, incoming, probes
 from mailintake_config_api.console.forms import ConnectionForm, InvalidFormError, parsed
 from mailintake_config_api.console.session import PATH
-from mailintake_config_api.console.views import health, steps_of
+from mailintake_config_api.console.views import health, steps_of, watch
 from mailintake_config_api.console.web import (
     AdminDep,
     ConsoleError,
@@ -52,10 +52,7 @@ PAGE_SIZE = 50
 
 
 def _shown(session: Session, res: Resources, row: Connection) -> ConnectionPublic:
-    settings = res.settings
-    return connections.public(
-        session, [row], settings.stalled_after_seconds, res.store_waiting.get
-    )[0]
+    return connections.public(session, [row], res.settings, res.store_waiting.get)[0]
 
 
 def _row(session: Session, connection_id: uuid.UUID) -> Connection:
@@ -82,7 +79,7 @@ def connection_list(
         "connections.html",
         user,
         page=page,
-        rows=[(item, health(item)) for item in page.items],
+        rows=[(item, health(item), watch(item)) for item in page.items],
         q=q,
         sort=sort.value,
         page_size=PAGE_SIZE,
@@ -224,6 +221,7 @@ def _connection(
         status,
         item=item,
         health=health(item),
+        watch=watch(item),
         polls=polls,
         credential=session.get(OAuthCredential, row.oauth_credential_id)
         if row.oauth_credential_id

@@ -32,6 +32,7 @@ ALL = (
     "password",
     "after_download",
     *FIRST_SYNC,
+    "push",
 )
 CHECKBOXES = ("tls_verify",)
 
@@ -39,11 +40,11 @@ CHECKBOXES = ("tls_verify",)
 def fields_for(protocol: Protocol, transport: Transport | None, settings: Settings) -> set[str]:
     """The inputs shown for a protocol (and Microsoft's transport), as the reference's form
     changes with the protocol."""
-    shown = {*COMMON, "after_download"}
+    if protocol is Protocol.POP3:  # POP3 cannot announce new mail: no push
+        return {*COMMON, "after_download", *SERVER, "password"}
+    shown = {*COMMON, "after_download", "push"}
     if protocol is Protocol.IMAP:
         return shown | {*SERVER, "folder", "shared_mailbox", "password", *FIRST_SYNC}
-    if protocol is Protocol.POP3:
-        return shown | {*SERVER, "password"}
     shown.add("oauth_credential_id")
     if protocol is Protocol.GOOGLE_OAUTH2:
         hosts = {"host"} if len(settings.google_imap_hosts) > 1 else set()

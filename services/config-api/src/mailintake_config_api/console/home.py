@@ -92,7 +92,7 @@ def dashboard(request: Request, user: UserDep, session: SessionDep, res: Resourc
     hours = overview.stored_per_hour(session)
     stalled_after = res.settings.stalled_after_seconds
     trouble = public(
-        session, overview.in_trouble(session, stalled_after), stalled_after, res.store_waiting.get
+        session, overview.in_trouble(session, stalled_after), res.settings, res.store_waiting.get
     )
     return render(
         request,

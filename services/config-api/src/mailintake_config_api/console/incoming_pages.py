@@ -4,7 +4,7 @@ Incoming Mail Log (polls and messages, filtered by connection, outcome and time)
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -27,7 +27,7 @@ from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.incoming import EntryKind, QueueState, Window
 from mailintake_config_api.routes import incoming as api
 from mailintake_config_api.routes import messages as messages_api
-from mailintake_config_api.schemas import PlainText, RowId
+from mailintake_config_api.schemas import PlainText, RowId, utc
 from mailintake_shared.db.models import Connection
 
 router = APIRouter(prefix=PATH, include_in_schema=False)
@@ -50,7 +50,10 @@ def _time(text: str, field: str) -> datetime | None:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise ConsoleError(422, f"{field} must be a date and time (YYYY-MM-DDTHH:MM)") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    try:
+        return utc(value)
+    except ValueError as exc:  # a time, but none in UTC
+        raise ConsoleError(422, f"{field} {exc}") from None
 
 
 @router.get("/queue")

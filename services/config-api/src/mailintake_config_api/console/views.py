@@ -1,13 +1,16 @@
-"""How the console words what the API returns: a connection's health, and a connection test
-as the steps an operator knows (DNS, connect, TLS, sign-in, folder)."""
+"""How the console words what the API returns: a connection's health, whether it is watched
+for new mail, and a connection test as the steps an operator knows (DNS, connect, TLS,
+sign-in, folder)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from mailintake_config_api.schemas import ConnectionPublic, ConnectionTestResult
 from mailintake_shared.domain import Encryption, Transport, effective_port
 from mailintake_shared.events import ErrorKind
+from mailintake_shared.watch import WatchMethod, WatchState
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,30 @@ def health(item: ConnectionPublic) -> Health:
     if status.last_poll_at is None:
         return Health("new", "not polled yet")
     return Health("ok", "ok", status.waiting_for_store)
+
+
+_METHODS = {WatchMethod.IMAP_IDLE: "IMAP IDLE", WatchMethod.GRAPH: "Graph change notifications"}
+
+
+@dataclass(frozen=True)
+class Watch:
+    key: str  # ok (watched), stalled (it should be and is not), off (by choice, or unsupported)
+    label: str
+    method: str | None  # how it is watched, in words
+    since: datetime | None
+    reason: str | None  # why not, as the API says it
+
+
+def watch(item: ConnectionPublic) -> Watch:
+    """Whether the server announces the connection's new mail (push), how, since when and why
+    not: the API's ``watch`` in the console's words."""
+    shown = item.watch
+    method = _METHODS[shown.method] if shown.method else None
+    if shown.watched:
+        return Watch("ok", "watched", method, shown.since, None)
+    chosen = shown.state in (WatchState.OFF, WatchState.UNSUPPORTED)
+    label = "not watched" if chosen else f"not watched ({shown.state.value})"
+    return Watch("off" if chosen else "stalled", label, method, shown.since, shown.reason)
 
 
 @dataclass(frozen=True)

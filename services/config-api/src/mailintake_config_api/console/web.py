@@ -217,10 +217,11 @@ def render(
 
 def redirect(request: Request, url: str, notice: str | None = None) -> Response:
     """303 to ``url``, with a one-time notice shown there; to an htmx request, the same as
-    its ``HX-Redirect`` (it loads the page whole rather than swapping a part of it)."""
+    its ``HX-Redirect`` (it loads the page whole rather than swapping a part of it), with
+    the same percent-encoded URL (a header holds no line break or non-Latin-1 text)."""
     response: Response = RedirectResponse(url, status_code=303)
     if request.headers.get("hx-request"):
-        response = Response(status_code=200, headers={"HX-Redirect": url})
+        response = Response(status_code=200, headers={"HX-Redirect": response.headers["location"]})
     if notice is not None:
         response.set_cookie(
             NOTICE,

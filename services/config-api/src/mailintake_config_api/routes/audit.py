@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -10,7 +9,16 @@ from fastapi import APIRouter, Query
 from mailintake_config_api import audit
 from mailintake_config_api.auth import Admin
 from mailintake_config_api.deps import SessionDep
-from mailintake_config_api.schemas import AuditLogEntry, ErrorBody, Offset, Page, PlainText
+from mailintake_config_api.schemas import (
+    SINCE,
+    UNTIL,
+    AuditLogEntry,
+    ErrorBody,
+    Offset,
+    Page,
+    PlainText,
+    UtcTime,
+)
 
 router = APIRouter(
     tags=["audit"], responses={code: {"model": ErrorBody} for code in (401, 403, 422, 429)}
@@ -21,8 +29,8 @@ router = APIRouter(
 def audit_log(
     session: SessionDep,
     _role: Admin,
-    since: Annotated[datetime | None, Query(description="From this time (inclusive).")] = None,
-    until: Annotated[datetime | None, Query(description="Up to this time (exclusive).")] = None,
+    since: Annotated[UtcTime | None, Query(description=SINCE)] = None,
+    until: Annotated[UtcTime | None, Query(description=UNTIL)] = None,
     actor: Annotated[
         PlainText | None, Query(description="Only this actor (`role:fingerprint`).")
     ] = None,

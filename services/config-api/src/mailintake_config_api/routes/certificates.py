@@ -28,6 +28,7 @@ from mailintake_config_api.schemas import (
     PlainText,
 )
 from mailintake_shared.db.bindings import private_key_binding
+from mailintake_shared.db.dialect import lower
 from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.db.types import utcnow
 
@@ -124,8 +125,8 @@ def list_certificates(
         pattern = like_pattern(q)
         query = query.where(
             or_(
-                func.lower(Certificate.name).like(pattern, escape="\\"),
-                func.lower(Certificate.alias).like(pattern, escape="\\"),
+                lower(session, Certificate.name).like(pattern, escape="\\"),
+                lower(session, Certificate.alias).like(pattern, escape="\\"),
             )
         )
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0

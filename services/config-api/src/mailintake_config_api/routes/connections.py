@@ -45,8 +45,7 @@ router = APIRouter(prefix="/connections", tags=["connections"], responses=ERRORS
 
 
 def _shown(session: Session, res: Resources, rows: list[Connection]) -> list[ConnectionPublic]:
-    stalled_after = res.settings.stalled_after_seconds
-    return connections.public(session, rows, stalled_after, res.store_waiting.get)
+    return connections.public(session, rows, res.settings, res.store_waiting.get)
 
 
 @router.get("", response_model=ConnectionPage, summary="List and search connections")

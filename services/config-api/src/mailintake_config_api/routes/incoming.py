@@ -4,7 +4,6 @@ Incoming Mail Log (per poll, per message)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
@@ -14,6 +13,8 @@ from mailintake_config_api.auth import Admin, Reader, Viewer
 from mailintake_config_api.deps import ResourcesDep, SessionDep
 from mailintake_config_api.incoming import EntryKind, QueueState, Window
 from mailintake_config_api.schemas import (
+    SINCE,
+    UNTIL,
     ErrorBody,
     MessageLogEntry,
     Offset,
@@ -23,6 +24,7 @@ from mailintake_config_api.schemas import (
     QueueActionDone,
     QueueEntry,
     RowId,
+    UtcTime,
 )
 from mailintake_shared.db.models import Connection
 
@@ -31,8 +33,8 @@ router = APIRouter(responses={code: {"model": ErrorBody} for code in (401, 403, 
 
 def window(
     connection_id: Annotated[uuid.UUID | None, Query(description="Only this connection.")] = None,
-    since: Annotated[datetime | None, Query(description="From this time (inclusive).")] = None,
-    until: Annotated[datetime | None, Query(description="Up to this time (exclusive).")] = None,
+    since: Annotated[UtcTime | None, Query(description=SINCE)] = None,
+    until: Annotated[UtcTime | None, Query(description=UNTIL)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
 ) -> Window:

@@ -22,6 +22,7 @@ from mailintake_config_api.schemas import (
     Page,
 )
 from mailintake_shared.db.models import Connection, OAuthCredential
+from mailintake_shared.logging import get_logger
 from mailintake_shared.oauth.providers import ProviderError
 from mailintake_shared.secretbox import SecretDecryptError
 
@@ -29,6 +30,7 @@ ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorBody} for code in (401, 403, 404, 409, 422)
 }
 router = APIRouter(responses=ERRORS)
+log = get_logger(__name__)
 
 
 def _credential(session: SessionDep, credential_id: uuid.UUID) -> OAuthCredential:
@@ -169,13 +171,25 @@ _PAGE = "<!doctype html><title>mailintake</title><p>{}</p>"
     response_class=HTMLResponse,
     tags=["oauth"],
     summary="Where the provider sends the browser back",
+    responses={
+        429: {
+            "description": "Too many refused callbacks from this address in a minute "
+            "(MAILINTAKE_API_AUTH_FAILURES_PER_MINUTE counts them with failed tokens)."
+        }
+    },
 )
 def oauth_callback(request: Request, session: SessionDep, res: ResourcesDep) -> HTMLResponse:
     """No bearer token: the single-use state in the query is bound to one connection."""
     try:
         row = authorization.finish(session, res, dict(request.query_params))
     except authorization.CallbackError as exc:
-        return HTMLResponse(_PAGE.format(html.escape(str(exc))), status.HTTP_400_BAD_REQUEST)
+        # As a wrong bearer token: in the log, not the audit log, and slowed past the limit.
+        address = request.client.host if request.client else "unknown"
+        log.warning("authorization callback refused", client=address, reason=str(exc))
+        code = status.HTTP_400_BAD_REQUEST
+        if request.app.state.auth_failures.failed(address) is not None:
+            code = status.HTTP_429_TOO_MANY_REQUESTS
+        return HTMLResponse(_PAGE.format(html.escape(str(exc))), code)
     text = f"The connection {row.name} is authorized. You can close this window."
     page = _PAGE.format(html.escape(text))
     if res.settings.console_enabled:  # back to the connection's page in the console
