@@ -12,11 +12,16 @@ finds nothing and ``UID SEARCH UID *`` answered BAD (GNU Mailutils 3.15); no UID
 ``PREAUTH`` greeting; ``* BYE`` in the middle of a FETCH; items in another order, strings as
 literals, one message's items split over several responses in any order, unsolicited
 responses between them; a tagged NO for some messages; SELECT without UIDNEXT; an
-RFC822.SIZE that is only approximate; a partial fetch answered whole; no IDLE capability.
+RFC822.SIZE that is only approximate; a partial fetch answered whole; no IDLE capability;
+EXPUNGE responses in the middle of a FETCH answer. And hostile ones: UIDs listed that the
+folder never had (or outside 1..2^32-1); FETCH answers sent one byte at a time, or without
+end; byte ranges of a message that never ends; a literal of gigabytes announced; ``* BYE`` at
+any step; STARTTLS answered OK and then plain text (a man in the middle stripping TLS). Both
+ports speak implicit TLS when the server is given a context.
 
 POP3: several messages under one UIDL; 8-bit mail rewritten unless the client sends ``UTF8``
 (Courier); ``-ERR`` to RETR of some messages; ``-ERR [IN-USE]`` to PASS; no UIDL; the
-connection closed in the middle of a RETR.
+connection closed in the middle of a RETR; a RETR that never ends.
 
 Every command the server received is kept (``commands``), so a test can also check what the
 client did not send.
@@ -28,6 +33,7 @@ import asyncio
 import base64
 import contextlib
 import re
+import ssl
 import threading
 import uuid
 from collections.abc import Iterable
@@ -93,11 +99,22 @@ class ImapQuirks:
     literals: bool = False  # every string as a literal
     split_items: bool = False  # each message's items over two responses, out of order
     unsolicited: bool = False  # EXISTS, RECENT, flag updates between the responses
-    size_off: int = 0  # RFC822.SIZE is this much off the real size
+    size_off: int = 0  # RFC822.SIZE (and SEARCH LARGER) this much off the real size
     partial_whole: bool = False  # BODY[]<o.l> answered with the whole BODY[]
     no_idle: bool = False  # IDLE not in the capabilities (the server cannot announce mail)
     no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
     echo_credentials: bool = False  # a refused login quotes what the client sent
+    # --- hostile ----------------------------------------------------------------------------
+    search_extra: set[int] = field(default_factory=set)  # listed by UID SEARCH, never held
+    trickle: float | None = None  # FETCH answers sent one byte at a time, this many s apart
+    endless_fetch: bool = False  # a FETCH answer that never ends (untagged lines, no reply)
+    huge_literal: int | None = None  # SELECT answers a literal of this size, then hangs up
+    endless_body: set[int] = field(default_factory=set)  # every byte range answered full
+    bye_on: str | None = None  # "GREETING" or a command (LOGIN, SELECT, …): * BYE, hang up
+    bye_words: bytes = b"the server is shutting down"  # what that BYE says
+    starttls_plain: bool = False  # STARTTLS offered, answered OK, and then plain text goes on
+    expunge_in_fetch: set[int] = field(default_factory=set)  # expunged by another session
+    #   in the middle of the FETCH answer, once the message before it was sent
 
 
 @dataclass
@@ -110,13 +127,23 @@ class Pop3Quirks:
     close_in_retr: int | None = None  # UID whose RETR is cut in the middle
     no_sasl: bool = False  # no SASL PLAIN: USER and PASS only
     echo_credentials: bool = False  # a refused login quotes what the client sent
+    # --- hostile ----------------------------------------------------------------------------
+    endless_retr: set[int] = field(default_factory=set)  # UIDs whose RETR never ends
 
 
 class QuirkServer:
     """IMAP and POP3 on two free loopback ports, one user, one mailbox."""
 
-    def __init__(self, username: str = "user@example.com", password: str = "secret") -> None:
+    def __init__(
+        self,
+        username: str = "user@example.com",
+        password: str = "secret",
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls``: both ports speak implicit TLS with this context (IMAPS, POP3S)."""
         self.username, self.password = username, password
+        self._tls = tls
         self.mailbox = QuirkMailbox()
         self.imap = ImapQuirks()
         self.pop3 = Pop3Quirks()
@@ -135,8 +162,8 @@ class QuirkServer:
 
     async def _listen(self) -> None:
         self._servers = [
-            await asyncio.start_server(self._imap, "127.0.0.1", self.imap_port),
-            await asyncio.start_server(self._pop3, "127.0.0.1", self.pop3_port),
+            await asyncio.start_server(self._imap, "127.0.0.1", self.imap_port, ssl=self._tls),
+            await asyncio.start_server(self._pop3, "127.0.0.1", self.pop3_port, ssl=self._tls),
         ]
 
     def stop(self) -> None:
@@ -209,6 +236,20 @@ class _ImapSession:
         self.writer.write(data)
         await self.writer.drain()
 
+    async def trickle(self, data: bytes) -> None:
+        """``send``, one byte at a time when the server trickles."""
+        pause = self.quirks.trickle
+        if pause is None:
+            await self.send(data)
+            return
+        for index in range(len(data)):
+            await self.send(data[index : index + 1])
+            await asyncio.sleep(pause)
+
+    async def bye(self) -> None:
+        await self.send(b"* BYE " + self.quirks.bye_words + b"\r\n")
+        raise _Closed()
+
     def capabilities(self) -> bytes:
         words = ["IMAP4rev1", "LITERAL+", "ENABLE", "ID"]
         if not self.quirks.no_idle:
@@ -217,9 +258,13 @@ class _ImapSession:
             words.append("AUTH=PLAIN")
         if not self.quirks.no_uidplus:
             words.append("UIDPLUS")
+        if self.quirks.starttls_plain:
+            words.append("STARTTLS")
         return " ".join(words).encode()
 
     async def run(self) -> None:
+        if self.quirks.bye_on == "GREETING":
+            await self.bye()
         if self.quirks.preauth:
             self.authenticated = True
             await self.send(b"* PREAUTH [CAPABILITY " + self.capabilities() + b"] ready\r\n")
@@ -241,6 +286,8 @@ class _ImapSession:
             if command == b"UID" and arguments:
                 command = b"UID " + _word(arguments[0]).upper()
                 arguments = arguments[1:]
+            if self.quirks.bye_on and command.decode().endswith(self.quirks.bye_on):
+                await self.bye()
             handler = _IMAP_COMMANDS.get(command)
             if handler is None:
                 await self.send(tag + b" BAD unknown command\r\n")
@@ -267,6 +314,10 @@ class _ImapSession:
     # --- commands ----------------------------------------------------------------------------
     async def capability(self, tag: bytes, _: list[Value]) -> None:
         await self.send(b"* CAPABILITY " + self.capabilities() + b"\r\n" + tag + b" OK done\r\n")
+
+    async def starttls(self, tag: bytes, _: list[Value]) -> None:
+        """What a man in the middle that strips TLS answers: OK, and plain text after it."""
+        await self.send(tag + b" OK Begin TLS negotiation now\r\n* OK still plain text\r\n")
 
     async def noop(self, tag: bytes, _: list[Value]) -> None:
         await self.send(tag + b" OK done\r\n")
@@ -327,6 +378,9 @@ class _ImapSession:
             await self.send(tag + b" NO [NONEXISTENT] no such folder\r\n")
             return
         self.selected, self.readonly = True, readonly
+        if self.quirks.huge_literal is not None:
+            await self.send(b"* OK [ALERT] {%d}\r\nthe rest never comes" % self.quirks.huge_literal)
+            raise _Closed()
         lines = [
             b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
             b"* %d EXISTS" % len(self.box.messages),
@@ -359,6 +413,8 @@ class _ImapSession:
                 return
         found = [m for m in self.box.messages if self._matches(m, criteria)]
         numbers = [m.uid if by_uid else self.box.messages.index(m) + 1 for m in found]
+        if by_uid and criteria[:1] == [b"UID"]:
+            numbers = sorted({*numbers, *self.quirks.search_extra})
         await self.send(
             b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n" + tag + b" OK done\r\n"
         )
@@ -382,7 +438,7 @@ class _ImapSession:
                     return False
                 index += 2
             elif word == b"LARGER":
-                if len(message.raw) <= int(criteria[index + 1]):
+                if len(message.raw) + self.quirks.size_off <= int(criteria[index + 1]):
                     return False
                 index += 2
             else:  # ALL and anything else
@@ -412,16 +468,23 @@ class _ImapSession:
         names = [_word(i).upper().replace(b"BODY.PEEK[", b"BODY[") for i in items]
         if by_uid and b"UID" not in names:
             names.insert(0, b"UID")
+        while self.quirks.endless_fetch:  # until the client hangs up
+            await self.send(b"* %d EXISTS\r\n" % len(self.box.messages))
+            await asyncio.sleep(0.01)
         expunged: list[int] = []  # by another session: gone once this command is answered
         left_out = False
-        pending_split: list[bytes] = []
-        for number, message in enumerate(self.box.messages, start=1):
+        self._numbers: dict[int, int] | None = None
+        pending_split: list[tuple[Stored, bytes]] = []
+        for message in list(self.box.messages):
+            number = self._number(message)
+            if number is None:
+                continue  # expunged meanwhile (expunge_in_fetch)
             key = message.uid if by_uid else number
             if key not in wanted:
                 continue
             if message.uid in self.quirks.expunged_meanwhile:
                 expunged.append(message.uid)
-                await self.send(
+                await self.trickle(
                     b"* %d FETCH (UID %d RFC822.SIZE 0 BODY[] NIL)\r\n" % (number, message.uid)
                 )
                 continue
@@ -436,27 +499,45 @@ class _ImapSession:
                 rendered = rendered[::-1]
             if self.quirks.split_items and len(rendered) > 1:
                 half = len(rendered) // 2
-                await self.send(b"* %d FETCH (" % number + b" ".join(rendered[half:]) + b")\r\n")
-                first = b" ".join(rendered[:half])
-                pending_split.append(b"* %d FETCH (" % number + first + b")\r\n")
+                await self.trickle(b"* %d FETCH (" % number + b" ".join(rendered[half:]) + b")\r\n")
+                pending_split.append((message, b" ".join(rendered[:half])))
             else:
-                await self.send(b"* %d FETCH (" % number + b" ".join(rendered) + b")\r\n")
+                await self.trickle(b"* %d FETCH (" % number + b" ".join(rendered) + b")\r\n")
             if self.quirks.unsolicited:
-                await self.send(
+                await self.trickle(
                     b"* %d EXISTS\r\n* 0 RECENT\r\n* 1 FETCH (FLAGS (\\Recent))\r\n"
                     % len(self.box.messages)
                 )
-        for late in reversed(pending_split):
-            await self.send(late)
+            await self._expunge_now()
+        for message, first in reversed(pending_split):
+            late = self._number(message)  # after any EXPUNGE meanwhile
+            await self.trickle(b"* %d FETCH (" % (late or 0) + first + b")\r\n")
         for uid in expunged:
             self.box.remove(uid)
             self.quirks.expunged_meanwhile.discard(uid)
         if left_out:
-            await self.send(tag + b" NO [SERVERBUG] Some messages could not be FETCHed\r\n")
+            await self.trickle(tag + b" NO [SERVERBUG] Some messages could not be FETCHed\r\n")
         elif expunged:
-            await self.send(tag + b" OK [EXPUNGEISSUED] Some messages were expunged\r\n")
+            await self.trickle(tag + b" OK [EXPUNGEISSUED] Some messages were expunged\r\n")
         else:
-            await self.send(tag + b" OK Fetch completed\r\n")
+            await self.trickle(tag + b" OK Fetch completed\r\n")
+
+    def _number(self, message: Stored) -> int | None:
+        """The message's sequence number now; None once it is expunged."""
+        if self._numbers is None:
+            self._numbers = {id(m): n for n, m in enumerate(self.box.messages, start=1)}
+        return self._numbers.get(id(message))
+
+    async def _expunge_now(self) -> None:
+        """Another session expunges ``expunge_in_fetch`` (RFC 3501 §7.4.1 allows the EXPUNGE
+        responses during a UID command); later messages move down."""
+        for uid in sorted(self.quirks.expunge_in_fetch, reverse=True):
+            message = self.box.by_uid(uid)
+            if message is not None:
+                await self.send(b"* %d EXPUNGE\r\n" % (self._number(message) or 0))
+                self.box.remove(uid)
+                self._numbers = None
+        self.quirks.expunge_in_fetch.clear()
 
     def _string(self, data: bytes) -> bytes:
         if self.quirks.literals or not data or any(b < 0x20 or b > 0x7E for b in data):
@@ -485,6 +566,8 @@ class _ImapSession:
                 return b"BODY[] {%d}\r\n" % len(message.raw) + message.raw
             start, length = int(partial.group(1)), int(partial.group(2))
             piece = message.raw[start : start + length]
+            if message.uid in quirks.endless_body:  # never short: the message never ends
+                piece = piece.ljust(length, b"X")
             return b"BODY[]<%d> {%d}\r\n" % (start, len(piece)) + piece
         return None
 
@@ -534,6 +617,7 @@ class _ImapSession:
 
 _IMAP_COMMANDS = {
     b"CAPABILITY": _ImapSession.capability,
+    b"STARTTLS": _ImapSession.starttls,
     b"NOOP": _ImapSession.noop,
     b"LOGIN": _ImapSession.login,
     b"AUTHENTICATE": _ImapSession.authenticate,
@@ -663,6 +747,10 @@ class _Pop3Session:
         if message.uid in self.quirks.retr_refused:
             await self.send(b"-ERR Message is damaged and cannot be read\r\n")
             return
+        if message.uid in self.quirks.endless_retr:  # until the client hangs up
+            await self.send(b"+OK\r\n" + message.raw)
+            while True:
+                await self.send(b"X" * 998 + b"\r\n")
         raw = message.raw
         if self.quirks.utf8_rewrite and not self.utf8 and not raw.isascii():
             boundary = uuid.uuid4().hex.encode()

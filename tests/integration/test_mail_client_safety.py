@@ -1,14 +1,17 @@
 """The mail clients (a poll's, a test's, a watch's) send nothing a user name, password or folder
 could turn into a command of its own, log in with SASL PLAIN (UTF-8) where the server offers
-it, and never let a server's words carry the password out (issue: secrets bound to their
-server, no injection). On the tests' scripted server, which keeps every byte it receives, and
-on real Dovecot."""
+it, never let a server's words carry the password out (issue: secrets bound to their server,
+no injection), and send it to no server whose TLS is stripped or whose certificate is not
+trusted. On the tests' scripted server, which keeps every byte it receives, and on real
+Dovecot."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import ssl
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -27,6 +30,7 @@ from tests.harness.mail import make_message
 from tests.harness.planted import planted
 from tests.harness.polls import MemoryState, run_poll
 from tests.harness.quirks import QuirkServer
+from tests.harness.tls import make_pki
 from tests.harness.views import LOOPBACK, connection_view
 
 pytestmark = pytest.mark.integration
@@ -195,3 +199,38 @@ def test_a_watch_signs_in_as_a_poll_does_and_lets_no_quoted_password_out(
         assert secret not in said
         assert encoded not in said
         assert secret.split('"')[0] not in said
+
+
+def test_starttls_answered_ok_and_then_plain_text_gets_no_password(server: QuirkServer) -> None:
+    """A man in the middle that strips TLS: OK to STARTTLS, then plain text goes on."""
+    server.imap.starttls_plain = True
+    cfg = config(server.imap_port, server.username, server.password, encryption=Encryption.STARTTLS)
+    result, _ = run_poll(ImapPoll, cfg, MemoryState(), BUDGET)
+    assert result.error_kind is ErrorKind.TLS
+    plain = base64.b64encode(f"\0{server.username}\0{server.password}".encode())
+    assert server.password.encode() not in server.received
+    assert plain not in server.received
+    assert not any("LOGIN" in c or "AUTHENTICATE" in c for c in server.commands)
+
+
+@pytest.mark.parametrize("pop3", [False, True], ids=["IMAP", "POP3"])
+def test_a_certificate_the_trusted_ca_did_not_sign_gets_no_password(
+    tmp_path: Path, pop3: bool
+) -> None:
+    trusted, other = make_pki(tmp_path / "trusted"), make_pki(tmp_path / "other")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(other.cert_pem, other.key_pem)
+    with QuirkServer(tls=context) as server:
+        port = server.pop3_port if pop3 else server.imap_port
+        cfg = config(
+            port,
+            server.username,
+            server.password,
+            pop3=pop3,
+            encryption=Encryption.SSL,
+            tls_ca_pem=trusted.ca_text,
+        )
+        result, _ = run_poll(Pop3Poll if pop3 else ImapPoll, cfg, MemoryState(), BUDGET)
+        assert result.error_kind is ErrorKind.TLS
+        assert "certificate" in (result.error or "")
+        assert server.received == b""  # not one byte: no command, no password

@@ -10,6 +10,8 @@ odd one is stored); the error kind the true one.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Iterator
 from datetime import date
 
@@ -17,7 +19,7 @@ import pytest
 
 from mailintake_shared.domain import AfterDownload, FirstSync, Protocol
 from mailintake_shared.events import ErrorKind, PollOutcome
-from tests.harness.ledger import LedgerRun, digests
+from tests.harness.ledger import BUDGET, LedgerRun, digests
 from tests.harness.mail import make_message
 from tests.harness.quirks import QuirkServer, since
 
@@ -399,3 +401,212 @@ def test_a_wrong_password_says_what_the_server_said_as_text(
     assert result.error_kind is ErrorKind.AUTHENTICATION
     assert "[AUTHENTICATIONFAILED] Authentication failed." in (result.error or "")
     assert "b'" not in (result.error or "")
+
+
+# --- hostile servers ------------------------------------------------------------------------
+# Small limits keep these quick: a session of 2 s, messages of 1 MiB at most.
+SHORT_SESSIONS = dataclasses.replace(BUDGET, max_session_seconds=2.0)
+
+
+@pytest.mark.timeout(60)  # without the deadline, the poll would not end for minutes, or ever
+@pytest.mark.parametrize(
+    "quirk",
+    [{"trickle": 0.02}, {"endless_fetch": True}],
+    ids=["one byte at a time", "an answer without end"],
+)
+def test_a_session_the_server_would_hold_forever_is_cut_at_its_deadline_and_loses_nothing(
+    server: QuirkServer, imap: LedgerRun, quirk: dict[str, object]
+) -> None:
+    """Each byte comes within the socket's time-out: only the session's deadline ends it."""
+    sent = seed(server, 3)
+    for name, value in quirk.items():
+        setattr(server.imap, name, value)
+    imap.budget = SHORT_SESSIONS
+    result = imap.poll()
+    assert result.outcome is PollOutcome.FAILED
+    assert result.error_kind is ErrorKind.TIMEOUT
+    assert "MAILINTAKE_POLL_SESSION_MAX_SECONDS" in (result.error or "")
+    assert imap.pending() == {"1000:1": 1}  # charged with it: set aside if it happens each time
+    (line,) = imap.log_lines("unfetched")
+    assert "MAILINTAKE_POLL_SESSION_MAX_SECONDS" in line
+    assert imap.cursor() == 1  # not past anything unaccounted for
+    server.imap.trickle, server.imap.endless_fetch = None, False
+    imap.poll()
+    assert imap.stored_digests() == digests(sent)
+
+
+SMALL_MESSAGES = dataclasses.replace(BUDGET, max_message_bytes=1024 * 1024)
+OVER_THE_LIMIT = 1024 * 1024 + 100_000
+
+
+@pytest.fixture(params=[Protocol.IMAP, Protocol.POP3], ids=["IMAP", "POP3"])
+def run(request: pytest.FixtureRequest) -> LedgerRun:
+    """The same case over IMAP and over POP3."""
+    fixture = "pop3" if request.param is Protocol.POP3 else "imap"
+    found: LedgerRun = request.getfixturevalue(fixture)
+    return found
+
+
+def key_of(run: LedgerRun, uid: int) -> str:
+    """The server id of the quirk server's message ``uid``."""
+    return f"U{uid:08X}" if run.protocol is Protocol.POP3 else f"1000:{uid}"
+
+
+def test_a_message_announced_over_the_size_limit_is_not_downloaded_and_waits_in_the_queue(
+    server: QuirkServer, run: LedgerRun
+) -> None:
+    sent = seed(server, 2) + seed(server, 1, start=2, size=OVER_THE_LIMIT) + seed(server, 2, 3)
+    run.budget = SMALL_MESSAGES
+    for _ in range(3):
+        result = run.poll()
+        assert result.outcome is PollOutcome.OK, result.error
+    assert run.stored_digests() == digests(sent[:2] + sent[3:])  # the others are not held back
+    reason = run.queue()[key_of(run, 3)]
+    assert "could not be downloaded in 3 polls" in reason
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in reason
+    assert not [c for c in server.commands if re.search(r"RETR 3$|UID FETCH 3 .*BODY", c)]
+    if run.protocol is Protocol.IMAP:
+        assert run.cursor() == 5  # accounted for: set aside, not skipped
+
+
+@pytest.mark.timeout(60)  # without the limit, its download would not end
+def test_a_message_that_never_ends_is_cut_at_the_size_limit_and_waits_in_the_queue(
+    server: QuirkServer, run: LedgerRun
+) -> None:
+    """IMAP: every byte range answered in full; POP3: a RETR without its final dot."""
+    sent = seed(server, 1) + seed(server, 1, start=1, size=100_000) + seed(server, 2, 2)
+    server.imap.endless_body.add(2)  # ranged: larger than a chunk
+    server.pop3.endless_retr.add(2)
+    run.budget = SMALL_MESSAGES
+    first = run.poll()
+    (charged,) = first.unfetched
+    assert charged.server_id == key_of(run, 2)
+    assert "more than 1048576 bytes" in charged.reason
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in charged.reason
+    if run.protocol is Protocol.POP3:  # the rest of it is still coming: the session cannot go on
+        assert first.outcome is PollOutcome.FAILED
+    for _ in range(3):  # set aside at the third; the next poll takes the rest
+        run.poll()
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in run.queue()[key_of(run, 2)]
+    assert run.stored_digests() == digests([sent[0], *sent[2:]])
+
+
+def test_a_message_larger_than_the_server_says_is_cut_at_the_size_limit_all_the_same(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """Its RFC822.SIZE (and LARGER) say 1000 bytes: it comes whole, in a group of small ones."""
+    sent = seed(server, 1) + seed(server, 1, start=1, size=OVER_THE_LIMIT) + seed(server, 1, 2)
+    server.imap.size_off = 1000 - OVER_THE_LIMIT
+    imap.budget = SMALL_MESSAGES
+    result = imap.poll()
+    (charged,) = result.unfetched
+    assert charged.uid == 2
+    assert "MAILINTAKE_MAX_MESSAGE_BYTES" in charged.reason
+    assert imap.stored_digests() == digests([sent[0], sent[2]])
+    assert imap.cursor() == 3
+
+
+@pytest.mark.parametrize("no_uidnext", [False, True], ids=["UIDNEXT", "no UIDNEXT"])
+def test_a_uid_listed_that_the_folder_never_had_does_not_move_the_cursor_over_later_mail(
+    server: QuirkServer, imap: LedgerRun, no_uidnext: bool
+) -> None:
+    """A lie or a corrupt index: UID 1000000 is listed, and FETCH finds nothing there."""
+    server.imap.no_uidnext = no_uidnext
+    sent = seed(server, 3)
+    server.imap.search_extra = {1_000_000}
+    result = imap.poll()
+    assert result.outcome is PollOutcome.OK, result.error
+    assert imap.cursor() == 3  # not 1000000: UIDs 4 and on are still to come
+    assert imap.queue() == {}
+    assert imap.pending() == {}
+    more = seed(server, 2, start=3)  # UIDs 4 and 5
+    imap.poll()
+    assert imap.stored_digests() == digests(sent + more)
+
+
+def test_uids_outside_the_32_bit_range_are_never_asked_for(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """RFC 3501 §9: a UID is a non-zero 32-bit number."""
+    sent = seed(server, 3)
+    server.imap.search_extra = {0, 2**32, 2**40}
+    imap.poll()
+    assert imap.cursor() == 3
+    more = seed(server, 2, start=3)
+    imap.poll()
+    assert imap.stored_digests() == digests(sent + more)
+    asked = " ".join(c for c in server.commands if "FETCH" in c.upper())
+    assert str(2**32) not in asked
+    assert str(2**40) not in asked
+
+
+def test_a_literal_of_gigabytes_announced_is_refused_before_it_is_read(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    sent = seed(server, 2)
+    server.imap.huge_literal = 8 * 1024**3
+    result = imap.poll()
+    assert result.outcome is PollOutcome.FAILED
+    assert "literal of 8589934592 bytes" in (result.error or "")
+    server.imap.huge_literal = None
+    imap.poll()
+    assert imap.stored_digests() == digests(sent)
+
+
+@pytest.mark.parametrize("step", ["GREETING", "AUTHENTICATE", "LOGIN", "SELECT"])
+def test_a_bye_at_any_step_is_the_servers_words_not_a_refused_login(
+    server: QuirkServer, imap: LedgerRun, step: str
+) -> None:
+    sent = seed(server, 3)
+    server.imap.no_auth_plain = step == "LOGIN"
+    server.imap.bye_on = step
+    result = imap.poll()
+    assert result.outcome is PollOutcome.FAILED
+    assert result.error_kind is ErrorKind.SERVER_ERROR
+    assert "the server is shutting down" in (result.error or "")
+    server.imap.bye_on = None
+    imap.poll()
+    assert imap.stored_digests() == digests(sent)
+
+
+def test_a_nul_in_the_servers_words_does_not_stop_the_store(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """No database text holds a NUL: the poll's result would fail its transaction for good."""
+    seed(server, 2)
+    server.imap.bye_on = "SELECT"
+    server.imap.bye_words = b"shutting\x00down"
+    result = imap.poll()  # written by the store's code, as the pipeline would
+    assert "shutting\ufffddown" in (result.error or "")
+
+
+@pytest.mark.parametrize("uidl", ["abc\x00def", "u" * 600], ids=["NUL", "600 characters"])
+def test_a_uidl_the_database_cannot_hold_is_stored_once_under_its_digest(
+    server: QuirkServer, pop3: LedgerRun, uidl: str
+) -> None:
+    """RFC 1939 §7 allows 1 to 70 characters of 0x21-0x7E; servers send more."""
+    pop3.after = AfterDownload.DELETE
+    sent = seed(server, 3)
+    server.mailbox.messages[1].uidl = uidl
+    pop3.poll()
+    assert pop3.stored_digests() == digests(sent)
+    assert sum(key.startswith("sha256:") for key in pop3.stored()) == 1
+    pop3.poll()  # the same key in the next session: known as stored, and deleted
+    assert server.mailbox.messages == []
+    assert len(pop3.stored()) == 3
+
+
+def test_an_expunge_in_the_middle_of_a_split_fetch_answer_keeps_each_message_its_bytes(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """RFC 3501 §7.4.1: EXPUNGE responses may come during a UID FETCH; the sequence numbers
+    of the messages after them move down, between the halves of their answers."""
+    sent = seed(server, 6)
+    imap.poll()
+    more = seed(server, 5, start=6)
+    server.imap.split_items = True
+    server.imap.expunge_in_fetch = {1, 2}
+    result = imap.poll()
+    assert result.outcome is PollOutcome.OK, result.error
+    assert imap.stored_digests() == digests(sent + more)
+    assert [m.uid for m in server.mailbox.messages] == list(range(3, 12))

@@ -240,6 +240,24 @@ class Settings(BaseSettings):
     poll_max_seconds: float = Field(
         60.0, gt=0, description="Longest a poll keeps downloading before it hands over."
     )
+    poll_session_max_seconds: float = Field(
+        240.0,
+        gt=0,
+        description="Longest a poll's session with the mail server may last, whatever the "
+        "server sends: past it the session is cut, so that a server answering one byte at a "
+        "time, or without end, cannot hold a fetcher; the message in hand counts as not "
+        "delivered. Keep it above MAILINTAKE_POLL_MAX_SECONDS and below "
+        "MAILINTAKE_KAFKA_MAX_POLL_INTERVAL_MS.",
+    )
+    max_message_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=1000 * 1024 * 1024,
+        description="Largest message downloaded. A larger one (by the size the server "
+        "announces, or by the bytes it keeps sending) is not downloaded further and counts as "
+        "not delivered: after MAILINTAKE_DOWNLOAD_ATTEMPTS polls it waits in the Incoming Mail "
+        "Queue. At most 1000 MiB: PostgreSQL holds at most 1 GB in a value.",
+    )
     download_attempts: int = Field(
         3,
         ge=1,

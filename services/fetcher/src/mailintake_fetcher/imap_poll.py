@@ -21,7 +21,14 @@ from collections.abc import Iterable, Iterator
 from itertools import chain
 
 from mailintake_fetcher.ledger import Ledger
-from mailintake_fetcher.poll import Budget, Identity, Poll, Progress
+from mailintake_fetcher.poll import (
+    Budget,
+    Identity,
+    MessageTooLargeError,
+    Poll,
+    Progress,
+    capped,
+)
 from mailintake_shared.domain import AfterDownload
 from mailintake_shared.events import ErrorKind, Resume
 from mailintake_shared.mailbox.errors import PollError
@@ -47,7 +54,10 @@ class ImapPoll(Poll):
             )
             progress.baseline_uid = selection.baseline_uid
             ledger = progress.ledger = Ledger(
-                cursor_from=selection.start, asked=selection.uids, horizon=selection.horizon
+                cursor_from=selection.start,
+                asked=selection.uids,
+                horizon=selection.horizon,
+                ceiling=info.uidnext - 1 if info.uidnext else None,
             )
             deadline = self._deadline()
             for uid in sorted(retry)[: self._budget.max_messages]:
@@ -138,8 +148,7 @@ class ImapPoll(Poll):
         try:
             for item in command:  # read to the tagged reply, whatever is kept
                 if not spent and item.body is not None:
-                    pieces = _pieces(item.body, self._budget)
-                    self._publish(_identity(uidvalidity, item.meta), pieces, progress)
+                    self._publish_whole(uidvalidity, item.meta, item.body, progress)
                     spent = self._bytes_spent(progress)
         except PollError as exc:
             # The session is gone. The first message asked for and not delivered is charged
@@ -174,6 +183,17 @@ class ImapPoll(Poll):
                 )
         return True
 
+    def _publish_whole(
+        self, uidvalidity: int, meta: MessageMeta, body: bytes, progress: Progress
+    ) -> None:
+        """A message received whole: published, or noted as too large."""
+        identity = _identity(uidvalidity, meta)
+        limit = self._budget.max_message_bytes
+        try:
+            self._publish(identity, capped(_pieces(body, self._budget), len(body), limit), progress)
+        except MessageTooLargeError as exc:
+            progress.ledger.fail(identity.server_id, meta.uid, str(exc))
+
     def _fetch_alone(
         self, mailbox: ImapMailbox, uidvalidity: int, uid: int, progress: Progress, why: str
     ) -> None:
@@ -197,6 +217,10 @@ class ImapPoll(Poll):
         server_id = _server_id(uidvalidity, uid)
         metas = mailbox.metadata([uid])
         meta = metas[0] if metas else MessageMeta(uid, 0, None, False)
+        limit = self._budget.max_message_bytes
+        if meta.size > limit:  # not one byte of it
+            ledger.fail(server_id, uid, str(MessageTooLargeError(meta.size, limit, read=0)))
+            return
         first, problem = mailbox.body_range(uid, 0, size)
         if first is not None and not first and meta.size > 0:
             first, problem = None, f"the server sent no bytes for a message of {meta.size} bytes"
@@ -211,7 +235,9 @@ class ImapPoll(Poll):
         else:
             pieces = chain((first,), _ranges(mailbox, uid, size, len(first)))
         try:
-            self._publish(_identity(uidvalidity, meta), pieces, progress)
+            self._publish(_identity(uidvalidity, meta), capped(pieces, 0, limit), progress)
+        except MessageTooLargeError as exc:  # no more ranges asked for: the session is in step
+            ledger.fail(server_id, uid, str(exc))
         except _RangeError as exc:
             ledger.fail(server_id, uid, str(exc))
             raise PollError(exc.kind, f"message UID {uid}: {exc}") from exc

@@ -27,11 +27,13 @@ class Ledger:
     """``cursor_from``: the IMAP cursor the poll started from (None for POP3 and Graph);
     ``asked``: the new UIDs above it, ascending; ``horizon``: the highest UID the listing
     covered (a first-sync baseline: UIDs up to it that the mode leaves out are accounted for
-    by that rule)."""
+    by that rule); ``ceiling``: the highest UID the folder had handed out when the poll began
+    (``UIDNEXT`` - 1), None when the server did not say."""
 
     cursor_from: int | None = None
     asked: list[int] = field(default_factory=list)
     horizon: int = 0
+    ceiling: int | None = None
     published: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
     retried: list[str] = field(default_factory=list)
@@ -58,14 +60,20 @@ class Ledger:
 
     def cursor_to(self) -> int | None:
         """The highest UID up to which every UID asked for is accounted for (``cursor_from``
-        when the first is not); None without a cursor (POP3, Graph)."""
+        when the first is not); None without a cursor (POP3, Graph).
+
+        A UID found gone passes the cursor only up to the highest UID the server showed it
+        holds (the ceiling, or a message it delivered or kept): a server that lists a UID it
+        never had (a lie, a corrupt index) would otherwise move the cursor over the UIDs it
+        hands out next, and their mail would never be asked for."""
         if self.cursor_from is None:
             return None
+        shown = max(self.ceiling or 0, max(self.published | self.failed_uids, default=0))
         position = self.cursor_from
         for uid in self.asked:
             if uid > self.horizon:  # past the baseline: what the mode left out is accounted
                 position = max(position, self.horizon)
-            if not self.accounted(uid):
+            if not self.accounted(uid) or (uid in self.gone and uid > shown):
                 return position
             position = uid
         return max(position, self.horizon)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, Protocol
@@ -36,6 +36,7 @@ from mailintake_shared.events import (
 )
 from mailintake_shared.logging import get_logger
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.deadline import SessionDeadline
 from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.selection import Cursor
 from mailintake_shared.mime import Reading
@@ -50,6 +51,37 @@ class Budget:
     max_seconds: float
     batch_messages: int
     chunk_bytes: int
+    max_session_seconds: float = 240.0  # the settings' defaults
+    max_message_bytes: int = 256 * 1024 * 1024
+
+
+class MessageTooLargeError(PollError):
+    """A message over ``MAILINTAKE_MAX_MESSAGE_BYTES``: not downloaded (``read`` 0: by its
+    announced size), or not further than ``read`` bytes. It counts as not delivered."""
+
+    def __init__(self, size: int, limit: int, *, read: int) -> None:
+        self.read = read
+        more = "more than " if read else ""
+        super().__init__(
+            ErrorKind.SERVER_ERROR,
+            f"the message has {more}{size} bytes, over the {limit} a message may have "
+            "(MAILINTAKE_MAX_MESSAGE_BYTES)",
+        )
+
+
+def capped(pieces: Iterable[bytes], announced: int, limit: int) -> Iterator[bytes]:
+    """``pieces`` of a message whose server announced ``announced`` bytes, as long as the
+    whole stays within ``limit``. Raises ``MessageTooLargeError`` before reading anything
+    when the announced size is over it, and as soon as the pieces pass it (a server's size
+    is not trusted to say where the message ends)."""
+    if announced > limit:
+        raise MessageTooLargeError(announced, limit, read=0)
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        if total > limit:
+            raise MessageTooLargeError(limit, limit, read=total)
+        yield piece
 
 
 class Sink(Protocol):
@@ -179,17 +211,19 @@ class Poll:
         started_at, started = utcnow(), self._clock()
         progress = Progress()
         error: PollError | None = None
-        try:
-            self._session(progress)
-        except Exception as exc:
-            classified = classify(exc)  # the server's words, without the connection's secret
-            error = PollError(classified.kind, self._config.scrub(str(classified)))
-            log.warning(
-                "poll failed",
-                connection_id=str(self._config.view.id),
-                error_kind=error.kind.value,
-                error=str(error),
-            )
+        # Failures are classified inside the deadline's block: a session it cut is named so.
+        with SessionDeadline(self._budget.max_session_seconds):
+            try:
+                self._session(progress)
+            except Exception as exc:
+                classified = classify(exc)  # the server's words, without the secret
+                error = PollError(classified.kind, self._config.scrub(str(classified)))
+                log.warning(
+                    "poll failed",
+                    connection_id=str(self._config.view.id),
+                    error_kind=error.kind.value,
+                    error=str(error),
+                )
         result = PollResult(
             connection_id=self._config.view.id,
             poll_id=self._due.poll_id,

@@ -25,7 +25,14 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
 
-from mailintake_fetcher.poll import Identity, PendingAction, Poll, Progress
+from mailintake_fetcher.poll import (
+    Identity,
+    MessageTooLargeError,
+    PendingAction,
+    Poll,
+    Progress,
+    capped,
+)
 from mailintake_shared.domain import AfterDownload
 from mailintake_shared.mailbox.errors import PollError
 from mailintake_shared.mailbox.pop3 import Pop3Mailbox, Pop3Message, Pop3RetrieveError
@@ -111,9 +118,18 @@ class Pop3Poll(Poll):
                     self._publish_by_content(mailbox, message, progress)
                 else:
                     pieces = mailbox.retrieve(message.number, budget.chunk_bytes)
-                    self._publish(_identity(message, message.uidl), pieces, progress)
+                    limit = budget.max_message_bytes
+                    self._publish(
+                        _identity(message, message.uidl),
+                        capped(pieces, message.size, limit),
+                        progress,
+                    )
             except Pop3RetrieveError as exc:
                 ledger.fail(message.uidl, None, str(exc))
+            except MessageTooLargeError as exc:
+                ledger.fail(message.uidl, None, str(exc))
+                if exc.read:
+                    raise  # the rest of it is still coming: the session cannot go on
             except PollError as exc:
                 ledger.fail(message.uidl, None, f"the session ended during its download: {exc}")
                 raise
@@ -125,16 +141,17 @@ class Pop3Poll(Poll):
     ) -> None:
         """A message whose UIDL is not its own: read whole, keyed by content, and published
         unless that content is stored under the UIDL already."""
-        raw = b"".join(mailbox.retrieve(message.number, self._budget.chunk_bytes))
+        size = self._budget.chunk_bytes
+        pieces = mailbox.retrieve(message.number, size)
+        raw = b"".join(capped(pieces, message.size, self._budget.max_message_bytes))
         digest = hashlib.sha256(raw).hexdigest()
         view, folder = self._config.view, self._config.folder
         stored = self._state.stored_digests(view.id, folder, message.uidl)
         if digest in stored.values():
             return  # this one is stored already
         key = content_key(message.uidl, digest)
-        size = self._budget.chunk_bytes
-        pieces = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
-        self._publish(_identity(message, key), pieces, progress)
+        whole = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
+        self._publish(_identity(message, key), whole, progress)
 
 
 def _digest(pieces: Iterable[bytes]) -> str:

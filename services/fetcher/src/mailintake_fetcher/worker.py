@@ -65,6 +65,8 @@ def budget_from(settings: Settings) -> Budget:
         max_seconds=settings.poll_max_seconds,
         batch_messages=settings.fetch_batch_messages,
         chunk_bytes=settings.chunk_bytes,
+        max_session_seconds=settings.poll_session_max_seconds,
+        max_message_bytes=settings.max_message_bytes,
     )
 
 

@@ -71,8 +71,10 @@ class MailboxConfig:
         """``text`` without the connection's secret in any form a server could quote back: as
         it is, quoted for an IMAP command (RFC 3501 §4.3), and base64-encoded alone or in a
         SASL PLAIN response (RFC 4616). Server text passes through here before it leaves the
-        mail client (a poll's result, a test's answer, the logs)."""
-        return scrub_secret(text, self.secret, self.view.username, self.view.shared_mailbox)
+        mail client (a poll's result, a test's answer, the logs); its NULs too, which no
+        database text can hold (they would stop the store on the poll's result)."""
+        text = scrub_secret(text, self.secret, self.view.username, self.view.shared_mailbox)
+        return text.replace("\x00", "\ufffd")
 
     @property
     def address(self) -> tuple[str, int, float]:

@@ -13,6 +13,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.logging import redact_text
+from mailintake_shared.mailbox.deadline import cut_by
 from mailintake_shared.mailbox.imap_wire import ProtocolViolation, ServerClosed
 
 
@@ -84,6 +85,13 @@ def classify(exc: BaseException) -> PollError:
     """Map a library or socket exception onto the taxonomy, with the server's words as text."""
     if isinstance(exc, PollError):
         return exc
+    if (deadline := cut_by()) is not None:  # whatever the socket's end looked like
+        return PollError(
+            ErrorKind.TIMEOUT,
+            f"the session was cut after {deadline.seconds:g} s "
+            "(MAILINTAKE_POLL_SESSION_MAX_SECONDS): the server was still answering, slowly or "
+            "without end",
+        )
     words = server_words(str(exc))
     if isinstance(exc, socket.gaierror):
         return PollError(ErrorKind.DNS, f"the host name does not resolve ({exc})")

@@ -29,6 +29,7 @@ from imapclient.tls import IMAP4_TLS
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.deadline import track
 from mailintake_shared.mailbox.errors import (
     FolderMissingError,
     PollError,
@@ -37,18 +38,29 @@ from mailintake_shared.mailbox.errors import (
     injection_refused,
 )
 from mailintake_shared.mailbox.hints import opening_failed
-from mailintake_shared.mailbox.imap_wire import SEEN, Fetched, FetchReader, FetchReport, MessageMeta
+from mailintake_shared.mailbox.imap_wire import (
+    SEEN,
+    Fetched,
+    FetchReader,
+    FetchReport,
+    MessageMeta,
+    ServerClosed,
+)
 from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.mailbox.session import Session
 
 __all__ = ["DELETED", "SEEN", "BulkFetch", "FolderInfo", "ImapMailbox", "MessageMeta"]
 
 DELETED = b"\\Deleted"
+# RFC 3501 §9: a UID is a non-zero 32-bit number. A larger one, or 0, is no message's.
+MAX_UID = 2**32 - 1
 # UIDs per STORE/EXPUNGE/FETCH command: keeps command lines short on every server.
 _UIDS_PER_COMMAND = 500
 # Literals of a bulk FETCH are bounded: a message far over what the LARGER search said ends
 # the session, and the next poll fetches it by byte range.
 MIN_BULK_LITERAL = 8 * 1024 * 1024
+# A literal in the answer to any other command than FETCH (a folder name, a server's text).
+MAX_ANSWER_LITERAL = 1024 * 1024
 
 
 _UNSENDABLE = re.compile(rb"[\r\n\x00]")
@@ -121,7 +133,28 @@ class _BareLineFeeds:
         raise imaplib.IMAP4.abort(f"socket error: unterminated line: {line[:200]!r}")
 
 
-class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ignore[misc]
+class _BoundedLiterals:
+    """imaplib reads a literal of whatever size the server announces into memory, in the
+    answer to any command. FETCH answers are read by ``imap_wire``, which bounds each literal
+    itself (``read_literal``); no other answer has a reason to carry more than
+    ``MAX_ANSWER_LITERAL`` bytes in one literal: a larger one (gigabytes announced, or sent
+    without end) ends the session before it is read."""
+
+    def read(self, size: int) -> bytes:
+        if size > MAX_ANSWER_LITERAL:
+            raise imaplib.IMAP4.abort(
+                f"the server announced a literal of {size} bytes where a few are expected "
+                f"(at most {MAX_ANSWER_LITERAL}); it is not read"
+            )
+        return self.read_literal(size)
+
+    def read_literal(self, size: int) -> bytes:
+        """``size`` bytes, without the bound (for a reader that bounds them itself)."""
+        data: bytes = super().read(size)  # type: ignore[misc]
+        return data
+
+
+class _GuardedIMAP4(_NoInjection, _BareLineFeeds, _BoundedLiterals, IMAP4WithTimeout):  # type: ignore[misc]
     def __init__(self, host: str, port: int, timeout: float | None, network: NetworkPolicy) -> None:
         self._network = network
         super().__init__(host, port, timeout)
@@ -130,7 +163,7 @@ class _GuardedIMAP4(_NoInjection, _BareLineFeeds, IMAP4WithTimeout):  # type: ig
         return self._network.connect(self.host, self.port, timeout or self._timeout)
 
 
-class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore[misc]
+class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, _BoundedLiterals, IMAP4_TLS):  # type: ignore[misc]
     def __init__(
         self,
         host: str,
@@ -145,7 +178,7 @@ class _GuardedIMAP4TLS(_NoInjection, _BareLineFeeds, IMAP4_TLS):  # type: ignore
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         sock = self._network.connect(self.host, self.port, timeout or self._timeout)
         context: SSLContext = self.ssl_context  # always given for implicit TLS
-        return context.wrap_socket(sock, server_hostname=self.host)
+        return track(context.wrap_socket(sock, server_hostname=self.host))
 
 
 class ImapMailbox(Session):
@@ -196,15 +229,20 @@ class ImapMailbox(Session):
                 if not client.has_capability("STARTTLS"):
                     raise StartTlsUnavailableError()
                 client.starttls(ssl_context=context)
+                track(client._imap.sock)
             if not preauth:
                 config.login(client)
             mailbox = cls(client)
             mailbox._capabilities = tuple(client.capabilities())
             return mailbox
         except Exception as exc:
+            failure: BaseException = exc
             if client is not None:
+                said = _farewell(client)
+                if said is not None:  # the server ended it: not a refused login, nor a socket
+                    failure = ServerClosed(said)
                 _close_quietly(client)
-            raise opening_failed(exc, config) from exc
+            raise opening_failed(failure, config) from exc
 
     @property
     def capabilities(self) -> tuple[bytes, ...]:
@@ -321,7 +359,8 @@ class ImapMailbox(Session):
         costs milliseconds for the 5,000 UIDs of a first poll)."""
         data = self._uid_command("SEARCH", *criteria)
         lines = [line for line in data if isinstance(line, bytes)]
-        return [int(word) for line in lines for word in line.split() if word.isdigit()]
+        found = (int(word) for line in lines for word in line.split() if word.isdigit())
+        return [uid for uid in found if 0 < uid <= MAX_UID]
 
     def _uid_command(self, command: str, *args: str) -> list[bytes | tuple[bytes, bytes]]:
         """A ``UID`` command through the session's imaplib object, whose raw answer the
@@ -380,7 +419,7 @@ class ImapMailbox(Session):
     def _listing(self, numbers: str, *, by_uid: bool = True) -> list[int]:
         """The UIDs of a UID range (``UID FETCH n:m (UID)``) or of a sequence range."""
         command = BulkFetch(self, None, "(UID)", numbers=numbers, by_uid=by_uid)
-        return [item.meta.uid for item in command]
+        return [item.meta.uid for item in command if 0 < item.meta.uid <= MAX_UID]
 
     def body_range(self, uid: int, offset: int, length: int) -> tuple[bytes | None, str]:
         """``length`` bytes of a message from ``offset`` (``BODY.PEEK[]<offset.length>``):
@@ -475,7 +514,7 @@ class BulkFetch:
             try:
                 reader = FetchReader(
                     imap.readline,
-                    imap.read,
+                    imap.read_literal,
                     tag,
                     self._wanted,
                     body_item=self._body_item,
@@ -519,6 +558,13 @@ def sequence_set(uids: Sequence[int]) -> str:
         start = previous = uid
     parts.append(f"{start}:{previous}" if previous > start else str(start))
     return ",".join(parts)
+
+
+def _farewell(client: IMAPClient) -> str | None:
+    """The text of a ``* BYE`` the server sent while the session was opened. imaplib reports
+    it as a refused LOGIN, or only as the closed connection after it (AUTHENTICATE)."""
+    said = client._imap.untagged_responses.get("BYE")
+    return server_text(said[-1]) if said else None
 
 
 def _close_quietly(client: IMAPClient) -> None:

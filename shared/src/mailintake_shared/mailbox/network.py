@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.deadline import track
 from mailintake_shared.mailbox.errors import PollError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -126,14 +127,15 @@ class NetworkPolicy:
         return addresses
 
     def connect(self, host: str, port: int, timeout: float | None) -> socket.socket:
-        """``socket.create_connection``, to checked addresses only."""
+        """``socket.create_connection``, to checked addresses only (and tracked by the
+        session's deadline, ``deadline.py``)."""
         error: OSError | None = None
         for family, address in self.resolve(host, port):
             sock = socket.socket(family, socket.SOCK_STREAM)
             try:
                 sock.settimeout(timeout)
                 sock.connect(address)
-                return sock
+                return track(sock)
             except OSError as exc:
                 sock.close()
                 error = exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import poplib
 import socket
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 from mailintake_shared.domain import Encryption
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.deadline import track
 from mailintake_shared.mailbox.errors import (
     PollError,
     StartTlsUnavailableError,
@@ -34,6 +36,8 @@ from mailintake_shared.mailbox.session import Session
 # servers' greetings). A message's lines are read in pieces instead and may be any length.
 _MAX_LINE = 1024 * 1024
 _PIECE = 64 * 1024
+# A server id holds 512 characters: a UIDL, a space and 16 hex digits at most.
+_MAX_UIDL = 512 - 17
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,7 @@ class _POP3SSL(_POP3):
 
     def _create_socket(self, timeout: float) -> socket.socket:
         sock = super()._create_socket(timeout)
-        return self.context.wrap_socket(sock, server_hostname=self.host)
+        return track(self.context.wrap_socket(sock, server_hostname=self.host))
 
     def stls(self, context: Any = None) -> bytes:
         raise poplib.error_proto("-ERR TLS session already established")
@@ -154,6 +158,7 @@ class Pop3Mailbox(Session):
                 if "STLS" not in capabilities:
                     raise StartTlsUnavailableError()
                 client.stls(context)
+                track(client.sock)
                 capabilities = _capabilities(client)
             mailbox.capabilities = tuple(sorted(capabilities))
             if "UTF8" in capabilities:
@@ -189,7 +194,7 @@ class Pop3Mailbox(Session):
             raise classify(exc) from exc
         sizes = dict(_pairs(list_lines))
         return [
-            Pop3Message(number=int(number), uidl=uidl, size=int(sizes.get(number, "0")))
+            Pop3Message(number=int(number), uidl=_held(uidl), size=int(sizes.get(number, "0")))
             for number, uidl in _pairs(uidl_lines)
         ]
 
@@ -272,6 +277,16 @@ def _pairs(lines: list[bytes]) -> Iterator[tuple[str, str]]:
         parts = line.decode("ascii", "replace").split()
         if len(parts) >= 2:
             yield parts[0], parts[1]
+
+
+def _held(uidl: str) -> str:
+    """The UIDL as the database holds it. RFC 1939 §7 allows 1 to 70 characters of 0x21-0x7E;
+    longer ones, and control characters, are kept as the server sends them. A NUL, or more
+    characters than a server id holds beside a content key (``selection.content_key``), could
+    never be stored: such a UIDL is known by its SHA-256 instead, the same in every session."""
+    if "\x00" not in uidl and len(uidl) <= _MAX_UIDL:
+        return uidl
+    return "sha256:" + hashlib.sha256(uidl.encode()).hexdigest()
 
 
 def _split(data: bytes, size: int) -> Iterator[bytes]:
