@@ -57,6 +57,10 @@ def upgrade() -> None:
         keys = [c.name for c in table.primary_key.columns]
         for found in bind.execute(sa.select(table)).mappings().all():
             row = model(**{k: v for k, v in found.items() if k in known})
+            for column in model.__table__.columns:  # added by a later revision: its default
+                default = column.default
+                if column.key not in found and default is not None and default.is_scalar:
+                    setattr(row, column.key, default.arg)
             if isinstance(row, Connection):
                 connections[row.id] = row
             unbound = {
