@@ -101,7 +101,8 @@ def test_mail_appended_while_watched_is_stored_without_waiting_for_the_interval(
     assert reasons.count("push") >= 1
     assert db.distinct_messages() == 5
     assert metric(pipeline, "watcher", "mailintake_watcher_watched_connections") == 1.0
-    assert metric(pipeline, "watcher", "mailintake_watcher_poll_requests_total") >= 2
+    # Requests coalesce while one is pending or its poll runs: one may serve all five.
+    assert metric(pipeline, "watcher", "mailintake_watcher_poll_requests_total") >= 1
     pipeline.assert_running()
 
 
