@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import re
 from email import policy
 from email.parser import BytesParser
 
@@ -8,6 +9,7 @@ import pytest
 
 from mailintake_shared import mime
 from mailintake_shared.mime import clean_text, summarize
+from mailintake_shared.rfc5322 import header_end
 from tests.harness.corpus import MALFORMED
 from tests.harness.mail import make_message
 
@@ -220,3 +222,13 @@ def test_headers_are_decoded_as_mail_clients_show_them(
     # What policy.default makes of it: the same, or the error noted in the case.
     parsed = BytesParser(policy=policy.default).parsebytes(raw)
     assert str(parsed[field]) == (default_shows or shown)
+
+
+def test_the_header_end_is_where_the_pattern_finds_it() -> None:
+    pattern = re.compile(rb"\r?\n\r?\n")
+    rng = random.Random(20261130)
+    samples = [bytes(rng.choice(b"\r\na") for _ in range(rng.randint(0, 12))) for _ in range(20000)]
+    for raw in samples:
+        for limit in (len(raw), max(len(raw) - 2, 0), 5):
+            found = pattern.search(raw, 0, limit)
+            assert header_end(raw, limit) == (found.span() if found else None), (raw, limit)

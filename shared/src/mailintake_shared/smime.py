@@ -31,9 +31,9 @@ from mailintake_shared import cms
 from mailintake_shared.db.bindings import private_key_binding
 from mailintake_shared.db.models import Certificate, ConnectionCertificate
 from mailintake_shared.events import SmimeInfo
+from mailintake_shared.rfc5322 import MAX_HEADER_BLOCK, header_end
 from mailintake_shared.secretbox import SecretBox, SecretDecryptError
 
-_MAX_HEADER_BLOCK = 256 * 1024
 _LAYERS = 4  # signed inside encrypted inside signed …: deeper is refused
 _PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
@@ -65,8 +65,8 @@ def is_smime(head: bytes) -> bool:
     """Whether a message's header block says S/MIME. Runs for every stored message: a byte
     search rules out nearly all of them before the header is parsed (every S/MIME type,
     and the signature protocol of multipart/signed, names pkcs7)."""
-    end = _HEADER_END.search(head, 0, _MAX_HEADER_BLOCK)
-    block = head[: end.start()] if end else head[:_MAX_HEADER_BLOCK]
+    end = header_end(head)
+    block = head[: end[0]] if end else head[:MAX_HEADER_BLOCK]
     if not _PKCS7.search(block):
         return False
     message = BytesParser(policy=policy.compat32).parsebytes(block + b"\r\n\r\n", headersonly=True)
