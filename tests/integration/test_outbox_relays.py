@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailintake_shared.db.engine import make_engine, make_session_factory, transaction
 from mailintake_shared.db.models import OutboxRecord
 from mailintake_shared.kafka import ReliableProducer, read_topic_to_end
-from mailintake_shared.outbox import OutboxEntry, OutboxRelay, add_many_to_outbox
+from mailintake_shared.outbox import OutboxEntry, OutboxRelay, Prepared, add_many_to_outbox
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.harness.announced import on_sqlite
@@ -150,3 +150,41 @@ def assert_each_once(published: Counter[int], expected: int) -> None:
     lost = sorted(set(range(expected)) - set(published))
     repeated = sorted(n for n, times in published.items() if times > 1)
     assert (lost, repeated) == ([], []), f"lost {len(lost)}, published twice {len(repeated)}"
+
+
+def test_records_a_relay_sent_after_the_commit_are_not_published_again_from_memory(
+    db_settings: Settings,
+) -> None:
+    """The store publishes a batch's records from memory right after its commit; the relay,
+    woken by its timer, may have sent the same rows in between."""
+    settings = db_settings
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    producer = ReliableProducer(settings, "relay")
+    relay = _relay(settings, producer)
+    try:
+        _write(sessions, settings, 0, BATCH)
+        with sessions() as session:
+            rows = session.execute(
+                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
+                    OutboxRecord.id
+                )
+            ).all()
+        prepared = [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
+        assert relay.flush() == BATCH  # the timer's flush, between the commit and the call
+        assert relay.publish_prepared(prepared)
+        _write(sessions, settings, BATCH, BATCH)  # and a batch the relay did not take first
+        with sessions() as session:
+            rows = session.execute(
+                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
+                    OutboxRecord.id
+                )
+            ).all()
+        assert len(rows) == BATCH
+        assert relay.publish_prepared(
+            [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
+        )
+        assert_each_once(_published(settings), 2 * BATCH)
+    finally:
+        producer.close()
+        engine.dispose()

@@ -177,13 +177,18 @@ class OutboxRelay:
         """Publish records the caller has just committed to the outbox, from memory, and mark
         them sent; False (the relay is woken to send them) when an older row still waits, when
         another relay holds the lock, or when the broker does not take them (then nothing is
-        marked: the rows go out with the relay, never lost)."""
+        marked: the rows go out with the relay, never lost). A record whose row is gone was
+        sent by a relay between the caller's commit and this call: it is not sent again."""
         if not records:
             return True
         try:
             with self._sole_relay() as session:
                 if session is None:
                     return self._leave_to_relay()
+                waiting = _present(session, [record.outbox_id for record in records])
+                records = [record for record in records if record.outbox_id in waiting]
+                if not records:
+                    return True
                 first = min(record.outbox_id for record in records)
                 older = session.scalar(
                     select(OutboxRecord.id).where(OutboxRecord.id < first).limit(1)
@@ -249,6 +254,15 @@ def _lock_relay(session: Session) -> bool:
         return True
     got = session.execute(text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": _RELAY_LOCK_ID})
     return bool(got.scalar())
+
+
+def _present(session: Session, ids: Sequence[int]) -> set[int]:
+    """Which of the outbox rows ``ids`` are still there (not published yet)."""
+    found: set[int] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        found.update(session.scalars(select(OutboxRecord.id).where(OutboxRecord.id.in_(chunk))))
+    return found
 
 
 def _mark_sent(session: Session, ids: Sequence[int], message_ids: Sequence[int | None]) -> None:
