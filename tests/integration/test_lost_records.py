@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from mailintake_fetcher.worker import FetcherWorker
 from mailintake_shared.db.engine import make_engine, make_session_factory
@@ -75,3 +76,22 @@ def test_a_poll_whose_records_went_missing_is_downloaded_again(
         assert third.results[0].messages == 0  # caught up
     finally:
         worker.close()
+
+
+def test_the_stored_counter_counts_each_message_once_in_a_batch_of_several_polls(
+    settings: Settings, api: TestClient, mailbox: Mailbox, db: Database, writer: StoreWriter
+) -> None:
+    """A batch that holds two polls' records is written in two runs, one per poll result."""
+    other = Mailbox(mailbox.server, *mailbox.server.add_user())
+    for box in (mailbox, other):
+        box.server.seed(box.username, (make_message(i) for i in range(10)))
+    worker = FetcherWorker(settings)
+    try:
+        polls = [_poll(worker, create_enabled(api, box)) for box in (mailbox, other)]
+    finally:
+        worker.close()
+    before = REGISTRY.get_sample_value("mailintake_store_messages_stored_total") or 0.0
+    writer.write([record for sink in polls for record in (*sink.chunks, *sink.results)])
+    after = REGISTRY.get_sample_value("mailintake_store_messages_stored_total") or 0.0
+    assert db.message_count() == 20
+    assert after - before == 20

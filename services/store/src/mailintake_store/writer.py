@@ -349,6 +349,7 @@ class StoreWriter:
     ) -> None:
         if not messages:
             return
+        stored, duplicates = outcome.stored, outcome.duplicates  # a batch may have several runs
         fresh = self._drop_known(session, messages, polls, outcome)
         fresh = self._rekey_after_uidvalidity_change(session, fresh, polls, outcome)
         self._open_smime(session, fresh)
@@ -372,8 +373,8 @@ class StoreWriter:
             record = self._stored_record(message, message_id, now)
             entry = announce_stored(message_id, chunk.connection_id)
             self._outbox.append((entry, record.value, record.headers))
-        STORED.inc(outcome.stored)
-        DUPLICATES.inc(outcome.duplicates)
+        STORED.inc(outcome.stored - stored)
+        DUPLICATES.inc(outcome.duplicates - duplicates)
 
     def _drop_known(
         self,
