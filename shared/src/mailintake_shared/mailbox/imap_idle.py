@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Self
@@ -314,7 +315,7 @@ class IdleSession:
         if words[0].upper() == b"BYE":
             raise ServerClosed(_words(reply))
         if words[0].upper() == b"CAPABILITY":
-            self.capabilities = frozenset(w.upper() for w in text[2:].split()[1:])
+            self.capabilities = _capability_set(tuple(text[2:].split()[1:]))
         elif kind == b"EXISTS" and words[0].isdigit():
             count = int(words[0])
             if count > self.exists and new_mail is not None:
@@ -328,7 +329,14 @@ class IdleSession:
     def _note_capabilities(self, reply: Response) -> None:
         code = _response_code(reply)
         if code[:1] == [b"CAPABILITY"]:
-            self.capabilities = frozenset(bytes(word).upper() for word in code[1:])
+            self.capabilities = _capability_set(tuple(bytes(word) for word in code[1:]))
+
+
+@functools.lru_cache(maxsize=256)
+def _capability_set(words: tuple[bytes, ...]) -> frozenset[bytes]:
+    """The capabilities, upper-cased; one set shared by every session that was sent the same
+    list (a server's forty words kept once, not once per watched mailbox: 4 KB each)."""
+    return frozenset(word.upper() for word in words)
 
 
 async def _guarded_socket(
