@@ -2,6 +2,10 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
+# Test files run in parallel, one per worker (each worker starts its own broker, PostgreSQL
+# and mail servers): "auto" is one worker per core, at most TEST_MAX_WORKERS.
+TEST_WORKERS ?= auto
+TEST_MAX_WORKERS ?= 4
 
 .PHONY: help run test test-fast compat lint format screenshots bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
@@ -15,7 +19,7 @@ run: ## run the whole pipeline on this machine (SQLite, local broker) until Ctrl
 test: ## install what the tests need, lint, then run the whole suite against real components
 	@scripts/bootstrap.sh test
 	@$(MAKE) --no-print-directory lint
-	$(RUN) pytest
+	$(RUN) pytest -n $(TEST_WORKERS) --maxprocesses $(TEST_MAX_WORKERS) --dist loadfile
 
 test-fast: ## only the tests that need no broker, database or mail server
 	$(RUN) pytest tests/unit

@@ -87,6 +87,9 @@ class Cyrus(UnpackedMailServer):
         self.spawn(
             "/usr/sbin/cyrmaster",
             *("-C", str(self.imapd_conf), "-M", str(self.root / "cyrus.conf"), "-D"),
+            # Its own pid file: the default, /run/cyrus-master.pid, is locked by any other
+            # instance (parallel test workers).
+            *("-p", str(self.root / "master.pid")),
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CYRUS_USER": "nobody"},
         )
         self.wait_listening()

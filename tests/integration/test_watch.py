@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from kafka.partitioner.default import murmur2
 
 from mailintake_shared.settings import Settings
 from tests.api import WITHOUT_ESTIMATE
@@ -191,10 +192,10 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
     tmp_path: Path,
 ) -> None:
     """Only watchers run (no fetcher), so every session a proxy sees is a watch. Through
-    a second replica joining, the first one paused past its group membership (its sockets
-    and its database session stay open: the second one waits for them), then resumed (the
-    group splits again), then the second one killed, no connection ever has two sessions
-    open, and in the end each is watched exactly once."""
+    a second replica joining, a replica that watches something paused past its group
+    membership (its sockets and its database session stay open: the other one waits for
+    them), then resumed (the group splits again), then the other one killed, no connection
+    ever has two sessions open, and in the end each is watched exactly once."""
     first = Pipeline(pipeline_settings, tmp_path / "a").start("watcher")
     second = Pipeline(pipeline_settings, tmp_path / "b")
     ids = []
@@ -235,14 +236,18 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
             message="the group split between both replicas",
         )
         wait_until(watched_once, timeout_s=60, message="all watched after the rebalance")
-        first.pause("watcher")  # its membership lapses; its locks and sockets stay
-        wait_until(lambda: second.assigned() == {0, 1, 2}, timeout_s=90, message="second took all")
+        # The replica to pause is one that watches something now: the connections' keys may
+        # all fall in the other one's partitions.
+        partitions = {_partition(cid, pipeline_settings.topic_partitions) for cid in ids}
+        held, other = (first, second) if first.assigned() & partitions else (second, first)
+        held.pause("watcher")  # its membership lapses; its locks and sockets stay
+        wait_until(lambda: other.assigned() == {0, 1, 2}, timeout_s=90, message="other took all")
         wait_until(
             lambda: any(watch_of(api, cid)["state"] == "waiting" for cid in ids),
             timeout_s=30,
-            message="the second replica waits for what the paused one holds",
+            message="the other replica waits for what the paused one holds",
         )
-        first.resume("watcher")  # it rejoins, and lets go of what it did not get back
+        held.resume("watcher")  # it rejoins, and lets go of what it did not get back
         wait_until(
             lambda: (
                 first.assigned() | second.assigned() == {0, 1, 2}
@@ -252,16 +257,22 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
             message="the group split again",
         )
         wait_until(watched_once, timeout_s=60, message="all watched after the pause")
-        second.kill("watcher")  # its locks die with its database session
+        other.kill("watcher")  # its locks die with its database session
         wait_until(
-            lambda: first.assigned() == {0, 1, 2}, timeout_s=90, message="first took all back"
+            lambda: held.assigned() == {0, 1, 2}, timeout_s=90, message="the paused one took all"
         )
-        wait_until(watched_once, timeout_s=60, message="all watched by the first again")
+        wait_until(watched_once, timeout_s=60, message="all watched by one replica again")
     finally:
         first.stop_all()
         second.stop_all()
     assert [p.most_live for p in proxies] == [1] * len(proxies)
     assert any(p.sessions >= 2 for p in proxies)  # connections did change hands
+
+
+def _partition(connection_id: str, partitions: int) -> int:
+    """The partition of the connections topic that holds the connection (kafka-python's
+    default partitioner: murmur2 of the key)."""
+    return (murmur2(connection_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def test_the_session_budget_holds_with_watching_on(

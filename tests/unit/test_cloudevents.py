@@ -33,7 +33,9 @@ def _example(kind: EventKind) -> Event:
     return decode(kind.model, json.dumps(examples()[kind.ce_type]).encode())
 
 
-@pytest.mark.parametrize("kind", [k for k in KINDS if k.model is not None], ids=str)
+@pytest.mark.parametrize(
+    "kind", [k for k in KINDS if k.model is not None], ids=lambda kind: kind.name
+)
 def test_every_event_reads_back_through_the_cloudevents_kafka_binding(kind: EventKind) -> None:
     event = _example(kind)
     found = dict(headers(event, PREFIX))
