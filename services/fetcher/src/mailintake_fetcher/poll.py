@@ -328,7 +328,17 @@ class Poll:
             identity, index, final=True, sha256=sha256, reading=reading or self._read(b"")
         )
         self._sink.message(last, held or b"")
+        self._published(identity, total, progress)
+
+    def _publish_one(self, identity: Identity, data: bytes, progress: Progress) -> None:
+        """``_publish`` of a message that is one record (its size checked by the caller)."""
+        last = self._chunk(identity, 0, final=True, sha256=None, reading=self._read(data))
+        self._sink.message(last, data)
+        self._published(identity, len(data), progress)
+
+    @staticmethod
+    def _published(identity: Identity, size: int, progress: Progress) -> None:
         progress.messages += 1
-        progress.bytes += total
+        progress.bytes += size
         if identity.uid is not None:
             progress.ledger.published.add(identity.uid)
