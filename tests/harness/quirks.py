@@ -152,6 +152,7 @@ class QuirkServer:
         self.imap_port, self.pop3_port = free_port(), free_port()
         self._loop = asyncio.new_event_loop()
         self._servers: list[asyncio.AbstractServer] = []
+        self._clients: set[asyncio.StreamWriter] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
     def start(self) -> QuirkServer:
@@ -167,9 +168,14 @@ class QuirkServer:
         ]
 
     def stop(self) -> None:
+        """Stop listening and drop every open session, as a server going down does (a
+        client then sees the connection end, rather than waiting for its time-out)."""
+
         async def close() -> None:
             for server in self._servers:
                 server.close()
+            for writer in self._clients:
+                writer.transport.abort()
 
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -184,18 +190,26 @@ class QuirkServer:
     # --- IMAP -----------------------------------------------------------------------------
     async def _imap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _ImapSession(self, reader, writer)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, _Closed):
-            await session.run()
-        with contextlib.suppress(Exception):
-            writer.close()
+        self._clients.add(writer)
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, _Closed):
+                await session.run()
+        finally:
+            self._clients.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
 
     # --- POP3 -----------------------------------------------------------------------------
     async def _pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session = _Pop3Session(self, reader, writer)
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, _Closed):
-            await session.run()
-        with contextlib.suppress(Exception):
-            writer.close()
+        self._clients.add(writer)
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, _Closed):
+                await session.run()
+        finally:
+            self._clients.discard(writer)
+            with contextlib.suppress(Exception):
+                writer.close()
 
 
 class _Closed(Exception):  # noqa: N818
