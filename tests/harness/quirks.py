@@ -36,9 +36,10 @@ import re
 import ssl
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from typing import Any
 
 from mailintake_devstack.broker import free_port
 from mailintake_shared.mailbox.imap_wire import Value, parse_values
@@ -187,25 +188,20 @@ class QuirkServer:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    # --- IMAP -----------------------------------------------------------------------------
+    # --- sessions -------------------------------------------------------------------------
     async def _imap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = _ImapSession(self, reader, writer)
-        self._clients.add(writer)
-        try:
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, _Closed):
-                await session.run()
-        finally:
-            self._clients.discard(writer)
-            with contextlib.suppress(Exception):
-                writer.close()
+        await self._serve(_ImapSession(self, reader, writer).run(), writer)
 
-    # --- POP3 -----------------------------------------------------------------------------
     async def _pop3(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        session = _Pop3Session(self, reader, writer)
+        await self._serve(_Pop3Session(self, reader, writer).run(), writer)
+
+    async def _serve(
+        self, session: Coroutine[Any, Any, None], writer: asyncio.StreamWriter
+    ) -> None:
         self._clients.add(writer)
         try:
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, _Closed):
-                await session.run()
+                await session
         finally:
             self._clients.discard(writer)
             with contextlib.suppress(Exception):
