@@ -117,6 +117,9 @@ def test_a_dropped_idle_session_falls_back_to_interval_polls_and_recovers(
             api, mailbox, port=proxy.port, encryption="none", tls_ca_pem=None, interval_minutes=1
         )
         wait_until(lambda: watch_of(api, cid)["watched"], timeout_s=90, message="watched")
+        # The first poll (the one enabling asks for) is over: the next can only be the
+        # interval's, or a push.
+        wait_until(lambda: db.scalar("SELECT count(*) FROM poll_log") >= 1, timeout_s=60)
         first_since = watch_of(api, cid)["since"]
         # The link drops the idle session, and from now on every session that opens the
         # folder read-only (the watch's EXAMINE; polls SELECT): the watch stays down.
