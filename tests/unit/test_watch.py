@@ -13,6 +13,7 @@ import pytest
 from mailintake_config_api.connections import watch_status
 from mailintake_shared.db.models import ConnectionWatch
 from mailintake_shared.domain import Protocol, PushMode, Transport
+from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.errors import PollError
 from mailintake_shared.mailbox.imap_idle import IdleSession, IdleUnsupportedError
 from mailintake_shared.watch import WatchState
@@ -174,3 +175,24 @@ def test_a_graph_subscription_is_renewed_at_half_its_life_and_created_when_gone(
     assert due(45, "reauthorize") == "renew"  # Graph asked
     assert due(45, "recreate") == "create"  # Graph removed it
     assert due(0) == "create"  # expired
+
+
+
+# --- a hostile server, or one that refuses us -------------------------------------------------
+
+
+def test_a_response_of_many_literals_is_cut_at_a_bound_not_read_into_memory() -> None:
+    """Each literal under the limit, but 5 MB in one response: the watcher holds thousands
+    of sessions, so what one of them reads at once must be bounded, not each piece of it."""
+    literals = b"".join(b" {1000000}\r\n" + b"x" * 1_000_000 for _ in range(5))
+    with pytest.raises(PollError, match="bytes") as raised:
+        _idle(b"+ idling\r\n* 4 FETCH (X" + literals + b")\r\nW1 OK done\r\n")
+    assert raised.value.kind is ErrorKind.SERVER_ERROR
+
+
+def test_an_exists_count_beyond_what_imap_allows_is_the_server_s_fault() -> None:
+    """RFC 3501's numbers are 32-bit: a longer one is a broken server, not an internal error
+    (Python refuses to convert more than 4,300 digits)."""
+    with pytest.raises(PollError) as raised:
+        _idle(b"+ idling\r\n* " + b"9" * 5000 + b" EXISTS\r\nW1 OK done\r\n")
+    assert raised.value.kind is ErrorKind.SERVER_ERROR

@@ -50,9 +50,10 @@ from mailintake_shared.mailbox.imap_wire import (
     parse_values,
 )
 
-# Untagged lines of an idle folder are short; a literal in one (rare) is bounded too.
+# Untagged lines of an idle folder are short; a literal in one (rare) is bounded too, and so
+# is a whole response (a thousand literals just under the limit would be a gigabyte).
 _LINE_LIMIT = 64 * 1024
-_MAX_LITERAL = 1024 * 1024
+_MAX_RESPONSE = 1024 * 1024
 
 
 class IdleUnsupportedError(Exception):
@@ -288,15 +289,16 @@ class IdleSession:
             return await self._rest(line)
 
     async def _rest(self, line: bytes) -> Response:
-        text, literals = b"", list[bytes]()
+        text, literals, total = b"", list[bytes](), 0
         while True:
             if not line.endswith(b"\n"):
                 raise ServerClosed("the server closed the connection")
             size = literal_size(line)
+            total += len(line) + (size or 0)
+            if total > _MAX_RESPONSE:
+                raise ProtocolViolation(f"a response of more than {_MAX_RESPONSE} bytes")
             if size is None:
                 return Response(text + line.rstrip(b"\r\n"), tuple(literals))
-            if size > _MAX_LITERAL:
-                raise ProtocolViolation(f"the server announced a literal of {size} bytes")
             text += line[: line.rindex(b"}") + 1]
             literals.append(await self._reader.readexactly(size))
             line = await self._reader.readline()
@@ -317,6 +319,8 @@ class IdleSession:
         if words[0].upper() == b"CAPABILITY":
             self.capabilities = _capability_set(tuple(text[2:].split()[1:]))
         elif kind == b"EXISTS" and words[0].isdigit():
+            if len(words[0]) > 10:  # RFC 3501 §9: a number is 32-bit
+                raise ProtocolViolation(f"an EXISTS count of {len(words[0])} digits")
             count = int(words[0])
             if count > self.exists and new_mail is not None:
                 new_mail()
