@@ -4,16 +4,20 @@ the watch's back-off, which connections are watched, and how the API states a wa
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from mailintake_config_api.connections import watch_status
 from mailintake_shared.db.models import ConnectionWatch
-from mailintake_shared.domain import Protocol, PushMode, Transport
+from mailintake_shared.domain import Encryption, Protocol, PushMode, Transport
 from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError
 from mailintake_shared.mailbox.imap_idle import IdleSession, IdleUnsupportedError
 from mailintake_shared.watch import WatchState
@@ -22,7 +26,8 @@ from mailintake_watcher.imap_watch import ImapWatch
 from mailintake_watcher.repository import Subscription
 from mailintake_watcher.supervisor import watch_kind
 from mailintake_watcher.watch import Backoff
-from tests.harness.views import connection_view
+from tests.harness.tls import make_pki
+from tests.harness.views import LOOPBACK, connection_view
 
 
 class _Wire:
@@ -177,7 +182,6 @@ def test_a_graph_subscription_is_renewed_at_half_its_life_and_created_when_gone(
     assert due(0) == "create"  # expired
 
 
-
 # --- a hostile server, or one that refuses us -------------------------------------------------
 
 
@@ -196,3 +200,49 @@ def test_an_exists_count_beyond_what_imap_allows_is_the_server_s_fault() -> None
     with pytest.raises(PollError) as raised:
         _idle(b"+ idling\r\n* " + b"9" * 5000 + b" EXISTS\r\nW1 OK done\r\n")
     assert raised.value.kind is ErrorKind.SERVER_ERROR
+
+
+def test_plain_text_after_the_ok_to_starttls_is_not_read_as_if_tls_protected(
+    tmp_path: Path,
+) -> None:
+    """A man in the middle answers STARTTLS with OK and appends lines of its own before the
+    handshake (the response injection of CVE-2011-0411's kind; RFC 3207 §4.2 has the client
+    discard what came before TLS). A session that read them as protected would act on the
+    attacker's capabilities or replies: it is refused instead, before any credential."""
+    pki = make_pki(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.cert_pem, pki.key_pem)
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] ready\r\n")
+        while line := await reader.readline():
+            received.append(line)
+            tag, command = line.split()[:2]
+            if command.upper() == b"STARTTLS":
+                writer.write(tag + b" OK begin TLS\r\n* CAPABILITY IMAP4rev1 IDLE INJECTED\r\n")
+                await writer.drain()
+                await writer.start_tls(server_tls)
+            elif command.upper() == b"CAPABILITY":
+                writer.write(b"* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\n" + tag + b" OK\r\n")
+            else:
+                writer.write(tag + b" OK\r\n")
+            await writer.drain()
+
+    async def run() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        view = connection_view(
+            encryption=Encryption.STARTTLS, port=port, tls_ca_pem=pki.ca_text, timeout_ms=5000
+        )
+        try:
+            session = await IdleSession.open(MailboxConfig(view, SecretStr("pw"), network=LOOPBACK))
+            await session.close()
+        finally:
+            server.close()
+
+    with pytest.raises(PollError) as raised:
+        asyncio.run(run())
+    assert raised.value.kind is ErrorKind.TLS
+    sent = {line.split()[1].upper() for line in received}
+    assert not sent & {b"CAPABILITY", b"AUTHENTICATE", b"LOGIN"}, sent

@@ -131,6 +131,15 @@ class IdleSession:
         context = config.tls_context()
         assert context is not None  # starttls always has one
         await asyncio.wait_for(self._writer.start_tls(context, server_hostname=host), self._timeout)
+        # Bytes read before the handshake stay in the reader's buffer, and a server says
+        # nothing after it until asked: any there came in plain text, from whoever can write
+        # to the link (RFC 3207 §4.2). asyncio offers no public way to look.
+        if getattr(self._reader, "_buffer", None):
+            raise PollError(
+                ErrorKind.TLS,
+                "the server sent plain text after its OK to STARTTLS, before TLS began (a man "
+                "in the middle injecting answers?); refusing to read it as protected",
+            )
         self.capabilities = frozenset()  # forgotten: asked again over TLS (RFC 3501 §6.2.1)
 
     async def _login(self, config: MailboxConfig) -> None:
