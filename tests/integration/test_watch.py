@@ -9,6 +9,7 @@ the session budget holds with watching on.
 
 from __future__ import annotations
 
+import itertools
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -17,8 +18,11 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
 
+from mailintake_shared.db.session_budget import lock_key
 from mailintake_shared.settings import Settings
+from mailintake_watcher.claims import Claims
 from tests.api import WITHOUT_ESTIMATE
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
@@ -315,3 +319,35 @@ def test_the_session_budget_holds_with_watching_on(
     assert failed == [], failed
     assert "Maximum number of connections" not in server_log
     pipeline.assert_running()
+
+
+def _colliding_connection_ids() -> tuple[uuid.UUID, uuid.UUID]:
+    """Two connection ids whose claims shared one 32-bit lock key: among 10,000 watched
+    connections, a pair does with a chance of 1 in 86 (the birthday bound)."""
+    seen: dict[int, uuid.UUID] = {}
+    for n in itertools.count():
+        connection_id = uuid.UUID(int=n)
+        key = lock_key(f"watch:{connection_id}")
+        if key in seen:
+            return seen[key], connection_id
+        seen[key] = connection_id
+    raise AssertionError("unreachable")
+
+
+def test_connections_are_claimed_apart_however_their_ids_hash(database_url: str) -> None:
+    """One replica, then another, claims two connections (with no session of a budget)."""
+    first, second = _colliding_connection_ids()
+    engine = create_engine(database_url)
+    here, there = Claims(engine, 20, 2), Claims(engine, 20, 2)
+    try:
+        assert here.take(first, None) is None
+        assert there.take(second, None) is None, "refused: nobody watches it"
+        here.release(first)
+        there.release(second)
+        assert here.take(first, None) is None
+        assert here.take(second, None) is None, "refused by a claim of the same process"
+        assert there.take(first, None) is not None  # the claim itself still holds
+    finally:
+        here.close()
+        there.close()
+        engine.dispose()
