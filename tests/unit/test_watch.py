@@ -18,7 +18,7 @@ from mailintake_shared.db.models import ConnectionWatch
 from mailintake_shared.domain import Encryption, Protocol, PushMode, Transport
 from mailintake_shared.events import ErrorKind
 from mailintake_shared.mailbox.config import MailboxConfig
-from mailintake_shared.mailbox.errors import PollError
+from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.imap_idle import IdleSession, IdleUnsupportedError
 from mailintake_shared.watch import WatchState
 from mailintake_watcher.graph_watch import GraphWatch, _due
@@ -246,3 +246,63 @@ def test_plain_text_after_the_ok_to_starttls_is_not_read_as_if_tls_protected(
     assert raised.value.kind is ErrorKind.TLS
     sent = {line.split()[1].upper() for line in received}
     assert not sent & {b"CAPABILITY", b"AUTHENTICATE", b"LOGIN"}, sent
+
+
+@pytest.mark.parametrize("chatty", ["AUTHENTICATE", "EXAMINE", "IDLE", "DONE"])
+def test_untagged_chatter_does_not_stretch_the_time_out_of_an_answer(chatty: str) -> None:
+    """A server that never answers one command (or IDLE's ``+``, or DONE) but keeps the
+    line busy with untagged responses: the answer as a whole must come within the time-out.
+    Otherwise the session never fails, and one being set up holds one of the watcher's few
+    places for that for good (sixteen such servers, and no other watch is ever set up)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN] ready\r\n")
+        answers = {
+            b"CAPABILITY": b"* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\n%s OK\r\n",
+            b"EXAMINE": b"* 0 EXISTS\r\n* OK [UIDVALIDITY 1] x\r\n%s OK [READ-ONLY]\r\n",
+            b"IDLE": b"+ idling\r\n",
+        }
+        idle_tag = b""
+        while line := await reader.readline():
+            words = line.split()
+            command = words[0] if words[0] == b"DONE" else words[1].upper()
+            if command.decode() == chatty:
+                while True:
+                    writer.write(b"* OK still here\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+            if command == b"AUTHENTICATE":
+                writer.write(b"+ \r\n")
+                await reader.readline()
+                writer.write(words[0] + b" OK logged in\r\n")
+            elif command == b"DONE":
+                writer.write(idle_tag + b" OK\r\n")
+            else:
+                idle_tag = words[0]
+                writer.write(answers.get(command, b"%s OK\r\n").replace(b"%s", words[0]))
+            await writer.drain()
+
+    async def run() -> PollError | None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        view = connection_view(encryption=Encryption.NONE, port=port, timeout_ms=300)
+        config = MailboxConfig(view, SecretStr("pw"), network=LOOPBACK)
+        try:
+            session = await IdleSession.open(config)
+            try:
+                await session.examine("INBOX")
+                await session.idle(0.1, lambda: None)
+            finally:
+                await session.close()
+        except Exception as exc:
+            return classify(exc)
+        finally:
+            server.close()
+        return None
+
+    async def bounded() -> PollError | None:
+        return await asyncio.wait_for(run(), 10.0)  # a hang fails the test: no PollError
+
+    error = asyncio.run(bounded())
+    assert error is not None
+    assert error.kind is ErrorKind.TIMEOUT

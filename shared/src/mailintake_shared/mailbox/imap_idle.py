@@ -7,7 +7,10 @@ connection's context, STARTTLS fails closed, a ``PREAUTH`` greeting is taken as 
 refused with STARTTLS), a password goes by SASL PLAIN (RFC 4616, UTF-8; with an authorization
 identity for a shared mailbox) where the server offers it, else by LOGIN (ASCII only), or
 XOAUTH2 with the connection's access token, refreshed once when the server refuses it.
-Responses are read by RFC 3501's grammar (``imap_wire``). Failures leave as ``PollError``
+Responses are read by RFC 3501's grammar (``imap_wire``), each in bounded memory, and each
+answer whole within the connection's time-out, however many untagged responses come first
+(a server that chatters without answering would otherwise hold the session, and one of the
+watcher's few places for setting sessions up, for ever). Failures leave as ``PollError``
 (``errors.classify``), the same taxonomy as a poll's, without the secret in any form the
 server could have quoted back (``MailboxConfig.scrub``).
 
@@ -179,17 +182,20 @@ class IdleSession:
         after it (XOAUTH2's error report) is answered empty, and the tagged NO follows."""
         tag = self._send(b"AUTHENTICATE " + mechanism)
         answered = False
-        while True:
-            reply = await self._read(self._timeout)
-            if reply.text[:1] == b"+":
-                self._writer.write(b"\r\n" if answered else base64.b64encode(response) + b"\r\n")
-                answered = True
-            elif reply.tag == tag:
-                self._check(reply, login=True)
-                self._note_capabilities(reply)
-                return
-            else:
-                self._untagged(reply, None)
+        async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+            while True:
+                reply = await self._read(self._timeout)
+                if reply.text[:1] == b"+":
+                    self._writer.write(
+                        b"\r\n" if answered else base64.b64encode(response) + b"\r\n"
+                    )
+                    answered = True
+                elif reply.tag == tag:
+                    self._check(reply, login=True)
+                    self._note_capabilities(reply)
+                    return
+                else:
+                    self._untagged(reply, None)
 
     # --- the folder ---------------------------------------------------------------------------
     async def examine(self, folder: str) -> FolderInfo:
@@ -199,16 +205,17 @@ class IdleSession:
             raise IdleUnsupportedError("the server does not offer IDLE (RFC 2177)")
         tag = self._send(b"EXAMINE " + _astring(imap_utf7.encode(folder).decode("ascii")))
         uidvalidity = uidnext = None
-        while True:
-            reply = await self._read(self._timeout)
-            if reply.tag == tag:
-                break
-            code = _response_code(reply)
-            if code[:1] == [b"UIDVALIDITY"] and len(code) > 1:
-                uidvalidity = int(code[1])
-            elif code[:1] == [b"UIDNEXT"] and len(code) > 1:
-                uidnext = int(code[1])
-            self._untagged(reply, None)
+        async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+            while True:
+                reply = await self._read(self._timeout)
+                if reply.tag == tag:
+                    break
+                code = _response_code(reply)
+                if code[:1] == [b"UIDVALIDITY"] and len(code) > 1:
+                    uidvalidity = int(code[1])
+                elif code[:1] == [b"UIDNEXT"] and len(code) > 1:
+                    uidnext = int(code[1])
+                self._untagged(reply, None)
         if not _ok(reply):
             raise FolderMissingError(folder)
         if uidvalidity is None:
@@ -231,13 +238,14 @@ class IdleSession:
         ``PollError`` when the session breaks."""
         try:
             tag = self._send(b"IDLE")
-            while True:  # the continuation request; updates may come first
-                reply = await self._read(self._timeout)
-                if reply.text[:1] == b"+":
-                    break
-                if reply.tag == tag:
-                    raise IdleUnsupportedError(f"the server refused IDLE: {_words(reply)}")
-                self._untagged(reply, new_mail)
+            async with asyncio.timeout(self._timeout):  # the whole wait, however chatty
+                while True:  # the continuation request; updates may come first
+                    reply = await self._read(self._timeout)
+                    if reply.text[:1] == b"+":
+                        break
+                    if reply.tag == tag:
+                        raise IdleUnsupportedError(f"the server refused IDLE: {_words(reply)}")
+                    self._untagged(reply, new_mail)
             if idling is not None:
                 await idling()
             loop = asyncio.get_running_loop()
@@ -252,8 +260,9 @@ class IdleSession:
                     return
                 self._untagged(reply, new_mail)
             self._writer.write(b"DONE\r\n")
-            while (reply := await self._read(self._timeout)).tag != tag:
-                self._untagged(reply, new_mail)
+            async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+                while (reply := await self._read(self._timeout)).tag != tag:
+                    self._untagged(reply, new_mail)
             self._check(reply)
         except IdleUnsupportedError:
             raise
@@ -279,8 +288,9 @@ class IdleSession:
     async def _command(self, command: bytes, *, login: bool = False) -> Response:
         """Send ``command`` and read up to its tagged reply; untagged replies are noted."""
         tag = self._send(command)
-        while (reply := await self._read(self._timeout)).tag != tag:
-            self._untagged(reply, None)
+        async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+            while (reply := await self._read(self._timeout)).tag != tag:
+                self._untagged(reply, None)
         self._check(reply, login=login)
         self._note_capabilities(reply)
         return reply
