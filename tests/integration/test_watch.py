@@ -10,6 +10,7 @@ the session budget holds with watching on.
 from __future__ import annotations
 
 import itertools
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.planted import planted
 from tests.harness.proxy import Fault, FaultProxy
 from tests.harness.quirks import QuirkServer
 from tests.integration.conftest import create_enabled, imap_session
@@ -318,6 +320,85 @@ def test_the_session_budget_holds_with_watching_on(
     failed = db.rows("SELECT error FROM poll_log WHERE outcome = 'failed'")
     assert failed == [], failed
     assert "Maximum number of connections" not in server_log
+    pipeline.assert_running()
+
+
+def _quirk_connection(api: TestClient, server: QuirkServer, name: str) -> str:
+    created = api.post(
+        "/connections",
+        json={
+            "name": name,
+            "protocol": "imap",
+            "host": "127.0.0.1",
+            "port": server.imap_port,
+            "encryption": "none",
+            "username": server.username,
+            "password": server.password,
+            "interval_minutes": 60,
+            "timeout_ms": 2000,
+        },
+    )
+    assert created.status_code == 201, created.text
+    cid: str = created.json()["id"]
+    assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+    return cid
+
+
+def idles(server: QuirkServer) -> int:
+    return sum(command.split()[1:2] == ["IDLE"] for command in list(server.commands))
+
+
+def test_hostile_idle_servers_cost_one_watch_each_and_leak_no_secret(
+    pipeline: Pipeline, api: TestClient
+) -> None:
+    """The tests' scripted server, one connection per behaviour, only the watcher running:
+    IDLE refused, never answered, answered with the password quoted back, ended by the server
+    as soon as it began, or flooded with EXISTS. Each is reported for what it is; none spins
+    the watcher's loop or floods the scheduler with requests; no secret reaches the API."""
+    password = planted("password")
+    behaviours: dict[str, dict[str, Any]] = {
+        "refused": {"idle_answer": b"BAD"},
+        "silent": {"idle_silent": True},
+        "echo": {"idle_says": b"* BYE you sent " + password.encode() + b"\r\n"},
+        "at once": {"idle_ends_at_once": True},
+        "flood": {"idle_flood": True},
+    }
+    servers = {  # an account each: the account's session budget is not what is tried here
+        name: QuirkServer(f"{name.replace(' ', '-')}@example.com", password).start()
+        for name in behaviours
+    }
+    try:
+        for name, quirks in behaviours.items():
+            for quirk, value in quirks.items():
+                setattr(servers[name].imap, quirk, value)
+        ids = {name: _quirk_connection(api, server, name) for name, server in servers.items()}
+        pipeline.start("watcher")
+
+        def state(name: str) -> str:
+            return str(watch_of(api, ids[name])["state"])
+
+        wait_until(lambda: state("refused") == "unsupported", timeout_s=60, message="refused")
+        assert "BAD" in watch_of(api, ids["refused"])["reason"]
+        wait_until(lambda: state("silent") == "retrying", timeout_s=60, message="silent")
+        assert watch_of(api, ids["silent"])["reason"].startswith("timeout")
+        wait_until(lambda: state("echo") == "retrying", timeout_s=60, message="echo")
+        assert password not in watch_of(api, ids["echo"])["reason"]
+        assert "[secret]" in watch_of(api, ids["echo"])["reason"]
+        wait_until(lambda: state("at once") == state("flood") == "watching", timeout_s=60)
+
+        start, rounds = time.monotonic(), idles(servers["at once"])
+        requests = metric(pipeline, "watcher", "mailintake_watcher_poll_requests_total")
+        time.sleep(5)
+        rounds = idles(servers["at once"]) - rounds
+        requests = metric(pipeline, "watcher", "mailintake_watcher_poll_requests_total") - requests
+        elapsed = time.monotonic() - start
+        # Upper bounds only: a slower machine makes fewer, never more.
+        assert rounds <= elapsed + 2, f"{rounds} IDLE rounds in {elapsed:.1f} s"
+        assert requests <= elapsed + 2, f"{requests} poll requests in {elapsed:.1f} s"
+        assert state("at once") == state("flood") == "watching"
+    finally:
+        for server in servers.values():
+            server.stop()
     pipeline.assert_running()
 
 
