@@ -29,6 +29,7 @@ from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_store.writer import StoreWriter
 from tests.api import WITHOUT_ESTIMATE, api_client, enable, imap_body
+from tests.conftest import Mailbox
 from tests.harness.graph_server import GraphServer
 from tests.harness.mail import make_message
 from tests.harness.oauth_server import OAuthServer
@@ -37,6 +38,7 @@ from tests.harness.planted import planted
 from tests.harness.polls import run_poll
 from tests.harness.tls import make_pki
 from tests.harness.views import LOOPBACK
+from tests.integration.conftest import create_enabled
 from tests.integration.test_oauth import CLIENT_SECRET, _authorize_with
 
 pytestmark = pytest.mark.integration
@@ -321,6 +323,44 @@ def test_graph_notifications_bring_new_mail_in_and_the_subscription_lives(
         assert db.scalar("SELECT count(*) FROM graph_subscriptions") == 0
     assert all(200 <= s.status < 300 for s in graph.state.sent)  # every genuine one was taken
     assert db.message_count() == db.distinct_messages() == 2
+    pipeline.assert_running()
+
+
+def test_a_graph_that_throttles_for_an_hour_holds_up_no_other_watch(
+    graph_servers: tuple[OAuthServer, GraphServer, Path],
+    push_pipeline: tuple[Pipeline, Settings],
+    mailbox: Mailbox,
+) -> None:
+    """Every Graph request answered 429 with ``Retry-After: 3600``, for more Graph
+    connections than the watcher has threads for blocking work: each Graph watch says it is
+    throttled and tries again later, and an IMAP connection beside them is watched as usual
+    (its database work does not queue behind an hour of sleeping)."""
+    oauth, graph, _ = graph_servers
+    pipeline, settings = push_pipeline
+    graph.state.throttle_every, graph.state.retry_after = 1, "3600"
+    try:
+        with api_client(settings) as api:
+            credential = _credential(api, oauth, app_only=True)
+            graph_ids = [_connection(api, credential, _mailbox(graph, 0)[0]) for _ in range(6)]
+            for cid in graph_ids:
+                enabled = api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE)
+                assert enabled.status_code == 200, enabled.text
+            pipeline.start("watcher")
+
+            def watch(cid: str) -> dict[str, Any]:
+                shown: dict[str, Any] = api.get(f"/connections/{cid}").json()["watch"]
+                return shown
+
+            wait_until(
+                lambda: all(watch(cid)["state"] == "retrying" for cid in graph_ids),
+                timeout_s=120,
+                message="every Graph watch says it is throttled",
+            )
+            assert all(watch(cid)["reason"].startswith("throttled") for cid in graph_ids)
+            imap = create_enabled(api, mailbox, interval_minutes=60)
+            wait_until(lambda: watch(imap)["watched"], timeout_s=60, message="IMAP watched")
+    finally:
+        graph.state.throttle_every, graph.state.retry_after = 0, "1"
     pipeline.assert_running()
 
 
