@@ -343,6 +343,27 @@ def test_a_push_does_not_hurry_the_retry_of_a_poll_the_server_refused(kind: Erro
     assert when >= 20 + CONFIG.retry_base_s
 
 
+def test_a_connection_changed_while_it_waits_for_a_retry_is_retried_at_once() -> None:
+    """The password was refused and the retry waits an hour; the operator puts it right (a
+    new version of the connection): the retry comes at once, and serves the watch's push."""
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)
+    due = first_poll(schedule, v)
+    failed = completed(
+        due,
+        outcome=PollOutcome.FAILED,
+        error_kind=ErrorKind.AUTHENTICATION,
+        consecutive_failures=1,
+    )
+    schedule.poll_completed(failed, 20.0)
+    schedule.connection_changed(view(v.id, interval=60), 30.0)  # the same version again
+    assert schedule.poll_requested(v.id, 31.0, PollReason.PUSH)
+    assert schedule.due(40.0) == []
+    schedule.connection_changed(view(v.id, interval=60, version=2), 50.0)
+    (retry,) = schedule.due(50.0)
+    assert retry.reason is PollReason.RETRY
+
+
 def test_an_operators_request_in_flight_is_not_renamed_by_a_push() -> None:
     schedule = Schedule(CONFIG)
     v = view()

@@ -17,7 +17,8 @@ Rules:
   to ``retry_max_s`` (no retry storm against a server that refuses us); a throttled poll
   (``[LIMIT]``, ``[UNAVAILABLE]``, 429) backs off with jitter, past the interval if need be;
 - a connection whose OAuth2 grant is gone (``authorization_required``) is parked: no polls
-  until it changes (a new authorization bumps its version) or an operator asks for one;
+  until it changes (a new authorization bumps its version) or an operator asks for one; one
+  that changes while it waits for a retry (a password put right) is retried at once;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
 - a manual request is served at once, or right after the poll in flight; one for a connection
@@ -144,6 +145,8 @@ class Schedule:
             if entry.parked and changed and entry.in_flight is None:
                 entry.parked = False
                 self._set_due(view.id, entry, now, PollReason.SCHEDULED)
+            elif changed and entry.in_flight is None and entry.reason is PollReason.RETRY:
+                self._set_due(view.id, entry, now, PollReason.RETRY)  # new settings: no back-off
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
         self._waiting.pop(connection_id, None)
