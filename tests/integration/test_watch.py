@@ -4,7 +4,9 @@ Every connection here is polled at an interval of an hour unless said otherwise,
 message stored within the test came from a push (the poll's reason says so), not from the
 interval; a dropped IDLE session falls back to interval polls and comes back; a server
 without IDLE is polled as before; two watcher replicas never watch one connection at once;
-the session budget holds with watching on.
+the session budget holds with watching on. Against the tests' scripted server, what a hostile
+one costs (and that it hears no secret back); and claims that stay apart however the
+connections' ids hash.
 """
 
 from __future__ import annotations
@@ -147,27 +149,36 @@ def test_a_dropped_idle_session_falls_back_to_interval_polls_and_recovers(
     pipeline.assert_running()
 
 
+def quirk_connection(api: TestClient, server: QuirkServer, name: str, **overrides: Any) -> str:
+    """An enabled connection to the scripted server (plain IMAP, a 2 s time-out)."""
+    created = api.post(
+        "/connections",
+        json={
+            "name": name,
+            "protocol": "imap",
+            "host": "127.0.0.1",
+            "port": server.imap_port,
+            "encryption": "none",
+            "username": server.username,
+            "password": server.password,
+            "interval_minutes": 60,
+            "timeout_ms": 2000,
+            **overrides,
+        },
+    )
+    assert created.status_code == 201, created.text
+    cid: str = created.json()["id"]
+    assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+    return cid
+
+
 def test_a_server_without_idle_is_polled_as_before(
     pipeline: Pipeline, api: TestClient, db: Database
 ) -> None:
     with QuirkServer() as server:
         server.imap.no_idle = True
         pipeline.start("scheduler", "fetcher", "store", "watcher")
-        created = api.post(
-            "/connections",
-            json={
-                "name": "no idle",
-                "protocol": "imap",
-                "host": "127.0.0.1",
-                "port": server.imap_port,
-                "encryption": "none",
-                "username": server.username,
-                "password": server.password,
-                "interval_minutes": 1,
-            },
-        )
-        cid = created.json()["id"]
-        assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+        cid = quirk_connection(api, server, "no idle", interval_minutes=1)
         wait_until(
             lambda: watch_of(api, cid)["state"] == "unsupported", timeout_s=60, message="seen"
         )
@@ -323,27 +334,6 @@ def test_the_session_budget_holds_with_watching_on(
     pipeline.assert_running()
 
 
-def _quirk_connection(api: TestClient, server: QuirkServer, name: str) -> str:
-    created = api.post(
-        "/connections",
-        json={
-            "name": name,
-            "protocol": "imap",
-            "host": "127.0.0.1",
-            "port": server.imap_port,
-            "encryption": "none",
-            "username": server.username,
-            "password": server.password,
-            "interval_minutes": 60,
-            "timeout_ms": 2000,
-        },
-    )
-    assert created.status_code == 201, created.text
-    cid: str = created.json()["id"]
-    assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
-    return cid
-
-
 def idles(server: QuirkServer) -> int:
     return sum(command.split()[1:2] == ["IDLE"] for command in list(server.commands))
 
@@ -371,7 +361,7 @@ def test_hostile_idle_servers_cost_one_watch_each_and_leak_no_secret(
         for name, quirks in behaviours.items():
             for quirk, value in quirks.items():
                 setattr(servers[name].imap, quirk, value)
-        ids = {name: _quirk_connection(api, server, name) for name, server in servers.items()}
+        ids = {name: quirk_connection(api, server, name) for name, server in servers.items()}
         pipeline.start("watcher")
 
         def state(name: str) -> str:
