@@ -83,6 +83,7 @@ class GraphState:
     seq: int = 0
     page_size: int = 10
     throttle_every: int = 0  # every n-th request answers 429 (0: never)
+    retry_after: str = "1"  # the Retry-After of those 429s, in seconds
     requests: int = 0
     throttled: int = 0
     subscriptions: dict[str, GraphSubscription] = field(default_factory=dict)
@@ -268,7 +269,9 @@ def _handler(state: GraphState, oauth: OAuthServerState) -> type[BaseHTTPRequest
 
         def _error_with_retry(self) -> None:
             self._json(
-                429, {"error": {"code": "TooManyRequests", "message": "slow down"}}, Retry_After="1"
+                429,
+                {"error": {"code": "TooManyRequests", "message": "slow down"}},
+                Retry_After=state.retry_after,
             )
 
         def do_GET(self) -> None:

@@ -13,11 +13,13 @@ finds nothing and ``UID SEARCH UID *`` answered BAD (GNU Mailutils 3.15); no UID
 literals, one message's items split over several responses in any order, unsolicited
 responses between them; a tagged NO for some messages; SELECT without UIDNEXT; an
 RFC822.SIZE that is only approximate; a partial fetch answered whole; no IDLE capability;
-EXPUNGE responses in the middle of a FETCH answer. And hostile ones: UIDs listed that the
-folder never had (or outside 1..2^32-1); FETCH answers sent one byte at a time, or without
-end; byte ranges of a message that never ends; a literal of gigabytes announced; ``* BYE`` at
-any step; STARTTLS answered OK and then plain text (a man in the middle stripping TLS). Both
-ports speak implicit TLS when the server is given a context.
+EXPUNGE responses in the middle of a FETCH answer; IDLE refused, or ended by the server at
+once. And hostile ones: UIDs listed that the folder never had (or outside 1..2^32-1); FETCH
+answers sent one byte at a time, or without end; byte ranges of a message that never ends; a
+literal of gigabytes announced; ``* BYE`` at any step; STARTTLS answered OK and then plain
+text (a man in the middle stripping TLS); an IDLE that never gets its "+", that floods
+EXISTS, or whose "+" is followed by anything. Both ports speak implicit TLS when the server
+is given a context.
 
 POP3: several messages under one UIDL; 8-bit mail rewritten unless the client sends ``UTF8``
 (Courier); ``-ERR`` to RETR of some messages; ``-ERR [IN-USE]`` to PASS; no UIDL; the
@@ -116,6 +118,12 @@ class ImapQuirks:
     starttls_plain: bool = False  # STARTTLS offered, answered OK, and then plain text goes on
     expunge_in_fetch: set[int] = field(default_factory=set)  # expunged by another session
     #   in the middle of the FETCH answer, once the message before it was sent
+    # IDLE (RFC 2177): "+", then "* n EXISTS" whenever the folder grows, until DONE; or:
+    idle_answer: bytes | None = None  # IDLE answered with this tagged status (BAD, NO)
+    idle_silent: bool = False  # IDLE gets no "+", nor any answer at all
+    idle_says: bytes = b""  # sent right after the "+" of each IDLE
+    idle_ends_at_once: bool = False  # each IDLE ended by the server as soon as it began
+    idle_flood: bool = False  # "* n EXISTS", n ever rising, 5,000 a second while idling
 
 
 @dataclass
@@ -618,6 +626,36 @@ class _ImapSession:
                 out += b"* %d EXPUNGE\r\n" % number
         await self.send(out + tag + b" OK done\r\n")
 
+    async def idle(self, tag: bytes, _: list[Value]) -> None:
+        """RFC 2177: ``+``, then the folder's news until the client's ``DONE``."""
+        quirks = self.quirks
+        if quirks.idle_answer is not None:
+            await self.send(tag + b" " + quirks.idle_answer + b" IDLE refused\r\n")
+            return
+        done = asyncio.ensure_future(self.reader.readline())
+        try:
+            if not quirks.idle_silent:
+                await self.send(b"+ idling\r\n" + quirks.idle_says)
+            if quirks.idle_ends_at_once:
+                await self.send(tag + b" OK IDLE ended by the server\r\n")
+                return
+            known = len(self.box.messages)
+            while not done.done():
+                if quirks.idle_flood:
+                    await self.send(b"".join(b"* %d EXISTS\r\n" % (known + i) for i in range(100)))
+                    known += 100
+                elif len(self.box.messages) > known:
+                    known = len(self.box.messages)
+                    await self.send(b"* %d EXISTS\r\n" % known)
+                await asyncio.wait([done], timeout=0.02)
+            line = done.result()
+        finally:
+            done.cancel()
+        if not line:
+            raise _Closed()
+        self.server.commands.append(line.decode("utf-8", "replace").strip())
+        await self.send(tag + b" OK Idle completed\r\n")
+
     async def uid_expunge(self, tag: bytes, arguments: list[Value]) -> None:
         if self.quirks.no_uidplus:
             await self.send(tag + b" BAD unknown command\r\n")
@@ -645,6 +683,7 @@ _IMAP_COMMANDS = {
     b"UID STORE": _ImapSession.uid_store,
     b"EXPUNGE": _ImapSession.expunge,
     b"UID EXPUNGE": _ImapSession.uid_expunge,
+    b"IDLE": _ImapSession.idle,
 }
 
 

@@ -8,6 +8,7 @@ subscription deleted when the connection is disabled."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
 from mailintake_devstack.broker import free_port
 from mailintake_fetcher.graph_poll import GraphPoll
@@ -26,14 +28,17 @@ from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
 from mailintake_store.writer import StoreWriter
-from tests.api import api_client, enable
+from tests.api import WITHOUT_ESTIMATE, api_client, enable, imap_body
+from tests.conftest import Mailbox
 from tests.harness.graph_server import GraphServer
 from tests.harness.mail import make_message
 from tests.harness.oauth_server import OAuthServer
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.planted import planted
 from tests.harness.polls import run_poll
 from tests.harness.tls import make_pki
 from tests.harness.views import LOOPBACK
+from tests.integration.conftest import create_enabled
 from tests.integration.test_oauth import CLIENT_SECRET, _authorize_with
 
 pytestmark = pytest.mark.integration
@@ -319,3 +324,103 @@ def test_graph_notifications_bring_new_mail_in_and_the_subscription_lives(
     assert all(200 <= s.status < 300 for s in graph.state.sent)  # every genuine one was taken
     assert db.message_count() == db.distinct_messages() == 2
     pipeline.assert_running()
+
+
+def test_a_graph_that_throttles_for_an_hour_holds_up_no_other_watch(
+    graph_servers: tuple[OAuthServer, GraphServer, Path],
+    push_pipeline: tuple[Pipeline, Settings],
+    mailbox: Mailbox,
+) -> None:
+    """Every Graph request answered 429 with ``Retry-After: 3600``, for more Graph
+    connections than the watcher has threads for blocking work: each Graph watch says it is
+    throttled and tries again later, and an IMAP connection beside them is watched as usual
+    (its database work does not queue behind an hour of sleeping)."""
+    oauth, graph, _ = graph_servers
+    pipeline, settings = push_pipeline
+    graph.state.throttle_every, graph.state.retry_after = 1, "3600"
+    try:
+        with api_client(settings) as api:
+            credential = _credential(api, oauth, app_only=True)
+            graph_ids = [_connection(api, credential, _mailbox(graph, 0)[0]) for _ in range(6)]
+            for cid in graph_ids:
+                enabled = api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE)
+                assert enabled.status_code == 200, enabled.text
+            pipeline.start("watcher")
+
+            def watch(cid: str) -> dict[str, Any]:
+                shown: dict[str, Any] = api.get(f"/connections/{cid}").json()["watch"]
+                return shown
+
+            wait_until(
+                lambda: all(watch(cid)["state"] == "retrying" for cid in graph_ids),
+                timeout_s=120,
+                message="every Graph watch says it is throttled",
+            )
+            assert all(watch(cid)["reason"].startswith("throttled") for cid in graph_ids)
+            imap = create_enabled(api, mailbox, interval_minutes=60)
+            wait_until(lambda: watch(imap)["watched"], timeout_s=60, message="IMAP watched")
+    finally:
+        graph.state.throttle_every, graph.state.retry_after = 0, "1"
+    pipeline.assert_running()
+
+
+def test_the_notification_url_takes_nothing_a_stranger_sends(
+    graph_settings: Settings, db: Database, logs: Any
+) -> None:
+    """What anyone on the Internet can send to the notification URL (it has no bearer
+    token): a validation token written to run as a page, one too long, a body too large, a
+    forged clientState, a lifecycle event of a subscription that is not ours. Only a
+    genuine notification is acted on; no answer reflects anything as HTML; the clientState
+    appears in no answer and no log line."""
+    with api_client(graph_settings) as api:
+        created = api.post("/connections", json=imap_body(name=f"m {uuid.uuid4().hex[:6]}"))
+        cid = created.json()["id"]
+        assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+        client_state = planted("client-state")
+        db.execute(
+            "INSERT INTO graph_subscriptions (subscription_id, connection_id, "
+            "client_state_sha256, expires_at, created_at) VALUES ('sub-1', :cid, :digest, "
+            "now() + interval '1 day', now())",
+            cid=cid,
+            digest=hashlib.sha256(client_state.encode()).hexdigest(),
+        )
+        url = "/graph/notifications"
+        anonymous = {"Authorization": ""}
+
+        def counted(kind: str) -> float:
+            name = "mailintake_api_graph_notifications_total"
+            return REGISTRY.get_sample_value(name, {"kind": kind}) or 0.0
+
+        page = "<script>alert(document.cookie)</script>"
+        echoed = api.post(url, params={"validationToken": page}, headers=anonymous)
+        assert (echoed.status_code, echoed.text) == (200, page)
+        assert echoed.headers["content-type"].startswith("text/plain")
+        assert echoed.headers["x-content-type-options"] == "nosniff"
+        too_long = api.post(url, params={"validationToken": "A" * 5000}, headers=anonymous)
+        assert too_long.status_code == 422
+        assert "AAAA" not in too_long.text
+        huge = b'{"value": [' + b" " * graph_settings.api_max_body_bytes + b"]}"
+        assert api.post(url, content=huge, headers=anonymous).status_code == 413
+
+        def notify(subscription: str, state: str, **item: str) -> int:
+            value = [{"subscriptionId": subscription, "clientState": state, **item}]
+            status: int = api.post(url, json={"value": value}, headers=anonymous).status_code
+            return status
+
+        created_before = counted("created")
+        assert notify("sub-1", "guessed", changeType="created") == 403
+        assert notify("sub-1", "guessed", lifecycleEvent="subscriptionRemoved") == 403
+        assert notify("sub-2", client_state, lifecycleEvent="subscriptionRemoved") == 202
+        assert db.scalar("SELECT needs FROM graph_subscriptions") is None
+        assert counted("created") == created_before
+        assert notify("sub-1", client_state, changeType="created") == 202
+        assert notify("sub-1", client_state, changeType="created") == 202  # a replay: a poll
+        assert counted("created") == created_before + 2
+        assert notify("sub-1", client_state, lifecycleEvent="reauthorizationRequired") == 202
+        assert db.scalar("SELECT needs FROM graph_subscriptions") == "reauthorize"
+
+        before = len(logs.records())
+        strangers = [{"subscriptionId": f"x-{n}", "clientState": "y"} for n in range(1000)]
+        assert api.post(url, json={"value": strangers}, headers=anonymous).status_code == 202
+        assert len(logs.records()) - before <= 3  # one request, not a thousand log lines
+    assert client_state not in logs.text

@@ -4,11 +4,15 @@ Every connection here is polled at an interval of an hour unless said otherwise,
 message stored within the test came from a push (the poll's reason says so), not from the
 interval; a dropped IDLE session falls back to interval polls and comes back; a server
 without IDLE is polled as before; two watcher replicas never watch one connection at once;
-the session budget holds with watching on.
+the session budget holds with watching on. Against the tests' scripted server, what a hostile
+one costs (and that it hears no secret back); and claims that stay apart however the
+connections' ids hash.
 """
 
 from __future__ import annotations
 
+import itertools
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -18,13 +22,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from kafka.partitioner.default import murmur2
+from sqlalchemy import create_engine
 
+from mailintake_shared.db.session_budget import lock_key
 from mailintake_shared.settings import Settings
+from mailintake_watcher.claims import Claims
 from tests.api import WITHOUT_ESTIMATE
 from tests.conftest import Mailbox
 from tests.harness.dovecot import Dovecot
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.planted import planted
 from tests.harness.proxy import Fault, FaultProxy
 from tests.harness.quirks import QuirkServer
 from tests.integration.conftest import create_enabled, imap_session
@@ -145,27 +153,36 @@ def test_a_dropped_idle_session_falls_back_to_interval_polls_and_recovers(
     pipeline.assert_running()
 
 
+def quirk_connection(api: TestClient, server: QuirkServer, name: str, **overrides: Any) -> str:
+    """An enabled connection to the scripted server (plain IMAP, a 2 s time-out)."""
+    created = api.post(
+        "/connections",
+        json={
+            "name": name,
+            "protocol": "imap",
+            "host": "127.0.0.1",
+            "port": server.imap_port,
+            "encryption": "none",
+            "username": server.username,
+            "password": server.password,
+            "interval_minutes": 60,
+            "timeout_ms": 2000,
+            **overrides,
+        },
+    )
+    assert created.status_code == 201, created.text
+    cid: str = created.json()["id"]
+    assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+    return cid
+
+
 def test_a_server_without_idle_is_polled_as_before(
     pipeline: Pipeline, api: TestClient, db: Database
 ) -> None:
     with QuirkServer() as server:
         server.imap.no_idle = True
         pipeline.start("scheduler", "fetcher", "store", "watcher")
-        created = api.post(
-            "/connections",
-            json={
-                "name": "no idle",
-                "protocol": "imap",
-                "host": "127.0.0.1",
-                "port": server.imap_port,
-                "encryption": "none",
-                "username": server.username,
-                "password": server.password,
-                "interval_minutes": 1,
-            },
-        )
-        cid = created.json()["id"]
-        assert api.post(f"/connections/{cid}/enable", json=WITHOUT_ESTIMATE).status_code == 200
+        cid = quirk_connection(api, server, "no idle", interval_minutes=1)
         wait_until(
             lambda: watch_of(api, cid)["state"] == "unsupported", timeout_s=60, message="seen"
         )
@@ -329,3 +346,93 @@ def test_the_session_budget_holds_with_watching_on(
     assert failed == [], failed
     assert "Maximum number of connections" not in server_log
     pipeline.assert_running()
+
+
+def idles(server: QuirkServer) -> int:
+    return sum(command.split()[1:2] == ["IDLE"] for command in list(server.commands))
+
+
+def test_hostile_idle_servers_cost_one_watch_each_and_leak_no_secret(
+    pipeline: Pipeline, api: TestClient
+) -> None:
+    """The tests' scripted server, one connection per behaviour, only the watcher running:
+    IDLE refused, never answered, answered with the password quoted back, ended by the server
+    as soon as it began, or flooded with EXISTS. Each is reported for what it is; none spins
+    the watcher's loop or floods the scheduler with requests; no secret reaches the API."""
+    password = planted("password")
+    behaviours: dict[str, dict[str, Any]] = {
+        "refused": {"idle_answer": b"BAD"},
+        "silent": {"idle_silent": True},
+        "echo": {"idle_says": b"* BYE you sent " + password.encode() + b"\r\n"},
+        "at once": {"idle_ends_at_once": True},
+        "flood": {"idle_flood": True},
+    }
+    servers = {  # an account each: the account's session budget is not what is tried here
+        name: QuirkServer(f"{name.replace(' ', '-')}@example.com", password).start()
+        for name in behaviours
+    }
+    try:
+        for name, quirks in behaviours.items():
+            for quirk, value in quirks.items():
+                setattr(servers[name].imap, quirk, value)
+        ids = {name: quirk_connection(api, server, name) for name, server in servers.items()}
+        pipeline.start("watcher")
+
+        def state(name: str) -> str:
+            return str(watch_of(api, ids[name])["state"])
+
+        wait_until(lambda: state("refused") == "unsupported", timeout_s=60, message="refused")
+        assert "BAD" in watch_of(api, ids["refused"])["reason"]
+        wait_until(lambda: state("silent") == "retrying", timeout_s=60, message="silent")
+        assert watch_of(api, ids["silent"])["reason"].startswith("timeout")
+        wait_until(lambda: state("echo") == "retrying", timeout_s=60, message="echo")
+        assert password not in watch_of(api, ids["echo"])["reason"]
+        assert "[secret]" in watch_of(api, ids["echo"])["reason"]
+        wait_until(lambda: state("at once") == state("flood") == "watching", timeout_s=60)
+
+        start, rounds = time.monotonic(), idles(servers["at once"])
+        requests = metric(pipeline, "watcher", "mailintake_watcher_poll_requests_total")
+        time.sleep(5)
+        rounds = idles(servers["at once"]) - rounds
+        requests = metric(pipeline, "watcher", "mailintake_watcher_poll_requests_total") - requests
+        elapsed = time.monotonic() - start
+        # Upper bounds only: a slower machine makes fewer, never more.
+        assert rounds <= elapsed + 2, f"{rounds} IDLE rounds in {elapsed:.1f} s"
+        assert requests <= elapsed + 2, f"{requests} poll requests in {elapsed:.1f} s"
+        assert state("at once") == state("flood") == "watching"
+    finally:
+        for server in servers.values():
+            server.stop()
+    pipeline.assert_running()
+
+
+def _colliding_connection_ids() -> tuple[uuid.UUID, uuid.UUID]:
+    """Two connection ids whose claims shared one 32-bit lock key: among 10,000 watched
+    connections, a pair does with a chance of 1 in 86 (the birthday bound)."""
+    seen: dict[int, uuid.UUID] = {}
+    for n in itertools.count():
+        connection_id = uuid.UUID(int=n)
+        key = lock_key(f"watch:{connection_id}")
+        if key in seen:
+            return seen[key], connection_id
+        seen[key] = connection_id
+    raise AssertionError("unreachable")
+
+
+def test_connections_are_claimed_apart_however_their_ids_hash(database_url: str) -> None:
+    """One replica, then another, claims two connections (with no session of a budget)."""
+    first, second = _colliding_connection_ids()
+    engine = create_engine(database_url)
+    here, there = Claims(engine, 20, 2), Claims(engine, 20, 2)
+    try:
+        assert here.take(first, None) is None
+        assert there.take(second, None) is None, "refused: nobody watches it"
+        here.release(first)
+        there.release(second)
+        assert here.take(first, None) is None
+        assert here.take(second, None) is None, "refused by a claim of the same process"
+        assert there.take(first, None) is not None  # the claim itself still holds
+    finally:
+        here.close()
+        there.close()
+        engine.dispose()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
+import pytest
+
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig, stable_fraction
 from mailintake_shared.domain import ConnectionView
 from mailintake_shared.events import (
@@ -317,6 +319,49 @@ def test_push_requests_poll_at_once_or_right_after_the_poll_in_flight() -> None:
     assert schedule.due(3629.0) == []
     (scheduled,) = schedule.due(3630.0)  # an hour after the last poll was issued
     assert scheduled.reason is PollReason.SCHEDULED  # the interval poll stays the safety net
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.AUTHENTICATION, ErrorKind.THROTTLED])
+def test_a_push_does_not_hurry_the_retry_of_a_poll_the_server_refused(kind: ErrorKind) -> None:
+    """A watch's session stays logged in after the password changed, or while the server
+    throttles new sessions: each new message would otherwise be one more refused login (an
+    account lock-out, at many providers). The retry's back-off stands."""
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)
+    due = first_poll(schedule, v)
+    assert schedule.poll_requested(v.id, 10.0, PollReason.PUSH)  # while the poll is in flight
+    failed = completed(due, outcome=PollOutcome.FAILED, error_kind=kind, consecutive_failures=1)
+    schedule.poll_completed(failed, 20.0)
+    issued: list[tuple[int, PollReason]] = []
+    for t in range(21, 4000):  # mail keeps arriving, announced every second
+        schedule.poll_requested(v.id, float(t), PollReason.PUSH)
+        issued += [(t, event.reason) for event in schedule.due(float(t))]
+        if issued:
+            break
+    ((when, reason),) = issued
+    assert reason is PollReason.RETRY
+    assert when >= 20 + CONFIG.retry_base_s
+
+
+def test_a_connection_changed_while_it_waits_for_a_retry_is_retried_at_once() -> None:
+    """The password was refused and the retry waits an hour; the operator puts it right (a
+    new version of the connection): the retry comes at once, and serves the watch's push."""
+    schedule = Schedule(CONFIG)
+    v = view(interval=60)
+    due = first_poll(schedule, v)
+    failed = completed(
+        due,
+        outcome=PollOutcome.FAILED,
+        error_kind=ErrorKind.AUTHENTICATION,
+        consecutive_failures=1,
+    )
+    schedule.poll_completed(failed, 20.0)
+    schedule.connection_changed(view(v.id, interval=60), 30.0)  # the same version again
+    assert schedule.poll_requested(v.id, 31.0, PollReason.PUSH)
+    assert schedule.due(40.0) == []
+    schedule.connection_changed(view(v.id, interval=60, version=2), 50.0)
+    (retry,) = schedule.due(50.0)
+    assert retry.reason is PollReason.RETRY
 
 
 def test_an_operators_request_in_flight_is_not_renamed_by_a_push() -> None:

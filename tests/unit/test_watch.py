@@ -4,16 +4,21 @@ the watch's back-off, which connections are watched, and how the API states a wa
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from mailintake_config_api.connections import watch_status
 from mailintake_shared.db.models import ConnectionWatch
-from mailintake_shared.domain import Protocol, PushMode, Transport
-from mailintake_shared.mailbox.errors import PollError
+from mailintake_shared.domain import Encryption, Protocol, PushMode, Transport
+from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.config import MailboxConfig
+from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.imap_idle import IdleSession, IdleUnsupportedError
 from mailintake_shared.watch import WatchState
 from mailintake_watcher.graph_watch import GraphWatch, _due
@@ -21,7 +26,8 @@ from mailintake_watcher.imap_watch import ImapWatch
 from mailintake_watcher.repository import Subscription
 from mailintake_watcher.supervisor import watch_kind
 from mailintake_watcher.watch import Backoff
-from tests.harness.views import connection_view
+from tests.harness.tls import make_pki
+from tests.harness.views import LOOPBACK, connection_view
 
 
 class _Wire:
@@ -174,3 +180,129 @@ def test_a_graph_subscription_is_renewed_at_half_its_life_and_created_when_gone(
     assert due(45, "reauthorize") == "renew"  # Graph asked
     assert due(45, "recreate") == "create"  # Graph removed it
     assert due(0) == "create"  # expired
+
+
+# --- a hostile server, or one that refuses us -------------------------------------------------
+
+
+def test_a_response_of_many_literals_is_cut_at_a_bound_not_read_into_memory() -> None:
+    """Each literal under the limit, but 5 MB in one response: the watcher holds thousands
+    of sessions, so what one of them reads at once must be bounded, not each piece of it."""
+    literals = b"".join(b" {1000000}\r\n" + b"x" * 1_000_000 for _ in range(5))
+    with pytest.raises(PollError, match="bytes") as raised:
+        _idle(b"+ idling\r\n* 4 FETCH (X" + literals + b")\r\nW1 OK done\r\n")
+    assert raised.value.kind is ErrorKind.SERVER_ERROR
+
+
+def test_an_exists_count_beyond_what_imap_allows_is_the_server_s_fault() -> None:
+    """RFC 3501's numbers are 32-bit: a longer one is a broken server, not an internal error
+    (Python refuses to convert more than 4,300 digits)."""
+    with pytest.raises(PollError) as raised:
+        _idle(b"+ idling\r\n* " + b"9" * 5000 + b" EXISTS\r\nW1 OK done\r\n")
+    assert raised.value.kind is ErrorKind.SERVER_ERROR
+
+
+def test_plain_text_after_the_ok_to_starttls_is_not_read_as_if_tls_protected(
+    tmp_path: Path,
+) -> None:
+    """A man in the middle answers STARTTLS with OK and appends lines of its own before the
+    handshake (the response injection of CVE-2011-0411's kind; RFC 3207 §4.2 has the client
+    discard what came before TLS). A session that read them as protected would act on the
+    attacker's capabilities or replies: it is refused instead, before any credential."""
+    pki = make_pki(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.cert_pem, pki.key_pem)
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 STARTTLS IDLE] ready\r\n")
+        while line := await reader.readline():
+            received.append(line)
+            tag, command = line.split()[:2]
+            if command.upper() == b"STARTTLS":
+                writer.write(tag + b" OK begin TLS\r\n* CAPABILITY IMAP4rev1 IDLE INJECTED\r\n")
+                await writer.drain()
+                await writer.start_tls(server_tls)
+            elif command.upper() == b"CAPABILITY":
+                writer.write(b"* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\n" + tag + b" OK\r\n")
+            else:
+                writer.write(tag + b" OK\r\n")
+            await writer.drain()
+
+    async def run() -> None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        view = connection_view(
+            encryption=Encryption.STARTTLS, port=port, tls_ca_pem=pki.ca_text, timeout_ms=5000
+        )
+        try:
+            session = await IdleSession.open(MailboxConfig(view, SecretStr("pw"), network=LOOPBACK))
+            await session.close()
+        finally:
+            server.close()
+
+    with pytest.raises(PollError) as raised:
+        asyncio.run(run())
+    assert raised.value.kind is ErrorKind.TLS
+    sent = {line.split()[1].upper() for line in received}
+    assert not sent & {b"CAPABILITY", b"AUTHENTICATE", b"LOGIN"}, sent
+
+
+@pytest.mark.parametrize("chatty", ["AUTHENTICATE", "EXAMINE", "IDLE", "DONE"])
+def test_untagged_chatter_does_not_stretch_the_time_out_of_an_answer(chatty: str) -> None:
+    """A server that never answers one command (or IDLE's ``+``, or DONE) but keeps the
+    line busy with untagged responses: the answer as a whole must come within the time-out.
+    Otherwise the session never fails, and one being set up holds one of the watcher's few
+    places for that for good (sixteen such servers, and no other watch is ever set up)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN] ready\r\n")
+        answers = {
+            b"CAPABILITY": b"* CAPABILITY IMAP4rev1 IDLE AUTH=PLAIN\r\n%s OK\r\n",
+            b"EXAMINE": b"* 0 EXISTS\r\n* OK [UIDVALIDITY 1] x\r\n%s OK [READ-ONLY]\r\n",
+            b"IDLE": b"+ idling\r\n",
+        }
+        idle_tag = b""
+        while line := await reader.readline():
+            words = line.split()
+            command = words[0] if words[0] == b"DONE" else words[1].upper()
+            if command.decode() == chatty:
+                while True:
+                    writer.write(b"* OK still here\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+            if command == b"AUTHENTICATE":
+                writer.write(b"+ \r\n")
+                await reader.readline()
+                writer.write(words[0] + b" OK logged in\r\n")
+            elif command == b"DONE":
+                writer.write(idle_tag + b" OK\r\n")
+            else:
+                idle_tag = words[0]
+                writer.write(answers.get(command, b"%s OK\r\n").replace(b"%s", words[0]))
+            await writer.drain()
+
+    async def run() -> PollError | None:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        view = connection_view(encryption=Encryption.NONE, port=port, timeout_ms=300)
+        config = MailboxConfig(view, SecretStr("pw"), network=LOOPBACK)
+        try:
+            session = await IdleSession.open(config)
+            try:
+                await session.examine("INBOX")
+                await session.idle(0.1, lambda: None)
+            finally:
+                await session.close()
+        except Exception as exc:
+            return classify(exc)
+        finally:
+            server.close()
+        return None
+
+    async def bounded() -> PollError | None:
+        return await asyncio.wait_for(run(), 10.0)  # a hang fails the test: no PollError
+
+    error = asyncio.run(bounded())
+    assert error is not None
+    assert error.kind is ErrorKind.TIMEOUT

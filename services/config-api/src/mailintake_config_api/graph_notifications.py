@@ -11,7 +11,9 @@ is the subscription's; the answer must come within 3 seconds, and a 2xx means it
   ``subscriptionRemoved``: the watcher creates a new one, and polls.
 - An unknown subscription is ignored (one deleted here: answered 2xx all the same, so that
   Graph stops sending it); a ``clientState`` that does not match is never trusted (counted
-  and logged), and a collection of nothing but such is refused (``Received.forged``).
+  and logged), and a collection of nothing but such is refused (``Received.forged``). What
+  is ignored is logged once per kind and request: a stranger's thousand items are not a
+  thousand log lines.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ def receive(
         )
     }
     to_poll: set[uuid.UUID] = set()
+    ignored: dict[str, list[str]] = {}
     for item in collection.value:
         subscription = subscriptions.get(item.subscription_id)
         kind = _authentic(item, subscription)
@@ -106,9 +109,7 @@ def receive(
         NOTIFICATIONS.labels(kind).inc()
         if subscription is None or kind in ("unknown_subscription", "client_state_mismatch"):
             received.forged += kind == "client_state_mismatch"
-            log.warning(
-                "Graph notification ignored", reason=kind, subscription_id=item.subscription_id
-            )
+            ignored.setdefault(kind, []).append(item.subscription_id)
             continue
         received.taken += 1
         if kind in ("created", "missed"):
@@ -119,6 +120,13 @@ def receive(
         row = session.get(Connection, connection_id)
         if row is not None and row.enabled:
             request_poll(session, settings, row, PollReason.PUSH)
+    for reason, subscription_ids in ignored.items():  # a line per kind, not per item
+        log.warning(
+            "Graph notifications ignored",
+            reason=reason,
+            count=len(subscription_ids),
+            subscription_ids=sorted(set(subscription_ids))[:5],
+        )
     return received
 
 

@@ -17,14 +17,17 @@ Rules:
   to ``retry_max_s`` (no retry storm against a server that refuses us); a throttled poll
   (``[LIMIT]``, ``[UNAVAILABLE]``, 429) backs off with jitter, past the interval if need be;
 - a connection whose OAuth2 grant is gone (``authorization_required``) is parked: no polls
-  until it changes (a new authorization bumps its version) or an operator asks for one;
+  until it changes (a new authorization bumps its version) or an operator asks for one; one
+  that changes while it waits for a retry (a password put right) is retried at once;
 - a poll a fetcher skipped (another one held the connection's lease) is tried again after
   ``retry_base_s``;
 - a manual request is served at once, or right after the poll in flight; one for a connection
   whose state has not arrived yet (the scheduler, or the broker, has just started) waits for
   it, up to ``poll_timeout_s``, and is served as soon as the connection arrives enabled; so
   is a push request (the server announced new mail), which also counts as its own reason, but
-  does not wake a parked connection (the watcher cannot know the grant is back);
+  does not wake a parked connection (the watcher cannot know the grant is back), nor hurry the
+  retry of a failed poll (a watch's session outlives a password change or throttling: each
+  new message would be one more refused login);
 - a disabled or deleted connection is dropped; an interval change applies from the next poll;
 - the watchdog: a connection without a successful poll for ``stalled_after_s`` (or whose poll
   never completed, which is issued again) is reported stalled once, and recovered once a
@@ -142,6 +145,8 @@ class Schedule:
             if entry.parked and changed and entry.in_flight is None:
                 entry.parked = False
                 self._set_due(view.id, entry, now, PollReason.SCHEDULED)
+            elif changed and entry.in_flight is None and entry.reason is PollReason.RETRY:
+                self._set_due(view.id, entry, now, PollReason.RETRY)  # new settings: no back-off
 
     def connection_removed(self, connection_id: uuid.UUID) -> None:
         self._waiting.pop(connection_id, None)
@@ -167,11 +172,13 @@ class Schedule:
                     )
                 )
             entry.last_ok = now
+        requested, entry.requested = entry.requested, None
+        if requested is PollReason.PUSH and event.outcome is PollOutcome.FAILED:
+            requested = None  # the server's news waits for the retry: its back-off stands
         if event.error_kind is ErrorKind.AUTHORIZATION_REQUIRED:
-            entry.parked, entry.requested = True, None  # nothing in the heap: it waits
-        elif entry.requested is not None:
-            self._set_due(event.connection_id, entry, now, entry.requested)
-            entry.requested = None
+            entry.parked = True  # nothing in the heap: it waits
+        elif requested is not None:
+            self._set_due(event.connection_id, entry, now, requested)
         elif event.outcome is PollOutcome.SKIPPED:  # another fetcher held it: soon, not at once
             when = now + min(self.config.retry_base_s, entry.interval_s)
             self._set_due(event.connection_id, entry, when, PollReason.RETRY)
@@ -213,7 +220,8 @@ class Schedule:
         """An operator's "poll now" (``manual``), the server's news (``push``), or a fetcher's
         continuation of poll ``after`` (its next slice, from ``resume``; ``reason`` is then
         unused). False if the connection's state has not arrived (yet): a manual or push
-        request then waits for it; False too for a push to a parked connection."""
+        request then waits for it; False too for a push to a parked connection. A push to a
+        connection whose last poll failed is served by the retry, after its back-off."""
         entry = self._entries.get(connection_id)
         if entry is None:
             if after is None:  # an operator's request waiting already names the poll
@@ -227,8 +235,11 @@ class Schedule:
                 self._flying.discard(connection_id)
                 self._set_due(connection_id, entry, now, PollReason.CONTINUATION, resume)
             return True
-        if entry.parked and reason is PollReason.PUSH:
-            return False
+        if reason is PollReason.PUSH:
+            if entry.parked:
+                return False
+            if entry.in_flight is None and entry.reason is PollReason.RETRY:
+                return True  # served by the retry, after its back-off
         entry.parked = False
         if entry.in_flight is not None:
             if entry.requested is not PollReason.MANUAL:  # an operator's request names the poll

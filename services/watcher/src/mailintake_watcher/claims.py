@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from hashlib import blake2b
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
 
 from mailintake_shared.db.session_budget import (
     account_budget,
@@ -32,6 +33,12 @@ from mailintake_shared.db.session_budget import (
 
 _TRY = text("SELECT pg_try_advisory_lock(:key, :slot)")
 _UNLOCK = text("SELECT pg_advisory_unlock(:key, :slot)")
+_TRY_OWN = text("SELECT pg_try_advisory_lock(:key)")
+_UNLOCK_OWN = text("SELECT pg_advisory_unlock(:key)")
+# A connection's own claim is a one-key lock on 64 bits of a hash of its id: PostgreSQL keeps
+# one-key locks apart from two-key ones (the budgets'), and 32 bits would make two of 10,000
+# connections share a claim once in 86 (one of them never watched, "another watcher holds it").
+_OWN = -1  # its slot here
 
 
 @dataclass(frozen=True)
@@ -58,29 +65,32 @@ class Claims:
         budget; None when granted, else why not (nothing is held then)."""
         if not self._locking or connection_id in self._held:
             return None
+        own = int.from_bytes(
+            blake2b(connection_id.bytes, digest_size=8).digest(), "big", signed=True
+        )
         held: list[tuple[int, int]] = []
-        wanted = [(f"watch:{connection_id}", range(1), "another watcher holds it")]
+        wanted = [(own, range(_OWN, _OWN + 1), "another watcher holds it")]
         if server is not None:
             host, account = server
             wanted += [
                 (
-                    account_budget(host, account),
+                    lock_key(account_budget(host, account)),
                     watch_slots(self._per_account),
                     "the account's session budget (MAILINTAKE_MAX_SESSIONS_PER_ACCOUNT="
                     f"{self._per_account}) has no session free for watching: polls keep "
                     f"{self._per_account - len(watch_slots(self._per_account))}",
                 ),
                 (
-                    host_budget(host),
+                    lock_key(host_budget(host)),
                     watch_slots(self._per_host),
                     "the host's session budget (MAILINTAKE_MAX_SESSIONS_PER_HOST="
                     f"{self._per_host}) has no session free for watching: polls keep "
                     f"{self._per_host - len(watch_slots(self._per_host))}",
                 ),
             ]
-        for name, slots, refusal in wanted:
+        for key, slots, refusal in wanted:
             try:
-                lock = self._try(lock_key(name), slots)
+                lock = self._try(key, slots)
             except Exception:
                 self._drop()  # whatever was held went with the connection
                 raise
@@ -115,7 +125,7 @@ class Claims:
         for slot in slots:
             if (key, slot) in mine:
                 continue
-            if connection.execute(_TRY, {"key": key, "slot": slot}).scalar():
+            if connection.execute(*_statement(_TRY, _TRY_OWN, key, slot)).scalar():
                 return key, slot
         return None
 
@@ -124,7 +134,7 @@ class Claims:
             return
         try:
             for key, slot in locks:
-                self._connection.execute(_UNLOCK, {"key": key, "slot": slot})
+                self._connection.execute(*_statement(_UNLOCK, _UNLOCK_OWN, key, slot))
         except Exception:
             self._drop()  # the locks went with the connection
 
@@ -144,3 +154,12 @@ class Claims:
                 connection.invalidate()  # never back to the pool with locks held
             finally:
                 connection.close()
+
+
+def _statement(
+    pair: TextClause, own: TextClause, key: int, slot: int
+) -> tuple[TextClause, dict[str, int]]:
+    """The lock statement and its parameters: a budget's slot, or a connection's own claim."""
+    if slot == _OWN:
+        return own, {"key": key}
+    return pair, {"key": key, "slot": slot}

@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import hashlib
 import secrets
+import time
 from datetime import datetime, timedelta
 
 from mailintake_shared.db.types import utcnow
 from mailintake_shared.events import ErrorKind
+from mailintake_shared.mailbox.config import MailboxConfig
 from mailintake_shared.mailbox.errors import PollError, classify
 from mailintake_shared.mailbox.graph import GraphMailbox
 from mailintake_shared.watch import WatchMethod, WatchState
@@ -28,6 +30,7 @@ from mailintake_watcher.metrics import RECONNECTS
 from mailintake_watcher.repository import Subscription
 from mailintake_watcher.watch import Watch
 
+_SLOW_DOWN = (ErrorKind.AUTHENTICATION, ErrorKind.AUTHORIZATION_REQUIRED, ErrorKind.THROTTLED)
 NOT_CONFIGURED = (
     "MAILINTAKE_GRAPH_NOTIFICATION_URL is not set: Microsoft Graph has nowhere to send "
     "change notifications"
@@ -52,7 +55,7 @@ class GraphWatch(Watch):
             delay = 0.0
             try:
                 while True:
-                    if await self.context.run(self.keep_subscribed):
+                    if await self.context.run_remote(self.keep_subscribed):
                         self.new_mail()  # what came while there was no subscription
                     await self.report(WatchState.WATCHING)
                     self.backoff.failures = 0
@@ -62,7 +65,7 @@ class GraphWatch(Watch):
                 RECONNECTS.labels(self.method.value).inc()
                 await self.report(WatchState.RETRYING, f"{error.kind.value}: {error}")
                 delay = self.backoff.next()
-                if error.kind in (ErrorKind.AUTHENTICATION, ErrorKind.AUTHORIZATION_REQUIRED):
+                if error.kind in _SLOW_DOWN:
                     delay = max(delay, settings.watch_reconnect_max_seconds)
             finally:
                 await self.context.release(self.connection_id)
@@ -81,7 +84,7 @@ class GraphWatch(Watch):
         config = repository.config(self.connection_id)
         if config is None:
             return False  # deleted meanwhile: the supervisor stops this watch
-        graph = GraphMailbox.open(config)
+        graph = _graph(config)
         if due == "renew" and current is not None:
             try:
                 expires = graph.renew(current.subscription_id, now + lifetime)
@@ -116,9 +119,16 @@ class GraphWatch(Watch):
         try:
             config = repository.config(self.connection_id)
             if config is not None:
-                GraphMailbox.open(config).unsubscribe(current.subscription_id)
+                _graph(config).unsubscribe(current.subscription_id)
         finally:
             repository.drop_subscription(self.connection_id)
+
+
+def _graph(config: MailboxConfig) -> GraphMailbox:
+    """Graph for one round of work, whose waits for throttling end within the connection's
+    time-out: a ``Retry-After`` of an hour is a throttled attempt, tried again after the
+    back-off, not a thread asleep for an hour."""
+    return GraphMailbox.open(config, deadline=time.monotonic() + config.view.timeout_ms / 1000)
 
 
 def _due(current: Subscription | None, now: datetime, lifetime: timedelta) -> str | None:

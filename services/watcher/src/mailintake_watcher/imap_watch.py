@@ -24,6 +24,9 @@ from mailintake_watcher.metrics import RECONNECTS
 from mailintake_watcher.watch import Watch
 
 _RECHECK_UNSUPPORTED_S = 3600.0
+# A server that ends every IDLE as soon as it began gets one a second, not thousands: the loop
+# that holds every other watch is not its to spin (news meanwhile comes with the next IDLE).
+_ROUND_AT_LEAST_S = 1.0
 _SLOW_DOWN = (ErrorKind.AUTHENTICATION, ErrorKind.AUTHORIZATION_REQUIRED, ErrorKind.THROTTLED)
 
 
@@ -50,6 +53,7 @@ class ImapWatch(Watch):
                 up_since = time.monotonic()
                 await self.report(WatchState.WATCHING)
 
+        config: MailboxConfig | None = None
         try:
             async with self.context.setting_up:
                 config = await self.context.run(self.context.repository.config, view.id)
@@ -60,11 +64,13 @@ class ImapWatch(Watch):
                 info = await session.examine(config.folder)
                 await self._catch_up(config, info)
                 while True:
+                    began = time.monotonic()
                     await session.idle(settings.watch_idle_renew_seconds, self.new_mail, idling)
+                    await asyncio.sleep(_ROUND_AT_LEAST_S - (time.monotonic() - began))
             finally:
                 await session.close()
         except IdleUnsupportedError as exc:
-            await self.report(WatchState.UNSUPPORTED, str(exc))
+            await self.report(WatchState.UNSUPPORTED, _scrubbed(config, str(exc)))
             return _RECHECK_UNSUPPORTED_S
         except Exception as exc:
             error = classify(exc)
@@ -74,7 +80,9 @@ class ImapWatch(Watch):
             delay = self.backoff.next()
             if error.kind in _SLOW_DOWN:
                 delay = max(delay, settings.watch_reconnect_max_seconds)
-            await self.report(WatchState.RETRYING, f"{error.kind.value}: {error}")
+            await self.report(
+                WatchState.RETRYING, _scrubbed(config, f"{error.kind.value}: {error}")
+            )
             return delay
         finally:
             await self.context.release(view.id)
@@ -92,3 +100,9 @@ class ImapWatch(Watch):
             or info.uidnext - 1 > cursor.last_uid
         ):
             self.new_mail()
+
+
+def _scrubbed(config: MailboxConfig | None, reason: str) -> str:
+    """The server's words without the connection's secret, in any form it could quote back
+    (they reach the API and the logs)."""
+    return reason if config is None else config.scrub(reason)

@@ -3,13 +3,16 @@ events (reason ``push``), published from a thread of their own so that a slow or
 broker never holds up the watches' event loop.
 
 Requests are coalesced per connection while they wait (one poll serves any number of
-announcements; the scheduler also serves one right after a poll in flight), and kept until
-the broker acknowledges them: a broker outage delays them, it loses none.
+announcements; the scheduler also serves one right after a poll in flight), at most one a
+second per connection (a server announcing thousands of messages a second costs a request a
+second, not one per broker round trip), and kept until the broker acknowledges them: a broker
+outage delays them, it loses none.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 
 from mailintake_shared.cloudevents import headers
@@ -23,6 +26,7 @@ from mailintake_shared.watch import WatchMethod
 from mailintake_watcher.metrics import POLL_REQUESTS
 
 log = get_logger(__name__)
+SPACING_S = 1.0  # between two requests for one connection
 
 
 class PollRequester:
@@ -31,6 +35,7 @@ class PollRequester:
         self._prefix = settings.topic_prefix
         self._producer = producer
         self._pending: dict[uuid.UUID, WatchMethod] = {}
+        self._sent: dict[uuid.UUID, float] = {}  # when, for those sent in the last SPACING_S
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.healthy = True
@@ -38,18 +43,19 @@ class PollRequester:
     def request(self, connection_id: uuid.UUID, method: WatchMethod) -> None:
         """Ask for a poll of the connection (thread-safe, never blocks)."""
         with self._lock:
+            fresh = connection_id not in self._pending
             self._pending[connection_id] = method
-        self._wake.set()
+        if fresh:  # one already waiting is woken for: a flood wakes nobody
+            self._wake.set()
 
     def run(self, stop: threading.Event) -> None:
         """Publish what is pending until ``stop`` (then once more); a failed batch is tried
         again."""
-        backoff = 0.5
+        backoff, wait = 0.5, 1.0
         while not stop.is_set():
-            self._wake.wait(1.0)
+            self._wake.wait(wait)
             self._wake.clear()
-            with self._lock:
-                batch, self._pending = self._pending, {}
+            batch, wait = self._due(time.monotonic())
             if not batch:
                 continue
             try:
@@ -70,6 +76,18 @@ class PollRequester:
                 self._publish(batch)
             except Exception as exc:  # the interval poll is the safety net
                 log.warning("poll requests not published at shutdown", error=str(exc))
+
+    def _due(self, now: float) -> tuple[dict[uuid.UUID, WatchMethod], float]:
+        """The requests to send now (taken from the pending ones, and noted as sent), and how
+        long until the next of the others may go."""
+        self._sent = {cid: at for cid, at in self._sent.items() if now - at < SPACING_S}
+        with self._lock:
+            batch = {cid: m for cid, m in self._pending.items() if cid not in self._sent}
+            for connection_id in batch:
+                del self._pending[connection_id]
+            later = [self._sent[cid] + SPACING_S - now for cid in self._pending]
+        self._sent.update(dict.fromkeys(batch, now))
+        return batch, min([1.0, *later])
 
     def _publish(self, batch: dict[uuid.UUID, WatchMethod]) -> None:
         now = utcnow()

@@ -119,7 +119,7 @@ class Supervisor:
                 await running.task
             if retire and isinstance(running.watch, GraphWatch):
                 try:
-                    await context.run(running.watch.retire)
+                    await context.run_remote(running.watch.retire)
                 except Exception as exc:
                     log.warning(
                         "Graph subscription not deleted",

@@ -32,8 +32,10 @@ SETTING_UP = 16
 
 @dataclass
 class WatchContext:
-    """Shared by every watch of the process. Database and HTTP calls block: they run in
-    ``blocking``; the claims' one database connection only ever in ``claiming``."""
+    """Shared by every watch of the process. Database calls block: they run in
+    ``blocking``; calls to Microsoft Graph in ``remote`` (one that hangs, or that Graph
+    throttles, never holds up the database work every other watch waits for); the claims'
+    one database connection only ever in ``claiming``."""
 
     settings: Settings
     repository: WatchRepository
@@ -41,11 +43,15 @@ class WatchContext:
     requester: PollRequester
     blocking: ThreadPoolExecutor
     claiming: ThreadPoolExecutor
+    remote: ThreadPoolExecutor
     setting_up: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(SETTING_UP))
 
     async def run(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.blocking, lambda: call(*args, **kwargs))
+
+    async def run_remote(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.remote, call)
 
     async def claim(
         self, connection_id: uuid.UUID, server: tuple[str, str] | None

@@ -104,6 +104,7 @@ class WatcherWorker:
             requester=self._requester,
             blocking=ThreadPoolExecutor(4, thread_name_prefix="watcher-blocking"),
             claiming=ThreadPoolExecutor(1, thread_name_prefix="watcher-claims"),
+            remote=ThreadPoolExecutor(4, thread_name_prefix="watcher-graph"),
         )
         self._supervisor = Supervisor(self._context)
         self._topic = topic_name(settings.topic_prefix, Topic.CONNECTIONS)
@@ -188,6 +189,7 @@ class WatcherWorker:
         self.consumer.close()
         self._producer.close()
         self._context.blocking.shutdown(wait=True)
+        self._context.remote.shutdown(wait=True)
         self._context.claiming.submit(self._context.claims.close).result()
         self._context.claiming.shutdown(wait=True)
         self._loop.close()

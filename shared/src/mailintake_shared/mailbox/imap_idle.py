@@ -7,7 +7,10 @@ connection's context, STARTTLS fails closed, a ``PREAUTH`` greeting is taken as 
 refused with STARTTLS), a password goes by SASL PLAIN (RFC 4616, UTF-8; with an authorization
 identity for a shared mailbox) where the server offers it, else by LOGIN (ASCII only), or
 XOAUTH2 with the connection's access token, refreshed once when the server refuses it.
-Responses are read by RFC 3501's grammar (``imap_wire``). Failures leave as ``PollError``
+Responses are read by RFC 3501's grammar (``imap_wire``), each in bounded memory, and each
+answer whole within the connection's time-out, however many untagged responses come first
+(a server that chatters without answering would otherwise hold the session, and one of the
+watcher's few places for setting sessions up, for ever). Failures leave as ``PollError``
 (``errors.classify``), the same taxonomy as a poll's, without the secret in any form the
 server could have quoted back (``MailboxConfig.scrub``).
 
@@ -50,9 +53,10 @@ from mailintake_shared.mailbox.imap_wire import (
     parse_values,
 )
 
-# Untagged lines of an idle folder are short; a literal in one (rare) is bounded too.
+# Untagged lines of an idle folder are short; a literal in one (rare) is bounded too, and so
+# is a whole response (a thousand literals just under the limit would be a gigabyte).
 _LINE_LIMIT = 64 * 1024
-_MAX_LITERAL = 1024 * 1024
+_MAX_RESPONSE = 1024 * 1024
 
 
 class IdleUnsupportedError(Exception):
@@ -130,6 +134,15 @@ class IdleSession:
         context = config.tls_context()
         assert context is not None  # starttls always has one
         await asyncio.wait_for(self._writer.start_tls(context, server_hostname=host), self._timeout)
+        # Bytes read before the handshake stay in the reader's buffer, and a server says
+        # nothing after it until asked: any there came in plain text, from whoever can write
+        # to the link (RFC 3207 §4.2). asyncio offers no public way to look.
+        if getattr(self._reader, "_buffer", None):
+            raise PollError(
+                ErrorKind.TLS,
+                "the server sent plain text after its OK to STARTTLS, before TLS began (a man "
+                "in the middle injecting answers?); refusing to read it as protected",
+            )
         self.capabilities = frozenset()  # forgotten: asked again over TLS (RFC 3501 §6.2.1)
 
     async def _login(self, config: MailboxConfig) -> None:
@@ -169,17 +182,20 @@ class IdleSession:
         after it (XOAUTH2's error report) is answered empty, and the tagged NO follows."""
         tag = self._send(b"AUTHENTICATE " + mechanism)
         answered = False
-        while True:
-            reply = await self._read(self._timeout)
-            if reply.text[:1] == b"+":
-                self._writer.write(b"\r\n" if answered else base64.b64encode(response) + b"\r\n")
-                answered = True
-            elif reply.tag == tag:
-                self._check(reply, login=True)
-                self._note_capabilities(reply)
-                return
-            else:
-                self._untagged(reply, None)
+        async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+            while True:
+                reply = await self._read(self._timeout)
+                if reply.text[:1] == b"+":
+                    self._writer.write(
+                        b"\r\n" if answered else base64.b64encode(response) + b"\r\n"
+                    )
+                    answered = True
+                elif reply.tag == tag:
+                    self._check(reply, login=True)
+                    self._note_capabilities(reply)
+                    return
+                else:
+                    self._untagged(reply, None)
 
     # --- the folder ---------------------------------------------------------------------------
     async def examine(self, folder: str) -> FolderInfo:
@@ -189,16 +205,17 @@ class IdleSession:
             raise IdleUnsupportedError("the server does not offer IDLE (RFC 2177)")
         tag = self._send(b"EXAMINE " + _astring(imap_utf7.encode(folder).decode("ascii")))
         uidvalidity = uidnext = None
-        while True:
-            reply = await self._read(self._timeout)
-            if reply.tag == tag:
-                break
-            code = _response_code(reply)
-            if code[:1] == [b"UIDVALIDITY"] and len(code) > 1:
-                uidvalidity = int(code[1])
-            elif code[:1] == [b"UIDNEXT"] and len(code) > 1:
-                uidnext = int(code[1])
-            self._untagged(reply, None)
+        async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+            while True:
+                reply = await self._read(self._timeout)
+                if reply.tag == tag:
+                    break
+                code = _response_code(reply)
+                if code[:1] == [b"UIDVALIDITY"] and len(code) > 1:
+                    uidvalidity = int(code[1])
+                elif code[:1] == [b"UIDNEXT"] and len(code) > 1:
+                    uidnext = int(code[1])
+                self._untagged(reply, None)
         if not _ok(reply):
             raise FolderMissingError(folder)
         if uidvalidity is None:
@@ -221,13 +238,14 @@ class IdleSession:
         ``PollError`` when the session breaks."""
         try:
             tag = self._send(b"IDLE")
-            while True:  # the continuation request; updates may come first
-                reply = await self._read(self._timeout)
-                if reply.text[:1] == b"+":
-                    break
-                if reply.tag == tag:
-                    raise IdleUnsupportedError(f"the server refused IDLE: {_words(reply)}")
-                self._untagged(reply, new_mail)
+            async with asyncio.timeout(self._timeout):  # the whole wait, however chatty
+                while True:  # the continuation request; updates may come first
+                    reply = await self._read(self._timeout)
+                    if reply.text[:1] == b"+":
+                        break
+                    if reply.tag == tag:
+                        raise IdleUnsupportedError(f"the server refused IDLE: {_words(reply)}")
+                    self._untagged(reply, new_mail)
             if idling is not None:
                 await idling()
             loop = asyncio.get_running_loop()
@@ -242,8 +260,9 @@ class IdleSession:
                     return
                 self._untagged(reply, new_mail)
             self._writer.write(b"DONE\r\n")
-            while (reply := await self._read(self._timeout)).tag != tag:
-                self._untagged(reply, new_mail)
+            async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+                while (reply := await self._read(self._timeout)).tag != tag:
+                    self._untagged(reply, new_mail)
             self._check(reply)
         except IdleUnsupportedError:
             raise
@@ -269,8 +288,9 @@ class IdleSession:
     async def _command(self, command: bytes, *, login: bool = False) -> Response:
         """Send ``command`` and read up to its tagged reply; untagged replies are noted."""
         tag = self._send(command)
-        while (reply := await self._read(self._timeout)).tag != tag:
-            self._untagged(reply, None)
+        async with asyncio.timeout(self._timeout):  # the whole answer, however chatty
+            while (reply := await self._read(self._timeout)).tag != tag:
+                self._untagged(reply, None)
         self._check(reply, login=login)
         self._note_capabilities(reply)
         return reply
@@ -288,15 +308,16 @@ class IdleSession:
             return await self._rest(line)
 
     async def _rest(self, line: bytes) -> Response:
-        text, literals = b"", list[bytes]()
+        text, literals, total = b"", list[bytes](), 0
         while True:
             if not line.endswith(b"\n"):
                 raise ServerClosed("the server closed the connection")
             size = literal_size(line)
+            total += len(line) + (size or 0)
+            if total > _MAX_RESPONSE:
+                raise ProtocolViolation(f"a response of more than {_MAX_RESPONSE} bytes")
             if size is None:
                 return Response(text + line.rstrip(b"\r\n"), tuple(literals))
-            if size > _MAX_LITERAL:
-                raise ProtocolViolation(f"the server announced a literal of {size} bytes")
             text += line[: line.rindex(b"}") + 1]
             literals.append(await self._reader.readexactly(size))
             line = await self._reader.readline()
@@ -317,6 +338,8 @@ class IdleSession:
         if words[0].upper() == b"CAPABILITY":
             self.capabilities = _capability_set(tuple(text[2:].split()[1:]))
         elif kind == b"EXISTS" and words[0].isdigit():
+            if len(words[0]) > 10:  # RFC 3501 §9: a number is 32-bit
+                raise ProtocolViolation(f"an EXISTS count of {len(words[0])} digits")
             count = int(words[0])
             if count > self.exists and new_mail is not None:
                 new_mail()
