@@ -2,10 +2,11 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 RUN := $(UV) run --frozen
-# Test files run in parallel, one per worker (each worker starts its own broker, PostgreSQL
-# and mail servers): "auto" is one worker per core, at most TEST_MAX_WORKERS.
-TEST_WORKERS ?= auto
-TEST_MAX_WORKERS ?= 4
+# Tests run in parallel (pytest-xdist): one worker more than there are cores, since much of a
+# test's time is spent waiting on the services; at most TEST_MAX_WORKERS. Each worker starts
+# its own broker, PostgreSQL and mail servers. TEST_WORKERS=0: one process.
+TEST_MAX_WORKERS ?= 6
+TEST_WORKERS ?= $(shell n=$$(( $$(nproc) + 1 )); echo $$(( n < $(TEST_MAX_WORKERS) ? n : $(TEST_MAX_WORKERS) )))
 
 .PHONY: help run test test-fast compat lint format screenshots bench soak bench-readme openapi contracts settings-table migrate keygen rotate-secrets topics deploy status logs replay backup restore token clean connections test-connection enable disable poll queue log log-messages
 
@@ -19,7 +20,7 @@ run: ## run the whole pipeline on this machine (SQLite, local broker) until Ctrl
 test: ## install what the tests need, lint, then run the whole suite against real components
 	@scripts/bootstrap.sh test
 	@$(MAKE) --no-print-directory lint
-	$(RUN) pytest -n $(TEST_WORKERS) --maxprocesses $(TEST_MAX_WORKERS) --dist loadfile
+	$(RUN) pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: ## only the tests that need no broker, database or mail server
 	$(RUN) pytest tests/unit

@@ -292,7 +292,7 @@ def test_two_watcher_replicas_never_watch_one_connection_twice(
 def _partition(connection_id: str, partitions: int) -> int:
     """The partition of the connections topic that holds the connection (kafka-python's
     default partitioner: murmur2 of the key)."""
-    return (murmur2(connection_id.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(connection_id.encode()) & 0x7FFFFFFF) % partitions
 
 
 def test_the_session_budget_holds_with_watching_on(
