@@ -37,7 +37,6 @@ from mailintake_shared.secretbox import SecretBox, SecretDecryptError
 _LAYERS = 4  # signed inside encrypted inside signed …: deeper is refused
 _PKCS7_MIME = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _FIELD_START = re.compile(rb"^(?![ \t])", re.MULTILINE)
 _PKCS7 = re.compile(rb"pkcs7", re.IGNORECASE)
 _ENCRYPTED_TYPES = ("enveloped-data", "authenveloped-data")  # RFC 8551 §3.2.2
@@ -269,8 +268,8 @@ def _verify_detached(
 def _multipart_bodies(raw: bytes, boundary: str) -> list[bytes]:
     """The exact bytes of each body part (RFC 2046: the CRLF before a delimiter is the
     delimiter's), which a detached signature covers byte for byte."""
-    header_end = _HEADER_END.search(raw)
-    body = raw[header_end.end() :] if header_end else b""
+    blank = header_end(raw, len(raw))
+    body = raw[blank[1] :] if blank else b""
     delimiter = re.compile(
         rb"(?:\A|\r?\n)--" + re.escape(boundary.encode("ascii", "replace")) + rb"(--)?[ \t]*"
     )
@@ -294,8 +293,8 @@ def _canonical(entity: bytes) -> bytes:
 def _with_outer_headers(outer: bytes, inner: bytes) -> bytes:
     """The inner entity under the outer message's headers (From, To, Subject …) minus the
     outer Content-* fields, which described the S/MIME layer just removed."""
-    header_end = _HEADER_END.search(outer)
-    head = outer[: header_end.start()] if header_end else outer
+    blank = header_end(outer, len(outer))
+    head = outer[: blank[0]] if blank else outer
     newline = b"\r\n" if b"\r\n" in head else b"\n"
     fields = [f for f in _FIELD_START.split(head) if f]
     kept = [f for f in fields if not f.lower().startswith(b"content-")]
