@@ -39,10 +39,10 @@ def main() -> int:
         def wanted(number: int) -> bool:
             return not only or number in only
 
-        raw = measure.raw_limits(env, results, 10_000 // tenth) if wanted(1) or wanted(2) else {}
-
+        if wanted(1) or wanted(2):
+            measure.raw_limits(env, results, 10_000 // tenth)
         if wanted(2):
-            measure.fetcher_alone(env, results, raw)
+            measure.fetcher_alone(env, results)
         if wanted(3):
             rate = end_to_end.end_to_end(env, results, 10_000 // tenth, logs)
             end_to_end.first_sync_large(env, results, 100_000 // tenth, rate, logs)

@@ -8,7 +8,8 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,7 +122,27 @@ def connection_body(env: BenchEnv, user: str, password: str, **extra: Any) -> di
 
 
 # --- 1. raw limits -------------------------------------------------------------------------
-def raw_limits(env: BenchEnv, results: Results, count: int) -> dict[str, float]:
+@contextmanager
+def imaplib_session(env: BenchEnv, user: str, password: str) -> Iterator[Callable[[], None]]:
+    """The ceiling: a bare imaplib loop, ``UID FETCH`` of ``BATCH`` UIDs at a time with
+    ``BODY.PEEK[]`` only, nothing parsed or kept (one session, logged in before the clock)."""
+    raw = imaplib.IMAP4("127.0.0.1", env.dovecot.ports.imap)
+    raw.login(user, password)
+    raw.select("INBOX", readonly=True)
+    uids = [int(uid) for uid in raw.uid("SEARCH", "ALL")[1][0].split()]
+
+    def imaplib_loop() -> None:
+        for i in range(0, len(uids), BATCH):
+            part = uids[i : i + BATCH]
+            raw.uid("FETCH", ",".join(map(str, part)), "(BODY.PEEK[])")
+
+    try:
+        yield imaplib_loop
+    finally:
+        raw.logout()
+
+
+def raw_limits(env: BenchEnv, results: Results, count: int) -> None:
     user, password = env.mailbox(count)
     client = IMAPClient("127.0.0.1", env.dovecot.ports.imap, ssl=False)
     client.login(user, password)
@@ -136,17 +157,8 @@ def raw_limits(env: BenchEnv, results: Results, count: int) -> dict[str, float]:
     imapclient_s = median_seconds(imapclient_loop)
     client.logout()
 
-    raw = imaplib.IMAP4("127.0.0.1", env.dovecot.ports.imap)
-    raw.login(user, password)
-    raw.select("INBOX", readonly=True)
-
-    def imaplib_loop() -> None:
-        for i in range(0, len(uids), BATCH):
-            part = uids[i : i + BATCH]
-            raw.uid("FETCH", ",".join(map(str, part)), "(BODY.PEEK[])")
-
-    imaplib_s = median_seconds(imaplib_loop)
-    raw.logout()
+    with imaplib_session(env, user, password) as imaplib_loop:
+        imaplib_s = median_seconds(imaplib_loop)
 
     figures = {
         "imapclient_msgs": count / imapclient_s,
@@ -168,16 +180,16 @@ def raw_limits(env: BenchEnv, results: Results, count: int) -> dict[str, float]:
     )
     results.figures["raw"] = figures
     results.figures["raw_mailbox"] = {"user": user, "password": password, "count": count}
-    return figures
 
 
 # --- 2. the fetcher's download path alone --------------------------------------------------
-def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> None:
+def fetcher_alone(env: BenchEnv, results: Results) -> None:
     """The fetcher's polls into a sink that discards, twice: the download path alone (the
     response reader, the per-poll ledger, the records), with each message's reading for the
     store replaced by a constant, and the whole fetcher, which also reads each message's
     header block (summary, problems, S/MIME: work that scales with the fetchers, moved from
-    the store). Alternated, so that both see the same machine."""
+    the store). Alternated with the imaplib loop of measurement 1, against which the ratio is
+    taken: all three see the same machine, whatever a neighbour does meanwhile."""
     box = results.figures["raw_mailbox"]
     config = MailboxConfig(
         network=LOOPBACK, view=view_for(env, box["user"]), password=SecretStr(box["password"])
@@ -195,23 +207,37 @@ def fetcher_alone(env: BenchEnv, results: Results, raw: dict[str, float]) -> Non
                 break
         assert sink.messages == box["count"], "the fetcher missed messages"
 
-    seconds: dict[str, list[float]] = {"download": [], "whole": []}
-    for _ in range(RUNS):
-        for name, read in (("download", lambda _: constant), ("whole", Reading.of)):
-            started = time.perf_counter()
-            whole_mailbox(read)
-            seconds[name].append(time.perf_counter() - started)
+    seconds: dict[str, list[float]] = {"download": [], "whole": [], "imaplib": []}
+    with imaplib_session(env, box["user"], box["password"]) as imaplib_loop:
+        runs: tuple[tuple[str, Callable[[], None]], ...] = (
+            ("imaplib", imaplib_loop),
+            ("download", lambda: whole_mailbox(lambda _: constant)),
+            ("whole", lambda: whole_mailbox(Reading.of)),
+        )
+        for _ in range(RUNS):
+            for name, run in runs:
+                started = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - started)
     download = box["count"] / median(seconds["download"])
     whole = box["count"] / median(seconds["whole"])
-    ratio = download / raw["imaplib_msgs"]
+    imaplib_msgs = box["count"] / median(seconds["imaplib"])
+    ratio = download / imaplib_msgs
     reading_us = (1 / whole - 1 / download) * 1e6
     results.add("2. fetcher download path, discarding sink", download, "msg/s")
-    results.add("2. fetcher / imaplib loop", ratio, "ratio", target="≥ 0.7", met=ratio >= 0.7)
+    results.add(
+        "2. fetcher / imaplib loop",
+        ratio,
+        "ratio",
+        target="≥ 0.7",
+        met=ratio >= 0.7,
+        note=f"imaplib {imaplib_msgs:.0f} msg/s in the same alternation",
+    )
     results.add(
         "2. fetcher with each message's reading for the store",
         whole,
         "msg/s",
-        note=f"the reading: {reading_us:.0f} µs/msg; {whole / raw['imaplib_msgs']:.2f} of imaplib",
+        note=f"the reading: {reading_us:.0f} µs/msg; {whole / imaplib_msgs:.2f} of imaplib",
     )
     results.figures["fetcher_alone"] = {
         "msgs": download,

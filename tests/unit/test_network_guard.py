@@ -102,3 +102,14 @@ def test_the_socket_goes_to_the_address_that_was_checked(monkeypatch: pytest.Mon
         with policy.connect("mail.example.test", port, timeout=2) as sock:
             assert sock.getpeername() == ("127.0.0.1", port)
         assert calls == ["mail.example.test"]
+
+
+def test_mail_sockets_send_each_line_at_once() -> None:
+    """``TCP_NODELAY``: imaplib writes an AUTHENTICATE continuation and its CRLF in two
+    pieces; with Nagle's algorithm the second waits for the server's delayed ACK (40 ms on
+    Linux) in every login."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        policy = NetworkPolicy.of(allow=["127.0.0.1/32"])
+        with policy.connect("127.0.0.1", port, timeout=2) as sock:
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
