@@ -20,10 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailintake_shared.db.engine import make_engine, make_session_factory, transaction
 from mailintake_shared.db.models import OutboxRecord
 from mailintake_shared.kafka import ReliableProducer, read_topic_to_end
-from mailintake_shared.outbox import OutboxEntry, OutboxRelay, Prepared, add_many_to_outbox
+from mailintake_shared.outbox import (
+    SUBMITTED_BACKLOG,
+    OutboxEntry,
+    OutboxRelay,
+    Prepared,
+    add_many_to_outbox,
+)
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.harness.announced import on_sqlite
+from tests.harness.pipeline import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -185,6 +192,84 @@ def test_records_a_relay_sent_after_the_commit_are_not_published_again_from_memo
             [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
         )
         assert_each_once(_published(settings), 2 * BATCH)
+    finally:
+        producer.close()
+        engine.dispose()
+
+
+def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
+    db_settings: Settings,
+) -> None:
+    """The store hands each committed batch to the relay's thread (``submit``) and goes on with
+    the next. While the broker holds that thread, more batches come than it keeps in memory:
+    those are read back from their rows. Every record goes out once, in the order written."""
+    settings = db_settings
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    held = HeldProducer(settings)
+    relay = _relay(settings, held)
+    stop = threading.Event()
+    # A long interval: only what is submitted, and a wake, make the thread publish.
+    thread = threading.Thread(target=relay.run, args=(stop, 600.0))
+    last_id = 0
+
+    def write_and_submit(first: int) -> None:
+        nonlocal last_id
+        _write(sessions, settings, first, BATCH)
+        with sessions() as session:
+            rows = session.execute(
+                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value)
+                .where(OutboxRecord.id > last_id)
+                .order_by(OutboxRecord.id)
+            ).all()
+        last_id = rows[-1].id
+        relay.submit([Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows])
+
+    def outbox_size() -> int:
+        with sessions() as session:
+            return session.scalar(select(func.count()).select_from(OutboxRecord)) or 0
+
+    batches = SUBMITTED_BACKLOG + 3
+    try:
+        thread.start()
+        write_and_submit(0)
+        assert held.reached.wait(30), "the submitted batch was never published"
+        for n in range(1, batches):  # the thread is held: the backlog fills, then overflows
+            write_and_submit(n * BATCH)
+        held.release.set()
+        wait_until(lambda: outbox_size() == 0, timeout_s=60, message="the outbox emptied")
+        values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
+        assert values == list(range(batches * BATCH)), "lost, repeated or out of order"
+    finally:
+        held.release.set()
+        stop.set()
+        relay.wake.set()
+        thread.join(timeout=60)
+        held.close()
+        engine.dispose()
+    assert not thread.is_alive()
+
+
+def test_what_was_submitted_when_the_service_stops_goes_out_before_the_relay_ends(
+    settings: Settings,
+) -> None:
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    producer = ReliableProducer(settings, "relay")
+    relay = _relay(settings, producer)
+    stop = threading.Event()
+    try:
+        _write(sessions, settings, 0, BATCH)
+        with sessions() as session:
+            rows = session.execute(
+                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
+                    OutboxRecord.id
+                )
+            ).all()
+        relay.submit([Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows])
+        stop.set()
+        relay.run(stop, 600.0)  # returns at once: stopping, after what was submitted
+        assert_each_once(_published(settings), BATCH)
     finally:
         producer.close()
         engine.dispose()

@@ -5,11 +5,12 @@ A ``mail.stored`` record is queued as the id of the message it announces (``valu
 Every record's CloudEvents headers are made from its row when it is relayed, so a row
 relayed again after a crash carries the same ones (``mailintake_shared.cloudevents``).
 
-The store does not wait for the relay: right after its commit it publishes the batch's
-records from memory (``OutboxRelay.publish_prepared``), the same bytes and headers the relay
-would have built from the rows, and marks them sent. The relay publishes what that leaves:
-the records of a crash between the commit and the acknowledgement, of a broker that was
-away, and the config API's.
+The store does not wait for the relay: right after its commit it hands the batch's records,
+built in memory with the same bytes and headers the relay would build from the rows, to the
+relay's thread (``OutboxRelay.submit``), and goes on with its next batch while that thread
+publishes them (``publish_prepared``) and marks them sent. The relay publishes what that
+leaves: the records of a crash between the commit and the acknowledgement, of a broker that
+was away, of a backlog over ``SUBMITTED_BACKLOG`` batches, and the config API's.
 
 Every service that writes the outbox also relays it (the config API and the store), so one
 relay at a time publishes: PostgreSQL's advisory lock, or on SQLite a lock on a file beside
@@ -24,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import queue
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -46,6 +49,10 @@ log = get_logger(__name__)
 # One relay at a time across every replica (PostgreSQL), so that records of one key are
 # published in the order they were written.
 _RELAY_LOCK_ID = 0x6D61696C696E  # "mailin"
+# Batches handed over by ``submit`` and not yet published: beyond these, a batch is left to
+# the relay pass (read back from its rows), so that memory stays bounded when the broker is
+# slow or away.
+SUBMITTED_BACKLOG = 4
 
 
 def add_to_outbox(
@@ -98,6 +105,26 @@ def add_many_to_outbox(session: Session, prefix: str, entries: list[OutboxEntry]
         )
 
 
+class _Wake(threading.Event):
+    """The relay thread's wake-up. ``set`` asks for a relay pass over the rows (what writers
+    of the outbox call); ``kick`` only wakes the thread for records ``submit`` handed over."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pass_wanted = False
+
+    def set(self) -> None:
+        self.pass_wanted = True
+        super().set()
+
+    def kick(self) -> None:
+        super().set()
+
+    def take_pass_wanted(self) -> bool:
+        wanted, self.pass_wanted = self.pass_wanted, False
+        return wanted
+
+
 class OutboxRelay:
     """Publishes outbox rows in id order and deletes them once the broker acknowledged; the
     messages they announce are marked published."""
@@ -117,7 +144,8 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._send_timeout_s = send_timeout_s
         self._lock = threading.Lock()
-        self.wake = threading.Event()
+        self._submitted: queue.Queue[Sequence[Prepared]] = queue.Queue(SUBMITTED_BACKLOG)
+        self.wake = _Wake()
         self.healthy = False  # the last attempt to reach the broker succeeded
         self.busy = False  # the last flush found another relay publishing
 
@@ -231,20 +259,55 @@ class OutboxRelay:
             else:
                 log.warning("message deleted before its event was published", id=row.message_id)
 
-    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
-        """Publish until ``stop`` is set: at once when woken, else every ``interval_s``."""
-        while not stop.is_set():
+    def submit(self, records: Sequence[Prepared]) -> None:
+        """Hand records the caller has just committed to the outbox to the thread in ``run``,
+        which publishes them from memory (``publish_prepared``) while the caller goes on.
+        Never blocks: with ``SUBMITTED_BACKLOG`` batches still waiting, these are left to the
+        relay pass, which reads them back from their rows."""
+        if records:
             try:
-                self._producer.connect()
-                self.flush()
-                self.healthy = True
-            except Exception as exc:
-                self.healthy = False
-                log.warning("outbox relay could not publish; will retry", error=str(exc))
-                stop.wait(min(interval_s * 5, 10))
+                self._submitted.put_nowait(records)
+                self.wake.kick()
+            except queue.Full:
+                self.wake.set()
+
+    def _publish_submitted(self) -> bool:
+        """Publish what ``submit`` handed over, in order; False when some was left to the
+        relay pass."""
+        published = True
+        while True:
+            try:
+                records = self._submitted.get_nowait()
+            except queue.Empty:
+                return published
+            published = self.publish_prepared(records) and published
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Publish until ``stop`` is set: what ``submit`` hands over as it comes, and a relay
+        pass over the rows when ``wake`` is set, when something was left to it, and at least
+        every ``interval_s`` (rows of a crash, of another writer). The records submitted when
+        ``stop`` is set are published before it returns."""
+        last_pass = float("-inf")
+        while True:
+            self.wake.clear()
+            wanted = self.wake.take_pass_wanted()
+            stopping = stop.is_set()
+            all_sent = self._publish_submitted()
+            if stopping:
+                return
+            due = time.monotonic() - last_pass >= interval_s
+            if wanted or due or not all_sent or self.busy:
+                last_pass = time.monotonic()
+                try:
+                    self._producer.connect()
+                    self.flush()
+                    self.healthy = True
+                except Exception as exc:
+                    self.healthy = False
+                    log.warning("outbox relay could not publish; will retry", error=str(exc))
+                    stop.wait(min(interval_s * 5, 10))
             # Another relay was publishing: try again soon, for what it has not taken.
             self.wake.wait(min(interval_s, 0.1) if self.busy else interval_s)
-            self.wake.clear()
 
 
 def _lock_relay(session: Session) -> bool:

@@ -2,8 +2,9 @@
 
 Chain: ``CommitAfterWorkLoop`` → decode (bad records → dead-letter) → ``StoreWriter.write``
 (one transaction) → dead-letter what the writer rejected → the batch's ``mail.stored`` and
-``poll.completed`` published from memory (the outbox relay sends them instead after a crash
-or a broker outage) → offsets committed. A database outage makes the write raise: the loop
+``poll.completed`` handed to the outbox relay's thread, which publishes them from memory
+while the next batch is written (and from the rows after a crash or a broker outage) →
+offsets committed. A database outage makes the write raise: the loop
 rewinds to the last commit and retries with back-off, losing nothing, and ``store.waiting``
 says which connections' mail waits, and why (``waiting.py``).
 """
@@ -104,8 +105,9 @@ class StoreWorker:
         self._waiting.written(events)
         for rejected in outcome.rejected:
             self._dead_letter(sources[rejected.index], rejected.reason)
-        # Committed: its events go out now, from memory (or with the relay, in order).
-        self._relay.publish_prepared(outcome.prepared)
+        # Committed: its events go out from memory in the relay's thread while the next
+        # batch is written (or with the relay pass, in order).
+        self._relay.submit(outcome.prepared)
         BATCH_SECONDS.observe(time.monotonic() - started)
         if outcome.stale:
             log.warning("records of a fetcher that lost its lease dropped", records=outcome.stale)
