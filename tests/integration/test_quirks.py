@@ -216,6 +216,29 @@ def test_a_preauth_greeting_is_a_session_not_a_refused_login(
     assert not any(c.split(" ")[1:2] == ["LOGIN"] for c in server.commands)
 
 
+def test_a_folder_is_asked_about_only_when_its_select_is_refused(
+    server: QuirkServer, imap: LedgerRun
+) -> None:
+    """A poll of a folder that is there is one SELECT (no LIST first); a refused SELECT says
+    whether the folder is missing, or what the server said about one that exists."""
+    sent = seed(server, 2)
+    assert imap.poll().outcome is PollOutcome.OK
+    assert imap.stored_digests() == digests(sent)
+    assert not any(c.split(" ")[1:2] == ["LIST"] for c in server.commands)
+
+    imap.view_options["folder"] = "Archive"
+    missing = imap.poll()
+    assert missing.error_kind is ErrorKind.FOLDER_MISSING
+    assert missing.error == "folder 'Archive' does not exist; the folders there: 'INBOX'"
+
+    imap.view_options["folder"] = "INBOX"
+    server.imap.select_refused = b"[NOPERM] you may not read this folder"
+    refused = imap.poll()
+    assert refused.outcome is PollOutcome.FAILED
+    assert refused.error_kind is not ErrorKind.FOLDER_MISSING
+    assert "[NOPERM] you may not read this folder" in (refused.error or "")
+
+
 def test_bye_in_the_middle_of_a_fetch_is_the_servers_words_not_throttling(
     server: QuirkServer, imap: LedgerRun
 ) -> None:

@@ -254,11 +254,20 @@ class ImapMailbox(Session):
 
     def select(self, folder: str, *, readonly: bool = False) -> FolderInfo:
         """``SELECT`` the folder (``EXAMINE`` when ``readonly``: nothing on the server can
-        change). Raises ``FolderMissingError`` when it does not exist."""
+        change). Raises ``FolderMissingError`` when it does not exist.
+
+        Whether it exists (``LIST``) is asked only when the ``SELECT`` fails: a poll of a
+        folder that is there costs one round trip to the server, not two."""
         try:
-            if not self._client.folder_exists(folder):
-                raise FolderMissingError(folder, self._folder_names())
-            status = self._client.select_folder(folder, readonly=readonly)
+            try:
+                status = self._client.select_folder(folder, readonly=readonly)
+            except IMAPClientError as refused:
+                if isinstance(refused, imaplib.IMAP4.abort):  # the session is gone
+                    raise
+                # A refused SELECT leaves the session authenticated (RFC 3501 §6.3.1).
+                if not self._client.folder_exists(folder):
+                    raise FolderMissingError(folder, self._folder_names()) from None
+                raise
         except Exception as exc:
             raise classify(exc) from exc
         if b"UIDVALIDITY" not in status:
