@@ -74,6 +74,17 @@ def _published(settings: Settings) -> Counter[int]:
     return Counter(int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED))
 
 
+def _prepared(sessions: sessionmaker[Session], after_id: int = 0) -> list[Prepared]:
+    """The outbox rows above ``after_id`` as the store prepares them after its commit."""
+    with sessions() as session:
+        rows = session.execute(
+            select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value)
+            .where(OutboxRecord.id > after_id)
+            .order_by(OutboxRecord.id)
+        ).all()
+    return [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
+
+
 def _relay(settings: Settings, producer: ReliableProducer) -> OutboxRelay:
     # Each relay with its own engine, as two processes would have.
     own = make_engine(settings)
@@ -171,26 +182,13 @@ def test_records_a_relay_sent_after_the_commit_are_not_published_again_from_memo
     relay = _relay(settings, producer)
     try:
         _write(sessions, settings, 0, BATCH)
-        with sessions() as session:
-            rows = session.execute(
-                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
-                    OutboxRecord.id
-                )
-            ).all()
-        prepared = [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
+        prepared = _prepared(sessions)
         assert relay.flush() == BATCH  # the timer's flush, between the commit and the call
         assert relay.publish_prepared(prepared)
         _write(sessions, settings, BATCH, BATCH)  # and a batch the relay did not take first
-        with sessions() as session:
-            rows = session.execute(
-                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
-                    OutboxRecord.id
-                )
-            ).all()
-        assert len(rows) == BATCH
-        assert relay.publish_prepared(
-            [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
-        )
+        prepared = _prepared(sessions)
+        assert len(prepared) == BATCH
+        assert relay.publish_prepared(prepared)
         assert_each_once(_published(settings), 2 * BATCH)
     finally:
         producer.close()
@@ -216,14 +214,9 @@ def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
     def write_and_submit(first: int) -> None:
         nonlocal last_id
         _write(sessions, settings, first, BATCH)
-        with sessions() as session:
-            rows = session.execute(
-                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value)
-                .where(OutboxRecord.id > last_id)
-                .order_by(OutboxRecord.id)
-            ).all()
-        last_id = rows[-1].id
-        relay.submit([Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows])
+        prepared = _prepared(sessions, last_id)
+        last_id = prepared[-1].outbox_id
+        relay.submit(prepared)
 
     def outbox_size() -> int:
         with sessions() as session:
@@ -260,13 +253,7 @@ def test_what_was_submitted_when_the_service_stops_goes_out_before_the_relay_end
     stop = threading.Event()
     try:
         _write(sessions, settings, 0, BATCH)
-        with sessions() as session:
-            rows = session.execute(
-                select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
-                    OutboxRecord.id
-                )
-            ).all()
-        relay.submit([Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows])
+        relay.submit(_prepared(sessions))
         stop.set()
         relay.run(stop, 600.0)  # returns at once: stopping, after what was submitted
         assert_each_once(_published(settings), BATCH)
