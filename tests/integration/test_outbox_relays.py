@@ -74,21 +74,33 @@ def _published(settings: Settings) -> Counter[int]:
     return Counter(int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED))
 
 
-def _prepared(sessions: sessionmaker[Session], after_id: int = 0) -> list[Prepared]:
-    """The outbox rows above ``after_id`` as the store prepares them after its commit."""
-    with sessions() as session:
-        rows = session.execute(
-            select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value)
-            .where(OutboxRecord.id > after_id)
-            .order_by(OutboxRecord.id)
-        ).all()
-    return [Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows]
-
-
 def _relay(settings: Settings, producer: ReliableProducer) -> OutboxRelay:
     # Each relay with its own engine, as two processes would have.
     own = make_engine(settings)
     return OutboxRelay(make_session_factory(own), producer, inline_max_bytes=1024)
+
+
+def _write_prepared(
+    sessions: sessionmaker[Session], settings: Settings, first: int
+) -> list[Prepared]:
+    """``_write`` a batch, returned as the store builds it in memory after its commit (for
+    ``OutboxRelay.submit``). Found by its values: SQLite reuses the ids of deleted rows."""
+    _write(sessions, settings, first, BATCH)
+    with sessions() as session:
+        rows = session.execute(
+            select(OutboxRecord.id, OutboxRecord.topic, OutboxRecord.value).order_by(
+                OutboxRecord.id
+            )
+        ).all()
+    batch = range(first, first + BATCH)
+    return [
+        Prepared(r.id, r.topic, b"key", r.value, [], None) for r in rows if int(r.value) in batch
+    ]
+
+
+def _outbox_size(sessions: sessionmaker[Session]) -> int:
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(OutboxRecord)) or 0
 
 
 def _drain(relays: list[OutboxRelay], sessions: sessionmaker[Session]) -> None:
@@ -181,14 +193,11 @@ def test_records_a_relay_sent_after_the_commit_are_not_published_again_from_memo
     producer = ReliableProducer(settings, "relay")
     relay = _relay(settings, producer)
     try:
-        _write(sessions, settings, 0, BATCH)
-        prepared = _prepared(sessions)
+        prepared = _write_prepared(sessions, settings, 0)
         assert relay.flush() == BATCH  # the timer's flush, between the commit and the call
         assert relay.publish_prepared(prepared)
-        _write(sessions, settings, BATCH, BATCH)  # and a batch the relay did not take first
-        prepared = _prepared(sessions)
-        assert len(prepared) == BATCH
-        assert relay.publish_prepared(prepared)
+        # and a batch the relay did not take first
+        assert relay.publish_prepared(_write_prepared(sessions, settings, BATCH))
         assert_each_once(_published(settings), 2 * BATCH)
     finally:
         producer.close()
@@ -209,18 +218,9 @@ def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
     stop = threading.Event()
     # A long interval: only what is submitted, and a wake, make the thread publish.
     thread = threading.Thread(target=relay.run, args=(stop, 600.0))
-    last_id = 0
 
     def write_and_submit(first: int) -> None:
-        nonlocal last_id
-        _write(sessions, settings, first, BATCH)
-        prepared = _prepared(sessions, last_id)
-        last_id = prepared[-1].outbox_id
-        relay.submit(prepared)
-
-    def outbox_size() -> int:
-        with sessions() as session:
-            return session.scalar(select(func.count()).select_from(OutboxRecord)) or 0
+        relay.submit(_write_prepared(sessions, settings, first))
 
     batches = SUBMITTED_BACKLOG + 3
     try:
@@ -230,7 +230,7 @@ def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
         for n in range(1, batches):  # the thread is held: the backlog fills, then overflows
             write_and_submit(n * BATCH)
         held.release.set()
-        wait_until(lambda: outbox_size() == 0, timeout_s=60, message="the outbox emptied")
+        wait_until(lambda: _outbox_size(sessions) == 0, timeout_s=60, message="the outbox emptied")
         values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
         assert values == list(range(batches * BATCH)), "lost, repeated or out of order"
     finally:
@@ -252,11 +252,34 @@ def test_what_was_submitted_when_the_service_stops_goes_out_before_the_relay_end
     relay = _relay(settings, producer)
     stop = threading.Event()
     try:
-        _write(sessions, settings, 0, BATCH)
-        relay.submit(_prepared(sessions))
+        relay.submit(_write_prepared(sessions, settings, 0))
         stop.set()
         relay.run(stop, 600.0)  # returns at once: stopping, after what was submitted
         assert_each_once(_published(settings), BATCH)
+    finally:
+        producer.close()
+        engine.dispose()
+
+
+def test_what_was_left_to_the_relay_pass_when_the_service_stops_goes_out_too(
+    settings: Settings,
+) -> None:
+    """A batch handed over behind older rows (another writer's, a crash's) is left to the
+    relay pass, which publishes in id order: stopping then runs that pass before the relay
+    ends, rather than leaving the batch in the outbox until the next start."""
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    producer = ReliableProducer(settings, "relay")
+    relay = _relay(settings, producer)
+    stop = threading.Event()
+    try:
+        _write(sessions, settings, 0, BATCH)  # not handed over: another writer's
+        relay.submit(_write_prepared(sessions, settings, BATCH))
+        stop.set()
+        relay.run(stop, 600.0)
+        assert _outbox_size(sessions) == 0, "left in the outbox until the next start"
+        values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
+        assert values == list(range(2 * BATCH)), "lost, repeated or out of order"
     finally:
         producer.close()
         engine.dispose()

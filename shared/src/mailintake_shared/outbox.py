@@ -286,16 +286,15 @@ class OutboxRelay:
         """Publish until ``stop`` is set: what ``submit`` hands over as it comes, and a relay
         pass over the rows when ``wake`` is set, when something was left to it, and at least
         every ``interval_s`` (rows of a crash, of another writer). The records submitted when
-        ``stop`` is set are published before it returns."""
+        ``stop`` is set are published before it returns, with a last pass for those that
+        were left to it."""
         last_pass = float("-inf")
         while True:
             self.wake.clear()
             wanted = self.wake.take_pass_wanted()
             stopping = stop.is_set()
             all_sent = self._publish_submitted()
-            if stopping:
-                return
-            due = time.monotonic() - last_pass >= interval_s
+            due = not stopping and time.monotonic() - last_pass >= interval_s
             if wanted or due or not all_sent or self.busy:
                 last_pass = time.monotonic()
                 try:
@@ -306,6 +305,8 @@ class OutboxRelay:
                     self.healthy = False
                     log.warning("outbox relay could not publish; will retry", error=str(exc))
                     stop.wait(min(interval_s * 5, 10))
+            if stopping:
+                return
             # Another relay was publishing: try again soon, for what it has not taken.
             self.wake.wait(min(interval_s, 0.1) if self.busy else interval_s)
 

@@ -70,7 +70,10 @@ class StoreWorker:
         return consumer_readiness(self._engine, self._consumer, self._loop)
 
     def run(self, stop: threading.Event) -> None:
-        relay = threading.Thread(target=self._relay.run, args=(stop,), name="outbox-relay")
+        # The relay stops after the loop: a batch written as the stop came is still handed
+        # over, and published before the store exits.
+        relay_stop = threading.Event()
+        relay = threading.Thread(target=self._relay.run, args=(relay_stop,), name="outbox-relay")
         relay.start()
         self._loop = CommitAfterWorkLoop(
             self._consumer,
@@ -81,7 +84,8 @@ class StoreWorker:
         try:
             self._loop.run()
         finally:
-            self._relay.wake.set()
+            relay_stop.set()
+            self._relay.wake.kick()
             relay.join(timeout=30)
 
     def handle(self, batch: list[ConsumerRecord]) -> None:
