@@ -74,10 +74,10 @@ def _published(settings: Settings) -> Counter[int]:
     return Counter(int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED))
 
 
-def _relay(settings: Settings, producer: ReliableProducer) -> OutboxRelay:
+def _relay(settings: Settings, producer: ReliableProducer, **options: Any) -> OutboxRelay:
     # Each relay with its own engine, as two processes would have.
     own = make_engine(settings)
-    return OutboxRelay(make_session_factory(own), producer, inline_max_bytes=1024)
+    return OutboxRelay(make_session_factory(own), producer, inline_max_bytes=1024, **options)
 
 
 def _write_prepared(
@@ -209,12 +209,13 @@ def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
 ) -> None:
     """The store hands each committed batch to the relay's thread (``submit``) and goes on with
     the next. While the broker holds that thread, more batches come than it keeps in memory:
-    those are read back from their rows. Every record goes out once, in the order written."""
+    once ``submit`` has waited its time, those are read back from their rows. Every record
+    goes out once, in the order written."""
     settings = db_settings
     engine = make_engine(settings)
     sessions = make_session_factory(engine)
     held = HeldProducer(settings)
-    relay = _relay(settings, held)
+    relay = _relay(settings, held, submit_wait_s=0.1)
     stop = threading.Event()
     # A long interval: only what is submitted, and a wake, make the thread publish.
     thread = threading.Thread(target=relay.run, args=(stop, 600.0))
@@ -283,3 +284,50 @@ def test_what_was_left_to_the_relay_pass_when_the_service_stops_goes_out_too(
     finally:
         producer.close()
         engine.dispose()
+
+
+def test_the_store_stays_at_most_two_batches_ahead_of_a_slow_broker(
+    db_settings: Settings,
+) -> None:
+    """Every relay publishes in id order, so a record the config API writes while the store
+    ingests goes out after the store's committed and unpublished records. However slow the
+    broker, those stay within two batches: the one being published and the one written
+    meanwhile (``submit`` waits for room), not a backlog that grows with the ingestion."""
+    settings = db_settings
+    engine = make_engine(settings)
+    sessions = make_session_factory(engine)
+    committed = threading.Semaphore(0)  # one per batch the writer committed
+    unpublished: list[int] = []  # outbox rows at each publication, its own batch included
+
+    class SlowProducer(ReliableProducer):
+        """Each publication lets the writer commit up to two more batches first: a broker
+        slower than the store (less when the writer waits for the relay)."""
+
+        def settle(self, futures: Any, timeout_s: float = 35.0) -> None:
+            for _ in range(2):
+                committed.acquire(timeout=0.5)
+            unpublished.append(_outbox_size(sessions))
+            super().settle(futures, timeout_s)
+
+    slow = SlowProducer(settings, "slow-relay")
+    relay = _relay(settings, slow)
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, 600.0))
+    batches = 6
+    try:
+        thread.start()
+        for n in range(batches):
+            prepared = _write_prepared(sessions, settings, n * BATCH)
+            committed.release()
+            relay.submit(prepared)
+        wait_until(lambda: _outbox_size(sessions) == 0, timeout_s=60, message="the outbox emptied")
+        values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
+        assert values == list(range(batches * BATCH)), "lost, repeated or out of order"
+        assert max(unpublished) <= 2 * BATCH, unpublished
+    finally:
+        stop.set()
+        relay.wake.set()
+        thread.join(timeout=60)
+        slow.close()
+        engine.dispose()
+    assert not thread.is_alive()

@@ -8,9 +8,11 @@ relayed again after a crash carries the same ones (``mailintake_shared.cloudeven
 The store does not wait for the relay: right after its commit it hands the batch's records,
 built in memory with the same bytes and headers the relay would build from the rows, to the
 relay's thread (``OutboxRelay.submit``), and goes on with its next batch while that thread
-publishes them (``publish_prepared``) and marks them sent. The relay publishes what that
-leaves: the records of a crash between the commit and the acknowledgement, of a broker that
-was away, of a backlog over ``SUBMITTED_BACKLOG`` batches, and the config API's.
+publishes them (``publish_prepared``) and marks them sent. It never runs further ahead than
+``SUBMITTED_BACKLOG`` batches: every relay publishes in id order, so a record another writer
+adds (the config API's) waits behind whatever the store has committed and not published. The
+relay publishes what that leaves: the records of a crash between the commit and the
+acknowledgement, of a broker that was away, and the config API's.
 
 Every service that writes the outbox also relays it (the config API and the store), so one
 relay at a time publishes: PostgreSQL's advisory lock, or on SQLite a lock on a file beside
@@ -49,10 +51,10 @@ log = get_logger(__name__)
 # One relay at a time across every replica (PostgreSQL), so that records of one key are
 # published in the order they were written.
 _RELAY_LOCK_ID = 0x6D61696C696E  # "mailin"
-# Batches handed over by ``submit`` and not yet published: beyond these, a batch is left to
-# the relay pass (read back from its rows), so that memory stays bounded when the broker is
-# slow or away.
-SUBMITTED_BACKLOG = 4
+# Batches handed over by ``submit`` and not yet published. One is enough for the store's
+# next write to overlap the publication of the last; more would let the store's committed
+# and unpublished records grow, and with them the wait of every other writer's records.
+SUBMITTED_BACKLOG = 1
 
 
 def add_to_outbox(
@@ -137,14 +139,18 @@ class OutboxRelay:
         inline_max_bytes: int,
         batch_size: int = 1000,
         send_timeout_s: float = 30.0,
+        submit_wait_s: float | None = None,
     ) -> None:
         self._sessions = session_factory
         self._producer = producer
         self._inline_max = inline_max_bytes
         self._batch_size = batch_size
         self._send_timeout_s = send_timeout_s
+        # How long ``submit`` waits for room (a publication may take ``send_timeout_s``).
+        self._submit_wait_s = send_timeout_s if submit_wait_s is None else submit_wait_s
         self._lock = threading.Lock()
-        self._submitted: queue.Queue[Sequence[Prepared]] = queue.Queue(SUBMITTED_BACKLOG)
+        self._submitted: queue.SimpleQueue[Sequence[Prepared]] = queue.SimpleQueue()
+        self._room = threading.BoundedSemaphore(SUBMITTED_BACKLOG)  # released once published
         self.wake = _Wake()
         self.healthy = False  # the last attempt to reach the broker succeeded
         self.busy = False  # the last flush found another relay publishing
@@ -262,25 +268,29 @@ class OutboxRelay:
     def submit(self, records: Sequence[Prepared]) -> None:
         """Hand records the caller has just committed to the outbox to the thread in ``run``,
         which publishes them from memory (``publish_prepared``) while the caller goes on.
-        Never blocks: with ``SUBMITTED_BACKLOG`` batches still waiting, these are left to the
-        relay pass, which reads them back from their rows."""
+        With ``SUBMITTED_BACKLOG`` batches not yet published, waits until one is (the broker
+        sets the pace), at most ``submit_wait_s``; then leaves these to the relay pass, which
+        reads them back from their rows."""
         if records:
-            try:
-                self._submitted.put_nowait(records)
+            if self._room.acquire(timeout=self._submit_wait_s):
+                self._submitted.put(records)
                 self.wake.kick()
-            except queue.Full:
+            else:
                 self.wake.set()
 
-    def _publish_submitted(self) -> bool:
-        """Publish what ``submit`` handed over, in order; False when some was left to the
-        relay pass."""
-        published = True
+    def _publish_submitted(self) -> int:
+        """Publish what ``submit`` handed over, in order; return how many batches were left to
+        the relay pass (their room is freed once it has run)."""
+        left = 0
         while True:
             try:
                 records = self._submitted.get_nowait()
             except queue.Empty:
-                return published
-            published = self.publish_prepared(records) and published
+                return left
+            if self.publish_prepared(records):
+                self._room.release()
+            else:
+                left += 1
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         """Publish until ``stop`` is set: what ``submit`` hands over as it comes, and a relay
@@ -289,13 +299,14 @@ class OutboxRelay:
         ``stop`` is set are published before it returns, with a last pass for those that
         were left to it."""
         last_pass = float("-inf")
+        left = 0  # batches handed over and left to the pass: their room is held until it ran
         while True:
             self.wake.clear()
             wanted = self.wake.take_pass_wanted()
             stopping = stop.is_set()
-            all_sent = self._publish_submitted()
+            left += self._publish_submitted()
             due = not stopping and time.monotonic() - last_pass >= interval_s
-            if wanted or due or not all_sent or self.busy:
+            if wanted or due or left or self.busy:
                 last_pass = time.monotonic()
                 try:
                     self._producer.connect()
@@ -305,6 +316,10 @@ class OutboxRelay:
                     self.healthy = False
                     log.warning("outbox relay could not publish; will retry", error=str(exc))
                     stop.wait(min(interval_s * 5, 10))
+            if stopping or not self.busy:  # the pass ran, not held off by another relay
+                for _ in range(left):
+                    self._room.release()
+                left = 0
             if stopping:
                 return
             # Another relay was publishing: try again soon, for what it has not taken.
