@@ -7,8 +7,10 @@ the topic itself."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,31 @@ def _write_prepared(
 def _outbox_size(sessions: sessionmaker[Session]) -> int:
     with sessions() as session:
         return session.scalar(select(func.count()).select_from(OutboxRecord)) or 0
+
+
+def _assert_all_published_in_order(
+    settings: Settings, sessions: sessionmaker[Session], count: int
+) -> None:
+    """Once the outbox is empty, the topic holds the records ``0 … count - 1`` once, in order."""
+    wait_until(lambda: _outbox_size(sessions) == 0, timeout_s=60, message="the outbox emptied")
+    values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
+    assert values == list(range(count)), "lost, repeated or out of order"
+
+
+@contextlib.contextmanager
+def _relay_thread(relay: OutboxRelay) -> Iterator[None]:
+    """``relay.run`` in a thread of its own, as the store runs it, with a long interval (only
+    what is submitted, and a wake, make it publish); stopped, and ended, on leaving."""
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, args=(stop, 600.0))
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        relay.wake.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
 
 
 def _drain(relays: list[OutboxRelay], sessions: sessionmaker[Session]) -> None:
@@ -216,32 +243,24 @@ def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
     sessions = make_session_factory(engine)
     held = HeldProducer(settings)
     relay = _relay(settings, held, submit_wait_s=0.1)
-    stop = threading.Event()
-    # A long interval: only what is submitted, and a wake, make the thread publish.
-    thread = threading.Thread(target=relay.run, args=(stop, 600.0))
 
     def write_and_submit(first: int) -> None:
         relay.submit(_write_prepared(sessions, settings, first))
 
     batches = SUBMITTED_BACKLOG + 3
     try:
-        thread.start()
-        write_and_submit(0)
-        assert held.reached.wait(30), "the submitted batch was never published"
-        for n in range(1, batches):  # the thread is held: the backlog fills, then overflows
-            write_and_submit(n * BATCH)
-        held.release.set()
-        wait_until(lambda: _outbox_size(sessions) == 0, timeout_s=60, message="the outbox emptied")
-        values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
-        assert values == list(range(batches * BATCH)), "lost, repeated or out of order"
+        with _relay_thread(relay):
+            try:
+                write_and_submit(0)
+                assert held.reached.wait(30), "the submitted batch was never published"
+                for n in range(1, batches):  # the thread is held: the backlog fills, overflows
+                    write_and_submit(n * BATCH)
+            finally:
+                held.release.set()
+            _assert_all_published_in_order(settings, sessions, batches * BATCH)
     finally:
-        held.release.set()
-        stop.set()
-        relay.wake.set()
-        thread.join(timeout=60)
         held.close()
         engine.dispose()
-    assert not thread.is_alive()
 
 
 def test_what_was_submitted_when_the_service_stops_goes_out_before_the_relay_ends(
@@ -279,8 +298,7 @@ def test_what_was_left_to_the_relay_pass_when_the_service_stops_goes_out_too(
         stop.set()
         relay.run(stop, 600.0)
         assert _outbox_size(sessions) == 0, "left in the outbox until the next start"
-        values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
-        assert values == list(range(2 * BATCH)), "lost, repeated or out of order"
+        _assert_all_published_in_order(settings, sessions, 2 * BATCH)
     finally:
         producer.close()
         engine.dispose()
@@ -311,23 +329,15 @@ def test_the_store_stays_at_most_two_batches_ahead_of_a_slow_broker(
 
     slow = SlowProducer(settings, "slow-relay")
     relay = _relay(settings, slow)
-    stop = threading.Event()
-    thread = threading.Thread(target=relay.run, args=(stop, 600.0))
     batches = 6
     try:
-        thread.start()
-        for n in range(batches):
-            prepared = _write_prepared(sessions, settings, n * BATCH)
-            committed.release()
-            relay.submit(prepared)
-        wait_until(lambda: _outbox_size(sessions) == 0, timeout_s=60, message="the outbox emptied")
-        values = [int(r.value) for r in read_topic_to_end(settings, Topic.POLL_COMPLETED)]
-        assert values == list(range(batches * BATCH)), "lost, repeated or out of order"
+        with _relay_thread(relay):
+            for n in range(batches):
+                prepared = _write_prepared(sessions, settings, n * BATCH)
+                committed.release()
+                relay.submit(prepared)
+            _assert_all_published_in_order(settings, sessions, batches * BATCH)
         assert max(unpublished) <= 2 * BATCH, unpublished
     finally:
-        stop.set()
-        relay.wake.set()
-        thread.join(timeout=60)
         slow.close()
         engine.dispose()
-    assert not thread.is_alive()
