@@ -67,6 +67,9 @@ def make_producer(settings: Settings, client_name: str, **overrides: Any) -> Kaf
         "delivery_timeout_ms": 30_000,
         "metadata_max_age_ms": settings.kafka_metadata_max_age_ms,
         "partitioner": KeyHashCachingPartitioner(),
+        # kafka-python's own sensors, updated on every record, are read by nothing: the
+        # services export their own Prometheus metrics.
+        "metrics_enabled": False,
     }
     config.update(overrides)
     return KafkaProducer(**config)
@@ -152,6 +155,7 @@ def make_consumer(
         # A subscribed topic that disappeared and came back (a broker restarted empty) is
         # assigned again at the next metadata refresh: minutes with the default.
         "metadata_max_age_ms": settings.kafka_metadata_max_age_ms,
+        "metrics_enabled": False,  # as for the producer
     }
     config.update(overrides)
     consumer = KafkaConsumer(**config)
