@@ -101,6 +101,7 @@ class Schedule:
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     _flying: set[uuid.UUID] = field(default_factory=set)
     _health: list[HealthChange] = field(default_factory=list)
+    _stalled: int = 0  # entries with ``stalled`` set
     # requests (when, manual or push) before the connection's state arrived
     _waiting: dict[uuid.UUID, tuple[float, PollReason]] = field(default_factory=dict)
     lateness: list[float] = field(default_factory=list)
@@ -153,6 +154,7 @@ class Schedule:
         entry = self._entries.pop(connection_id, None)  # its heap entries are skipped
         self._flying.discard(connection_id)
         if entry is not None and entry.stalled:  # no stale alarm left on the health topic
+            self._stalled -= 1
             self._health.append(
                 HealthChange(connection_id, HealthState.RECOVERED, "no longer polled", None)
             )
@@ -166,6 +168,7 @@ class Schedule:
         if event.outcome is PollOutcome.OK:
             if entry.stalled:
                 entry.stalled = False
+                self._stalled -= 1
                 self._health.append(
                     HealthChange(
                         event.connection_id, HealthState.RECOVERED, "a poll succeeded", 0.0
@@ -257,6 +260,7 @@ class Schedule:
             if entry.stalled or since < self.config.stalled_after_s:
                 continue
             entry.stalled = True
+            self._stalled += 1
             reason = (
                 "a poll never completed (issued again)"
                 if entry.hung
@@ -268,7 +272,8 @@ class Schedule:
         return changes
 
     def stalled(self) -> int:
-        return sum(entry.stalled for entry in self._entries.values())
+        """How many connections are reported stalled now (kept as they change: O(1))."""
+        return self._stalled
 
     # --- output ----------------------------------------------------------------------------
     def due(self, now: float, wall_clock: datetime | None = None) -> list[PollDue]:
