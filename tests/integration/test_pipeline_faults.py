@@ -64,6 +64,9 @@ def test_broker_restarted_empty_mid_ingestion_loses_nothing(
             "kafka_bootstrap_servers": broker.bootstrap_servers,
             # No timer: the config API republishes on seeing the new connections topic.
             "connections_resync_seconds": 0.0,
+            # Slices of 300: when the broker goes, most of the mail is still on the server
+            # (one slice of 3,000 was all published, and often all stored, before the kill).
+            "poll_max_messages": 300,
         }
     )
     pipeline = Pipeline(settings, tmp_path / "logs").start("scheduler", "fetcher", "store")
