@@ -320,7 +320,12 @@ def test_graph_notifications_bring_new_mail_in_and_the_subscription_lives(
 
         assert api.post(f"/connections/{cid}/disable").status_code == 200
         wait_until(lambda: graph.subscriptions(user) == [], timeout_s=30, message="deleted")
-        assert db.scalar("SELECT count(*) FROM graph_subscriptions") == 0
+        # The watcher deletes its row after Graph's subscription: waited for, not raced.
+        wait_until(
+            lambda: db.scalar("SELECT count(*) FROM graph_subscriptions") == 0,
+            timeout_s=30,
+            message="the subscription's row deleted",
+        )
     assert all(200 <= s.status < 300 for s in graph.state.sent)  # every genuine one was taken
     assert db.message_count() == db.distinct_messages() == 2
     pipeline.assert_running()
