@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mailintake_scheduler.schedule import Schedule, ScheduleConfig, stable_fraction
 from mailintake_shared.domain import ConnectionView
@@ -450,3 +452,74 @@ def test_a_push_during_a_pipelined_slice_is_served_after_the_continuation() -> N
     schedule.poll_completed(completed(following), t0 + 4)
     (pushed,) = schedule.due(t0 + 4)
     assert (pushed.reason, pushed.resume) == (PollReason.PUSH, None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "poll", "remove", "watch"]),
+            st.integers(0, 5),  # which connection
+            st.integers(1, 700),  # seconds since the step before
+        ),
+        max_size=60,
+    )
+)
+def test_the_watchdog_finds_what_a_scan_of_every_connection_finds(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """The watchdog looks only at the front of its queue; whatever the order of additions,
+    polls (each one ends in a success or a failure), removals and watchdog passes, it reports
+    exactly the connections a scan of all of them finds stalled, once each."""
+    schedule = Schedule(WATCHED)
+    ids = [uuid.UUID(int=i + 1) for i in range(6)]
+    since: dict[uuid.UUID, float] = {}  # the model: when each live connection's clock started
+    reported: set[uuid.UUID] = set()
+    now = 0.0
+    for action, which, elapsed in steps:
+        now += elapsed
+        cid = ids[which]
+        if action == "add" and cid not in since:
+            schedule.connection_changed(view(cid, interval=60), now)
+            since[cid] = now
+        elif action == "remove" and cid in since:
+            schedule.connection_changed(view(cid, enabled=False, interval=60), now)
+            del since[cid]
+            reported.discard(cid)
+        elif action == "poll" and cid in since:
+            assert schedule.poll_requested(cid, now)
+            polled = set()
+            for due in schedule.due(now):  # others may be due too: theirs fail
+                polled.add(due.connection_id)
+                ok = due.connection_id == cid
+                outcome = PollOutcome.OK if ok else PollOutcome.FAILED
+                schedule.poll_completed(completed(due, outcome=outcome), now)
+            assert cid in polled
+            since[cid] = now
+            reported.discard(cid)
+        changes = schedule.health_changes(now)
+        stalled = {c.connection_id for c in changes if c.state is HealthState.STALLED}
+        expected = {c for c, start in since.items() if now - start >= 1800 and c not in reported}
+        assert stalled == expected
+        reported |= stalled
+        assert schedule.stalled() == len(reported)
+
+
+def test_polls_past_their_time_out_are_issued_again_oldest_first_and_only_they() -> None:
+    schedule = Schedule(CONFIG)  # poll_timeout_s=600
+    views = [view(interval=60) for _ in range(3)]
+    issued: dict[uuid.UUID, PollDue] = {}
+    for at, v in zip((0.0, 10.0, 20.0), views, strict=True):
+        schedule.connection_changed(v, at)
+        schedule.poll_requested(v.id, at)
+        (issued[v.id],) = schedule.due(at)
+    schedule.poll_completed(completed(issued[views[0].id]), 30.0)  # the oldest one answered
+    assert schedule.due(609.0) == []
+    (again,) = schedule.due(610.0)
+    assert (again.connection_id, again.reason) == (views[1].id, PollReason.RETRY)
+    assert schedule.due(619.0) == []
+    (again,) = schedule.due(620.0)
+    assert (again.connection_id, again.reason) == (views[2].id, PollReason.RETRY)
+    late = issued[views[1].id]  # the first poll of the re-issued one, answered too late
+    schedule.poll_completed(completed(late), 621.0)
+    assert schedule.in_flight(views[1].id)  # the retry is still the one in flight

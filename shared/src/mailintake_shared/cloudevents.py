@@ -45,6 +45,13 @@ REPLAY = "ce_replay"
 Headers = list[tuple[str, bytes]]
 
 
+@functools.lru_cache(maxsize=1024)
+def _rfc3339(at: datetime) -> str:
+    """UTC with ``Z``, microseconds when not zero: as the events' own times are written.
+    Remembered: the events of one scheduler tick or store batch share their time."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 @dataclass(frozen=True)
 class EventKind:
     """One kind of record: its model (``None``: a tombstone), topic, ``ce_type`` name, who
@@ -231,6 +238,7 @@ KINDS: tuple[EventKind, ...] = (
     ),
 )
 _BY_MODEL = {kind.model: kind for kind in KINDS if kind.model is not None}
+_BY_NAME = {kind.name: kind for kind in KINDS}
 TOMBSTONE = next(kind for kind in KINDS if kind.name == "connection.deleted")
 WRITTEN = next(kind for kind in KINDS if kind.name == "store.written")
 
@@ -303,21 +311,23 @@ def _occurred(kind: EventKind, event: Event) -> datetime | None:
 def _attributes(
     kind: EventKind, prefix: str, service: str, event_id: str, at: datetime | None
 ) -> Headers:
-    found = [
+    before, after = _fixed(kind.name, prefix, service)
+    occurred = _rfc3339(at or datetime.now(UTC))
+    return [*before, ("ce_id", event_id.encode()), ("ce_time", occurred.encode()), *after]
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed(kind_name: str, prefix: str, service: str) -> tuple[Headers, Headers]:
+    """The headers that do not change from one event of a kind to the next: those before
+    ``ce_id`` and those after ``ce_time``."""
+    kind = _BY_NAME[kind_name]
+    before = [
         ("ce_specversion", SPEC_VERSION.encode()),
         ("ce_type", kind.ce_type.encode()),
         ("ce_source", source(prefix, service).encode()),
-        ("ce_id", event_id.encode()),
-        ("ce_time", _rfc3339(at or datetime.now(UTC)).encode()),
     ]
-    if kind.content_type is not None:
-        found.append(("content-type", kind.content_type.encode()))
-    return found
-
-
-def _rfc3339(at: datetime) -> str:
-    """UTC with ``Z``, microseconds when not zero: as the events' own times are written."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    after = [] if kind.content_type is None else [("content-type", kind.content_type.encode())]
+    return before, after
 
 
 def split_topic(name: str) -> tuple[str, Topic]:

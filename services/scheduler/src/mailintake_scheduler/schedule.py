@@ -1,4 +1,5 @@
 """The schedule as a pure function of (clock, connections, poll outcomes): no I/O here.
+Times are seconds of a monotonic clock: ``now`` never goes back from one call to the next.
 
 Rules:
 - an enabled connection is due every ``interval_minutes``; its first poll falls at a stable
@@ -39,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -99,9 +101,14 @@ class Schedule:
     config: ScheduleConfig
     _entries: dict[uuid.UUID, _Entry] = field(default_factory=dict)
     _heap: list[tuple[float, uuid.UUID]] = field(default_factory=list)
-    _flying: set[uuid.UUID] = field(default_factory=set)
+    # connections with a poll in flight, in the order their polls were issued
+    _flying: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
     _health: list[HealthChange] = field(default_factory=list)
     _stalled: int = 0  # entries with ``stalled`` set
+    # The watchdog's queue: every connection not reported stalled, oldest stall clock first
+    # (last success, else when it was added). ``now`` never goes back, so a success moves its
+    # connection to the end and the watchdog looks only at the front: O(1) a poll, not O(n).
+    _watched: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
     # requests (when, manual or push) before the connection's state arrived
     _waiting: dict[uuid.UUID, tuple[float, PollReason]] = field(default_factory=dict)
     lateness: list[float] = field(default_factory=list)
@@ -134,6 +141,7 @@ class Schedule:
         if entry is None:
             entry = _Entry(interval_s=interval_s, version=view.version, next_due=0.0, added_at=now)
             self._entries[view.id] = entry
+            self._watched[view.id] = None
             waiting = self._waiting.pop(view.id, None)
             if waiting is not None:
                 self._set_due(view.id, entry, now, waiting[1])
@@ -152,7 +160,8 @@ class Schedule:
     def connection_removed(self, connection_id: uuid.UUID) -> None:
         self._waiting.pop(connection_id, None)
         entry = self._entries.pop(connection_id, None)  # its heap entries are skipped
-        self._flying.discard(connection_id)
+        self._flying.pop(connection_id, None)
+        self._watched.pop(connection_id, None)
         if entry is not None and entry.stalled:  # no stale alarm left on the health topic
             self._stalled -= 1
             self._health.append(
@@ -164,7 +173,7 @@ class Schedule:
         if entry is None or entry.in_flight != event.poll_id:
             return  # a poll of a removed connection, or one already re-issued
         entry.in_flight, entry.hung = None, False
-        self._flying.discard(event.connection_id)
+        self._flying.pop(event.connection_id, None)
         if event.outcome is PollOutcome.OK:
             if entry.stalled:
                 entry.stalled = False
@@ -175,6 +184,8 @@ class Schedule:
                     )
                 )
             entry.last_ok = now
+            self._watched[event.connection_id] = None
+            self._watched.move_to_end(event.connection_id)
         requested, entry.requested = entry.requested, None
         if requested is PollReason.PUSH and event.outcome is PollOutcome.FAILED:
             requested = None  # the server's news waits for the retry: its back-off stands
@@ -235,7 +246,7 @@ class Schedule:
         if after is not None:
             if entry.in_flight == after:  # else the poll was re-issued meanwhile: stale
                 entry.in_flight = None
-                self._flying.discard(connection_id)
+                self._flying.pop(connection_id, None)
                 self._set_due(connection_id, entry, now, PollReason.CONTINUATION, resume)
             return True
         if reason is PollReason.PUSH:
@@ -254,11 +265,15 @@ class Schedule:
     # --- the watchdog ------------------------------------------------------------------------
     def health_changes(self, now: float) -> list[HealthChange]:
         """Connections that stalled (no successful poll for ``stalled_after_s``, or a poll that
-        never completed) or recovered since the last call; each reported once per change."""
-        for connection_id, entry in self._entries.items():
+        never completed) or recovered since the last call; each reported once per change.
+        Costs O(1 + changes): only the front of the watchdog's queue is looked at."""
+        while self._watched:
+            connection_id = next(iter(self._watched))
+            entry = self._entries[connection_id]
             since = now - (entry.last_ok if entry.last_ok is not None else entry.added_at)
-            if entry.stalled or since < self.config.stalled_after_s:
-                continue
+            if since < self.config.stalled_after_s:
+                break  # every connection behind it had a success (or was added) later
+            del self._watched[connection_id]  # back in the queue at its next success
             entry.stalled = True
             self._stalled += 1
             reason = (
@@ -287,12 +302,14 @@ class Schedule:
         for connection_id, (asked, _) in list(self._waiting.items()):
             if now - asked >= self.config.poll_timeout_s:  # its connection never arrived
                 del self._waiting[connection_id]
-        for connection_id in list(self._flying):
+        while self._flying:  # the oldest first: only polls past their time-out are looked at
+            connection_id = next(iter(self._flying))
             flying = self._entries[connection_id]
-            if now - flying.issued_at >= self.config.poll_timeout_s:
-                flying.in_flight, flying.hung = None, True  # it never completed: again
-                self._flying.discard(connection_id)
-                self._set_due(connection_id, flying, now, PollReason.RETRY)
+            if now - flying.issued_at < self.config.poll_timeout_s:
+                break
+            del self._flying[connection_id]
+            flying.in_flight, flying.hung = None, True  # it never completed: again
+            self._set_due(connection_id, flying, now, PollReason.RETRY)
         while self._heap and self._heap[0][0] <= now:
             when, connection_id = heapq.heappop(self._heap)
             entry = self._entries.get(connection_id)
@@ -300,7 +317,7 @@ class Schedule:
                 continue  # removed, busy, or superseded by a newer due time
             poll_id = uuid.uuid4()
             entry.in_flight, entry.issued_at = poll_id, now
-            self._flying.add(connection_id)
+            self._flying[connection_id] = None
             self.lateness.append(now - when)
             events.append(
                 PollDue(
@@ -320,5 +337,5 @@ class Schedule:
             entry = self._entries.get(event.connection_id)
             if entry is not None and entry.in_flight == event.poll_id:
                 entry.in_flight = None
-                self._flying.discard(event.connection_id)
+                self._flying.pop(event.connection_id, None)
                 self._set_due(event.connection_id, entry, now, event.reason, event.resume)
