@@ -23,9 +23,10 @@ from kafka import KafkaConsumer, TopicPartition
 from tests.api import api_client
 from tests.harness.pipeline import Database, Pipeline, wait_until
 
-from bench.env import BenchEnv, Results, corpus, cpu_seconds, kafka_cost, median
+from bench.env import BenchEnv, Results, corpus, cpu_seconds, median
 from bench.measure import BATCH, connection_body, median_seconds
 from mailintake_shared.cloudevents import mail_stored_headers
+from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic, topic_name
 
@@ -308,9 +309,26 @@ def kafka_floor(env: BenchEnv, results: Results, count: int) -> dict[str, float]
     store does), and to consume it. The store pays the first for every message it stores; a
     downstream service pays the second."""
     settings = env.settings()
+    ensure_topics(settings)
+    topic = topic_name(settings.topic_prefix, Topic.MAIL_STORED)
     value, key = b"x" * 11_500, str(uuid.uuid4()).encode()
     headers = mail_stored_headers(settings.topic_prefix, 1, False, datetime.now(UTC))
-    floor = kafka_cost(settings, Topic.MAIL_STORED, (key, value, headers), count, group=500)
+    producer = ReliableProducer(settings, "bench-floor")
+    producer.connect()
+    started = time.process_time()
+    for _ in range(0, count, 500):
+        producer.settle([producer.send(topic, key, value, headers) for _ in range(500)], 60)
+    produce = time.process_time() - started
+    producer.close()
+    consumer = make_consumer(settings, "bench-floor", [Topic.MAIL_STORED])
+    read = 0
+    started = time.process_time()
+    deadline = time.monotonic() + 120
+    while read < count and time.monotonic() < deadline:
+        read += sum(len(records) for records in consumer.poll(timeout_ms=500).values())
+    consume = time.process_time() - started
+    consumer.close()
+    floor = {"produce_us": 1e6 * produce / count, "consume_us": 1e6 * consume / read}
     results.add(
         "3. kafka-python alone: CPU to produce a mail.stored record (8 KB mail)",
         floor["produce_us"],

@@ -24,11 +24,11 @@ from tests.harness.views import LOOPBACK_CIDRS
 from mailintake_config_api.auth import hash_token
 from mailintake_devstack.broker import LocalBroker
 from mailintake_shared.db.migrate import upgrade
-from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
+from mailintake_shared.kafka import ensure_topics, make_consumer
 from mailintake_shared.logging import configure_logging
 from mailintake_shared.secretbox import generate_key
 from mailintake_shared.settings import Settings
-from mailintake_shared.topics import Topic, topic_name
+from mailintake_shared.topics import Topic
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,39 +48,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def kafka_cost(
-    settings: Settings,
-    topic: Topic,
-    record: tuple[bytes, bytes, list[tuple[str, bytes]]],
-    count: int,
-    group: int,
-) -> dict[str, float]:
-    """What kafka-python alone costs for ``count`` copies of one record (key, value, headers),
-    with the project's producer and consumer settings, in CPU µs a record: ``produce_us``
-    (sent in groups of ``group``, each group acknowledged before the next, as the services
-    do) and ``consume_us`` (read back by a consumer of its own)."""
-    ensure_topics(settings)
-    name = topic_name(settings.topic_prefix, topic)
-    key, value, headers = record
-    producer = ReliableProducer(settings, "bench-floor")
-    producer.connect()
-    started = time.process_time()
-    for done in range(0, count, group):
-        sends = min(group, count - done)
-        producer.settle([producer.send(name, key, value, headers) for _ in range(sends)], 60)
-    produce = time.process_time() - started
-    producer.close()
-    consumer = make_consumer(settings, "bench-floor", [topic])
-    read = 0
-    started = time.process_time()
-    deadline = time.monotonic() + 120
-    while read < count and time.monotonic() < deadline:
-        read += sum(len(records) for records in consumer.poll(timeout_ms=500).values())
-    consume = time.process_time() - started
-    consumer.close()
-    return {"produce_us": 1e6 * produce / count, "consume_us": 1e6 * consume / max(read, 1)}
 
 
 def peak_rss_mb(pid: int) -> float:
