@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 import pytest
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary
@@ -21,7 +22,14 @@ from mailintake_shared.cloudevents import (
     split_topic,
     tombstone_headers,
 )
-from mailintake_shared.events import ConnectionState, Event, MailStored, SmimeInfo, decode
+from mailintake_shared.events import (
+    ConnectionHealthChanged,
+    ConnectionState,
+    Event,
+    MailStored,
+    SmimeInfo,
+    decode,
+)
 from mailintake_shared.topics import Topic, topic_name
 from tests.harness.contracts import examples
 
@@ -107,3 +115,21 @@ def test_the_source_names_the_deployment_by_its_topic_prefix() -> None:
     assert source("", "scheduler") == "/mailintake/scheduler"
     assert split_topic("acme-mail.poll.completed") == ("acme-mail.", Topic.POLL_COMPLETED)
     assert split_topic("mail.stored") == ("", Topic.MAIL_STORED)
+
+
+def test_the_two_instants_of_a_repeated_wall_clock_hour_keep_their_own_time_and_id() -> None:
+    """01:30 in New York on the night clocks go back is two instants an hour apart (``fold``;
+    they compare equal within their zone): each keeps its own ``ce_time`` and ``ce_id``, in
+    whichever order they are published."""
+    zone = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=zone)
+    second = first.replace(fold=1)
+    example = _example(next(k for k in KINDS if k.model is ConnectionHealthChanged))
+    texts = {}
+    for at in (first, second, first):
+        event = example.model_copy(update={"at": at})
+        found = dict(headers(event, PREFIX))
+        texts[at.fold] = (found["ce_time"], found["ce_id"])
+    assert texts[0][0] == b"2026-11-01T05:30:00Z"
+    assert texts[1][0] == b"2026-11-01T06:30:00Z"
+    assert texts[0][1] != texts[1][1]

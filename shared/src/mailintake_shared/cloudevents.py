@@ -45,11 +45,16 @@ REPLAY = "ce_replay"
 Headers = list[tuple[str, bytes]]
 
 
-@functools.lru_cache(maxsize=1024)
 def _rfc3339(at: datetime) -> str:
-    """UTC with ``Z``, microseconds when not zero: as the events' own times are written.
-    Remembered: the events of one scheduler tick or store batch share their time."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """UTC with ``Z``, microseconds when not zero: as the events' own times are written."""
+    return _utc_text(at.astimezone(UTC))
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_text(at: datetime) -> str:
+    """Remembered: the events of one scheduler tick or store batch share their time. Keyed
+    by the UTC instant: two times of a zone's repeated hour compare equal (``fold``)."""
+    return at.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
