@@ -4,19 +4,23 @@ then recovers."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+from kafka.errors import KafkaError
 
-from mailintake_devstack.broker import free_port
+from mailintake_devstack.broker import LocalBroker, free_port
+from mailintake_scheduler.worker import SchedulerWorker
 from mailintake_shared.events import ConnectionHealthChanged, HealthState
-from mailintake_shared.kafka import read_topic_to_end
+from mailintake_shared.kafka import ensure_topics, read_topic_to_end
 from mailintake_shared.settings import Settings
 from mailintake_shared.topics import Topic
 from tests.api import WITHOUT_ESTIMATE, api_client
 from tests.conftest import Mailbox
 from tests.harness.mail import make_message
 from tests.harness.pipeline import Database, Pipeline, wait_until
+from tests.harness.views import connection_view
 from tests.integration.conftest import create_enabled, imap_connection_body
 
 pytestmark = pytest.mark.integration
@@ -75,3 +79,30 @@ def test_a_failing_connection_is_reported_stalled_then_recovered(
         pipeline.assert_running()
     finally:
         pipeline.stop_all()
+
+
+def test_a_stall_found_while_the_broker_is_down_is_published_when_it_is_back(
+    settings: Settings,
+) -> None:
+    """The schedule reports a stall once; if the broker refuses it then, the worker publishes
+    it at its next pass, after the broker is back, rather than never."""
+    own = LocalBroker().start()
+    clock = [0.0]
+    local = settings.model_copy(
+        update={"kafka_bootstrap_servers": own.bootstrap_servers, "stalled_after_seconds": 60.0}
+    )
+    worker = SchedulerWorker(local, clock=lambda: clock[0])
+    try:
+        view = connection_view(id=uuid.uuid4(), enabled=True, interval_minutes=60, version=1)
+        worker.schedule.connection_changed(view, clock[0])
+        own.stop()
+        clock[0] = 61.0
+        with pytest.raises(KafkaError):
+            worker.emit_health()
+        own.start()  # memory storage: an empty broker on the same port
+        ensure_topics(local)
+        worker.emit_health()
+        assert [h.state for h in _health(local, str(view.id))] == [HealthState.STALLED]
+    finally:
+        worker.close()
+        own.stop()

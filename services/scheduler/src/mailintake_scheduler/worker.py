@@ -24,7 +24,7 @@ from kafka.structs import OffsetAndMetadata
 from pydantic import ValidationError
 
 from mailintake_scheduler.metrics import CONNECTIONS, EMITTED, LATENESS, LATENESS_DUE, STALLED
-from mailintake_scheduler.schedule import Schedule, ScheduleConfig
+from mailintake_scheduler.schedule import HealthChange, Schedule, ScheduleConfig
 from mailintake_shared.checks import broker_ok
 from mailintake_shared.cloudevents import headers
 from mailintake_shared.deadletter import dead_letter
@@ -106,6 +106,7 @@ class SchedulerWorker:
         self.schedule = Schedule(config_from(settings))
         self._partition_of: dict[uuid.UUID, int] = {}
         self._healthy = True
+        self._unsent: list[HealthChange] = []  # health changes whose publishing failed
 
     def readiness(self) -> Mapping[str, bool]:
         return {"broker": broker_ok(self.consumer), "emitting": self._healthy}
@@ -172,8 +173,10 @@ class SchedulerWorker:
             dead_letter(self._producer, self._settings.topic_prefix, SERVICE, record, str(exc))
 
     def emit_health(self) -> None:
-        """The watchdog's findings, on the compacted ``connection.health`` topic."""
-        changes = self.schedule.health_changes(self._clock())
+        """The watchdog's findings, on the compacted ``connection.health`` topic. The schedule
+        reports each change once: one that could not be published is published next time."""
+        changes = self._unsent + self.schedule.health_changes(self._clock())
+        self._unsent = []
         STALLED.set(self.schedule.stalled())
         if not changes:
             return
@@ -197,8 +200,12 @@ class SchedulerWorker:
                 state=event.state.value,
                 reason=event.reason,
             )
-        futures = [self._send(self._health_topic, e) for e in events]
-        self._producer.settle(futures, timeout_s=30)
+        try:
+            futures = [self._send(self._health_topic, e) for e in events]
+            self._producer.settle(futures, timeout_s=30)
+        except Exception:
+            self._unsent = changes
+            raise
 
     def emit_due(self) -> None:
         now = self._clock()
