@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -10,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,20 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of one process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+@contextmanager
+def harness_heap_frozen() -> Iterator[None]:
+    """While inside, the objects this process holds already (the harness's, and what earlier
+    rows left) are out of the garbage collector's sight (``gc.freeze``): code measured in this
+    process then pays for collecting its own objects only, as it would in its own service,
+    not for a full collection of the benchmark's heap, which grows from row to row."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def peak_rss_mb(pid: int) -> float:

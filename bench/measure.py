@@ -32,6 +32,7 @@ from bench.env import (
     StoredClock,
     corpus,
     cpu_seconds,
+    harness_heap_frozen,
     median,
     peak_rss_mb,
     percentile,
@@ -334,7 +335,8 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
                     )
                 )
             # The poll runs in this thread: its CPU time is the pipeline's, without the
-            # harness's threads, which would count for as long as Dovecot keeps it waiting.
+            # harness's threads, which would count for as long as Dovecot keeps it waiting,
+            # and without collecting the harness's heap (``harness_heap_frozen``).
             walls, own, server_cpu = [], [], []
             next_uid = uidnext - 1
             for round_ in range(polls):
@@ -344,12 +346,13 @@ def incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], polls: 
                     server.seed(user, corpus(10, start=10_000_000 + round_ * 10))
                 sink = DiscardSink()
                 due = poll_due(view.id, PollReason.SCHEDULED)
-                dovecot_before, own_before = tree_cpu_seconds(server.pid), time.thread_time()
-                started = time.perf_counter()
-                result = ImapPoll(config, due, repository, sink, budget_from(settings)).run()
-                walls.append(time.perf_counter() - started)
-                own.append(time.thread_time() - own_before)
-                server_cpu.append(tree_cpu_seconds(server.pid) - dovecot_before)
+                with harness_heap_frozen():
+                    dovecot_before, own_before = tree_cpu_seconds(server.pid), time.thread_time()
+                    started = time.perf_counter()
+                    result = ImapPoll(config, due, repository, sink, budget_from(settings)).run()
+                    walls.append(time.perf_counter() - started)
+                    own.append(time.thread_time() - own_before)
+                    server_cpu.append(tree_cpu_seconds(server.pid) - dovecot_before)
                 assert result.messages == 10, result
                 next_uid += 10
                 with sessions() as session, session.begin():
@@ -429,12 +432,14 @@ def _pop3_incremental(env: BenchEnv, results: Results, sizes: tuple[int, int], p
                 env.dovecot.seed(user, corpus(10, start=20_000_000 + round_ * 10))
                 sink = CollectingSink()
                 due = poll_due(view.id, PollReason.SCHEDULED)
-                dovecot_before, own_before = tree_cpu_seconds(env.dovecot.pid), time.thread_time()
-                started = time.perf_counter()
-                result = Pop3Poll(config, due, repository, sink, budget_from(settings)).run()
-                wall.append(time.perf_counter() - started)
-                own.append(time.thread_time() - own_before)
-                server_cpu.append(tree_cpu_seconds(env.dovecot.pid) - dovecot_before)
+                with harness_heap_frozen():
+                    dovecot = env.dovecot.pid
+                    dovecot_before, own_before = tree_cpu_seconds(dovecot), time.thread_time()
+                    started = time.perf_counter()
+                    result = Pop3Poll(config, due, repository, sink, budget_from(settings)).run()
+                    wall.append(time.perf_counter() - started)
+                    own.append(time.thread_time() - own_before)
+                    server_cpu.append(tree_cpu_seconds(dovecot) - dovecot_before)
                 assert result.messages == 10, result
                 _store_uidls(sessions, view.id, sink.server_ids)
             walls[size] = median(wall)
