@@ -82,6 +82,21 @@ def _relay(settings: Settings, producer: ReliableProducer, **options: Any) -> Ou
     return OutboxRelay(make_session_factory(own), producer, inline_max_bytes=1024, **options)
 
 
+@contextlib.contextmanager
+def _stopped_relay(
+    settings: Settings,
+) -> Iterator[tuple[sessionmaker[Session], OutboxRelay, threading.Event]]:
+    """The writer's sessions, a relay, and the stop a test sets before it runs the relay:
+    what a service that stops hands its relay."""
+    engine = make_engine(settings)
+    producer = ReliableProducer(settings, "relay")
+    try:
+        yield make_session_factory(engine), _relay(settings, producer), threading.Event()
+    finally:
+        producer.close()
+        engine.dispose()
+
+
 def _write_prepared(
     sessions: sessionmaker[Session], settings: Settings, first: int
 ) -> list[Prepared]:
@@ -266,19 +281,11 @@ def test_batches_handed_to_the_relay_thread_go_out_once_and_in_order(
 def test_what_was_submitted_when_the_service_stops_goes_out_before_the_relay_ends(
     settings: Settings,
 ) -> None:
-    engine = make_engine(settings)
-    sessions = make_session_factory(engine)
-    producer = ReliableProducer(settings, "relay")
-    relay = _relay(settings, producer)
-    stop = threading.Event()
-    try:
+    with _stopped_relay(settings) as (sessions, relay, stop):
         relay.submit(_write_prepared(sessions, settings, 0))
         stop.set()
         relay.run(stop, 600.0)  # returns at once: stopping, after what was submitted
         assert_each_once(_published(settings), BATCH)
-    finally:
-        producer.close()
-        engine.dispose()
 
 
 def test_what_was_left_to_the_relay_pass_when_the_service_stops_goes_out_too(
@@ -287,21 +294,13 @@ def test_what_was_left_to_the_relay_pass_when_the_service_stops_goes_out_too(
     """A batch handed over behind older rows (another writer's, a crash's) is left to the
     relay pass, which publishes in id order: stopping then runs that pass before the relay
     ends, rather than leaving the batch in the outbox until the next start."""
-    engine = make_engine(settings)
-    sessions = make_session_factory(engine)
-    producer = ReliableProducer(settings, "relay")
-    relay = _relay(settings, producer)
-    stop = threading.Event()
-    try:
+    with _stopped_relay(settings) as (sessions, relay, stop):
         _write(sessions, settings, 0, BATCH)  # not handed over: another writer's
         relay.submit(_write_prepared(sessions, settings, BATCH))
         stop.set()
         relay.run(stop, 600.0)
         assert _outbox_size(sessions) == 0, "left in the outbox until the next start"
         _assert_all_published_in_order(settings, sessions, 2 * BATCH)
-    finally:
-        producer.close()
-        engine.dispose()
 
 
 def test_the_store_stays_at_most_two_batches_ahead_of_a_slow_broker(

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from mailintake_shared.cloudevents import Headers, mail_stored_headers
 from mailintake_shared.db.models import Message
 from mailintake_shared.events import HeaderSummary, SmimeInfo
+from mailintake_shared.topics import record_key
 
 _BODY = func.coalesce(Message.unwrapped, Message.raw)  # the decrypted form when there is one
 SMIME_PROBLEM = "S/MIME: "  # how the row's problems mark the copy of smime.problem
@@ -94,7 +95,7 @@ def mail_stored(
     decrypted = smime is not None and smime.decrypted_with is not None
     return StoredRecord(
         message_id,
-        str(connection_id).encode(),
+        record_key(connection_id),
         encoded[:-1] + b',"raw_b64":' + inline + b"}",
         mail_stored_headers(prefix, message_id, decrypted, stored_at, replay=replay),
     )

@@ -6,6 +6,8 @@ in order on one partition. docs/topics.md documents each topic for downstream de
 
 from __future__ import annotations
 
+import functools
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -51,6 +53,13 @@ TOPIC_SPECS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.STORE_WAITING, True, None, "downloaded mail the store cannot write, and why"),
     TopicSpec(Topic.DEAD_LETTER, False, 30 * _DAY_MS, "records that could not be processed"),
 )
+
+
+@functools.lru_cache(maxsize=1 << 15)
+def record_key(connection_id: uuid.UUID) -> bytes:
+    """The key of a connection's records: its id as text (``8-4-4-4-12`` hex), UTF-8.
+    Remembered: the same connections are keyed again on every poll."""
+    return str(connection_id).encode()
 
 
 def topic_name(prefix: str, topic: Topic) -> str:

@@ -18,7 +18,7 @@ from mailintake_shared.cloudevents import Headers
 from mailintake_shared.events import FetchedChunk, PollResult
 from mailintake_shared.fetched import encode_batch, encode_part, encode_result
 from mailintake_shared.kafka import ReliableProducer
-from mailintake_shared.topics import Topic, topic_name
+from mailintake_shared.topics import Topic, record_key, topic_name
 
 BATCH_MESSAGES = 100
 # Under Kafka's default 1 MB record limit with the envelopes beside the bytes.
@@ -36,7 +36,7 @@ class KafkaSink:
         self._batch_bytes = 0
 
     def _send(self, key: UUID, value: bytes, headers: Headers) -> None:
-        self._pending.append(self._producer.send(self._topic, str(key).encode(), value, headers))
+        self._pending.append(self._producer.send(self._topic, record_key(key), value, headers))
         # Keep the acknowledgement list short: settle it now and then.
         if len(self._pending) >= 1000:
             self._settle()

@@ -47,7 +47,7 @@ from mailintake_shared.mailbox.network import NetworkPolicy
 from mailintake_shared.oauth.tokens import TokenStore
 from mailintake_shared.secretbox import SecretBox
 from mailintake_shared.settings import Settings
-from mailintake_shared.topics import Topic, topic_name
+from mailintake_shared.topics import Topic, record_key, topic_name
 
 log = get_logger(__name__)
 SERVICE = "fetcher"
@@ -200,7 +200,7 @@ class FetcherWorker:
         try:
             future = self._producer.send(
                 topic,
-                str(due.connection_id).encode(),
+                record_key(due.connection_id),
                 request.to_bytes(),
                 headers(request, self._settings.topic_prefix),
             )

@@ -104,7 +104,6 @@ class Schedule:
     # connections with a poll in flight, in the order their polls were issued
     _flying: OrderedDict[uuid.UUID, None] = field(default_factory=OrderedDict)
     _health: list[HealthChange] = field(default_factory=list)
-    _stalled: int = 0  # entries with ``stalled`` set
     # The watchdog's queue: every connection not reported stalled, oldest stall clock first
     # (last success, else when it was added). ``now`` never goes back, so a success moves its
     # connection to the end and the watchdog looks only at the front: O(1) a poll, not O(n).
@@ -163,7 +162,6 @@ class Schedule:
         self._flying.pop(connection_id, None)
         self._watched.pop(connection_id, None)
         if entry is not None and entry.stalled:  # no stale alarm left on the health topic
-            self._stalled -= 1
             self._health.append(
                 HealthChange(connection_id, HealthState.RECOVERED, "no longer polled", None)
             )
@@ -177,7 +175,6 @@ class Schedule:
         if event.outcome is PollOutcome.OK:
             if entry.stalled:
                 entry.stalled = False
-                self._stalled -= 1
                 self._health.append(
                     HealthChange(
                         event.connection_id, HealthState.RECOVERED, "a poll succeeded", 0.0
@@ -275,7 +272,6 @@ class Schedule:
                 break  # every connection behind it had a success (or was added) later
             del self._watched[connection_id]  # back in the queue at its next success
             entry.stalled = True
-            self._stalled += 1
             reason = (
                 "a poll never completed (issued again)"
                 if entry.hung
@@ -287,8 +283,8 @@ class Schedule:
         return changes
 
     def stalled(self) -> int:
-        """How many connections are reported stalled now (kept as they change: O(1))."""
-        return self._stalled
+        """How many connections are reported stalled now: those out of the watchdog's queue."""
+        return len(self._entries) - len(self._watched)
 
     # --- output ----------------------------------------------------------------------------
     def due(self, now: float, wall_clock: datetime | None = None) -> list[PollDue]:

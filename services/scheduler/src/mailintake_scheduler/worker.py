@@ -8,7 +8,6 @@ partitions and no connection is scheduled twice. Output: ``poll.due``.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 import uuid
@@ -39,7 +38,7 @@ from mailintake_shared.events import (
 from mailintake_shared.kafka import ReliableProducer, ensure_topics, make_consumer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.settings import Settings
-from mailintake_shared.topics import Topic, topic_name
+from mailintake_shared.topics import Topic, record_key, topic_name
 
 log = get_logger(__name__)
 SERVICE = "scheduler"
@@ -54,13 +53,6 @@ def config_from(settings: Settings) -> ScheduleConfig:
         retry_max_s=settings.retry_max_seconds,
         stalled_after_s=settings.stalled_after_seconds,
     )
-
-
-@functools.lru_cache(maxsize=1 << 15)
-def record_key(connection_id: uuid.UUID) -> bytes:
-    """The record key of a connection's events: its id as text, UTF-8. Remembered: the
-    same few thousand connections are keyed again on every poll."""
-    return str(connection_id).encode()
 
 
 class _Rebuild(ConsumerRebalanceListener):  # type: ignore[misc]

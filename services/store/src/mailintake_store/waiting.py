@@ -21,7 +21,7 @@ from mailintake_shared.events import PollResult, StoreWaiting
 from mailintake_shared.fetched import FetchedPart
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
-from mailintake_shared.topics import Topic, topic_name
+from mailintake_shared.topics import Topic, record_key, topic_name
 
 log = get_logger(__name__)
 
@@ -63,7 +63,7 @@ class WaitingReports:
 
     def _send(self, connection_id: uuid.UUID, value: bytes | None, found: Headers) -> None:
         try:  # best effort, unacknowledged: the write path does not wait for it
-            self._producer.send(self._topic, str(connection_id).encode(), value, found)
+            self._producer.send(self._topic, record_key(connection_id), value, found)
         except Exception as exc:
             log.warning("store.waiting not sent", connection_id=str(connection_id), error=str(exc))
 

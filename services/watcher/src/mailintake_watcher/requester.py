@@ -21,7 +21,7 @@ from mailintake_shared.events import PollReason, PollRequested
 from mailintake_shared.kafka import ReliableProducer
 from mailintake_shared.logging import get_logger
 from mailintake_shared.settings import Settings
-from mailintake_shared.topics import Topic, topic_name
+from mailintake_shared.topics import Topic, record_key, topic_name
 from mailintake_shared.watch import WatchMethod
 from mailintake_watcher.metrics import POLL_REQUESTS
 
@@ -98,7 +98,7 @@ class PollRequester:
         futures = [
             self._producer.send(
                 self._topic,
-                str(event.connection_id).encode(),
+                record_key(event.connection_id),
                 event.to_bytes(),
                 headers(event, self._prefix, service="watcher"),
             )
